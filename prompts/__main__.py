@@ -1,0 +1,54 @@
+"""`python -m prompts show --data DIR [--templates FILE]`: groups, image counts and prompts."""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+from .dataset import read_dataset
+from .errors import run_cli
+from .templates import load_templates
+
+
+def show(data: str, templates: str | None, per: str) -> str:
+    dataset = read_dataset(data)
+    tpl = load_templates(templates)
+    if per == "cell_line_class":
+        counts = Counter((r.label, r.cell_line) for r in dataset.records)
+    else:
+        counts = Counter((r.label, None) for r in dataset.records)
+    lines = [
+        f"data: {dataset.root} ({len(dataset.records)} images from {dataset.source}; "
+        f"classes: {', '.join(f'{k} {v}' for k, v in dataset.class_counts().items())}"
+        + (f"; cell lines: {', '.join(dataset.cell_lines)})" if dataset.cell_lines else ")"),
+        f"templates: {tpl.source}",
+        "",
+    ]
+    rows = [("group", "images", "trigger", "prompt")]
+    for (label, cell_line), n in sorted(counts.items(), key=lambda kv: (kv[0][1] or "", kv[0][0])):
+        p = tpl.for_group(label, cell_line)
+        rows.append((p.group, str(n), p.trigger, p.prompt))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    lines += ["", f"negative prompt: {tpl.negative_prompt}"]
+    return "\n".join(lines)
+
+
+@run_cli
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m prompts", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("show", help="print the groups found, their image counts and prompts")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--templates", help="prompt templates YAML (default: the shipped organ-on-chip templates)")
+    p.add_argument("--per", choices=["class", "cell_line_class"], default=None,
+                   help="group by class or by (cell line, class); default: cell_line_class when the data has cell lines")
+    args = parser.parse_args(argv)
+    per = args.per
+    if per is None:
+        per = "cell_line_class" if read_dataset(args.data).cell_lines else "class"
+    print(show(args.data, args.templates, per))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""The one dataset reader: a data folder becomes a list of labelled records.
+
+Layouts (DESIGN.md):
+- `DATA/<class>/<image>`                  (images at depth 1)
+- `DATA/<cell_line>/<class>/<image>`      (images at depth 2)
+- `DATA/labels.csv` with columns `file,label` and optionally `cell_line`, `group`;
+  it takes precedence over the folders, and further columns are kept as metadata
+  that can name the grouping of folds (`--group-by COLUMN`).
+
+Paths in records are POSIX paths relative to `DATA`.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .images import is_image_file, load_image
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled image. `path` is relative to the data folder."""
+
+    path: str
+    label: str
+    cell_line: str | None = None
+    group: str | None = None
+    meta: tuple[tuple[str, str], ...] = ()
+
+    def get(self, column: str) -> str | None:
+        if column in ("label", "class"):
+            return self.label
+        if column == "cell_line":
+            return self.cell_line
+        if column == "group":
+            return self.group
+        if column == "file":
+            return self.path
+        return dict(self.meta).get(column)
+
+
+@dataclass
+class Dataset:
+    root: Path
+    records: list[Record]
+    source: str  # "labels.csv" or "folders"
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({r.label for r in self.records})
+
+    @property
+    def cell_lines(self) -> list[str]:
+        return sorted({r.cell_line for r in self.records if r.cell_line is not None})
+
+    @property
+    def columns(self) -> list[str]:
+        cols = ["label"]
+        if any(r.cell_line for r in self.records):
+            cols.append("cell_line")
+        if any(r.group for r in self.records):
+            cols.append("group")
+        cols += sorted({k for r in self.records for k, _ in r.meta})
+        return cols
+
+    def class_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r.label for r in self.records).items()))
+
+    def by_path(self) -> dict[str, Record]:
+        return {r.path: r for r in self.records}
+
+    def abspath(self, record_or_path) -> Path:
+        rel = record_or_path.path if isinstance(record_or_path, Record) else record_or_path
+        return self.root / rel
+
+    def select(self, classes=None, cell_lines=None, paths=None) -> "Dataset":
+        """A subset; unknown class or cell-line names are errors."""
+        records = self.records
+        if classes:
+            missing = sorted(set(classes) - set(self.classes))
+            if missing:
+                raise UserError(
+                    f"class {', '.join(missing)} has no images in {self.root} (classes there: {', '.join(self.classes)})"
+                )
+            records = [r for r in records if r.label in set(classes)]
+        if cell_lines:
+            missing = sorted(set(cell_lines) - set(self.cell_lines))
+            if missing:
+                have = ", ".join(self.cell_lines) or "none (use DATA/<cell_line>/<class>/ or a cell_line column)"
+                raise UserError(f"cell line {', '.join(missing)} has no images in {self.root} (cell lines there: {have})")
+            records = [r for r in records if r.cell_line in set(cell_lines)]
+        if paths is not None:
+            wanted = set(paths)
+            records = [r for r in records if r.path in wanted]
+        return Dataset(self.root, records, self.source, self.skipped)
+
+
+def _scan_folders(root: Path) -> list[Record]:
+    found: list[tuple[tuple[str, ...], str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in sorted(filenames):
+            if is_image_file(name):
+                found.append((rel_dir.parts, name))
+    if not found:
+        return []
+    depths = Counter(len(parts) for parts, _ in found)
+    if 0 in depths:
+        raise UserError(
+            f"{root} holds images directly; put them in DATA/<class>/ or DATA/<cell_line>/<class>/, or list them in {root}/labels.csv"
+        )
+    if len(depths) > 1 or max(depths) > 2:
+        raise UserError(
+            f"{root} mixes image depths {sorted(depths)}; use DATA/<class>/<image> or DATA/<cell_line>/<class>/<image> throughout, or a labels.csv"
+        )
+    records = []
+    for parts, name in found:
+        rel = "/".join((*parts, name))
+        if len(parts) == 1:
+            records.append(Record(rel, parts[0]))
+        else:
+            records.append(Record(rel, parts[1], cell_line=parts[0]))
+    return records
+
+
+def _read_labels_csv(root: Path, csv_path: Path) -> list[Record]:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for need in ("file", "label"):
+            if need not in columns:
+                raise UserError(f"{csv_path} has no '{need}' column (columns: {', '.join(columns)}); it needs file,label")
+        extra = [c for c in columns if c not in ("file", "label", "cell_line", "group")]
+        records, seen = [], set()
+        for lineno, row in enumerate(reader, start=2):
+            rel = (row["file"] or "").strip().replace("\\", "/")
+            label = (row["label"] or "").strip()
+            if not rel or not label:
+                raise UserError(f"{csv_path}:{lineno}: empty file or label")
+            if rel in seen:
+                raise UserError(f"{csv_path}:{lineno}: {rel} is listed twice")
+            seen.add(rel)
+            if not (root / rel).is_file():
+                raise UserError(f"{csv_path}:{lineno}: {rel} does not exist under {root}")
+            records.append(
+                Record(
+                    rel,
+                    label,
+                    cell_line=(row.get("cell_line") or "").strip() or None,
+                    group=(row.get("group") or "").strip() or None,
+                    meta=tuple((c, (row.get(c) or "").strip()) for c in extra),
+                )
+            )
+    return records
+
+
+def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_bad_images: bool = False) -> Dataset:
+    """Read a data folder into a `Dataset`.
+
+    check_images: decode every image once (names the first bad file, or skips
+    bad files with a warning when `skip_bad_images`).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist; pass --data DIR with DIR/<class>/<images>")
+    csv_path = root / "labels.csv"
+    if csv_path.is_file():
+        records, source = _read_labels_csv(root, csv_path), "labels.csv"
+    else:
+        records, source = _scan_folders(root), "folders"
+    if not records:
+        raise UserError(f"data folder {root} holds no images ({', '.join(('jpg', 'png', 'tif', 'bmp'))}); expected DATA/<class>/<images>")
+    records.sort(key=lambda r: r.path)
+    skipped: list[str] = []
+    if check_images or skip_bad_images:
+        good = []
+        for r in records:
+            try:
+                load_image(root / r.path)
+                good.append(r)
+            except UserError:
+                if not skip_bad_images:
+                    raise
+                skipped.append(r.path)
+        if skipped:
+            import logging
+
+            logging.getLogger(__name__).warning("skipped %d image(s) that cannot be decoded: %s", len(skipped), ", ".join(skipped[:5]))
+        records = good
+    return Dataset(root, records, source, skipped)
+
+
+def group_keys(dataset: Dataset, group_by: str | None) -> list[str] | None:
+    """The fold-group of each record, in record order, or None without grouping.
+
+    group_by: `cell_line`, `group`, any labels.csv column, or `regex:PATTERN`
+    (the first match of PATTERN in the file name, or its first capture group;
+    for example `regex:^\\d{8}` groups by an acquisition-date prefix).
+    """
+    if not group_by:
+        return None
+    if group_by.startswith("regex:"):
+        pattern = group_by[len("regex:"):]
+        try:
+            rx = re.compile(pattern)
+        except re.error as err:
+            raise UserError(f"--group-by {group_by}: invalid regular expression: {err}") from None
+        keys = []
+        for r in dataset.records:
+            m = rx.search(os.path.basename(r.path))
+            if not m:
+                raise UserError(f"--group-by {group_by}: no match in file name {r.path}; fix the pattern")
+            keys.append(m.group(1) if m.groups() else m.group(0))
+        return keys
+    if group_by not in dataset.columns:
+        raise UserError(
+            f"--group-by {group_by}: no such column in {dataset.root} (columns: {', '.join(dataset.columns)}, or regex:PATTERN)"
+        )
+    keys = [r.get(group_by) for r in dataset.records]
+    missing = [r.path for r, k in zip(dataset.records, keys) if not k]
+    if missing:
+        raise UserError(f"--group-by {group_by}: {len(missing)} image(s) have no value, e.g. {missing[0]}")
+    return keys

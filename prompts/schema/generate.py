@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ._field import opt
+
+
+@dataclass
+class GenerateSection:
+    model: str | None = opt(None, "base model, as for lora.model", path=True, hub=True)
+    lora: str | None = opt(None, "LoRA folder written by `lora train` (or a kohya/A1111 .safetensors)", path=True)
+    output: str | None = opt(None, "synthetic folder: OUT/[fold_<k>/]w<weight>/[<cell_line>/]<class>/", path=True)
+    fold: str | None = opt(None, "with data.split: a fold index K or 'all'")
+    count: int | None = opt(None, "images per group")
+    fraction: list[float] = opt([], "images per group as fractions of its real (training) image count")
+    balance: bool = opt(False, "top every class up to the largest class's count")
+    lora_weights: list[float] = opt([1.0, 0.8], "LoRA weights; one output tree each")
+    fuse: bool = opt(False, "fuse the LoRA into the weights at each weight (faster)")
+    sampler: str = opt("Euler a", "Euler a, Euler, DDIM, DPM++ 2M Karras")
+    steps: int = opt(20, "sampling steps")
+    cfg: float = opt(7.0, "classifier-free guidance scale")
+    size: list[int] = opt([512, 512], "width height in pixels (multiples of 8)")
+    batch_size: int = opt(1, "images per pipeline call")
+    seed: int | None = opt(None, "seed of the whole run (per-image seeds derive from it); none: random, recorded")
+    prompt: str | None = opt(None, "free-text prompt instead of the templates; <lora:NAME:W> tags allowed")
+    prompts_file: str | None = opt(None, "one prompt per line", path=True)
+    negative_prompt: str | None = opt(None, "negative prompt (default: the templates')")
+    init_images: Literal["none", "real"] = opt("none", "img2img from the group's real training images")
+    strength: list[float] = opt([0.5], "img2img strength(s), one drawn per image")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = opt("auto", "weights precision (auto: fp16 on GPU, fp32 on CPU)")
+    allow_pickle: bool = opt(False, "allow pickle checkpoints (.ckpt/.bin/.pt)")
+    overwrite: bool = opt(False, "replace existing images")

@@ -1,0 +1,128 @@
+"""The split file (JSON) written by `classify split` and read by all three commands.
+
+{"version": 1, "data": ..., "n_splits": 5, "repeats": 1, "seed": ..., "group_by": ...,
+ "classes": [...], "folds": [{"repeat": 0, "fold": 0, "train": [relpaths], "test": [relpaths]}, ...]}
+
+A fold is addressed by its index in `folds` (`--fold K`); with one repeat that is
+its fold number. Its output folder is `fold_<K>`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dataset import Dataset
+from .errors import UserError
+from .files import write_json_atomic
+
+SPLIT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    repeat: int
+    fold: int
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"fold_{self.index}"
+
+
+@dataclass
+class Split:
+    data: str
+    n_splits: int
+    repeats: int
+    seed: int | None
+    group_by: str | None
+    classes: list[str]
+    folds: list[Fold]
+    path: Path | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "version": SPLIT_VERSION,
+            "data": self.data,
+            "n_splits": self.n_splits,
+            "repeats": self.repeats,
+            "seed": self.seed,
+            "group_by": self.group_by,
+            "classes": list(self.classes),
+            "folds": [
+                {"repeat": f.repeat, "fold": f.fold, "train": list(f.train), "test": list(f.test)} for f in self.folds
+            ],
+        }
+
+    def select(self, fold: int | str | None) -> list[Fold]:
+        """Folds chosen by `--fold`: an index, 'all', or None (all)."""
+        if fold is None or str(fold) == "all":
+            return list(self.folds)
+        try:
+            k = int(fold)
+        except (TypeError, ValueError):
+            raise UserError(f"--fold {fold}: expected a fold index or 'all'") from None
+        if not 0 <= k < len(self.folds):
+            raise UserError(f"--fold {k}: the split file {self.path} has folds 0..{len(self.folds) - 1}")
+        return [self.folds[k]]
+
+
+def write_split(path: str | os.PathLike, split: Split) -> None:
+    write_json_atomic(path, split.to_json())
+
+
+def read_split(path: str | os.PathLike, dataset: Dataset | None = None) -> Split:
+    """Read and validate a split file; with `dataset`, check that it was made for that data."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"split file {path} does not exist; write one with `python -m classify split`")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"split file {path} is not valid JSON: {err}") from None
+    if not isinstance(raw, dict) or raw.get("version") != SPLIT_VERSION or not isinstance(raw.get("folds"), list):
+        raise UserError(f"split file {path} is not a version-{SPLIT_VERSION} split file; write one with `python -m classify split`")
+    folds = []
+    for i, f in enumerate(raw["folds"]):
+        try:
+            train, test = tuple(f["train"]), tuple(f["test"])
+            folds.append(Fold(i, int(f.get("repeat", 0)), int(f.get("fold", i)), train, test))
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"split file {path}: fold {i} needs 'train' and 'test' lists") from None
+        overlap = set(train) & set(test)
+        if overlap:
+            raise UserError(f"split file {path}: fold {i} has {len(overlap)} image(s) in both train and test, e.g. {sorted(overlap)[0]}")
+    split = Split(
+        data=str(raw.get("data", "")),
+        n_splits=int(raw.get("n_splits", len(folds))),
+        repeats=int(raw.get("repeats", 1)),
+        seed=raw.get("seed"),
+        group_by=raw.get("group_by"),
+        classes=list(raw.get("classes", [])),
+        folds=folds,
+        path=path,
+    )
+    if dataset is not None:
+        check_split_matches(split, dataset)
+    return split
+
+
+def check_split_matches(split: Split, dataset: Dataset) -> None:
+    """Every path in the split must be an image of the dataset with a known class."""
+    have = dataset.by_path()
+    for fold in split.folds:
+        missing = [p for p in (*fold.train, *fold.test) if p not in have]
+        if missing:
+            raise UserError(
+                f"split file {split.path} does not match data folder {dataset.root}: {len(missing)} image(s) of fold "
+                f"{fold.index} are not there, e.g. {missing[0]}; write a new split for this data with `python -m classify split`"
+            )
+    if split.classes and sorted(split.classes) != dataset.classes:
+        raise UserError(
+            f"split file {split.path} lists classes {', '.join(split.classes)} but {dataset.root} has {', '.join(dataset.classes)}; "
+            "write a new split for this data"
+        )
