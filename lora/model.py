@@ -1,0 +1,138 @@
+"""Loading the base Stable Diffusion 1.x model: one loader for `lora` and `generate`.
+
+Accepted: a local diffusers folder (model_index.json), a single-file `.safetensors`
+checkpoint (AUTOMATIC1111/CivitAI style), or a hub id such as
+`stable-diffusion-v1-5/stable-diffusion-v1-5` (where a hub is reachable, or
+already in the local cache). Pickle checkpoints (`.ckpt`, `.bin`, `.pt`, `.pth`)
+can run code when loaded and are refused unless `allow_pickle`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from prompts.errors import UserError
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+SD_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+NO_MODEL_HELP = (
+    "pass --model with a diffusers folder, a single-file .safetensors checkpoint or a hub id "
+    "(offline: `python -m lora tiny-model models/tiny-sd` writes a smoke model)"
+)
+
+
+def check_diffusers_folder(folder: Path, allow_pickle: bool) -> None:
+    """A Stable Diffusion folder has model_index.json naming its components, with safetensors weights."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise UserError(f"{folder} is not a Stable Diffusion model: no model_index.json; {NO_MODEL_HELP}")
+    try:
+        components = json.loads(index.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{index} is not valid JSON: {err}") from None
+    missing = [c for c in SD_COMPONENTS if c not in components or not (folder / c).is_dir()]
+    if missing:
+        raise UserError(f"{folder} is not a Stable Diffusion 1.x model: missing component(s) {', '.join(missing)}")
+    for part in ("unet", "vae", "text_encoder"):
+        files = [p.name for p in (folder / part).iterdir()]
+        if not any(f.endswith(".safetensors") for f in files):
+            if any(f.endswith(PICKLE_SUFFIXES) for f in files) and not allow_pickle:
+                raise UserError(
+                    f"{folder / part} holds only pickle weights (.bin), which can run code when loaded; "
+                    "convert them to safetensors or pass --allow-pickle if you trust the source"
+                )
+            if not any(f.endswith(PICKLE_SUFFIXES) for f in files):
+                raise UserError(f"{folder / part} holds no weights file")
+
+
+def load_pipeline(
+    model: str | os.PathLike | None,
+    *,
+    torch_dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
+    config: str | os.PathLike | None = None,
+):
+    """Load a `StableDiffusionPipeline` from a folder, a single file or a hub id.
+
+    config: for a single-file checkpoint, a diffusers folder (or hub id) with the
+    same architecture, whose component configs are used; without it diffusers
+    fetches SD 1.x's configs from the hub (not possible offline).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    if model is None or str(model) == "":
+        raise UserError(f"no base model given; {NO_MODEL_HELP}")
+    path = Path(model)
+    if path.is_dir():
+        check_diffusers_folder(path, allow_pickle)
+        return StableDiffusionPipeline.from_pretrained(
+            path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle or None, safety_checker=None,
+            requires_safety_checker=False,
+        )
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise UserError(
+                f"{path} is a pickle checkpoint, which can run code when loaded; use a .safetensors file "
+                "or pass --allow-pickle if you trust the source"
+            )
+        if suffix not in PICKLE_SUFFIXES + (".safetensors",):
+            raise UserError(f"{path} is not a model checkpoint (.safetensors) or diffusers folder; {NO_MODEL_HELP}")
+        return load_single_file(path, torch_dtype=torch_dtype, config=config)
+    if _HUB_ID.match(str(model)) and not str(model).startswith((".", "/")):
+        return _load_from_hub(str(model), torch_dtype)
+    raise UserError(f"model {model} does not exist; {NO_MODEL_HELP}")
+
+
+def load_single_file(path: Path, *, torch_dtype: torch.dtype, config=None):
+    """A single-file SD 1.x checkpoint (original LDM key layout)."""
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = {"torch_dtype": torch_dtype, "safety_checker": None, "requires_safety_checker": False}
+    if config is not None:
+        kwargs["config"] = str(config)
+    try:
+        return StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise UserError(
+            f"cannot load {path} as a Stable Diffusion 1.x checkpoint ({first[:200]}); offline, pass --model-config "
+            "with a local diffusers folder of the same architecture"
+        ) from None
+
+
+def _load_from_hub(repo_id: str, torch_dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            repo_id, torch_dtype=torch_dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as err:  # huggingface_hub raises several unrelated types offline
+        raise UserError(
+            f"cannot load {repo_id} from the hub ({err.__class__.__name__}); offline, download it where a hub is "
+            "reachable (`huggingface-cli download " + repo_id + " --local-dir DIR`) and pass --model DIR"
+        ) from None
+
+
+def model_hash(model: str | os.PathLike) -> str:
+    """AUTOMATIC1111's short model hash: the first 10 hex digits of the checkpoint's SHA-256.
+
+    For a diffusers folder, the hash of its U-Net weights file stands in.
+    """
+    from prompts.files import sha256_file
+
+    path = Path(model)
+    if path.is_file():
+        return sha256_file(path)[:10]
+    if path.is_dir():
+        weights = sorted((path / "unet").glob("*.safetensors")) or sorted((path / "unet").glob("*"))
+        if weights:
+            return sha256_file(weights[0])[:10]
+    return str(model).replace("/", "_")[:10]
