@@ -23,7 +23,7 @@ bench: install
 	$(BIN)/python -m bench
 
 demo: install
-	$(BIN)/python -m examples.quickstart.study --output demo
+	bash examples/quickstart/study.sh demo
 
 clean:
 	rm -rf $(VENV) demo

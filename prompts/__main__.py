@@ -5,7 +5,7 @@ import argparse
 from collections import Counter
 
 from .dataset import read_dataset
-from .errors import run_cli
+from .errors import UserError, run_cli
 from .templates import load_templates
 
 
@@ -43,7 +43,21 @@ def main(argv=None):
     p.add_argument("--templates", help="prompt templates YAML (default: the shipped organ-on-chip templates)")
     p.add_argument("--per", choices=["class", "cell_line_class"], default=None,
                    help="group by class or by (cell line, class); default: cell_line_class when the data has cell lines")
+    d = sub.add_parser("demo-data", help="write the demo data set (brightfield-like, 5 cell lines x good/acceptable/bad)")
+    d.add_argument("output", help="folder to write (existing images are kept)")
+    d.add_argument("--images", type=int, default=60, help="about this many images in the study's class proportions (default 60)")
+    d.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    d.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "demo-data":
+        from .demo import class_counts, write_demo_dataset
+
+        if args.images < 15 or args.size < 32:
+            raise UserError("--images must be at least 15 and --size at least 32")
+        counts = class_counts(args.images)
+        out = write_demo_dataset(args.output, per_class=counts, size=args.size, seed=args.seed)
+        print(f"demo data in {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " (synthetic stand-ins, not real micrographs)")
+        return
     per = args.per
     if per is None:
         per = "cell_line_class" if read_dataset(args.data).cell_lines else "class"

@@ -80,7 +80,7 @@ def write_demo_dataset(
 
     per_class: images per class in total, spread over the cell lines round-robin
     (default: 60 images in the study's proportions). File names start with an
-    acquisition-date-like prefix (one per 3 images) so that `--group-by regex:^\\d+`
+    acquisition-date-like prefix (one per 2 images) so that `--group-by regex:^\\d+`
     can keep near-duplicates together. Existing files are kept (re-runs are free).
     """
     out = Path(out)
@@ -89,7 +89,7 @@ def write_demo_dataset(
     for label, n in per_class.items():
         for i in range(n):
             cell_line = cell_lines[i % len(cell_lines)]
-            date = 20240101 + (i // 3)
+            date = 20240101 + (i // 2)
             path = out / cell_line / label / f"{date}_{cell_line}_{label}_{i:03d}.png"
             img_rng = np.random.default_rng([seed, zlib.crc32(label.encode()), i])
             if path.exists():
