@@ -48,7 +48,19 @@ def main(argv=None):
     d.add_argument("--images", type=int, default=60, help="about this many images in the study's class proportions (default 60)")
     d.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     d.add_argument("--seed", type=int, default=0)
+    sc = sub.add_parser("schema", help="print every key of the study YAML file with its type and default (Markdown)")
+    sc.add_argument("--readme", help="instead, rewrite the marked schema section of this README")
     args = parser.parse_args(argv)
+    if args.command == "schema":
+        from .config import describe_schema
+
+        if args.readme:
+            from .config import update_readme_schema
+
+            update_readme_schema(args.readme)
+        else:
+            print(describe_schema())
+        return
     if args.command == "demo-data":
         from .demo import class_counts, write_demo_dataset
 

@@ -173,3 +173,22 @@ def describe_schema() -> str:
             lines.append(f"| `{f.name}` | {_type_name(hints[f.name])} | `{default!r}` | {f.metadata.get('help', '')} |")
         lines.append("")
     return "\n".join(lines)
+
+
+SCHEMA_START, SCHEMA_END = "<!-- schema:start -->", "<!-- schema:end -->"
+
+
+def readme_with_schema(text: str) -> str:
+    """`text` with the part between the schema markers replaced by `describe_schema()`."""
+    head, rest = text.split(SCHEMA_START, 1)
+    _, tail = rest.split(SCHEMA_END, 1)
+    return f"{head}{SCHEMA_START}\n{describe_schema()}\n{SCHEMA_END}{tail}"
+
+
+def update_readme_schema(path) -> None:
+    from .files import write_text_atomic
+
+    text = Path(path).read_text(encoding="utf-8")
+    if SCHEMA_START not in text:
+        raise UserError(f"{path} has no {SCHEMA_START} marker")
+    write_text_atomic(path, readme_with_schema(text))

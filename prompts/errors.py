@@ -20,6 +20,9 @@ def run_cli(main):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
+        except BrokenPipeError:  # output piped into `head`
+            sys.stderr.close()
+            raise SystemExit(0) from None
         except KeyboardInterrupt:
             print("interrupted; re-run the same command to resume", file=sys.stderr)
             raise SystemExit(130) from None

@@ -155,3 +155,10 @@ def test_show_cli(demo_data):
     bad = subprocess.run([sys.executable, "-m", "prompts", "show", "--data", "/nonexistent"],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_readme_documents_the_whole_schema():
+    from prompts.config import readme_with_schema
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme_with_schema(text) == text, "README schema table is stale: run `python -m prompts schema --readme README.md`"
