@@ -1,0 +1,375 @@
+"""The cross-validation protocol: every (LoRA weight, mix, fold) trained and tested once.
+
+Reads top to bottom:
+1. read the data and the split (or make one), the mixes and the synthetic trees;
+2. list the jobs; build each job's training set and check it for leakage;
+3. features (cached path) or pixels (naive path) of every image involved;
+4. train and test each job, saving its result at once (a re-run skips it);
+5. summarise over folds and compare each mix with `real`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prompts.dataset import Dataset, read_dataset
+from prompts.errors import UserError
+from prompts.files import write_json_atomic
+from prompts.splits import Fold, Split, read_split, write_split
+
+from . import stats
+from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir
+from .folds import make_split
+from .mixes import Item, Mix, build_training_set, counts, parse_mixes, subsample_minority
+from .synthetic import SyntheticSet, read_synthetic
+
+log = logging.getLogger(__name__)
+REAL_TREE = "real"  # tree name of mixes that use no synthetic images
+
+
+@dataclass
+class Job:
+    """One training run: a fold, a mix, and the synthetic tree it draws from (or REAL_TREE)."""
+
+    fold: Fold
+    mix: Mix
+    tree: str
+    train: list[Item]
+    test: list[Item]
+    shortfall: dict[str, int] = field(default_factory=dict)
+    leaky: bool = False
+
+    @property
+    def result_path(self) -> Path:
+        return Path("runs") / self.tree / self.mix.name / f"{self.fold.name}.json"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_inputs(data_section, cls) -> tuple[Dataset, Split, list[Mix], SyntheticSet | None]:
+    """The dataset, the split (read or made and written to OUT/split.json), the mixes, the synthetic set."""
+    if not data_section.data:
+        raise UserError("no data folder: pass --data DIR (or data.data in --config)")
+    if not cls.output:
+        raise UserError("no output folder: pass --output OUT (or classify.output in --config)")
+    dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
+    if data_section.split:
+        split = read_split(data_section.split, dataset)
+    else:
+        split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
+        split.path = Path(cls.output) / "split.json"
+        write_split(split.path, split)
+    mixes = parse_mixes(cls.mixes)
+    syn = read_synthetic(cls.synthetic, dataset.classes) if cls.synthetic else None
+    if syn is None and any(m.uses_synthetic for m in mixes):
+        need = ", ".join(m.name for m in mixes if m.uses_synthetic)
+        raise UserError(f"mixes {need} need synthetic images: pass --synthetic DIR (written by `python -m generate`) or drop them from --mixes")
+    return dataset, split, mixes, syn
+
+
+class Hashes:
+    """Content hash of every file, computed once."""
+
+    def __init__(self):
+        self._memo: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        from prompts.files import sha256_file
+
+        if path not in self._memo:
+            self._memo[path] = sha256_file(path)
+        return self._memo[path]
+
+
+def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSet | None, cls) -> list[Job]:
+    """Every (tree, mix, fold) job with its training and test items, leak-checked."""
+    h = Hashes()
+    rec = dataset.by_path()
+    classes = dataset.classes
+    trees = syn.weights if syn else []
+    jobs = []
+    for fold in split.folds:
+        real = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.train]
+        test = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.test]
+        if cls.minority_fraction is not None:
+            real = subsample_minority(real, cls.minority_fraction, cls.minority_class, np.random.default_rng([cls.seed, fold.index, 7]))
+        for mix in mixes:
+            for tree in (trees if mix.uses_synthetic else [REAL_TREE]):
+                synthetic, leaky = [], False
+                if mix.uses_synthetic:
+                    ds, leaky = syn.tree(fold.index, tree)
+                    synthetic = [Item(ds.root / r.path, r.label, h(ds.root / r.path), "synthetic") for r in ds.records]
+                rng = np.random.default_rng([cls.seed, fold.index, zlib.crc32(mix.name.encode()), zlib.crc32(tree.encode())])
+                train, shortfall = build_training_set(mix, real, synthetic, classes, rng)
+                job = Job(fold, mix, tree, train, test, shortfall, leaky)
+                check_no_leak(job)
+                jobs.append(job)
+    return jobs
+
+
+def check_no_leak(job: Job) -> None:
+    """No synthetic image may be a test image of its fold (same file or same content)."""
+    test_paths = {it.path.resolve() for it in job.test}
+    test_keys = {it.key: it.path for it in job.test}
+    for it in job.train:
+        if it.source == "synthetic" and (it.path.resolve() in test_paths or it.key in test_keys):
+            raise UserError(
+                f"synthetic image {it.path} is test image {test_keys.get(it.key, it.path)} of {job.fold.name}: "
+                "synthetic images must never enter a test fold; remove it from the synthetic folder"
+            )
+
+
+# ---------------------------------------------------------------- training
+
+
+class Runner:
+    """Trains and tests jobs on cached features or, with feature_cache off, end to end on pixels."""
+
+    def __init__(self, jobs: list[Job], classes: list[str], cls, progress: bool = True):
+        from .model import build_base, model_key
+
+        self.cls, self.classes, self.progress = cls, classes, progress
+        self.table = ImageTable.from_paths(sorted({it.path for j in jobs for it in (*j.train, *j.test)}))
+        self.row = self.table.row()
+        self.base_seed = cls.seed
+        self._make_base = lambda: build_base(cls.backbone, cls.weights, cls.image_size, seed=self.base_seed)
+        self.key = model_key(cls.backbone, cls.weights, cls.image_size, self.base_seed)
+        self.views = aug_views(cls.views or cls.epochs, cls.seed) if cls.augment else []
+        self.feats: dict[str, np.ndarray] | None = None
+        self.pixels: np.ndarray | None = None
+        self._base = None
+        self.seconds_features = 0.0
+
+    @property
+    def base(self):
+        if self._base is None:
+            self._base = self._make_base()
+        return self._base
+
+    def prepare(self, jobs: list[Job]) -> None:
+        """Features of every image and view (cached path) or decoded pixels (naive path)."""
+        t0 = time.perf_counter()
+        if self.cls.feature_cache:
+            needs_aug = any(not j.mix.augment_off for j in jobs) and self.cls.augment
+            views = [PLAIN] + (self.views if needs_aug else [])
+            cache = FeatureCache(self.cls.cache_dir or default_cache_dir(), self.key)
+            extractor = Extractor(lambda: self.base, self.cls.image_size, self.cls.batch_size, self.cls.seed)
+            self.feats = compute_features(self.table, views, cache, extractor, self.progress)
+        else:
+            from .pixels import load_pixels
+
+            self.pixels = load_pixels(self.table.paths, self.cls.image_size, self.progress)
+        self.seconds_features = time.perf_counter() - t0
+
+    def fingerprint(self, job: Job) -> str:
+        """Identity of a job's inputs and settings: a saved result is reused only when it matches."""
+        c = self.cls
+        settings = [c.backbone, self.key, c.epochs, c.batch_size, c.learning_rate, c.augment, c.views, c.feature_cache,
+                    c.class_weights, c.seed, c.fine_tune_layers, c.fine_tune_epochs, c.fine_tune_lr, self.classes]
+        h = hashlib.sha256(json.dumps(settings, default=str).encode())
+        for it in job.train:
+            h.update(f"T{it.key}{it.label}{it.source}".encode())
+        for it in job.test:
+            h.update(f"E{it.key}{it.label}".encode())
+        return h.hexdigest()[:16]
+
+    def run(self, job: Job) -> dict:
+        """Train on job.train, test on job.test -> the per-fold result record."""
+        from .model import build_full, build_head, compile_model
+        from .train import predict, train
+
+        c, n_classes = self.cls, len(self.classes)
+        index = {name: i for i, name in enumerate(self.classes)}
+        y = np.array([index[it.label] for it in job.train])
+        y_test = np.array([index[it.label] for it in job.test])
+        rows = np.array([self.row[it.key] for it in job.train])
+        test_rows = np.array([self.row[it.key] for it in job.test])
+        augment = c.augment and not job.mix.augment_off
+        weighted = c.class_weights or job.mix.class_weighted
+        head_seed = c.seed * 1000 + job.fold.index  # the same initial head for every mix of a fold
+        t0 = time.perf_counter()
+        if c.feature_cache:
+            views = self.views if augment else [PLAIN]
+            head = build_head(self.feats[PLAIN].shape[1], n_classes, seed=head_seed)
+            compile_model(head, c.learning_rate)
+            losses = train(head, lambda e, idx: self.feats[views[e % len(views)]][rows[idx]], y, n_classes,
+                           c.epochs, c.batch_size, head_seed, weighted)
+            model, x_test = head, self.feats[PLAIN][test_rows]
+        else:
+            head = build_head(self.base.output_shape[-1], n_classes, seed=head_seed)
+            model = build_full(self.base, head, c.image_size, augment, seed=c.seed)
+            compile_model(model, c.learning_rate)
+            losses = train(model, lambda e, idx: self.pixels[rows[idx]].astype(np.float32), y, n_classes,
+                           c.epochs, c.batch_size, head_seed, weighted)
+            x_test = None
+        if c.fine_tune_layers > 0:
+            model = self.fine_tune(head, rows, y, augment, weighted, head_seed)
+            x_test = None
+        if x_test is None:
+            x_test = self.pixels_for(test_rows)
+        probs = predict(model, x_test, c.batch_size)
+        y_pred = probs.argmax(axis=1)
+        return {
+            "fold": job.fold.index,
+            "repeat": job.fold.repeat,
+            "mix": job.mix.name,
+            "tree": job.tree,
+            "leaky": job.leaky,
+            "fingerprint": self.fingerprint(job),
+            "metrics": stats.fold_metrics(y_test, y_pred, self.classes),
+            "counts": counts(job.train),
+            "n_train": len(job.train),
+            "n_test": len(job.test),
+            "n_train_real": sum(it.source != "synthetic" for it in job.train),
+            "synthetic_fraction": sum(it.source == "synthetic" for it in job.train) / max(1, len(job.train)),
+            "shortfall": job.shortfall,
+            "losses": [round(v, 6) for v in losses],
+            "seconds": round(time.perf_counter() - t0, 3),
+            "test": [str(it.path) for it in job.test],
+            "y_true": y_test.tolist(),
+            "y_pred": y_pred.tolist(),
+            "probs": np.round(probs, 5).tolist(),
+        }
+
+    def pixels_for(self, rows: np.ndarray) -> np.ndarray:
+        if self.pixels is None:
+            from .pixels import load_pixels
+
+            self.pixels = load_pixels(self.table.paths, self.cls.image_size, self.progress)
+        return self.pixels[rows].astype(np.float32)
+
+    def fine_tune(self, head, rows, y, augment, weighted, seed):
+        """Second phase: a fresh copy of the base, top layers unfrozen (BN frozen), low learning rate."""
+        from .model import build_full, compile_model, unfreeze_top
+        from .train import train
+
+        c = self.cls
+        base = self._make_base()
+        unfreeze_top(base, c.fine_tune_layers)
+        model = build_full(base, head, c.image_size, augment, seed=c.seed)
+        compile_model(model, c.fine_tune_lr)
+        self.pixels_for(rows[:1])
+        train(model, lambda e, idx: self.pixels[rows[idx]].astype(np.float32), y, len(self.classes),
+              c.fine_tune_epochs, c.batch_size, seed + 1, weighted)
+        return model
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+def run_cv(data_section, cls, progress: bool = True) -> dict:
+    """Run (or resume) the whole protocol and return the results dictionary (also written to OUT)."""
+    from tqdm import tqdm
+
+    import keras
+
+    t_start = time.perf_counter()
+    out = Path(cls.output)
+    dataset, split, mixes, syn = load_inputs(data_section, cls)
+    keras.utils.set_random_seed(cls.seed)
+    jobs = plan_jobs(dataset, split, mixes, syn, cls)
+    runner = Runner(jobs, dataset.classes, cls, progress)
+    todo, results = [], []
+    for job in jobs:
+        saved = _load_result(out / job.result_path)
+        if saved is not None and saved.get("fingerprint") == runner.fingerprint(job):
+            results.append(saved)
+        else:
+            todo.append(job)
+    if todo:
+        runner.prepare(todo)
+    bar = tqdm(todo, desc="folds x mixes", unit="run", disable=not progress or not todo)
+    for job in bar:
+        bar.set_postfix_str(f"{job.tree} {job.mix.name} {job.fold.name}")
+        res = runner.run(job)
+        write_json_atomic(out / job.result_path, res)
+        results.append(res)
+    summary = summarize(results, dataset, split, mixes, syn, cls)
+    summary["timing"] = {
+        "seconds_total": round(time.perf_counter() - t_start, 2),
+        "seconds_features_or_pixels": round(runner.seconds_features, 2),
+        "runs_trained": len(todo),
+        "runs_reused": len(jobs) - len(todo),
+    }
+    return summary
+
+
+def _load_result(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls) -> dict:
+    """Mean/std over folds per (tree, mix) and the paired comparison with `real` of the same fold."""
+    by = {}
+    for r in results:
+        by.setdefault((r["tree"], r["mix"]), {})[r["fold"]] = r
+    trees = syn.weights if syn else []
+    table_names = trees or [REAL_TREE]
+    n_train = float(np.mean([len(f.train) for f in split.folds]))
+    n_test = float(np.mean([len(f.test) for f in split.folds]))
+    real_runs = by.get((REAL_TREE, "real"))
+    tables = {}
+    for t in table_names:
+        rows = []
+        for mix in mixes:
+            tree = t if mix.uses_synthetic else REAL_TREE
+            runs = by.get((tree, mix.name), {})
+            folds = sorted(runs)
+            row = {"mix": mix.name, "tree": tree, "uses_synthetic": mix.uses_synthetic, "folds": folds, "metrics": {}, "vs_real": {}}
+            for m in stats.METRICS:
+                vals = [runs[k]["metrics"][m] for k in folds]
+                mean, std = stats.mean_std(vals)
+                row["metrics"][m] = {"mean": mean, "std": std, "folds": vals}
+                if real_runs and mix.name != "real":
+                    common = [k for k in folds if k in real_runs]
+                    diffs = [runs[k]["metrics"][m] - real_runs[k]["metrics"][m] for k in common]
+                    tval, p = stats.corrected_ttest(diffs, n_train, n_test)
+                    dm, ds = stats.mean_std(diffs)
+                    row["vs_real"][m] = {"diff_mean": dm, "diff_std": ds, "t": tval, "p": p,
+                                         "min_significant_diff": stats.critical_difference(ds, len(diffs), n_train, n_test)}
+            row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
+            row["confusion"] = np.sum([runs[k]["metrics"]["confusion"] for k in folds], axis=0).tolist() if folds else []
+            row["per_class"] = {
+                c: {m: stats.mean_std([runs[k]["metrics"]["per_class"][c][m] for k in folds])[0] for m in ("precision", "recall", "f1")}
+                for c in dataset.classes
+            } if folds else {}
+            row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
+            shortfall: dict[str, int] = {}
+            for k in folds:
+                for c, n in runs[k].get("shortfall", {}).items():
+                    shortfall[c] = shortfall.get(c, 0) + n
+            row["shortfall"] = shortfall
+            rows.append(row)
+        tables[t] = rows
+    settings = {k: v for k, v in dataclasses.asdict(cls).items()}
+    return {
+        "version": 1,
+        "data": str(dataset.root),
+        "split": str(split.path) if split.path else None,
+        "group_by": split.group_by,
+        "synthetic": str(syn.root) if syn else None,
+        "synthetic_per_fold": sorted(syn.per_fold) if syn else [],
+        "classes": dataset.classes,
+        "class_counts": dataset.class_counts(),
+        "n_folds": len(split.folds),
+        "n_splits": split.n_splits,
+        "repeats": split.repeats,
+        "n_train_mean": n_train,
+        "n_test_mean": n_test,
+        "wilcoxon_min_p": stats.wilcoxon_floor(len(split.folds)),
+        "settings": settings,
+        "tables": tables,
+        "runs": [{k: v for k, v in r.items() if k not in ("probs", "test", "y_true", "y_pred", "losses")} for r in results],
+    }

@@ -1,0 +1,183 @@
+"""The feature cache: frozen-base features computed once per image and view, kept on disk.
+
+The base is frozen and runs in inference mode, so its output for an image does
+not depend on the fold, the mix or the epoch. We compute it once per image
+*content* (SHA-256 of the file bytes) and per *view*:
+
+- view `plain`: the image itself (test images; training without augmentation);
+- view `aug<v>-s<seed>` (v = 0..V-1): the image passed through the augmentation
+  layers, reseeded from (content hash, view), so a view is reproducible and
+  independent of batch composition. Training epoch e uses view e mod V;
+  V = epochs gives every epoch a fresh augmentation, as in the naive method.
+
+Layout: CACHE/<model_key>/<view>/<shard>.npz, each shard holding `keys` (n,)
+and `feats` (n, F) float32, written atomically after each batch, so a killed
+run resumes where it stopped and every run, fold and mix shares the shards.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prompts.files import atomic_path, sha256_bytes, sha256_file
+
+from .pixels import image_to_array
+
+log = logging.getLogger(__name__)
+PLAIN = "plain"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cellsynth" / "features"
+
+
+def aug_views(n_views: int, seed: int) -> list[str]:
+    """Names of the V augmented views for a seed: ['aug0-s0', 'aug1-s0', ...]."""
+    return [f"aug{v}-s{seed}" for v in range(n_views)]
+
+
+@dataclass
+class ImageTable:
+    """Unique images by content: keys[i] (SHA-256 hex) is the content of paths[i]."""
+
+    keys: list[str]
+    paths: list[Path]
+
+    @classmethod
+    def from_paths(cls, paths) -> "ImageTable":
+        keys, uniq = [], []
+        seen = set()
+        for p in paths:
+            k = sha256_file(p)
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+                uniq.append(Path(p))
+        return cls(keys, uniq)
+
+    def row(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+
+class FeatureCache:
+    """On-disk store of feature vectors keyed by (model_key, view, content hash)."""
+
+    def __init__(self, root: str | os.PathLike, model_key: str):
+        self.dir = Path(root) / model_key
+
+    def load(self, view: str) -> dict[str, np.ndarray]:
+        """All cached vectors of a view: content hash -> (F,) float32."""
+        out: dict[str, np.ndarray] = {}
+        d = self.dir / view
+        if not d.is_dir():
+            return out
+        for shard in sorted(d.glob("*.npz")):
+            try:
+                with np.load(shard) as z:
+                    for k, f in zip(z["keys"].tolist(), z["feats"]):
+                        out[k] = f
+            except (OSError, ValueError, KeyError):
+                log.warning("ignoring unreadable cache shard %s", shard)
+        return out
+
+    def save(self, view: str, keys: list[str], feats: np.ndarray) -> None:
+        name = sha256_bytes("".join(keys).encode())[:16]
+        with atomic_path(self.dir / view / f"{name}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=np.array(keys), feats=feats.astype(np.float32))
+
+
+class Extractor:
+    """Frozen base (+ augmentation layers for augmented views), built on first use."""
+
+    def __init__(self, build_base, image_size: int, batch_size: int = 16, seed: int = 0):
+        self._build_base = build_base
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self._base = None
+        self._aug = None
+
+    @property
+    def base(self):
+        if self._base is None:
+            self._base = self._build_base()
+        return self._base
+
+    def pixels(self, paths) -> np.ndarray:
+        return np.stack([image_to_array(p, self.image_size) for p in paths]).astype(np.float32)
+
+    def augment(self, x: np.ndarray, keys: list[str], view: str) -> np.ndarray:
+        """Apply the augmentation layers to each image with a seed from (content, view)."""
+        import keras
+
+        from .model import augmentation_layers, reseed_layers
+
+        if self._aug is None:
+            self._aug = augmentation_layers(self.seed)
+        out = np.empty_like(x)
+        for i, k in enumerate(keys):
+            reseed_layers(self._aug, zlib.crc32(f"{k}|{view}".encode()) & 0x3FFFFFFF)
+            y = x[i : i + 1]
+            for layer in self._aug:
+                y = layer(y, training=True)
+            out[i] = keras.ops.convert_to_numpy(y)[0]
+        return out
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) float 0..255 -> (n, F) float32."""
+        import keras
+
+        return keras.ops.convert_to_numpy(self.base(x, training=False)).astype(np.float32)
+
+
+def compute_features(
+    table: ImageTable, views: list[str], cache: FeatureCache, extractor: Extractor, progress: bool = True
+) -> dict[str, np.ndarray]:
+    """Features of every image of `table` in every view: view -> (n_images, F) float32.
+
+    Only images missing from the cache are decoded and passed through the base;
+    each finished batch is written to the cache at once.
+    """
+    from tqdm import tqdm
+
+    out: dict[str, np.ndarray] = {}
+    missing_by_view = {}
+    cached_by_view = {}
+    for view in views:
+        cached = cache.load(view)
+        cached_by_view[view] = cached
+        missing_by_view[view] = [i for i, k in enumerate(table.keys) if k not in cached]
+    total = sum(len(m) for m in missing_by_view.values())
+    bar = tqdm(total=total, desc="features", unit="img", disable=not progress or total == 0, leave=False)
+    pixel_memo: dict[int, np.ndarray] = {}
+    for view in views:
+        cached, missing = cached_by_view[view], missing_by_view[view]
+        bs = extractor.batch_size
+        for s in range(0, len(missing), bs):
+            rows = missing[s : s + bs]
+            keys = [table.keys[i] for i in rows]
+            x = np.stack([_memo_pixels(pixel_memo, extractor, table, i) for i in rows])
+            if view != PLAIN:
+                x = extractor.augment(x, keys, view)
+            f = extractor.features(x)
+            cache.save(view, keys, f)
+            for k, v in zip(keys, f):
+                cached[k] = v
+            bar.update(len(rows))
+        out[view] = np.stack([cached[k] for k in table.keys]) if table.keys else np.zeros((0, 0), np.float32)
+    bar.close()
+    return out
+
+
+def _memo_pixels(memo: dict, extractor: Extractor, table: ImageTable, i: int) -> np.ndarray:
+    """Decoded pixels of image i, kept in memory while views are computed (uint8 to save memory)."""
+    if i not in memo:
+        memo[i] = image_to_array(table.paths[i], extractor.image_size)
+    return memo[i].astype(np.float32)

@@ -1,0 +1,73 @@
+"""Stratified (and optionally grouped) repeated k-fold splits in the split-file format."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from prompts.dataset import Dataset, group_keys
+from prompts.errors import UserError
+from prompts.splits import Fold, Split
+
+
+def check_foldable(dataset: Dataset, n_splits: int, groups: list[str] | None = None) -> None:
+    """Raise a UserError naming a class that has fewer images (or groups) than folds."""
+    if n_splits < 2:
+        raise UserError(f"--folds {n_splits}: need at least 2 folds")
+    for label, count in dataset.class_counts().items():
+        if count < n_splits:
+            raise UserError(
+                f"class '{label}' has {count} image(s) in {dataset.root}, fewer than --folds {n_splits}; "
+                f"add images or use --folds {max(2, count)} or fewer"
+            )
+    if groups is not None:
+        per_class: dict[str, set] = {}
+        for r, g in zip(dataset.records, groups):
+            per_class.setdefault(r.label, set()).add(g)
+        n_groups = len(set(groups))
+        if n_groups < n_splits:
+            raise UserError(f"only {n_groups} group(s) to split into --folds {n_splits}; use fewer folds or another --group-by")
+        for label, gs in sorted(per_class.items()):
+            if len(gs) < n_splits:
+                raise UserError(
+                    f"class '{label}' spans only {len(gs)} group(s), fewer than --folds {n_splits}: some test folds would "
+                    f"lack it; use --folds {max(2, len(gs))} or another --group-by"
+                )
+
+
+def make_split(
+    dataset: Dataset, n_splits: int = 5, repeats: int = 1, group_by: str | None = None, seed: int = 0
+) -> Split:
+    """Repeated stratified k-fold; with `group_by` each group lies in one test fold.
+
+    Repeat r shuffles with seed `seed + r`. Returns a `Split` whose folds are
+    ordered repeat-major (index = repeat * n_splits + fold).
+    """
+    if repeats < 1:
+        raise UserError(f"--repeats {repeats}: need at least 1")
+    groups = group_keys(dataset, group_by)
+    check_foldable(dataset, n_splits, groups)
+    paths = np.array([r.path for r in dataset.records])
+    labels = np.array([r.label for r in dataset.records])
+    folds: list[Fold] = []
+    for rep in range(repeats):
+        if groups is None:
+            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed + rep)
+            parts = splitter.split(paths, labels)
+        else:
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + rep)
+            parts = splitter.split(paths, labels, groups=np.array(groups))
+        for k, (tr, te) in enumerate(parts):
+            if len(te) == 0:
+                raise UserError(f"fold {k} of repeat {rep} is empty; use fewer --folds or another --group-by")
+            folds.append(
+                Fold(len(folds), rep, k, tuple(sorted(paths[tr].tolist())), tuple(sorted(paths[te].tolist())))
+            )
+    return Split(
+        data=str(dataset.root),
+        n_splits=n_splits,
+        repeats=repeats,
+        seed=seed,
+        group_by=group_by,
+        classes=dataset.classes,
+        folds=folds,
+    )

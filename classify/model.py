@@ -1,0 +1,190 @@
+"""The study's classifier in Keras 3 (any backend): frozen EfficientNet base + small head.
+
+    pixels (S, S, 3) float 0..255
+      -> [augmentation: flip, rotation 0.15, translation 0.1, contrast 0.1]   (training only)
+      -> EfficientNetBx(include_top=False, pooling="avg")  frozen, inference-mode BN  -> (F,)
+      -> BatchNormalization -> Dropout(0.2) -> Dense(n_classes, softmax)          (the head)
+
+Adam (lr 1e-3), categorical cross-entropy. The head is its own `keras.Model`
+so that it can be trained alone on cached base features (features.py) or inside
+the full model (the naive path), with identical, seeded initial weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from prompts.errors import UserError
+from prompts.files import sha256_file
+
+BACKBONES = [f"EfficientNetB{i}" for i in range(8)]
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def keras_home() -> Path:
+    """Where Keras caches downloads ($KERAS_HOME, else ~/.keras)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
+def weights_id(weights: str | None, seed: int) -> str:
+    """A short identity of the base weights, for cache keys: 'imagenet', 'file-<sha12>', 'none-s<seed>'."""
+    w = normalize_weights(weights)
+    if w is None:
+        return f"none-s{seed}"
+    if w == "imagenet":
+        return "imagenet"
+    return "file-" + sha256_file(w)[:12]
+
+
+def normalize_weights(weights: str | None) -> str | None:
+    """'imagenet', an existing file path, or None; anything else is a UserError."""
+    if weights is None or str(weights).lower() in ("none", "null", ""):
+        return None
+    if str(weights).lower() == "imagenet":
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise UserError(f"--weights {weights}: no such file; pass imagenet, none, or the path of an EfficientNet weights file (.h5/.weights.h5)")
+    return str(weights)
+
+
+def check_backbone(backbone: str) -> str:
+    name = {b.lower(): b for b in BACKBONES}.get(str(backbone).lower())
+    if name is None:
+        raise UserError(f"--backbone {backbone}: unknown; choose one of {', '.join(BACKBONES)}")
+    return name
+
+
+def build_base(backbone: str, weights: str | None, image_size: int, seed: int = 0):
+    """The frozen feature extractor: (batch, S, S, 3) float 0..255 -> (batch, F) pooled features.
+
+    weights: 'imagenet' (Keras cache or download; offline a UserError saying where
+    to put the file), a weights-file path (ImageNet input normalisation restored,
+    see below), or None (random init, seeded by `seed`).
+    """
+    import keras
+
+    name = check_backbone(backbone)
+    if image_size < 32:
+        raise UserError(f"--image-size {image_size}: EfficientNet needs at least 32 pixels")
+    w = normalize_weights(weights)
+    app = getattr(keras.applications, name)
+    shape = (image_size, image_size, 3)
+    if w is None:
+        keras.utils.set_random_seed(seed)
+        base = app(include_top=False, weights=None, input_shape=shape, pooling="avg")
+    elif w == "imagenet":
+        target = keras_home() / "models" / f"{name.lower()}_notop.h5"
+        try:
+            base = app(include_top=False, weights="imagenet", input_shape=shape, pooling="avg")
+        except Exception as err:  # offline: urllib/HTTP errors surface as Exception from get_file
+            raise UserError(
+                f"ImageNet weights for {name} are not in the Keras cache and cannot be downloaded ({err.__class__.__name__}); "
+                f"put {name.lower()}_notop.h5 at {target} ($KERAS_HOME/models/), or pass --weights PATH or --weights none"
+            ) from None
+    else:
+        try:
+            core = app(include_top=False, weights=w, input_shape=shape, pooling="avg")
+        except Exception as err:
+            raise UserError(f"--weights {w}: cannot load into {name} at {image_size}px: {err}".splitlines()[0]) from None
+        # Keras builds a model from a weights *path* without the extra ImageNet
+        # std rescaling that weights="imagenet" adds after its Normalization layer.
+        # Both are affine per channel, so an equivalent pre-scaling restores it:
+        # x' = 255*m + (x - 255*m) / sqrt(std).
+        mean = 255.0 * np.array(IMAGENET_MEAN_RGB, np.float32)
+        scale = 1.0 / np.sqrt(np.array(IMAGENET_STDDEV_RGB, np.float32))
+        inp = keras.Input(shape)
+        x = keras.layers.Rescaling(scale=scale, offset=mean * (1 - scale), name="imagenet_std")(inp)
+        base = keras.Model(inp, core(x), name=f"{name}_from_file")
+    base.trainable = False
+    return base
+
+
+def augmentation_layers(seed: int = 0) -> list:
+    """The classical augmentation of the Keras EfficientNet fine-tuning example, seeded."""
+    import keras
+
+    return [
+        keras.layers.RandomRotation(factor=0.15, seed=seed),
+        keras.layers.RandomTranslation(height_factor=0.1, width_factor=0.1, seed=seed + 1),
+        keras.layers.RandomFlip(seed=seed + 2),
+        keras.layers.RandomContrast(factor=0.1, seed=seed + 3),
+    ]
+
+
+def reseed_layers(layers: list, seed: int) -> None:
+    """Reset the random state of augmentation layers so their next call depends only on `seed`."""
+    for i, layer in enumerate(layers):
+        for gen in getattr(layer, "_seed_generators", []):
+            gen.state.assign(np.array([seed * 7 + i, 0], dtype=gen.state.dtype))
+
+
+def build_head(n_features: int, n_classes: int, seed: int = 0, dropout: float = 0.2):
+    """The trainable head: (batch, F) features -> (batch, C) class probabilities."""
+    import keras
+
+    inp = keras.Input((n_features,), name="features")
+    x = keras.layers.BatchNormalization(name="head_bn")(inp)
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    out = keras.layers.Dense(
+        n_classes,
+        activation="softmax",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        name="head_dense",
+    )(x)
+    return keras.Model(inp, out, name="head")
+
+
+def build_full(base, head, image_size: int, augment: bool, seed: int = 0):
+    """The naive end-to-end model: pixels -> [augmentation] -> frozen base -> head."""
+    import keras
+
+    inp = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inp
+    if augment:
+        for layer in augmentation_layers(seed):
+            x = layer(x)
+    x = base(x, training=False)
+    return keras.Model(inp, head(x), name="classifier")
+
+
+def compile_model(model, learning_rate: float = 1e-3) -> None:
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
+
+
+def unfreeze_top(base, n_layers: int) -> int:
+    """Second phase: make the top `n_layers` layers of the base trainable, BatchNorm kept frozen.
+
+    Returns the number of layers unfrozen (BN layers excluded).
+    """
+    import keras
+
+    core = base
+    inner = [l for l in base.layers if isinstance(l, keras.Model)]
+    if inner:  # the weights-file wrapper holds the application as one layer
+        core = inner[0]
+    base.trainable = True
+    core.trainable = True
+    count = 0
+    layers = core.layers
+    for i, layer in enumerate(layers):
+        top = i >= len(layers) - n_layers
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+        count += int(layer.trainable)
+    return count
+
+
+def model_key(backbone: str, weights: str | None, image_size: int, seed: int) -> str:
+    """Identity of the frozen base for the feature cache, e.g. 'EfficientNetB7-600-imagenet-1a2b3c4d'."""
+    import keras
+
+    name = check_backbone(backbone)
+    wid = weights_id(weights, seed)
+    # pixels policy version 1; Keras version changes layer numerics rarely but may
+    h = hashlib.sha256(f"{name}|{wid}|{image_size}|pixels-v1|keras-{keras.__version__}".encode()).hexdigest()[:8]
+    return f"{name}-{image_size}-{wid}-{h}"
