@@ -1,26 +1,186 @@
-"""`python -m lora {train,convert,tiny-model}` (also under `accelerate launch -m lora ...`)."""
+"""`python -m lora {train,convert,tiny-model,single-file}` (also under `accelerate launch -m lora ...`).
+
+The `train` flags are made from the study schema (prompts/schema/lora.py and data.py):
+one flag per key, `--some-key` for `some_key`, booleans as `--key` / `--no-key`.
+A flag given on the command line overrides the `--config` file, which overrides the defaults.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import dataclasses
+import types
+import typing
 
-from prompts.errors import run_cli, setup_logging
+from prompts.errors import UserError, run_cli, setup_logging
+
+# Keys of the data section that `train` reads (the rest belong to other commands).
+DATA_KEYS = ("data", "templates", "split", "skip_bad_images")
+
+
+def _add_schema_flags(parser: argparse.ArgumentParser, cls, keys=None) -> None:
+    """One flag per dataclass field; default None so that an absent flag leaves the config value."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if keys is not None and f.name not in keys:
+            continue
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            inner = [a for a in args if a is not type(None)]
+            tp = inner[0] if len(inner) == 1 else str
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        flag = "--" + f.name.replace("_", "-")
+        if tp is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(tp) is list:
+            parser.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="NAME",
+                                type=str, help=help_text + "; space- or comma-separated")
+        elif typing.get_origin(tp) is typing.Literal:
+            parser.add_argument(flag, dest=f.name, choices=typing.get_args(tp), default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=tp if tp in (int, float) else str, default=None, help=help_text)
+
+
+def _split_commas(values):
+    if values is None:
+        return None
+    return [v for item in values for v in item.split(",") if v]
 
 
 @run_cli
 def main(argv=None):
+    from prompts.schema.data import DataSection
+    from prompts.schema.lora import LoraSection
+
     parser = argparse.ArgumentParser(prog="python -m lora", description="LoRA fine-tuning of Stable Diffusion 1.x")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one LoRA per group (class, cell line x class, or all)",
+                       description="Train LoRAs; flags override the `lora` and `data` sections of --config.")
+    p.add_argument("--config", help="study YAML file (sections data, lora, generate, classify)")
+    p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint of each group, or from a checkpoint folder")
+    p.add_argument("--verbose", action="store_true")
+    _add_schema_flags(p, LoraSection)
+    _add_schema_flags(p, DataSection, DATA_KEYS)
+
+    p = sub.add_parser("convert", help="convert a LoRA between diffusers and kohya/A1111 formats (deltas preserved)")
+    p.add_argument("input", help="LoRA .safetensors file (either format), or a folder holding pytorch_lora_weights.safetensors")
+    p.add_argument("output", help="kohya: a .safetensors file; diffusers: a folder (or a .safetensors path)")
+    p.add_argument("--to", required=True, choices=["kohya", "diffusers"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
     p = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion (smoke model) in diffusers layout")
     p.add_argument("output", help="folder to write")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("single-file", help="write a diffusers model as one original-layout (LDM/A1111) .safetensors checkpoint")
+    p.add_argument("model", help="diffusers folder")
+    p.add_argument("output", help=".safetensors file to write")
+    p.add_argument("--overwrite", action="store_true")
+
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(getattr(args, "verbose", False))
+    if args.command == "train":
+        return _train(args, sys.argv[1:] if argv is None else list(argv))
+    if args.command == "convert":
+        return _convert(args)
+    if args.command == "single-file":
+        return _single_file(args)
     if args.command == "tiny-model":
         from .tiny import write_tiny_model
 
         out = write_tiny_model(args.output, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote tiny Stable Diffusion (random weights, a smoke model) to {out}")
+
+
+def _train(args, argv) -> None:
+    from prompts.config import apply_overrides, load_study
+
+    from .train import plan, run
+
+    args.classes, args.cell_lines = _split_commas(args.classes), _split_commas(args.cell_lines)
+    study = load_study(args.config)
+    cfg = apply_overrides(study.lora, args)
+    data_cfg = apply_overrides(study.data, args)
+    n = _accelerate_cpu_processes()
+    if n > 1:
+        plan(cfg, data_cfg, args.resume)  # bad input: one line here, not one per process
+        raise SystemExit(_relaunch(n, argv))
+    out = run(cfg, data_cfg, resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":
+        for folder in out:
+            print(folder)
+
+
+def _accelerate_cpu_processes() -> int:
+    """N of `accelerate launch --cpu --num_processes N` when that launcher started only this one process.
+
+    accelerate starts N CPU processes only through MPI (`--mpirun_hostfile`); without it, it runs the
+    script once with ACCELERATE_USE_CPU=True and no WORLD_SIZE. The N is then read from the launcher's
+    command line (this process's parent) so that the run can be data-parallel as asked. 1 otherwise.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1") or "WORLD_SIZE" in os.environ:
+        return 1
+    try:
+        import psutil
+
+        cmd = psutil.Process().parent().cmdline()
+    except Exception:  # no psutil or no access to the parent: run as one process
+        return 1
+    if "launch" not in cmd or not any(os.path.basename(a).startswith("accelerate") or a == "accelerate.commands.launch" for a in cmd):
+        return 1
+    for i, a in enumerate(cmd):
+        for flag in ("--num_processes", "--num-processes"):
+            if a == flag and i + 1 < len(cmd) and cmd[i + 1].isdigit():
+                return int(cmd[i + 1])
+            if a.startswith(flag + "="):
+                return int(a.split("=", 1)[1]) if a.split("=", 1)[1].isdigit() else 1
+    return 1
+
+
+def _relaunch(n: int, argv: list[str]) -> int:
+    """Run `python -m lora <argv>` as n data-parallel CPU processes (torch.distributed.run, gloo); returns the exit status."""
+    import logging
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logging.getLogger("lora").info("accelerate launch --cpu started one process; starting %d CPU processes (gloo)", n)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "lora", *argv]
+    return subprocess.call(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "True"})
+
+
+def _convert(args) -> None:
+    from pathlib import Path
+
+    from .formats import DIFFUSERS_WEIGHT_NAME, convert
+
+    dst = Path(args.output)
+    target = dst if args.to == "kohya" or dst.suffix == ".safetensors" else dst / DIFFUSERS_WEIGHT_NAME
+    if target.exists() and not args.overwrite:
+        raise UserError(f"{target} exists; pass --overwrite to replace it or choose another output")
+    print(convert(args.input, dst, args.to))
+
+
+def _single_file(args) -> None:
+    from pathlib import Path
+
+    from .ldm import write_single_file
+    from .model import load_pipeline
+
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        raise UserError(f"{out}: the checkpoint is written as safetensors; give a path ending in .safetensors")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    print(write_single_file(load_pipeline(args.model), out))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,14 @@ from ._field import opt
 @dataclass
 class LoraSection:
     model: str | None = opt(None, "base model: diffusers folder, single-file .safetensors, or hub id", path=True, hub=True)
+    model_config: str | None = opt(
+        None, "for a single-file checkpoint: a diffusers folder (or hub id) of the same architecture, whose configs are used", path=True, hub=True
+    )
     output: str | None = opt(None, "output folder; LoRAs go to OUT/[fold_<k>/]<group>/", path=True)
     per: Literal["class", "cell_line_class", "all"] = opt("class", "one LoRA per class, per (cell line, class), or one for all images")
     classes: list[str] = opt([], "train only these classes (default: all)")
     cell_lines: list[str] = opt([], "train only these cell lines (default: all)")
-    fold: str | None = opt(None, "with data.split: a fold index K or 'all'")
+    fold: int | str | None = opt(None, "with data.split: a fold index K or 'all'")
     epochs: int = opt(10, "passes over the (repeated) images")
     repeats: int = opt(2, "times each image appears per epoch (kohya's repeats)")
     batch_size: int = opt(2, "images per step per process")
@@ -33,7 +36,7 @@ class LoraSection:
     mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", "frozen weights in this precision; LoRA parameters stay fp32")
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the U-Net and text encoder")
     gradient_accumulation_steps: int = opt(1, "steps accumulated before each optimizer update")
-    min_snr_gamma: float | None = opt(None, "min-SNR loss weighting gamma (5 is common); none disables")
+    min_snr_gamma: float | None = opt(None, "min-SNR loss weighting gamma (5 is common); none or 0 disables")
     noise_offset: float = opt(0.0, "noise offset (0.05-0.1 helps very dark or bright images)")
     random_flip: bool = opt(True, "random horizontal and vertical flips (micrographs have no up)")
     random_crop: bool = opt(False, "random instead of center crop after resizing the shortest side")

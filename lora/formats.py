@@ -1,0 +1,347 @@
+"""LoRA file formats: diffusers/peft and kohya/AUTOMATIC1111, both directions, deltas preserved.
+
+One in-memory form sits between them, `LoraWeights`: for every adapted module,
+`down` (A, shape [rank, in]), `up` (B, shape [out, rank]) and `alpha`; the module's
+weight change is `delta = alpha / rank * up @ down` (shape [out, in]).
+
+diffusers file (`pytorch_lora_weights.safetensors`)
+    keys `unet.<module>.lora_A.weight` / `.lora_B.weight` and `text_encoder.<module>...`;
+    metadata `lora_adapter_metadata` = JSON of each component's peft `LoraConfig`
+    (rank, alpha, rank/alpha patterns) so that `load_lora_weights` reloads the scale.
+kohya / A1111 file (`<group>.safetensors`)
+    keys `lora_unet_<module with _>.lora_down.weight`, `.lora_up.weight`, `.alpha`
+    (and `lora_te_...` for the CLIP text encoder); `ss_*` training metadata and
+    `sshs_model_hash` / `sshs_legacy_hash` as kohya's sd-scripts write them.
+
+API: `read_lora(path)`, `write_diffusers(lora, folder)`, `write_kohya(lora, path, metadata)`,
+`convert(src, dst, to)`, `from_peft(unet, text_encoder)`, `deltas(lora)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from prompts.errors import UserError
+from prompts.files import atomic_path
+
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
+COMPONENTS = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+# Names in diffusers' UNet2DConditionModel and transformers' CLIPTextModel that
+# contain "_"; kohya joins module paths with "_", so these are re-joined greedily.
+_COMPOUND = {
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "to_q", "to_k", "to_v", "to_out",
+    "proj_in", "proj_out", "time_emb_proj", "conv_shortcut", "conv_in", "conv_out", "conv_norm_out",
+    "time_embedding", "linear_1", "linear_2", "text_model", "self_attn", "q_proj", "k_proj", "v_proj",
+    "out_proj", "layer_norm1", "layer_norm2", "final_layer_norm", "token_embedding", "position_embedding",
+    "add_embedding", "add_k_proj", "add_v_proj",
+}
+
+
+@dataclass
+class LoraModule:
+    """One adapted layer: down [rank, in(, kh, kw)], up [out, rank(, 1, 1)], alpha (the update is alpha/rank * up@down)."""
+
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0])
+
+    def delta(self) -> torch.Tensor:
+        """The weight change in float32, shaped like the layer's weight."""
+        down = self.down.float().flatten(1)
+        up = self.up.float().flatten(1)
+        d = (self.alpha / self.rank) * (up @ down)
+        return d.reshape(self.up.shape[0], *self.down.shape[1:]) if self.down.ndim == 4 else d
+
+
+@dataclass
+class LoraWeights:
+    """All adapted modules, keyed by (component, module path), component `unet` or `text_encoder`."""
+
+    modules: dict[tuple[str, str], LoraModule]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def component(self, name: str) -> dict[str, LoraModule]:
+        return {m: mod for (c, m), mod in self.modules.items() if c == name}
+
+    def rank_alpha(self) -> tuple[int, float]:
+        """The most common (rank, alpha) pair: the network dim and alpha of the file."""
+        return Counter((m.rank, m.alpha) for m in self.modules.values()).most_common(1)[0][0]
+
+
+def deltas(lora: LoraWeights) -> dict[tuple[str, str], torch.Tensor]:
+    """Every module's weight change, float32."""
+    return {k: m.delta() for k, m in lora.modules.items()}
+
+
+# --------------------------------------------------------------------------- peft models -> LoraWeights
+
+def _peft_modules(model, component: str) -> dict[tuple[str, str], LoraModule]:
+    """LoRA layers of a peft-adapted model (adapter 'default'), copied to float32 on the CPU."""
+    from peft.tuners.lora import LoraLayer
+
+    model = getattr(model, "module", model)  # unwrap DDP
+    out = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, LoraLayer) and "default" in layer.lora_A:
+            out[(component, name)] = LoraModule(
+                down=layer.lora_A["default"].weight.detach().float().cpu().clone(),
+                up=layer.lora_B["default"].weight.detach().float().cpu().clone(),
+                alpha=float(layer.lora_alpha["default"]),
+            )
+    return out
+
+
+def from_peft(unet, text_encoder=None, metadata: dict | None = None) -> LoraWeights:
+    """The trained LoRA of a U-Net (and optionally a text encoder) that carry peft adapters."""
+    modules = _peft_modules(unet, "unet")
+    if text_encoder is not None:
+        modules.update(_peft_modules(text_encoder, "text_encoder"))
+    return LoraWeights(modules, dict(metadata or {}))
+
+
+# --------------------------------------------------------------------------- diffusers format
+
+def _lora_config(mods: dict[str, LoraModule]) -> dict:
+    """A peft LoraConfig (as JSON-ready dict) that reproduces every module's rank and alpha."""
+    from peft import LoraConfig
+
+    r, alpha = Counter((m.rank, m.alpha) for m in mods.values()).most_common(1)[0][0]
+    rank_pattern = {name: m.rank for name, m in mods.items() if m.rank != r}
+    alpha_pattern = {name: m.alpha for name, m in mods.items() if m.alpha != alpha}
+    targets = sorted(mods)
+    cfg = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, rank_pattern=rank_pattern,
+                     alpha_pattern=alpha_pattern, init_lora_weights=True).to_dict()
+    return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
+
+
+def write_diffusers(lora: LoraWeights, folder: str | os.PathLike) -> Path:
+    """Write `pytorch_lora_weights.safetensors` into `folder` with diffusers' own saver and rank/alpha metadata."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(folder)
+    layers, meta = {}, {}
+    for comp in COMPONENTS:
+        mods = lora.component(comp)
+        if not mods:
+            continue
+        state = {}
+        for name, m in mods.items():
+            state[f"{name}.lora_A.weight"] = m.down.contiguous()
+            state[f"{name}.lora_B.weight"] = m.up.contiguous()
+        layers[comp], meta[comp] = state, _lora_config(mods)
+    if not layers:
+        raise UserError("the LoRA holds no U-Net or text-encoder layers; nothing to write")
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / DIFFUSERS_WEIGHT_NAME) as tmp:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp.parent, unet_lora_layers=layers.get("unet"), text_encoder_lora_layers=layers.get("text_encoder"),
+            unet_lora_adapter_metadata=meta.get("unet"), text_encoder_lora_adapter_metadata=meta.get("text_encoder"),
+            weight_name=tmp.name, safe_serialization=True,
+        )
+    return folder / DIFFUSERS_WEIGHT_NAME
+
+
+def _read_diffusers(state: dict, header: dict, path: Path) -> LoraWeights:
+    configs = {}
+    if METADATA_KEY in header:
+        raw = json.loads(header[METADATA_KEY])
+        for comp in COMPONENTS:  # diffusers stores "<component>.<config key>"
+            configs[comp] = {k[len(comp) + 1:]: v for k, v in raw.items() if k.startswith(comp + ".")}
+    modules: dict[tuple[str, str], LoraModule] = {}
+    for key, value in state.items():
+        comp, _, rest = key.partition(".")
+        if comp not in COMPONENTS or not rest.endswith(".lora_A.weight"):
+            continue
+        name = rest[: -len(".lora_A.weight")]
+        up = state.get(f"{comp}.{name}.lora_B.weight")
+        if up is None:
+            raise UserError(f"{path}: {key} has no matching lora_B weight; the file is damaged")
+        cfg = configs.get(comp) or {}
+        rank = int(value.shape[0])
+        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, name, cfg.get("lora_alpha", rank))
+        modules[(comp, name)] = LoraModule(value, up, float(alpha))
+    if not modules:
+        raise UserError(f"{path} holds no diffusers LoRA keys (unet.*.lora_A.weight); is it a kohya file? use --to diffusers")
+    return LoraWeights(modules, {k: v for k, v in header.items() if k != METADATA_KEY})
+
+
+def _pattern_value(pattern: dict, name: str, default):
+    import re
+
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+# --------------------------------------------------------------------------- kohya format
+
+def kohya_name(component: str, module: str) -> str:
+    """`unet`, `down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`."""
+    return COMPONENTS[component] + module.replace(".", "_")
+
+
+def module_from_kohya(name: str) -> tuple[str, str]:
+    """Inverse of `kohya_name` for SD 1.x U-Net and CLIP text-encoder module paths."""
+    for comp, prefix in COMPONENTS.items():
+        if name.startswith(prefix):
+            tokens = name[len(prefix):].split("_")
+            break
+    else:
+        raise UserError(f"kohya key {name} does not start with lora_unet_ or lora_te_ (SD 1.x LoRA expected)")
+    parts, i = [], 0
+    while i < len(tokens):
+        for n in (3, 2):
+            joined = "_".join(tokens[i:i + n])
+            if len(tokens[i:i + n]) == n and joined in _COMPOUND:
+                parts.append(joined)
+                i += n
+                break
+        else:
+            parts.append(tokens[i])
+            i += 1
+    return comp, ".".join(parts)
+
+
+def kohya_state(lora: LoraWeights) -> dict[str, torch.Tensor]:
+    """The kohya key layout: `<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha` (scalar)."""
+    state = {}
+    for (comp, module), m in sorted(lora.modules.items()):
+        name = kohya_name(comp, module)
+        state[f"{name}.lora_down.weight"] = m.down.contiguous()
+        state[f"{name}.lora_up.weight"] = m.up.contiguous()
+        state[f"{name}.alpha"] = torch.tensor(float(m.alpha), dtype=m.down.dtype if m.down.is_floating_point() else torch.float32)
+    return state
+
+
+def kohya_hashes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
+    """kohya's `sshs_model_hash` and `sshs_legacy_hash` (sd-scripts' precalculate_safetensors_hashes).
+
+    model hash: SHA-256 of the bytes after the safetensors header of the file saved
+    with only the `ss_*` metadata; legacy hash: 8 hex digits of 64 KiB at offset 1 MiB.
+    """
+    from safetensors.torch import save
+
+    data = save(state, {k: v for k, v in metadata.items() if k.startswith("ss_")})
+    n = int.from_bytes(data[:8], "little")
+    model_hash = hashlib.sha256(data[8 + n:]).hexdigest()
+    buf = io.BytesIO(data)
+    buf.seek(0x100000)
+    legacy = hashlib.sha256(buf.read(0x10000)).hexdigest()[:8]
+    return model_hash, legacy
+
+
+def write_kohya(lora: LoraWeights, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write a kohya/A1111 LoRA file; `metadata` values are strings (ss_* keys), hashes are added."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = kohya_state(lora)
+    meta = {k: str(v) for k, v in {**lora.metadata, **(metadata or {})}.items() if k.startswith(("ss_", "modelspec."))}
+    rank, alpha = lora.rank_alpha()
+    meta.setdefault("ss_network_module", "networks.lora")
+    meta.setdefault("ss_network_dim", str(rank))
+    meta.setdefault("ss_network_alpha", str(alpha))
+    meta.setdefault("ss_base_model_version", "sd_v1")
+    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(state, meta)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", **meta})
+    return path
+
+
+def _read_kohya(state: dict, header: dict, path: Path) -> LoraWeights:
+    modules = {}
+    for key, value in state.items():
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key[: -len(".lora_down.weight")]
+        up = state.get(f"{name}.lora_up.weight")
+        if up is None:
+            raise UserError(f"{path}: {key} has no matching lora_up weight; the file is damaged")
+        alpha = state.get(f"{name}.alpha")
+        alpha = float(alpha.item()) if alpha is not None else float(value.shape[0])  # kohya: no alpha means alpha = rank
+        modules[module_from_kohya(name)] = LoraModule(value, up, alpha)
+    if not modules:
+        raise UserError(f"{path} holds no kohya LoRA keys (lora_unet_*.lora_down.weight)")
+    return LoraWeights(modules, dict(header))
+
+
+# --------------------------------------------------------------------------- reading and converting
+
+def detect_format(path: str | os.PathLike) -> str:
+    """'diffusers' or 'kohya', from the keys of a safetensors LoRA file (or a folder holding one)."""
+    return read_lora(path).metadata.get("__format__", "")
+
+
+def read_lora(path: str | os.PathLike) -> LoraWeights:
+    """Read a LoRA file in either format (a folder means its pytorch_lora_weights.safetensors).
+
+    `metadata['__format__']` tells which format it was.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / DIFFUSERS_WEIGHT_NAME
+    if not path.is_file():
+        raise UserError(f"LoRA file {path} does not exist")
+    if path.suffix.lower() != ".safetensors":
+        raise UserError(f"{path} is not a .safetensors file; only safetensors LoRAs are read (pickle files can run code)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = dict(f.metadata() or {})
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise UserError(f"cannot read {path} as safetensors: {err}") from None
+    if any(k.endswith(".lora_down.weight") for k in state):
+        lora, fmt = _read_kohya(state, header, path), "kohya"
+    else:
+        lora, fmt = _read_diffusers(state, header, path), "diffusers"
+    lora.metadata["__format__"] = fmt
+    return lora
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
+    """Convert a LoRA file to `to` ('kohya': a .safetensors file; 'diffusers': a folder or a .safetensors path).
+
+    Refuses to overwrite `src`. Returns the written file.
+    """
+    src, dst = Path(src), Path(dst)
+    if to not in ("kohya", "diffusers"):
+        raise UserError(f"--to {to}: expected kohya or diffusers")
+    lora = read_lora(src)
+    if dst.resolve() == (src / DIFFUSERS_WEIGHT_NAME if src.is_dir() else src).resolve():
+        raise UserError(f"{dst} is the input file; choose another output path")
+    if to == "kohya":
+        if dst.suffix.lower() != ".safetensors":
+            raise UserError(f"{dst}: a kohya LoRA is one .safetensors file; give a path ending in .safetensors")
+        return write_kohya(lora, dst)
+    if dst.suffix.lower() == ".safetensors":
+        written = write_diffusers(lora, dst.parent if dst.name == DIFFUSERS_WEIGHT_NAME else _tmp_folder(dst))
+        if dst.name != DIFFUSERS_WEIGHT_NAME:
+            os.replace(written, dst)
+            written.parent.rmdir()
+            return dst
+        return written
+    return write_diffusers(lora, dst)
+
+
+def _tmp_folder(dst: Path) -> Path:
+    import tempfile
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dst.stem}.", dir=dst.parent))
