@@ -1,0 +1,205 @@
+"""Where each image came from: the manifest line, the PNG text chunks, and hashes.
+
+Each PNG carries two text chunks:
+- `parameters`: AUTOMATIC1111's text (prompt with <lora:..> tags, "Negative prompt: ...",
+  then "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: ..., Size: WxH, Model hash: ...,
+  Lora hashes: ..."), which A1111's "PNG Info" tab and civitai read;
+- `cellsynth`: the image's manifest record as JSON.
+
+The PNGs are the truth: `OUT/manifest.jsonl` is appended to while a run goes and
+rebuilt from the PNGs' `cellsynth` chunks at the start and end of every run, so a
+run killed between writing a PNG and its line (or in the middle of a line) ends,
+once re-run, with exactly one line per image.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from prompts.files import atomic_path, sha256_file, write_text_atomic
+
+from .plan import Job, LoraUse, format_weight
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.jsonl"
+CHUNK = "cellsynth"
+VERSION = "cellsynth generate 0.1"
+
+
+def lora_hash(path: str | os.PathLike) -> str:
+    """AUTOMATIC1111's LoRA short hash: SHA-256 of a safetensors file's tensor bytes (after its header), 12 hex digits.
+
+    This is A1111's (and kohya's "addnet") hash, shown as "Lora hashes" and used by civitai.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + n)
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
+           lora_hashes: dict[str, str], run_seed: int) -> dict:
+    """The manifest line of one image (JSON-ready). size = (width, height) in pixels."""
+    return {
+        "file": job.file,
+        "class": job.label,
+        "cell_line": job.cell_line,
+        "group": job.group,
+        "fold": job.fold,
+        "lora_weight": job.weight,
+        "loras": [{"name": u.name, "file": u.path, "weight": u.multiplier * job.weight, "hash": lora_hashes[u.path]}
+                  for u in job.loras],
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "sampler": sampler,
+        "steps": steps,
+        "cfg": cfg,
+        "size": [size[0], size[1]],
+        "mode": "img2img" if job.init_image else "txt2img",
+        "init_image": job.init_image,
+        "strength": job.strength,
+        "model": model,
+        "model_hash": model_hash,
+        "run_seed": run_seed,
+        "index": job.index,
+        "color": "L" if job.gray else "RGB",
+        "version": VERSION,
+    }
+
+
+def _num(x: float) -> str:
+    return format_weight(x).removesuffix(".0") if float(x).is_integer() else format_weight(x)
+
+
+def a1111_parameters(rec: dict) -> str:
+    """AUTOMATIC1111's `parameters` text for a manifest record."""
+    tags = "".join(f" <lora:{u['name']}:{_num(u['weight'])}>" for u in rec["loras"])
+    lines = [rec["prompt"] + tags]
+    if rec["negative_prompt"]:
+        lines.append(f"Negative prompt: {rec['negative_prompt']}")
+    fields = [
+        f"Steps: {rec['steps']}",
+        f"Sampler: {rec['sampler']}",
+        f"CFG scale: {_num(rec['cfg'])}",
+        f"Seed: {rec['seed']}",
+        f"Size: {rec['size'][0]}x{rec['size'][1]}",
+        f"Model hash: {rec['model_hash']}",
+        f"Model: {Path(str(rec['model'])).name}",
+    ]
+    if rec["mode"] == "img2img":
+        fields.append(f"Denoising strength: {_num(rec['strength'])}")
+    if rec["loras"]:
+        fields.append('Lora hashes: "' + ", ".join(f"{u['name']}: {u['hash']}" for u in rec["loras"]) + '"')
+    fields.append(f"Version: {VERSION}")
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def save_png(image: Image.Image, path: Path, rec: dict) -> None:
+    """Write `image` atomically with both text chunks; an existing file is replaced only by the rename."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters(rec))
+    info.add_text(CHUNK, json.dumps(rec, sort_keys=False))
+    with atomic_path(path) as tmp:
+        image.save(tmp, pnginfo=info)
+
+
+def read_chunk(path: Path) -> dict | None:
+    """The `cellsynth` record of a PNG, or None when it has none (not ours) or cannot be read."""
+    try:
+        with Image.open(path) as im:
+            text = im.text.get(CHUNK) if hasattr(im, "text") else None
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def append_line(out: Path, rec: dict) -> None:
+    """Append one manifest line with a single O_APPEND write (safe with several processes)."""
+    data = (json.dumps(rec, sort_keys=False) + "\n").encode("utf-8")
+    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def scan(out: Path) -> tuple[dict[str, dict], list[str]]:
+    """Records of every PNG under `out` from its chunk: ({file: record}, [PNGs without a record])."""
+    found, foreign = {}, []
+    if not out.is_dir():
+        return found, foreign
+    for dirpath, dirnames, filenames in os.walk(out):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or not name.lower().endswith(".png"):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(out).as_posix()
+            rec = read_chunk(path)
+            if rec is None or rec.get("file") != rel:
+                foreign.append(rel)
+            else:
+                found[rel] = rec
+    return found, foreign
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete our own temporary files (`.NAME.*.tmp.png`) left by a killed run; returns how many."""
+    n = 0
+    for dirpath, _, filenames in os.walk(out):
+        for name in filenames:
+            if name.startswith(".") and name.endswith(".tmp.png"):
+                os.unlink(Path(dirpath) / name)
+                n += 1
+    return n
+
+
+def rebuild_manifest(out: Path, records: dict[str, dict]) -> None:
+    """Write manifest.jsonl atomically: one line per PNG, sorted by file."""
+    text = "".join(json.dumps(records[f], sort_keys=False) + "\n" for f in sorted(records))
+    write_text_atomic(out / MANIFEST, text)
+
+
+def settings_differ(old: dict, new: dict, seeded: bool) -> str | None:
+    """The first setting in which an existing image's record differs from the planned one, or None.
+
+    The seed counts only when the run is seeded (an unseeded run draws new seeds).
+    """
+    keys = ["prompt", "negative_prompt", "sampler", "steps", "cfg", "size", "mode", "strength", "model_hash"]
+    if seeded:
+        keys.append("seed")
+    for key in keys:
+        if old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} (this run: {new.get(key)!r})"
+    old_loras = [(u.get("hash"), u.get("weight")) for u in old.get("loras", [])]
+    new_loras = [(u["hash"], u["weight"]) for u in new["loras"]]
+    if old_loras != new_loras:
+        return f"LoRAs {old_loras} (this run: {new_loras})"
+    return None
+
+
+def lora_hashes(jobs: list[Job]) -> dict[str, str]:
+    """{LoRA file: short hash} for every LoRA the jobs use."""
+    paths = sorted({u.path for j in jobs for u in j.loras})
+    return {p: lora_hash(p) for p in paths}
+
+
+__all__ = ["LoraUse", "MANIFEST", "a1111_parameters", "append_line", "lora_hash", "lora_hashes", "read_chunk",
+           "rebuild_manifest", "record", "remove_stale_temporaries", "save_png", "scan", "settings_differ", "sha256_file"]

@@ -1,0 +1,286 @@
+"""The sampling loop: a plan of images in, PNGs and manifest lines out.
+
+Top to bottom: load the base model and the sampler; check every LoRA against
+the model before anything is written; look at what the output folder already
+holds; share the missing images between processes (`accelerate launch`); then,
+batch by batch, switch LoRAs and weight, run the diffusers pipeline, reject NaN
+or all-black images, and write each PNG atomically with its provenance.
+
+Shapes: images leave the pipeline as float arrays (batch, height, width, 3) in
+0..1 and are saved as 8-bit PNGs (mode L when the group's source is grayscale).
+Noise is drawn on the CPU from one generator per image, seeded with the image's
+seed, so a seed reproduces its image alone, in any batch and on any device.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from prompts.errors import UserError
+from prompts.images import is_grayscale, load_image
+
+from . import provenance as prov
+from .plan import Job, batches, share
+from .samplers import canonical_sampler, make_scheduler
+
+log = logging.getLogger("generate")
+
+
+@dataclass
+class Settings:
+    """How to sample (resolved from the config and flags)."""
+
+    model: str
+    output: Path
+    sampler: str = "Euler a"
+    steps: int = 20
+    cfg: float = 7.0
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    fuse: bool = False
+    dtype: str = "auto"  # auto, fp32, fp16, bf16
+    allow_pickle: bool = False
+    model_config: str | None = None
+    overwrite: bool = False
+    seeded: bool = False  # --seed given: seeds are part of the settings that must match on resume
+    run_seed: int = 0
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- model
+
+
+def check_settings(s: Settings) -> None:
+    """Sampler, size, steps, CFG and batch size, before any model is loaded."""
+    s.sampler = canonical_sampler(s.sampler)
+    for name, v in (("width", s.width), ("height", s.height)):
+        if v <= 0 or v % 8:
+            raise UserError(f"--size: {name} {v} is impossible; the VAE needs a positive multiple of 8 (e.g. 512 512)")
+    if s.steps < 1:
+        raise UserError(f"--steps {s.steps}: need at least 1 step")
+    if s.batch_size < 1:
+        raise UserError(f"--batch-size {s.batch_size}: need at least 1 image per call")
+    if not s.cfg >= 0:
+        raise UserError(f"--cfg {s.cfg}: the guidance scale must be 0 or more (7 is A1111's default)")
+
+
+def load_pipe(s: Settings, device: torch.device):
+    """The text-to-image pipeline on `device` with the chosen sampler; progress bars off."""
+    from lora.model import load_pipeline
+
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(s.dtype)
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    pipe = load_pipeline(s.model, torch_dtype=dtype, allow_pickle=s.allow_pickle, config=s.model_config)
+    pipe.scheduler = make_scheduler(s.sampler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def img2img_pipe(pipe):
+    """An image-to-image pipeline sharing the text-to-image pipeline's modules (and LoRA adapters)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    p = StableDiffusionImg2ImgPipeline(**pipe.components)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def check_loras(pipe, paths: list[str], model: str) -> None:
+    """Load each LoRA once and remove it again: a LoRA for another base model fails here, before any image."""
+    for path in paths:
+        try:
+            pipe.load_lora_weights(path, adapter_name="check")
+        except Exception as err:  # diffusers and peft raise RuntimeError, ValueError, KeyError ...
+            first = next((ln.strip() for ln in str(err).splitlines() if "mismatch" in ln), str(err).splitlines()[0] if str(err) else "")
+            raise UserError(
+                f"LoRA {path} does not fit the base model {model} ({err.__class__.__name__}: {first[:160]}); "
+                "it was trained for another base model: pass the --model it was trained on"
+            ) from None
+        found = [part for part, names in pipe.get_list_adapters().items() if "check" in names]
+        pipe.delete_adapters("check")
+        if not found:
+            raise UserError(f"LoRA {path}: none of its keys match a layer of {model}; it was made for another model")
+
+
+class Adapters:
+    """The LoRAs on the pipeline: loads what a batch needs, drops the rest, sets or fuses the weight."""
+
+    def __init__(self, pipe):
+        self.pipe, self.names, self.fused, self.state = pipe, {}, False, None
+
+    def use(self, loras, weight: float, fuse: bool) -> None:
+        """Make `loras` (LoraUse tuple) act at multiplier x weight; weight 0 is the bare base model."""
+        if self.state == (loras, weight, fuse):
+            return
+        pipe = self.pipe
+        if self.fused:
+            pipe.unfuse_lora()
+            self.fused = False
+        keep = {u.path for u in loras}
+        drop = [name for path, name in self.names.items() if path not in keep]
+        if drop:
+            pipe.delete_adapters(drop)
+            self.names = {p: n for p, n in self.names.items() if p in keep}
+        for u in loras:
+            if u.path not in self.names:
+                name = f"lora{len(self.names)}_{abs(hash(u.path)) % 10**6}"
+                pipe.load_lora_weights(u.path, adapter_name=name)
+                self.names[u.path] = name
+        names = [self.names[u.path] for u in loras]
+        if weight == 0:
+            pipe.disable_lora()
+        else:
+            pipe.enable_lora()
+            if fuse:  # fuse_lora multiplies the adapter weights by lora_scale: set them to the tag multipliers first
+                pipe.set_adapters(names, adapter_weights=[u.multiplier for u in loras])
+                pipe.fuse_lora(lora_scale=weight, adapter_names=names)
+                self.fused = True
+            else:
+                pipe.set_adapters(names, adapter_weights=[u.multiplier * weight for u in loras])
+        self.state = (loras, weight, fuse)
+
+
+# ---------------------------------------------------------------- images
+
+
+def fit(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to cover width x height (aspect kept), centre-crop, RGB: an img2img start image."""
+    scale = max(width / img.width, height / img.height)
+    w, h = max(width, round(img.width * scale)), max(height, round(img.height * scale))
+    img = img.resize((w, h), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
+    left, top = (w - width) // 2, (h - height) // 2
+    return img.crop((left, top, left + width, top + height)).convert("RGB")
+
+
+def problem(arr: np.ndarray) -> str | None:
+    """'NaN' or 'all black' for a failed image (float array H x W x 3 in 0..1), else None."""
+    if not np.isfinite(arr).all():
+        return "NaN"
+    if float(arr.max()) <= 0.5 / 255:
+        return "all black"
+    return None
+
+
+def to_pil(arr: np.ndarray, gray: bool) -> Image.Image:
+    """float H x W x 3 in 0..1 -> 8-bit PIL image, mode L (luma) for a grayscale group."""
+    img = Image.fromarray((arr * 255).round().astype(np.uint8))
+    return img.convert("L") if gray else img
+
+
+def sample_batch(pipe, i2i, batch: list[Job], s: Settings, data_root: Path) -> np.ndarray:
+    """One pipeline call for a batch of jobs with one batch key -> float array (B, H, W, 3) in 0..1."""
+    gens = [torch.Generator("cpu").manual_seed(j.seed) for j in batch]
+    kw = dict(prompt=[j.prompt for j in batch], negative_prompt=[j.negative_prompt for j in batch],
+              num_inference_steps=s.steps, guidance_scale=s.cfg, generator=gens, output_type="np")
+    with torch.inference_mode():
+        if batch[0].init_image is None:
+            return pipe(width=s.width, height=s.height, **kw).images
+        images = [fit(load_image(data_root / j.init_image), s.width, s.height) for j in batch]
+        return i2i(image=images, strength=batch[0].strength, **kw).images
+
+
+# ---------------------------------------------------------------- the run
+
+
+def existing(s: Settings, jobs: list[Job], records: dict, planned: dict[str, dict]) -> list[Job]:
+    """The jobs still to make; an existing image made with other settings is an error (unless --overwrite)."""
+    todo = []
+    for job in jobs:
+        old = records.get(job.file)
+        if old is None or s.overwrite:
+            todo.append(job)
+            continue
+        diff = prov.settings_differ(old, planned[job.file], s.seeded)
+        if diff:
+            raise UserError(
+                f"{s.output / job.file} exists and was made with {diff}; pass --overwrite to replace it, "
+                "or choose another --output"
+            )
+    return todo
+
+
+def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
+    """Make every planned image that is missing; returns counts {'planned', 'existing', 'made', 'failed'}.
+
+    state: an accelerate PartialState (one process when None): each process makes
+    a contiguous share of the missing images' batches.
+    """
+    from accelerate import PartialState
+    from lora.model import model_hash
+
+    state = state or PartialState()
+    check_settings(s)
+    pipe = load_pipe(s, state.device)
+    i2i = img2img_pipe(pipe) if any(j.init_image for j in jobs) else None
+    lora_files = sorted({u.path for j in jobs for u in j.loras})
+    check_loras(pipe, lora_files, s.model)
+    hashes = prov.lora_hashes(jobs)
+    mhash = model_hash(s.model)
+    size = (s.width, s.height)
+    planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=size, model=str(s.model),
+                                   model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed) for j in jobs}
+    records, foreign = prov.scan(s.output)
+    todo = existing(s, jobs, records, planned)  # raises before anything is written
+    state.wait_for_everyone()
+    if state.is_main_process:
+        s.output.mkdir(parents=True, exist_ok=True)
+        prov.remove_stale_temporaries(s.output)
+        prov.rebuild_manifest(s.output, records)
+        for rel in foreign[:5]:
+            log.warning("%s is not one of ours (no %s chunk); left alone", s.output / rel, prov.CHUNK)
+    state.wait_for_everyone()
+
+    mine = share(batches(todo, s.batch_size), state.process_index, state.num_processes)
+    n_mine = sum(len(b) for b in mine)
+    if state.is_main_process:
+        log.info("%d planned, %d already there, %d to make (%d process(es)); run seed %d",
+                 len(jobs), len(jobs) - len(todo), len(todo), state.num_processes, s.run_seed)
+    adapters, failed, made, t0 = Adapters(pipe), [], 0, time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_mine, unit="img", disable=not (s.progress and state.is_main_process), dynamic_ncols=True)
+    for batch in mine:
+        adapters.use(batch[0].loras, batch[0].weight, s.fuse)
+        arrays = sample_batch(pipe, i2i, batch, s, data_root)
+        for job, arr in zip(batch, arrays):
+            bad = problem(arr)
+            if bad:
+                failed.append(job)
+                log.error("%s: %s image (seed %d) not saved", job.file, bad, job.seed)
+                continue
+            rec = dict(planned[job.file], created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            prov.save_png(to_pil(arr, job.gray), s.output / job.file, rec)
+            prov.append_line(s.output, rec)
+            made += 1
+        bar.update(len(batch))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    if made:
+        log.info("process %d made %d image(s) in %.1f s (%.2f img/s)", state.process_index, made, elapsed, made / elapsed)
+
+    state.wait_for_everyone()
+    if state.is_main_process:
+        records, _ = prov.scan(s.output)
+        prov.rebuild_manifest(s.output, records)
+    counts = {"planned": len(jobs), "existing": len(jobs) - len(todo), "made": made, "failed": len(failed),
+              "seconds": elapsed}
+    if failed:
+        raise SystemExit(
+            f"error: {len(failed)} image(s) came out NaN or all black and were not saved (e.g. {failed[0].file}, "
+            f"seed {failed[0].seed}); with fp16 this is the VAE overflowing: re-run with --dtype fp32 or bf16, "
+            "which makes only the missing images"
+        )
+    return counts
+
+
+def is_gray_group(data_root: Path, records, sample: int = 8) -> bool:
+    """True when the group's images (up to `sample` of them, in path order) are all grayscale."""
+    return all(is_grayscale(load_image(data_root / r.path)) for r in sorted(records, key=lambda r: r.path)[:sample])

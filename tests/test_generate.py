@@ -1,0 +1,286 @@
+"""generate: the plan (no model), A1111 details, and LoRA fixtures shared by the other generate tests."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prompts.dataset import read_dataset
+from prompts.errors import UserError
+from prompts.templates import load_templates
+
+from generate.plan import (
+    PlanRequest,
+    batches,
+    fraction_count,
+    format_weight,
+    group_counts,
+    largest_remainder,
+    make_groups,
+    parse_lora_tags,
+    parse_weight,
+    plan_fold,
+    share,
+)
+
+os.environ.setdefault("USE_TF", "0")
+
+
+# ---------------------------------------------------------------- fixtures: LoRAs made with peft
+
+
+def make_lora(model: Path, folder: Path, seed: int = 0, scale: float = 0.05, rank: int = 4, alpha: float = 8.0,
+              kohya: bool = True, diffusers_file: bool = True) -> Path:
+    """A LoRA for the tiny model in the `lora train` layout: random non-zero lora_B so that it changes images.
+
+    Writes folder/pytorch_lora_weights.safetensors (diffusers keys + adapter metadata, so
+    alpha != rank reloads right) and folder/<name>.safetensors (kohya/A1111 keys with .alpha).
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    te = CLIPTextModel.from_pretrained(model / "text_encoder")
+    ucfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    tcfg = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    unet.add_adapter(ucfg)
+    te.add_adapter(tcfg)
+    g = torch.Generator().manual_seed(seed)
+    for m in (unet, te):
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.data = torch.randn(p.shape, generator=g) * scale
+    usd = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    tsd = convert_state_dict_to_diffusers(get_peft_model_state_dict(te))
+    folder.mkdir(parents=True, exist_ok=True)
+    if diffusers_file:
+        StableDiffusionPipeline.save_lora_weights(
+            folder, unet_lora_layers=usd, text_encoder_lora_layers=tsd,
+            unet_lora_adapter_metadata=ucfg.to_dict(), text_encoder_lora_adapter_metadata=tcfg.to_dict(),
+        )
+    if kohya:
+        ko = {}
+        for key, v in usd.items():  # unet.<module>.lora.down.weight
+            mod, kind = key.removeprefix("unet.").split(".lora.")
+            ko[f"lora_unet_{mod.replace('.', '_')}.lora_{kind.split('.')[0]}.weight"] = v.contiguous()
+            ko[f"lora_unet_{mod.replace('.', '_')}.alpha"] = torch.tensor(float(alpha))
+        for key, v in tsd.items():  # text_encoder.text_model.<module>.lora_linear_layer.down.weight
+            mod, kind = key.removeprefix("text_encoder.").split(".lora_linear_layer.")
+            ko[f"lora_te_{mod.replace('.', '_')}.lora_{kind.split('.')[0]}.weight"] = v.contiguous()
+            ko[f"lora_te_{mod.replace('.', '_')}.alpha"] = torch.tensor(float(alpha))
+        save_file(ko, folder / f"{folder.name}.safetensors", metadata={"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def class_loras(tiny_model, tmp_path_factory) -> Path:
+    """LORA/good/ and LORA/bad/ for the tiny model (class_data's classes)."""
+    root = tmp_path_factory.mktemp("loras") / "lora"
+    for i, label in enumerate(("good", "bad")):
+        make_lora(tiny_model, root / label, seed=i + 1)
+    return root
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def test_fraction_arithmetic_is_exact_round_half_up():
+    assert fraction_count(0.1, 110) == 11  # 0.1 * 110 is 11.000000000000002 in floats
+    assert fraction_count(0.1, 212) == 21
+    assert fraction_count(0.25, 6) == 2  # 1.5 rounds up
+    assert fraction_count(0.75, 6) == 5  # 4.5 rounds up
+    assert fraction_count(1.0, 500) == 500
+    assert fraction_count(0.5, 1) == 1
+    assert fraction_count(2.0, 7) == 14
+    with pytest.raises(UserError, match="above 0"):
+        fraction_count(0.0, 10)
+
+
+def test_largest_remainder_shares_sum_exactly():
+    out = largest_remainder(10, {"a": 1, "b": 1, "c": 1})
+    assert sum(out.values()) == 10 and sorted(out.values()) == [3, 3, 4]
+    assert largest_remainder(7, {"x": 3, "y": 0}) == {"x": 7, "y": 0}
+    assert largest_remainder(0, {"x": 3}) == {"x": 0}
+
+
+def test_weights_in_folder_names_and_parsing():
+    assert [format_weight(w) for w in (1, 0.8, 0.75, 0.0, -0.0, 1.25)] == ["1.0", "0.8", "0.75", "0.0", "0.0", "1.25"]
+    assert parse_weight("0.8") == 0.8
+    for bad in ("abc", "nan", "inf", ""):
+        with pytest.raises(UserError, match="--lora-weights"):
+            parse_weight(bad)
+
+
+def test_lora_tag_parsing():
+    text, tags = parse_lora_tags("<lora:good:0.8> oocgood, brightfield <lora:style>, micrograph")
+    assert text == "oocgood, brightfield, micrograph"
+    assert tags == [("good", 0.8), ("style", 1.0)]
+    assert parse_lora_tags("plain prompt") == ("plain prompt", [])
+    assert parse_lora_tags("a <LoRA:x:-0.5>")[1] == [("x", -0.5)]
+    with pytest.raises(UserError, match="not a number"):
+        parse_lora_tags("<lora:good:heavy>")
+    with pytest.raises(UserError, match="not supported"):
+        parse_lora_tags("<hypernet:foo:1>")
+    with pytest.raises(UserError, match="must read"):
+        parse_lora_tags("<lora:a:1:2>")
+
+
+# ---------------------------------------------------------------- counting
+
+
+def _groups(demo_data, per="class"):
+    return make_groups(read_dataset(demo_data), per, None)
+
+
+def test_counts_by_fraction_and_balance(demo_data):
+    groups = _groups(demo_data)  # acceptable 9, bad 6, good 15
+    assert group_counts(groups, None, [0.1, 0.5], False) == {"acceptable": 5, "bad": 3, "good": 8}
+    assert group_counts(groups, None, [], True) == {"acceptable": 6, "bad": 9, "good": 0}
+    assert group_counts(groups, 4, [0.1], True) == {"acceptable": 6, "bad": 9, "good": 4}
+    with pytest.raises(UserError, match="how many"):
+        group_counts(groups, None, [], False)
+
+
+def test_balance_per_cell_line_shares_the_class_deficit(demo_data):
+    groups = _groups(demo_data, "cell_line_class")
+    counts = group_counts(groups, None, [], True)
+    per_class = {}
+    for g in groups:
+        per_class[g.label] = per_class.get(g.label, 0) + len(g.records) + counts[g.name]
+    assert set(per_class.values()) == {15}  # every class topped up to the largest (good: 15)
+
+
+def _request(lora, **kw):
+    kw.setdefault("weights", [1.0, 0.8])
+    return PlanRequest(lora=str(lora), **kw)
+
+
+def _fake_loras(root: Path, groups, folds=None) -> Path:
+    for fold in folds or [None]:
+        for g in groups:
+            d = root / (fold or "") / g
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    return root
+
+
+def test_plan_counts_per_group_and_weight_and_layout(class_data, tmp_path):
+    lora = _fake_loras(tmp_path / "lora", ["good", "bad"])
+    ds = read_dataset(class_data)
+    jobs = plan_fold(_request(lora, count=3, run_seed=5), ds, load_templates(None), None, None, lambda r: True)
+    assert len(jobs) == 2 * 3 * 2
+    files = {j.file for j in jobs}
+    assert "w1.0/good/good_00002.png" in files and "w0.8/bad/bad_00000.png" in files
+    # the same index shares its seed across weights (paired images), differs across groups and indices
+    seeds = {(j.group, j.index): set() for j in jobs}
+    for j in jobs:
+        seeds[(j.group, j.index)].add(j.seed)
+    assert all(len(s) == 1 for s in seeds.values()) and len({next(iter(s)) for s in seeds.values()}) == 6
+    assert all(j.gray and j.prompt.startswith("oocgood") == (j.label == "good") for j in jobs)
+    again = plan_fold(_request(lora, count=3, run_seed=5), ds, load_templates(None), None, None, lambda r: True)
+    assert again == jobs  # deterministic
+    other = plan_fold(_request(lora, count=3, run_seed=6), ds, load_templates(None), None, None, lambda r: True)
+    assert [j.seed for j in other] != [j.seed for j in jobs]
+
+
+def test_plan_per_cell_line_follows_the_lora_folder(demo_data, tmp_path):
+    ds = read_dataset(demo_data)
+    names = sorted({f"{r.cell_line}__{r.label}" for r in ds.records})
+    lora = _fake_loras(tmp_path / "lora", names)
+    jobs = plan_fold(_request(lora, fractions=[1.0], weights=[1.0]), ds, load_templates(None), None, None, lambda r: False)
+    assert len(jobs) == 30
+    j = next(j for j in jobs if j.group == "A549__bad")
+    assert j.file.startswith("w1.0/A549/bad/A549__bad_") and "A549" in j.prompt and not j.gray
+
+
+def test_plan_with_split_counts_training_images_and_uses_fold_loras(demo_data, tmp_path):
+    ds = read_dataset(demo_data)
+    test = {r.path for r in ds.records[::3]}
+    train = {r.path for r in ds.records} - test
+    lora = _fake_loras(tmp_path / "lora", ["good", "bad", "acceptable"], folds=["fold_0"])
+    jobs = plan_fold(_request(lora, fractions=[1.0], weights=[1.0], init_images="real", strengths=[0.3, 0.6]),
+                     ds, load_templates(None), 0, train, lambda r: True)
+    assert len(jobs) == len(train)
+    assert all(j.file.startswith("fold_0/w1.0/") and "/fold_0/" in j.loras[0].path for j in jobs)
+    assert all(j.init_image in train and j.init_image not in test for j in jobs)
+    assert {j.strength for j in jobs} == {0.3, 0.6}
+    # a LoRA folder without folds would leak: refused
+    flat = _fake_loras(tmp_path / "flat", ["good", "bad", "acceptable"])
+    with pytest.raises(UserError, match="leak"):
+        plan_fold(_request(flat, count=1), ds, load_templates(None), 0, train, lambda r: True)
+
+
+def test_plan_prompts_tags_and_missing_lora(class_data, tmp_path):
+    ds = read_dataset(class_data)
+    lora = _fake_loras(tmp_path / "lora", ["good", "bad", "style"])
+    jobs = plan_fold(_request(lora, count=2, weights=[1.0], prompt="<lora:{group}:0.7> <lora:style:0.2> {trigger} photo"),
+                     ds, load_templates(None), None, None, lambda r: True)
+    j = next(j for j in jobs if j.group == "bad")
+    assert j.prompt == "oocbad photo"
+    assert [(u.name, u.multiplier) for u in j.loras] == [("bad", 0.7), ("style", 0.2)]
+    jobs = plan_fold(_request(lora, count=3, weights=[1.0], prompts=["one {class}", "two"], negative_prompt="neg"),
+                     ds, load_templates(None), None, None, lambda r: True)
+    assert [j.prompt for j in jobs if j.group == "good"] == ["one good", "two", "one good"]
+    assert all(j.negative_prompt == "neg" for j in jobs)
+    only_good = _fake_loras(tmp_path / "only", ["good"])
+    with pytest.raises(UserError, match="no LoRA for 'bad'"):
+        plan_fold(_request(only_good, count=1), ds, load_templates(None), None, None, lambda r: True)
+
+
+def test_batches_share_a_key_and_processes_split_without_overlap(class_data, tmp_path):
+    ds = read_dataset(class_data)
+    lora = _fake_loras(tmp_path / "lora", ["good", "bad"])
+    jobs = plan_fold(_request(lora, count=5), ds, load_templates(None), None, None, lambda r: True)
+    bs = batches(jobs, 4)
+    assert all(len({j.batch_key for j in b}) == 1 and len(b) <= 4 for b in bs)
+    assert sorted(j.file for b in bs for j in b) == sorted(j.file for j in jobs)
+    for world in (1, 2, 3, 7):
+        parts = [share(bs, r, world) for r in range(world)]
+        flat = [j.file for p in parts for b in p for j in b]
+        assert sorted(flat) == sorted(j.file for j in jobs) and len(set(flat)) == len(flat)
+
+
+# ---------------------------------------------------------------- A1111 details
+
+
+def _k_diffusion_sigmas(alphas_cumprod: np.ndarray, n: int) -> np.ndarray:
+    """k-diffusion's DiscreteSchedule.get_sigmas(n) (A1111 'Euler a'): t = linspace(T-1, 0, n), log-sigma interpolated."""
+    sigmas = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+    log_sigmas = np.log(sigmas)
+    t = np.linspace(len(sigmas) - 1, 0, n)
+    low = np.floor(t).astype(int)
+    high = np.ceil(t).astype(int)
+    w = t - low
+    return np.append(np.exp((1 - w) * log_sigmas[low] + w * log_sigmas[high]), 0.0)
+
+
+def test_euler_a_noise_levels_match_a1111(tiny_model):
+    from generate.samplers import canonical_sampler, make_scheduler
+
+    config = json.loads((tiny_model / "scheduler" / "scheduler_config.json").read_text())
+    for steps, rtol in ((20, 1.5e-5), (30, 5e-5)):  # diffusers interpolates sigma linearly, k-diffusion in log
+        sch = make_scheduler("euler A", config)
+        sch.set_timesteps(steps)
+        ours = sch.sigmas.double().numpy()
+        ref = _k_diffusion_sigmas(sch.alphas_cumprod.double().numpy(), steps)
+        assert ours.shape == ref.shape
+        assert abs(ours[0] - 14.6146) < 1e-3
+        np.testing.assert_allclose(ours[:-1], ref[:-1], rtol=rtol)
+        assert ours[-1] == 0
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    leading = EulerAncestralDiscreteScheduler.from_config(config, timestep_spacing="leading")
+    leading.set_timesteps(20)
+    assert abs(float(leading.sigmas[0]) - 14.6146) > 1  # diffusers' default spacing would not match A1111
+    assert canonical_sampler("dpm++ 2m karras") == "DPM++ 2M Karras"
+    with pytest.raises(UserError, match="unknown sampler"):
+        canonical_sampler("Heun++")
