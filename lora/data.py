@@ -45,7 +45,7 @@ def load_images(dataset: Dataset, resolution: int) -> ImageSet:
         arr = np.asarray(img)
         if arr.ndim == 2:  # grayscale: replicate L into 3 identical channels
             arr = np.repeat(arr[:, :, None], 3, axis=2)
-        images.append(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous())
+        images.append(torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous())
         paths.append(record.path)
     return ImageSet(paths, images, resolution)
 
