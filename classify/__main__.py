@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.verbose)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # per-run retracing notices are expected here
     data, cls = _settings(args)
     if args.command == "split":
         return cmd_split(data, cls)

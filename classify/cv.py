@@ -46,6 +46,7 @@ class Job:
     test: list[Item]
     shortfall: dict[str, int] = field(default_factory=dict)
     leaky: bool = False
+    synthetic_root: str | None = None  # the w<weight>/ tree the synthetic images came from
 
     @property
     def result_path(self) -> Path:
@@ -104,13 +105,14 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
             real = subsample_minority(real, cls.minority_fraction, cls.minority_class, np.random.default_rng([cls.seed, fold.index, 7]))
         for mix in mixes:
             for tree in (trees if mix.uses_synthetic else [REAL_TREE]):
-                synthetic, leaky = [], False
+                synthetic, leaky, root = [], False, None
                 if mix.uses_synthetic:
                     ds, leaky = syn.tree(fold.index, tree)
+                    root = str(ds.root)
                     synthetic = [Item(ds.root / r.path, r.label, h(ds.root / r.path), "synthetic") for r in ds.records]
                 rng = np.random.default_rng([cls.seed, fold.index, zlib.crc32(mix.name.encode()), zlib.crc32(tree.encode())])
                 train, shortfall = build_training_set(mix, real, synthetic, classes, rng)
-                job = Job(fold, mix, tree, train, test, shortfall, leaky)
+                job = Job(fold, mix, tree, train, test, shortfall, leaky, root)
                 check_no_leak(job)
                 jobs.append(job)
     return jobs
@@ -224,6 +226,7 @@ class Runner:
             "mix": job.mix.name,
             "tree": job.tree,
             "leaky": job.leaky,
+            "synthetic_tree": job.synthetic_root,
             "fingerprint": self.fingerprint(job),
             "metrics": stats.fold_metrics(y_test, y_pred, self.classes),
             "counts": counts(job.train),

@@ -90,17 +90,23 @@ def build_base(backbone: str, weights: str | None, image_size: int, seed: int = 
             core = app(include_top=False, weights=w, input_shape=shape, pooling="avg")
         except Exception as err:
             raise UserError(f"--weights {w}: cannot load into {name} at {image_size}px: {err}".splitlines()[0]) from None
-        # Keras builds a model from a weights *path* without the extra ImageNet
-        # std rescaling that weights="imagenet" adds after its Normalization layer.
-        # Both are affine per channel, so an equivalent pre-scaling restores it:
-        # x' = 255*m + (x - 255*m) / sqrt(std).
-        mean = 255.0 * np.array(IMAGENET_MEAN_RGB, np.float32)
-        scale = 1.0 / np.sqrt(np.array(IMAGENET_STDDEV_RGB, np.float32))
-        inp = keras.Input(shape)
-        x = keras.layers.Rescaling(scale=scale, offset=mean * (1 - scale), name="imagenet_std")(inp)
-        base = keras.Model(inp, core(x), name=f"{name}_from_file")
+        base = _with_imagenet_std(core, shape, name)
     base.trainable = False
     return base
+
+
+def _with_imagenet_std(core, shape, name: str):
+    """Keras builds a model from a weights *path* without the extra ImageNet std
+    rescaling that weights="imagenet" adds after its Normalization layer. Both are
+    affine per channel, so an equivalent pre-scaling restores it:
+    x' = 255*m + (x - 255*m) / sqrt(std)."""
+    import keras
+
+    mean = 255.0 * np.array(IMAGENET_MEAN_RGB, np.float32)
+    scale = 1.0 / np.sqrt(np.array(IMAGENET_STDDEV_RGB, np.float32))
+    inp = keras.Input(shape)
+    x = keras.layers.Rescaling(scale=scale, offset=mean * (1 - scale), name="imagenet_std")(inp)
+    return keras.Model(inp, core(x), name=f"{name}_from_file")
 
 
 def augmentation_layers(seed: int = 0) -> list:
@@ -147,8 +153,33 @@ def build_full(base, head, image_size: int, augment: bool, seed: int = 0):
     if augment:
         for layer in augmentation_layers(seed):
             x = layer(x)
-    x = base(x, training=False)
+    x = _inference_layer(base)(x)
     return keras.Model(inp, head(x), name="classifier")
+
+
+def _inference_layer(base):
+    """Wrap the base so it always runs in inference mode (BN statistics and drop-connect off).
+
+    Keras 3 does not keep an explicit `training=False` on a nested model inside a
+    functional model: with `base(x, training=False)` the EfficientNet's
+    stochastic-depth dropout still runs during `fit`, so the naive path would train
+    on different features than the cached path. A layer whose call passes
+    training=False at run time does keep it.
+    """
+    import keras
+
+    class InferenceOnly(keras.layers.Layer):
+        def __init__(self, inner, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = inner
+
+        def call(self, x):
+            return self.inner(x, training=False)
+
+        def compute_output_shape(self, input_shape):
+            return self.inner.compute_output_shape(input_shape)
+
+    return InferenceOnly(base, name="frozen_base")
 
 
 def compile_model(model, learning_rate: float = 1e-3) -> None:
@@ -188,3 +219,47 @@ def model_key(backbone: str, weights: str | None, image_size: int, seed: int) ->
     # pixels policy version 1; Keras version changes layer numerics rarely but may
     h = hashlib.sha256(f"{name}|{wid}|{image_size}|pixels-v1|keras-{keras.__version__}".encode()).hexdigest()[:8]
     return f"{name}-{image_size}-{wid}-{h}"
+
+
+def calibrate_batchnorm(base, x: np.ndarray) -> None:
+    """Set every BatchNormalization's moving statistics to its batch statistics on `x`.
+
+    Randomly initialised EfficientNets output features of about 1e-6 (the signal
+    shrinks block by block), which no head can learn from. One training-mode pass
+    with momentum 0 gives a random network with unit-scale activations: useful
+    offline (tests, benchmarks) where no ImageNet weights exist, never for a study.
+    x: (n, S, S, 3) float 0..255, n >= 2.
+    """
+    import keras
+
+    bns = [l for l in _all_layers(base) if isinstance(l, keras.layers.BatchNormalization)]
+    saved = [(l.momentum, l.trainable) for l in bns]
+    base.trainable = True
+    for l in bns:
+        l.momentum = 0.0
+    base(x.astype(np.float32), training=True)
+    for l, (m, t) in zip(bns, saved):
+        l.momentum = m
+    base.trainable = False
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+        yield layer
+
+
+def write_calibrated_weights(backbone: str, image_size: int, x: np.ndarray, path, seed: int = 0) -> Path:
+    """Random weights (seeded) with BN statistics calibrated on images x; saved as a Keras .weights.h5 file."""
+    path = Path(path)
+    import keras
+
+    name = check_backbone(backbone)
+    keras.utils.set_random_seed(seed)
+    shape = (image_size, image_size, 3)
+    app = getattr(keras.applications, name)(include_top=False, weights=None, input_shape=shape, pooling="avg")
+    calibrate_batchnorm(_with_imagenet_std(app, shape, name), x)  # the graph build_base makes for a file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    app.save_weights(path)
+    return path
