@@ -14,6 +14,7 @@ seed, so a seed reproduces its image alone, in any batch and on any device.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,8 +74,14 @@ def check_settings(s: Settings) -> None:
 
 def load_pipe(s: Settings, device: torch.device):
     """The text-to-image pipeline on `device` with the chosen sampler; progress bars off."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
     from lora.model import load_pipeline
 
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(s.dtype)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -82,6 +89,14 @@ def load_pipe(s: Settings, device: torch.device):
     pipe.scheduler = make_scheduler(s.sampler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def warn_long_prompts(tokenizer, jobs: list[Job]) -> None:
+    """CLIP reads 77 tokens; say once per prompt when one is longer (A1111 would chunk it, diffusers truncates)."""
+    for text in sorted({p for j in jobs for p in (j.prompt, j.negative_prompt)}):
+        n = len(tokenizer(text).input_ids)
+        if n > tokenizer.model_max_length:
+            log.warning("prompt is %d tokens; CLIP reads the first %d: %r", n, tokenizer.model_max_length, text[:80])
 
 
 def img2img_pipe(pipe):
@@ -93,17 +108,27 @@ def img2img_pipe(pipe):
     return p
 
 
+def load_lora(pipe, path: str, name: str, model: str) -> None:
+    """Load a LoRA file (diffusers or kohya/A1111 keys) as adapter `name`; a one-line UserError when it cannot be."""
+    p = Path(path)
+    try:
+        pipe.load_lora_weights(str(p.parent), weight_name=p.name, adapter_name=name)
+    except Exception as err:  # diffusers and peft raise RuntimeError, ValueError, KeyError ...
+        text = str(err)
+        mismatch = next((ln.strip() for ln in text.splitlines() if "mismatch" in ln), None)
+        if mismatch:
+            raise UserError(
+                f"LoRA {path} does not fit the base model {model} ({mismatch[:160]}); it was trained for another "
+                "base model: pass the --model it was trained on"
+            ) from None
+        first = text.strip().splitlines()[0][:200] if text.strip() else ""
+        raise UserError(f"cannot load LoRA {path} ({err.__class__.__name__}: {first}); is it an SD 1.x LoRA?") from None
+
+
 def check_loras(pipe, paths: list[str], model: str) -> None:
     """Load each LoRA once and remove it again: a LoRA for another base model fails here, before any image."""
     for path in paths:
-        try:
-            pipe.load_lora_weights(path, adapter_name="check")
-        except Exception as err:  # diffusers and peft raise RuntimeError, ValueError, KeyError ...
-            first = next((ln.strip() for ln in str(err).splitlines() if "mismatch" in ln), str(err).splitlines()[0] if str(err) else "")
-            raise UserError(
-                f"LoRA {path} does not fit the base model {model} ({err.__class__.__name__}: {first[:160]}); "
-                "it was trained for another base model: pass the --model it was trained on"
-            ) from None
+        load_lora(pipe, path, "check", model)
         found = [part for part, names in pipe.get_list_adapters().items() if "check" in names]
         pipe.delete_adapters("check")
         if not found:
@@ -132,7 +157,7 @@ class Adapters:
         for u in loras:
             if u.path not in self.names:
                 name = f"lora{len(self.names)}_{abs(hash(u.path)) % 10**6}"
-                pipe.load_lora_weights(u.path, adapter_name=name)
+                load_lora(pipe, u.path, name, "the base model")
                 self.names[u.path] = name
         names = [self.names[u.path] for u in loras]
         if weight == 0:
@@ -220,6 +245,8 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
     check_settings(s)
     pipe = load_pipe(s, state.device)
     i2i = img2img_pipe(pipe) if any(j.init_image for j in jobs) else None
+    if state.is_main_process:
+        warn_long_prompts(pipe.tokenizer, jobs)
     lora_files = sorted({u.path for j in jobs for u in j.loras})
     check_loras(pipe, lora_files, s.model)
     hashes = prov.lora_hashes(jobs)
@@ -273,11 +300,12 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
     counts = {"planned": len(jobs), "existing": len(jobs) - len(todo), "made": made, "failed": len(failed),
               "seconds": elapsed}
     if failed:
-        raise SystemExit(
+        print(
             f"error: {len(failed)} image(s) came out NaN or all black and were not saved (e.g. {failed[0].file}, "
             f"seed {failed[0].seed}); with fp16 this is the VAE overflowing: re-run with --dtype fp32 or bf16, "
-            "which makes only the missing images"
+            "which makes only the missing images", file=sys.stderr,
         )
+        raise SystemExit(1)
     return counts
 
 
