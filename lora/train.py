@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,10 @@ def plan(cfg, data_cfg, resume: str | None = None) -> list[Job]:
         raise UserError(f"--resume {resume}: a checkpoint path resumes one group; select it with --classes/--fold, or use --resume latest")
     if resume not in (None, "latest") and not (Path(resume) / "train_state.json").is_file():
         raise UserError(f"--resume {resume}: not a checkpoint folder (no train_state.json); use --resume latest or a checkpoint-N folder")
+    for job in jobs:
+        ckpt = _find_checkpoint(job, resume)
+        if ckpt is not None:
+            _check_same_settings(ckpt, json.loads((ckpt / "train_state.json").read_text())["config"], cfg)
     return jobs
 
 
@@ -239,12 +244,13 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
     update, rows = 0, []
     ckpt = _find_checkpoint(job, resume)
     if ckpt is not None:
-        state = json.loads((ckpt / "train_state.json").read_text())
-        _check_same_settings(ckpt, state["config"], cfg)
+        state = json.loads((ckpt / "train_state.json").read_text())  # settings checked in plan()
         accelerator.load_state(str(ckpt))
         update, rows = state["update"], _read_rows(ckpt / "loss.csv")
-        for _ in range(update):
-            lr_scheduler.step()  # the schedule is a function of the update count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": intended here
+            for _ in range(update):
+                lr_scheduler.step()  # the schedule is a function of the update count
         info("%s: resumed from %s at update %d of %d", job.group, ckpt, update, total_updates)
     elif resume is None and job.work_dir.exists() and accelerator.is_main_process:
         shutil.rmtree(job.work_dir / "checkpoints", ignore_errors=True)  # a fresh start discards old checkpoints
