@@ -131,6 +131,17 @@ def print_plan(jobs) -> None:
     print(f"total\t\t\t{len(jobs)}")
 
 
+def cpu_processes() -> bool:
+    """Several processes and no GPU (`accelerate launch --multi_gpu` or torchrun on CPU): gloo on the CPU."""
+    import os
+
+    import torch
+
+    forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return forced or (several and not torch.cuda.is_available())
+
+
 @run_cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
@@ -149,7 +160,7 @@ def main(argv=None):
                         allow_pickle=g.allow_pickle, model_config=g.model_config, overwrite=g.overwrite,
                         seeded=g.seed is not None, progress=not args.no_progress)
     check_settings(settings)
-    state = PartialState()
+    state = PartialState(cpu=cpu_processes())
     run_seed = [g.seed if g.seed is not None else secrets.randbits(32)]
     if state.num_processes > 1:
         broadcast_object_list(run_seed)  # every process plans the same images with the same seeds
