@@ -1,0 +1,271 @@
+"""Images per second of `generate` against a bare diffusers pipeline call, side by side in one run.
+
+Same model, LoRA, sampler (Euler a), steps, CFG, size and batch for both; `generate`
+also writes each PNG with its provenance and a manifest line, which the bare call
+does not. Fused (--fuse) against unfused for both. Configurations are measured in
+turn, `--repeats` times, and the median is reported, so that load from other
+programs on the machine hits every configuration alike.
+
+    python -m bench.bench_generate                      # CPU: a mid-size random SD-like model, 128x128
+    python -m bench.bench_generate --sd15 --device cuda # SD 1.5 architecture (random weights, no download),
+                                                        # 512x512 fp16, batch 1 and larger, with the compute floor
+
+The compute floor is FLOPs per image (U-Net x steps x 2 for CFG, text encoder, VAE
+decoder; counted by torch's FlopCounterMode) over the measured matrix-multiply rate.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+PROMPT = "oocgood, brightfield micrograph, confluent monolayer"  # < 77 tokens for the tiny tokenizer too
+NEGATIVE = "text, watermark, blurry"
+
+
+def build_model(out: Path, sd15: bool) -> Path:
+    """A random Stable Diffusion in diffusers layout: SD 1.5's architecture, or a mid-size one for CPUs."""
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from lora.tiny import write_tiny_tokenizer
+
+    torch.manual_seed(0)
+    if sd15:  # SD 1.5's configs (unet 860 M, VAE 84 M, CLIP ViT-L/14 text 123 M parameters)
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            sample_size=512)
+        text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                              max_position_embeddings=77, projection_dim=768, bos_token_id=512, eos_token_id=513,
+                              pad_token_id=513, vocab_size=49408)
+    else:  # about 1/10 of SD 1.5's U-Net compute per pixel: big enough that sampling, not bookkeeping, dominates
+        unet = UNet2DConditionModel(sample_size=16, cross_attention_dim=384, attention_head_dim=8,
+                                    block_out_channels=(96, 192, 384), layers_per_block=1,
+                                    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
+        vae = AutoencoderKL(block_out_channels=(32, 64, 128, 128), layers_per_block=1, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            norm_num_groups=32, sample_size=128)
+        text = CLIPTextConfig(hidden_size=384, intermediate_size=1536, num_attention_heads=6, num_hidden_layers=6,
+                              max_position_embeddings=77, projection_dim=384, bos_token_id=512, eos_token_id=513,
+                              pad_token_id=513, vocab_size=514)
+    sched = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                            steps_offset=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny_tokenizer(Path(tmp))
+        tok = CLIPTokenizer.from_pretrained(tmp)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=CLIPTextModel(text), tokenizer=tok, scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_lora(model: Path, folder: Path, rank: int = 8) -> Path:
+    """A random rank-8 LoRA (U-Net attention + text encoder), saved as `lora train` does."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    te = CLIPTextModel.from_pretrained(model / "text_encoder")
+    ucfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
+    tcfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    unet.add_adapter(ucfg)
+    te.add_adapter(tcfg)
+    for m in (unet, te):
+        for name, p in m.named_parameters():
+            if "lora_B" in name:
+                p.data = torch.randn_like(p) * 0.01
+    StableDiffusionPipeline.save_lora_weights(
+        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(te)),
+        unet_lora_adapter_metadata=ucfg.to_dict(), text_encoder_lora_adapter_metadata=tcfg.to_dict())
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare(model: Path, lora: Path, a, fused: bool) -> float:
+    """Images/s of a plain diffusers loop: load, LoRA at 0.8, Euler a (linspace), `images` images in batches."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=a.dtype, safety_checker=None,
+                                                   requires_safety_checker=False).to(a.device)
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="good")
+    if fused:
+        pipe.set_adapters(["good"], adapter_weights=[1.0])
+        pipe.fuse_lora(lora_scale=0.8, adapter_names=["good"])
+    else:
+        pipe.set_adapters(["good"], adapter_weights=[0.8])
+
+    def call(seeds):
+        return pipe([PROMPT] * len(seeds), negative_prompt=[NEGATIVE] * len(seeds), num_inference_steps=a.steps,
+                    guidance_scale=7.0, width=a.size, height=a.size,
+                    generator=[torch.Generator("cpu").manual_seed(s) for s in seeds]).images
+
+    call(list(range(a.batch)))  # warm-up, as generate's first batch is not timed apart either
+    sync(a.device)
+    t = time.perf_counter()
+    for start in range(0, a.images, a.batch):
+        call(list(range(start, min(start + a.batch, a.images))))
+    sync(a.device)
+    return a.images / (time.perf_counter() - t)
+
+
+def ours(model: Path, lora: Path, a, fused: bool, out: Path) -> float:
+    """Images/s of generate's sampling loop (PNG + provenance + manifest included), after one warm-up batch."""
+    from accelerate import PartialState
+
+    from generate.plan import Job, LoraUse
+    from generate.sample import Settings, generate
+
+    def jobs(n, group):  # batches are sorted by group: "0warm" comes first
+        return [Job(f"{group}/w0.8/good/good_{i:05d}.png", "good", None, group, None, 0.8, i, i, PROMPT, NEGATIVE,
+                    (LoraUse("good", str(lora), 1.0),), False) for i in range(n)]
+
+    dtype = {torch.float16: "fp16", torch.float32: "fp32", torch.bfloat16: "bf16"}[a.dtype]
+    s = Settings(model=str(model), output=out, steps=a.steps, cfg=7.0, width=a.size, height=a.size, batch_size=a.batch,
+                 fuse=fused, dtype=dtype, progress=False)
+    # one call: the first batch warms up like the bare loop's warm-up; time the rest from the log of counts
+    all_jobs = jobs(a.batch, "0warm") + jobs(a.images, "timed")
+    t_marks = []
+    import generate.sample as gs
+
+    original = gs.sample_batch
+
+    def timed(pipe, i2i, batch, s_, root):
+        result = original(pipe, i2i, batch, s_, root)
+        sync(a.device)
+        t_marks.append((batch[0].file.startswith("timed"), time.perf_counter(), len(batch)))
+        return result
+
+    gs.sample_batch = timed
+    try:
+        t0 = time.perf_counter()
+        generate(all_jobs, s, out, PartialState())
+        t1 = time.perf_counter()
+    finally:
+        gs.sample_batch = original
+    start = max(t for is_timed, t, _ in t_marks if not is_timed)  # end of the warm-up batch
+    return a.images / (t1 - start)
+
+
+def flops_per_image(model: Path, a) -> float:
+    """FLOPs of one image: U-Net (batch 2 for CFG) x steps + text encoder (2 prompts) + VAE decode."""
+    from diffusers import StableDiffusionPipeline
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=a.dtype, safety_checker=None,
+                                                   requires_safety_checker=False).to(a.device)
+    lat = a.size // 8
+    x = torch.randn(2, 4, lat, lat, device=a.device, dtype=a.dtype)
+    ctx = torch.randn(2, 77, pipe.text_encoder.config.hidden_size, device=a.device, dtype=a.dtype)
+    ids = torch.zeros(2, 77, dtype=torch.long, device=a.device)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            pipe.unet(x, 500, encoder_hidden_states=ctx)
+        unet = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            pipe.text_encoder(ids)
+            pipe.vae.decode(x[:1])
+        rest = fc.get_total_flops()
+    return unet * a.steps + rest
+
+
+def matmul_rate(a, n: int) -> float:
+    """Measured FLOP/s of an n x n matrix multiply in the run's dtype on the run's device."""
+    x = torch.randn(n, n, device=a.device, dtype=a.dtype)
+    y = torch.randn(n, n, device=a.device, dtype=a.dtype)
+    for _ in range(3):
+        x @ y
+    sync(a.device)
+    reps = 20 if a.device.type == "cuda" else 3
+    t = time.perf_counter()
+    for _ in range(reps):
+        x @ y
+    sync(a.device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.bench_generate", description=__doc__.split("\n")[0])
+    p.add_argument("--sd15", action="store_true", help="SD 1.5 architecture (random weights) at 512x512")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--images", type=int, default=None, help="timed images per configuration (default 4 CPU, 32 GPU)")
+    p.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 on CPU; 1 4 8 16 on GPU)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=None, help="pixels (default 128 mid model, 512 SD 1.5)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default fp16 on cuda, fp32 on cpu")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.device = torch.device(a.device)
+    gpu = a.device.type == "cuda"
+    a.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype or ("fp16" if gpu else "fp32")]
+    a.size = a.size or (512 if a.sd15 else 128)
+    a.images = a.images or (32 if gpu else 4)
+    batches = a.batch or ([1, 4, 8, 16] if gpu else [1])
+    import logging
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    logging.basicConfig(level=logging.WARNING)
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = build_model(tmp / "model", a.sd15)
+        lora = build_lora(model, tmp / "lora" / "good")
+        params = sum(p.numel() for p in __import__("safetensors.torch").torch.load_file(model / "unet" / "diffusion_pytorch_model.safetensors").values())
+        flops = flops_per_image(model, a)
+        rate = matmul_rate(a, 8192 if gpu else 1024)
+        floor = rate / flops
+        rows = []
+        for batch in batches:
+            a.batch = batch
+            results = {k: [] for k in ("bare", "generate", "bare fused", "generate --fuse")}
+            for r in range(a.repeats):
+                results["bare"].append(bare(model, lora, a, False))
+                results["generate"].append(ours(model, lora, a, False, tmp / f"o{batch}_{r}"))
+                results["bare fused"].append(bare(model, lora, a, True))
+                results["generate --fuse"].append(ours(model, lora, a, True, tmp / f"f{batch}_{r}"))
+                print(f"batch {batch} repeat {r}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in results.items()),
+                      file=sys.stderr, flush=True)
+            med = {k: statistics.median(v) for k, v in results.items()}
+            rows.append((batch, med, results))
+    name = "SD 1.5 architecture" if a.sd15 else "mid-size SD-like model"
+    print(f"\n{name}: U-Net {params / 1e6:.1f} M parameters, {a.size}x{a.size}, Euler a, {a.steps} steps, CFG 7, "
+          f"{str(a.dtype).removeprefix('torch.')}, {a.device}, threads {torch.get_num_threads()}, "
+          f"{a.images} timed images x {a.repeats} repeats (median)")
+    print(f"compute per image {flops / 1e9:.1f} GFLOP; matmul rate {rate / 1e9:.1f} GFLOP/s; floor {floor:.3f} img/s\n")
+    print("| batch | bare diffusers | generate | generate / bare | bare fused | generate --fuse | fused / unfused (generate) | floor |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for batch, m, _ in rows:
+        print(f"| {batch} | {m['bare']:.3f} | {m['generate']:.3f} | {m['generate'] / m['bare']:.2f} | {m['bare fused']:.3f} "
+              f"| {m['generate --fuse']:.3f} | {m['generate --fuse'] / m['generate']:.2f} | {floor:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
