@@ -275,7 +275,11 @@ def run_cv(data_section, cls, progress: bool = True) -> dict:
 
     import keras
 
+    from .model import check_backbone, normalize_weights
+
     t_start = time.perf_counter()
+    check_backbone(cls.backbone)
+    normalize_weights(cls.weights)
     out = Path(cls.output)
     dataset, split, mixes, syn = load_inputs(data_section, cls)
     keras.utils.set_random_seed(cls.seed)

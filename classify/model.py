@@ -125,7 +125,7 @@ def reseed_layers(layers: list, seed: int) -> None:
     """Reset the random state of augmentation layers so their next call depends only on `seed`."""
     for i, layer in enumerate(layers):
         for gen in getattr(layer, "_seed_generators", []):
-            gen.state.assign(np.array([seed * 7 + i, 0], dtype=gen.state.dtype))
+            gen.state.assign(np.array([(seed * 7 + i) % 2_147_483_647, 0], dtype=gen.state.dtype))
 
 
 def build_head(n_features: int, n_classes: int, seed: int = 0, dropout: float = 0.2):

@@ -42,10 +42,15 @@ def kid(x: np.ndarray, y: np.ndarray, n_subsets: int = 20, subset_size: int = 10
     return float(np.mean(vals)), float(np.std(vals))
 
 
-def c2st(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[float, float]:
-    """Cross-validated accuracy of telling x (real) from y (synthetic) -> (mean, std over folds)."""
+def c2st(x: np.ndarray, y: np.ndarray, keys_x=None, keys_y=None, folds: int = 5, seed: int = 0) -> tuple[float, float]:
+    """Cross-validated accuracy of telling x (real, (n, F)) from y (synthetic, (m, F)) -> (mean, std over folds).
+
+    Equal numbers of each are drawn. keys_x/keys_y (content hashes) keep byte-identical
+    images in the same CV fold; otherwise a synthetic copy of a real image would be
+    predicted from its twin with the opposite label and push the accuracy below 0.5.
+    """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -54,12 +59,15 @@ def c2st(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> tuple[f
     k = min(folds, n)
     if k < 2:
         return float("nan"), float("nan")
-    a = x[rng.choice(len(x), n, replace=False)]
-    b = y[rng.choice(len(y), n, replace=False)]
-    feats = np.concatenate([a, b]).astype(np.float64)
+    ia, ib = rng.choice(len(x), n, replace=False), rng.choice(len(y), n, replace=False)
+    feats = np.concatenate([x[ia], y[ib]]).astype(np.float64)
     labels = np.r_[np.zeros(n), np.ones(n)]
+    kx = list(keys_x) if keys_x is not None else [f"x{i}" for i in range(len(x))]
+    ky = list(keys_y) if keys_y is not None else [f"y{i}" for i in range(len(y))]
+    groups = [kx[i] for i in ia] + [ky[i] for i in ib]
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    scores = cross_val_score(clf, feats, labels, cv=StratifiedKFold(k, shuffle=True, random_state=seed))
+    cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    scores = cross_val_score(clf, feats, labels, cv=cv, groups=groups)
     return float(scores.mean()), float(scores.std())
 
 
@@ -87,23 +95,25 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
     row = table.row()
     from prompts.files import sha256_file
 
-    def f(paths):
-        return feats[[row[sha256_file(p)] for p in paths]]
+    def keys(paths):
+        return [sha256_file(p) for p in paths]
 
     rows = []
     for w in syn.weights:
         for c in real.classes:
             if not sets[(w, c)]:
                 continue
-            x, y = f(sets[("real", c)]), f(sets[(w, c)])
+            kx, ky = keys(sets[("real", c)]), keys(sets[(w, c)])
+            x, y = feats[[row[k] for k in kx]], feats[[row[k] for k in ky]]
             k, ks = kid(x, y, seed=cls.seed)
-            acc, accs = c2st(x, y, seed=cls.seed)
+            acc, accs = c2st(x, y, kx, ky, seed=cls.seed)
             rows.append({"weight": w[1:], "class": c, "n_real": len(x), "n_synthetic": len(y), "kid": k, "kid_std": ks,
-                         "c2st_accuracy": acc, "c2st_std": accs})
+                         "c2st_accuracy": acc, "c2st_std": accs, "n_copies": len(set(ky) & set(kx))})
     note = (f"Features: {cls.backbone} ({cls.weights}) at {cls.image_size} px, frozen, global average pooling — the "
             "classifier's own view of the images. KID: 0 = same distribution (×1e3 shown). Two-sample classifier: "
             "logistic regression, 5-fold CV on equal numbers of real and synthetic images; 0.5 = indistinguishable, 1.0 = "
-            "always told apart.")
+            "always told apart. Copies: synthetic images byte-identical to a real image of the class (memorised); KID is "
+            "unbiased and can dip below 0, strongly so when synthetic images copy real ones.")
     return {"version": 1, "data": str(real.root), "synthetic": str(syn.root), "backbone": cls.backbone,
             "weights": cls.weights, "image_size": cls.image_size, "note": note, "rows": rows}
 

@@ -121,10 +121,10 @@ def leak_warnings(results: dict) -> list[str]:
 
 
 def realism_markdown(realism: dict) -> str:
-    lines = ["| LoRA weight | class | n real | n synthetic | KID (×1e3) | two-sample classifier accuracy |", "|---|---|---|---|---|---|"]
+    lines = ["| LoRA weight | class | n real | n synthetic | copies | KID (×1e3) | two-sample classifier accuracy |", "|---|---|---|---|---|---|---|"]
     for r in realism["rows"]:
         lines.append(
-            f"| {r['weight']} | {r['class']} | {r['n_real']} | {r['n_synthetic']} | {1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | "
+            f"| {r['weight']} | {r['class']} | {r['n_real']} | {r['n_synthetic']} | {r.get('n_copies', 0)} | {1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | "
             f"{r['c2st_accuracy']:.3f} ± {r['c2st_std']:.3f} |"
         )
     return "\n".join(lines)
@@ -171,7 +171,7 @@ def report_markdown(results: dict, realism: dict | None = None) -> str:
 
 def results_csv(results: dict) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     head = ["table", "mix", "n_folds", "synthetic_fraction"]
     for m in METRICS:
         head += [f"{m}_mean", f"{m}_std"]
@@ -192,7 +192,7 @@ def results_csv(results: dict) -> str:
 
 def folds_csv(results: dict, classes: list[str]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csv.writer(buf, lineterminator="\n")
     w.writerow(["tree", "mix", "fold", "repeat", "n_train", "n_test", "synthetic_fraction", "leaky", *METRICS,
                 *[f"f1_{c}" for c in classes]])
     for r in sorted(results["runs"], key=lambda r: (r["tree"], r["mix"], r["fold"])):
