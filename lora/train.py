@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -233,7 +234,9 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
 
     # 2. the images (and their latents, once, when caching), the captions' token ids
     images = D.load_images(job.dataset, cfg.resolution)
+    t_cache = time.perf_counter()
     latents_cache = cache_latents(vae, images, cfg.random_flip, cfg.seed, device, weight_dtype) if cfg.cache_latents else None
+    cache_seconds = time.perf_counter() - t_cache
     token_ids, caption_row = encode_prompts(tokenizer, job.captions)
     token_ids = token_ids.to(device)
     if not train_te:
@@ -261,9 +264,15 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
              job.group, n_images, cfg.repeats, cfg.epochs, total_steps, cfg.batch_size, P, total_updates)
     accum = cfg.gradient_accumulation_steps
     step, loss_sum, loss_n = update * accum, 0.0, 0
+    first_step, t_start, step_seconds = step, time.perf_counter(), []  # wall time of each whole iteration
+    t_prev = t_start
     for m in models:
         m.train()
     while step < total_steps:
+        if step > first_step:
+            t_now = time.perf_counter()
+            step_seconds.append(t_now - t_prev)
+            t_prev = t_now
         epoch, k = divmod(step, steps_per_epoch)
         batch = D.epoch_batches(D.epoch_order(n_images, cfg.repeats, epoch, cfg.seed), cfg.batch_size, P, rank)[k]
         g = step_generator(cfg.seed, step, rank)
@@ -320,6 +329,16 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
         if cfg.checkpointing_steps and update % cfg.checkpointing_steps == 0 and update < total_updates:
             _save_checkpoint(accelerator, job, cfg, update, rows)
 
+    t_end = time.perf_counter()
+    if step > first_step:
+        step_seconds.append(t_end - t_prev)
+    timed = sorted(step_seconds[1:])  # the first step warms up
+    stats = {"steps": step - first_step, "updates": update, "processes": P, "batch_size_per_process": cfg.batch_size,
+             "cache_seconds": round(cache_seconds, 4), "loop_seconds": round(t_end - t_start, 4),
+             "steps_per_second_median": round(1 / timed[len(timed) // 2], 4) if timed else None,
+             "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+             "step_seconds": [round(t, 5) for t in step_seconds]}
+
     # 5. outputs, written into a temporary folder and renamed into place
     accelerator.wait_for_everyone()
     if tracker is not None:
@@ -327,7 +346,7 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
     if accelerator.is_main_process:
         lora = from_peft(accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder) if train_te else None)
         pipe.unet, pipe.text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
-        _write_group(job, cfg, data_cfg, lora, rows, pipe, accelerator)
+        _write_group(job, cfg, data_cfg, lora, rows, stats, pipe, accelerator)
     accelerator.wait_for_everyone()
     for h in hooks:
         h.remove()
@@ -449,7 +468,7 @@ def kohya_metadata(job: Job, cfg, lora, n_images: int) -> dict[str, str]:
     }
 
 
-def _write_group(job: Job, cfg, data_cfg, lora, rows, pipe, accelerator) -> None:
+def _write_group(job: Job, cfg, data_cfg, lora, rows, stats, pipe, accelerator) -> None:
     """Build the group folder beside its final place and rename it in (a killed run leaves no half group)."""
     job.out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{job.group}.tmp-", dir=job.out_dir.parent))
@@ -461,6 +480,7 @@ def _write_group(job: Job, cfg, data_cfg, lora, rows, pipe, accelerator) -> None
                               "prompts": sorted(set(job.captions)), "negative_prompt": job.negative_prompt}}
         write_text_atomic(tmp / "config.yaml", dump_yaml(resolved))
         _write_rows(tmp / "loss.csv", rows)
+        write_text_atomic(tmp / "stats.json", json.dumps(stats, indent=2) + "\n")  # throughput of this run
         if (job.work_dir / "tensorboard").is_dir():
             shutil.copytree(job.work_dir / "tensorboard", tmp / "tensorboard")
         if cfg.validation_images > 0:

@@ -1,0 +1,218 @@
+"""Trainer overhead: steps/s of `lora.train` against a bare loop of the same passes, side by side.
+
+    .venv/bin/python -m bench.bench_lora                      # CPU, a small SD-like model, res 128, batch 2
+    .venv/bin/python -m bench.bench_lora --sd15 --device cuda # SD 1.5 architecture (random weights), 512, fp16 + bf16
+
+The bare loop is the floor: the same model with the same LoRA adapters (U-Net and
+text encoder), the same batch and resolution; per step a VAE encode (or a
+pre-encoded latent), noise, a text-encoder and U-Net forward, the MSE loss, the
+backward pass and an AdamW step, with nothing else. The trainer's figures come from
+its own `stats.json` (the wall time of every whole loop iteration after the first,
+which warms up), so model loading, image decoding and output writing are not
+counted on either side. Rounds alternate between the loops; step times are pooled
+over rounds and steps/s is 1 / their lower quartile (other jobs on a shared machine
+only ever slow a step down), with the median beside it.
+
+`--sd15` builds Stable Diffusion 1.5's U-Net, VAE and CLIP text encoder from their
+published configs with random weights (no download; the cost of a step does not
+depend on the weights) and reports peak GPU memory too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("USE_TF", "0")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import lora  # noqa: E402,F401
+
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+                 cross_attention_dim=768, attention_head_dim=8)
+SD15_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512)
+SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, vocab_size=49408,
+                 max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
+# A small SD-like model (SD 1.5's layout at a quarter of its width, one layer per block): enough compute
+# per step on a CPU for the overhead to mean something, with the VAE a similar share of the step as in SD.
+SMALL_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 256, 256),
+                  down_block_types=SD15_UNET["down_block_types"], up_block_types=SD15_UNET["up_block_types"],
+                  cross_attention_dim=192, attention_head_dim=8, norm_num_groups=32)
+SMALL_VAE = dict(SD15_VAE, block_out_channels=(32, 64, 128, 128), layers_per_block=1, sample_size=128)
+SMALL_TEXT = dict(hidden_size=192, intermediate_size=768, num_attention_heads=4, num_hidden_layers=4, vocab_size=514,
+                  max_position_embeddings=77, projection_dim=192, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+
+
+def build_model(kind: str, out: Path) -> Path:
+    """Write a diffusers folder with random weights: 'small' (CPU) or 'sd15' (SD 1.5 architecture)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lora.tiny import build_tiny_pipeline
+
+    tiny = build_tiny_pipeline(0)  # its tokenizer and (SD 1.5's) scheduler config
+    torch.manual_seed(0)
+    if kind == "sd15":
+        unet, vae = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE)
+        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, bos_token_id=512, eos_token_id=513, pad_token_id=513))
+    else:
+        unet, vae, text = UNet2DConditionModel(**SMALL_UNET), AutoencoderKL(**SMALL_VAE), CLIPTextModel(CLIPTextConfig(**SMALL_TEXT))
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tiny.tokenizer, scheduler=tiny.scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def trainer_step_times(model: Path, data: Path, out: Path, args, cache: bool, precision: str) -> dict:
+    """Run `lora.train.run` on one group; its stats.json holds the wall time of every loop iteration."""
+    from prompts.schema.data import DataSection
+    from prompts.schema.lora import LoraSection
+    from lora.train import run
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = LoraSection(model=str(model), output=str(out), epochs=1, repeats=args.steps * args.batch_size // args.images,
+                      batch_size=args.batch_size, resolution=args.resolution, validation_images=0, cache_latents=cache,
+                      random_flip=False, mixed_precision=precision, gradient_checkpointing=args.gradient_checkpointing)
+    (folder,) = run(cfg, DataSection(data=str(data)))
+    stats = json.loads((folder / "stats.json").read_text())
+    return {"step_seconds": stats["step_seconds"][1:], "peak_gpu_memory_gib": stats["peak_gpu_memory_gib"]}
+
+
+def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) -> dict:
+    """The floor: the same passes with nothing around them. Returns the wall time of each step after the first."""
+    from peft import LoraConfig
+
+    from lora.data import load_images, pixel_batch
+    from lora.model import load_pipeline
+    from lora.train import TEXT_ENCODER_TARGETS, UNET_TARGETS
+    from prompts.dataset import read_dataset
+
+    device = torch.device(args.device)
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    pipe = load_pipeline(model)
+    unet, vae, text = pipe.unet.to(device, dtype), pipe.vae.to(device, dtype), pipe.text_encoder.to(device, dtype)
+    for m in (unet, vae, text):
+        m.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=UNET_TARGETS))
+    text.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=TEXT_ENCODER_TARGETS))
+    params = [p for m in (unet, text) for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    opt = torch.optim.AdamW([{"params": params, "lr": 1e-4}])
+    images = load_images(read_dataset(data), args.resolution)
+    pixels = pixel_batch(images, list(range(args.batch_size)), False, None).to(device, dtype)
+    ids = pipe.tokenizer(["a micrograph"] * args.batch_size, padding="max_length", max_length=77, truncation=True,
+                         return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        cached = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+    sched = pipe.scheduler
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "no")
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            latents = cached if cache else vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        latents = latents.float()
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (args.batch_size,), device=device)
+        with autocast:
+            pred = unet(sched.add_noise(latents, noise, t).to(dtype), t, text(ids)[0]).sample
+        loss = F.mse_loss(pred.float(), noise)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # wait for the device, as the trainer's loss log does
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return {"step_seconds": times[1:], "peak_gpu_memory_gib": peak}
+
+
+def steps_per_second(step_seconds: list[float], q: float) -> float:
+    """1 / the q-quantile of the step times: on a shared machine, other jobs only ever make steps slower,
+    so a low quantile (pooled over rounds) estimates the undisturbed speed; q = 0.5 is the median."""
+    times = sorted(step_seconds)
+    return 1.0 / times[min(len(times) - 1, int(q * len(times)))]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sd15", action="store_true", help="SD 1.5 architecture at 512 (needs a GPU)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resolution", type=int, default=None, help="default 128 (small) or 512 (--sd15)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=12, help="steps per measurement (the first is a warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; step times are pooled over them")
+    parser.add_argument("--quantile", type=float, default=0.25, help="steps/s = 1 / this quantile of the pooled step times")
+    parser.add_argument("--precision", nargs="+", default=None, help="default: no (CPU), fp16 bf16 (--sd15)")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args(argv)
+    args.resolution = args.resolution or (512 if args.sd15 else 128)
+    precisions = args.precision or (["fp16", "bf16"] if args.sd15 else ["no"])
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible")
+    if args.sd15 and args.device == "cpu":
+        print("note: --sd15 on a CPU is very slow; use --device cuda")
+    from prompts.demo import write_demo_dataset
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_lora."))
+    try:
+        args.images = 4
+        data = write_demo_dataset(tmp / "data", per_class={"good": args.images}, cell_lines=["A549"], size=args.resolution)
+        model = build_model("sd15" if args.sd15 else "small", tmp / "model")
+        rows = []
+        for precision in precisions:
+            from accelerate.state import AcceleratorState
+
+            AcceleratorState._reset_state(True)  # one Accelerator per precision in this process
+            loops = {
+                "bare, VAE encode every step": lambda: bare_step_times(model, data, args, False, precision),
+                "trainer": lambda: trainer_step_times(model, data, tmp / "out", args, False, precision),
+                "bare, latents pre-encoded": lambda: bare_step_times(model, data, args, True, precision),
+                "trainer, cache_latents": lambda: trainer_step_times(model, data, tmp / "out", args, True, precision),
+            }
+            pooled: dict[str, dict] = {name: {"step_seconds": [], "peak_gpu_memory_gib": None} for name in loops}
+            for _ in range(args.rounds):
+                for name, fn in loops.items():  # alternate, so that slow phases of the machine hit every loop
+                    if torch.cuda.is_available():
+                        torch.cuda.reset_peak_memory_stats()
+                    r = fn()
+                    pooled[name]["step_seconds"] += r["step_seconds"]
+                    pooled[name]["peak_gpu_memory_gib"] = r["peak_gpu_memory_gib"]
+            sps = {name: steps_per_second(r["step_seconds"], args.quantile) for name, r in pooled.items()}
+            med = {name: steps_per_second(r["step_seconds"], 0.5) for name, r in pooled.items()}
+            enc, pre = sps["bare, VAE encode every step"], sps["bare, latents pre-encoded"]
+            for name, r in pooled.items():
+                floor = pre if "pre-encoded" in name or "cache" in name else enc
+                rows.append({"precision": precision, "loop": name, "steps_per_second": sps[name], "median_steps_per_second": med[name],
+                             "vs_its_floor": sps[name] / floor, "vs_bare_encode": sps[name] / enc,
+                             "steps_timed": len(r["step_seconds"]), "peak_gpu_memory_gib": r["peak_gpu_memory_gib"]})
+        print(f"model: {'SD 1.5 architecture' if args.sd15 else 'small SD-like'}, device {args.device}, "
+              f"resolution {args.resolution}, batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds, "
+              f"steps/s = 1 / q{args.quantile:g} of step times, torch threads {torch.get_num_threads()}")
+        print("| precision | loop | steps/s | median steps/s | vs its floor | vs bare loop encoding every step | peak GPU GiB |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            mem = f"{r['peak_gpu_memory_gib']:.2f}" if r["peak_gpu_memory_gib"] else "-"
+            print(f"| {r['precision']} | {r['loop']} | {r['steps_per_second']:.3f} | {r['median_steps_per_second']:.3f} | "
+                  f"{r['vs_its_floor']:.3f} | {r['vs_bare_encode']:.3f} | {mem} |")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
