@@ -173,7 +173,7 @@ def main(argv=None):
     counts = generate(jobs, settings, dataset.root, state)
     if state.is_main_process:
         print(f"{counts['planned']} images planned in {settings.output}: {counts['existing']} were there, "
-              f"{counts['made']} made by process 0; manifest: {settings.output / 'manifest.jsonl'}")
+              f"{counts['made_all']} made; manifest: {settings.output / 'manifest.jsonl'}")
     return 0
 
 

@@ -14,18 +14,16 @@ once re-run, with exactly one line per image.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import struct
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from prompts.files import atomic_path, sha256_file, write_text_atomic
+from prompts.files import atomic_path, write_text_atomic
 
-from .plan import Job, LoraUse, format_weight
+from .plan import Job, format_weight
 
-log = logging.getLogger(__name__)
 MANIFEST = "manifest.jsonl"
 CHUNK = "cellsynth"
 VERSION = "cellsynth generate 0.1"
@@ -161,11 +159,11 @@ def scan(out: Path) -> tuple[dict[str, dict], list[str]]:
 
 
 def remove_stale_temporaries(out: Path) -> int:
-    """Delete our own temporary files (`.NAME.*.tmp.png`) left by a killed run; returns how many."""
+    """Delete our own temporary files (`.NAME.*.tmp.png`, `.manifest.*.tmp.jsonl`) left by a killed run; returns how many."""
     n = 0
     for dirpath, _, filenames in os.walk(out):
         for name in filenames:
-            if name.startswith(".") and name.endswith(".tmp.png"):
+            if name.startswith(".") and (name.endswith(".tmp.png") or (name.startswith(".manifest.") and name.endswith(".tmp.jsonl"))):
                 os.unlink(Path(dirpath) / name)
                 n += 1
     return n
@@ -200,6 +198,3 @@ def lora_hashes(jobs: list[Job]) -> dict[str, str]:
     paths = sorted({u.path for j in jobs for u in j.loras})
     return {p: lora_hash(p) for p in paths}
 
-
-__all__ = ["LoraUse", "MANIFEST", "a1111_parameters", "append_line", "lora_hash", "lora_hashes", "read_chunk",
-           "rebuild_manifest", "record", "remove_stale_temporaries", "save_png", "scan", "settings_differ", "sha256_file"]

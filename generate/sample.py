@@ -13,6 +13,7 @@ seed, so a seed reproduces its image alone, in any batch and on any device.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -139,7 +140,7 @@ class Adapters:
     """The LoRAs on the pipeline: loads what a batch needs, drops the rest, sets or fuses the weight."""
 
     def __init__(self, pipe):
-        self.pipe, self.names, self.fused, self.state = pipe, {}, False, None
+        self.pipe, self.names, self.fused, self.state, self.loaded = pipe, {}, False, None, 0
 
     def use(self, loras, weight: float, fuse: bool) -> None:
         """Make `loras` (LoraUse tuple) act at multiplier x weight; weight 0 is the bare base model."""
@@ -156,7 +157,7 @@ class Adapters:
             self.names = {p: n for p, n in self.names.items() if p in keep}
         for u in loras:
             if u.path not in self.names:
-                name = f"lora{len(self.names)}_{abs(hash(u.path)) % 10**6}"
+                name, self.loaded = f"lora{self.loaded}", self.loaded + 1
                 load_lora(pipe, u.path, name, "the base model")
                 self.names[u.path] = name
         names = [self.names[u.path] for u in loras]
@@ -294,11 +295,12 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
         log.info("process %d made %d image(s) in %.1f s (%.2f img/s)", state.process_index, made, elapsed, made / elapsed)
 
     state.wait_for_everyone()
+    counts = {"planned": len(jobs), "existing": len(jobs) - len(todo), "made": made, "failed": len(failed),
+              "seconds": elapsed}
     if state.is_main_process:
         records, _ = prov.scan(s.output)
         prov.rebuild_manifest(s.output, records)
-    counts = {"planned": len(jobs), "existing": len(jobs) - len(todo), "made": made, "failed": len(failed),
-              "seconds": elapsed}
+        counts["made_all"] = sum(j.file in records for j in jobs) - counts["existing"]
     if failed:
         print(
             f"error: {len(failed)} image(s) came out NaN or all black and were not saved (e.g. {failed[0].file}, "
@@ -309,6 +311,14 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
     return counts
 
 
+@functools.lru_cache(maxsize=None)
+def _gray(path: Path) -> bool:
+    return is_grayscale(load_image(path))
+
+
 def is_gray_group(data_root: Path, records, sample: int = 8) -> bool:
-    """True when the group's images (up to `sample` of them, in path order) are all grayscale."""
-    return all(is_grayscale(load_image(data_root / r.path)) for r in sorted(records, key=lambda r: r.path)[:sample])
+    """True when the group's images (up to `sample` of them, in path order) are all grayscale.
+
+    Only the records given are read: for a fold, its training images (never a test image).
+    """
+    return all(_gray(data_root / r.path) for r in sorted(records, key=lambda r: r.path)[:sample])

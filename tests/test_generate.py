@@ -284,3 +284,29 @@ def test_euler_a_noise_levels_match_a1111(tiny_model):
     assert canonical_sampler("dpm++ 2m karras") == "DPM++ 2M Karras"
     with pytest.raises(UserError, match="unknown sampler"):
         canonical_sampler("Heun++")
+
+
+# ---------------------------------------------------------------- the command without a model
+
+
+def test_config_file_flags_override_and_dry_run(demo_data, tmp_path, capsys):
+    from generate.__main__ import main
+
+    ds = read_dataset(demo_data)
+    lora = _fake_loras(tmp_path / "lora", sorted({f"{r.cell_line}__{r.label}" for r in ds.records}))
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(f"data:\n  data: {demo_data}\ngenerate:\n  model: m\n  lora: {lora}\n  output: out\n"
+                   "  fraction: [0.5, 1.0]\n  lora_weights: [1.0, 0.8]\n")
+    assert main(["--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].split() == ["total", "60"] and "-\t1.0\tA549__good\t3" in out  # per cell line, from the LoRA folder
+    assert main(["--config", str(cfg), "--dry-run", "--lora-weights", "0.5", "--count", "2", "--per", "cell_line_class"]) == 0
+    real = {}
+    for r in ds.records:
+        real[(r.cell_line, r.label)] = real.get((r.cell_line, r.label), 0) + 1
+    expected = sum(max(2, n) for n in real.values())  # the larger of --count and 100 % (the config's fractions)
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["total", str(expected)] and expected > 30
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(cfg), "--dry-run", "--fraction", "half"])
+    assert e.value.code == 2 and "invalid float value: 'half'" in capsys.readouterr().err
