@@ -281,11 +281,6 @@ def _read_kohya(state: dict, header: dict, path: Path) -> LoraWeights:
 
 # --------------------------------------------------------------------------- reading and converting
 
-def detect_format(path: str | os.PathLike) -> str:
-    """'diffusers' or 'kohya', from the keys of a safetensors LoRA file (or a folder holding one)."""
-    return read_lora(path).metadata.get("__format__", "")
-
-
 def read_lora(path: str | os.PathLike) -> LoraWeights:
     """Read a LoRA file in either format (a folder means its pytorch_lora_weights.safetensors).
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -86,7 +85,10 @@ def plan(cfg, data_cfg, resume: str | None = None) -> list[Job]:
     if cfg.cache_latents and cfg.random_crop:
         raise UserError("--cache-latents cannot be combined with --random-crop (each crop needs its own encoding); drop one")
     if cfg.optimizer == "adamw8bit":
-        raise UserError("optimizer adamw8bit is not built in; use adamw")
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
+            raise UserError("--optimizer adamw8bit needs the bitsandbytes package and a CUDA GPU; use --optimizer adamw")
     dataset = read_dataset(data_cfg.data, check_images=True, skip_bad_images=data_cfg.skip_bad_images)
     dataset = dataset.select(classes=cfg.classes or None, cell_lines=cfg.cell_lines or None)
     if cfg.per == "cell_line_class" and not dataset.cell_lines:
@@ -219,7 +221,12 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
         unet.enable_gradient_checkpointing()
         if train_te:
             text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(param_groups, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
     n_images = len(job.dataset.records)
     steps_per_epoch = D.steps_per_epoch(n_images, cfg.repeats, cfg.batch_size, P)
     total_steps = steps_per_epoch * cfg.epochs
@@ -261,7 +268,7 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
 
     # 4. the loop
     info("%s: %d images x %d repeats, %d epochs, %d steps of %d x %d processes, %d updates",
-             job.group, n_images, cfg.repeats, cfg.epochs, total_steps, cfg.batch_size, P, total_updates)
+         job.group, n_images, cfg.repeats, cfg.epochs, total_steps, cfg.batch_size, P, total_updates)
     accum = cfg.gradient_accumulation_steps
     step, loss_sum, loss_n = update * accum, 0.0, 0
     first_step, t_start, step_seconds = step, time.perf_counter(), []  # wall time of each whole iteration
@@ -552,7 +559,3 @@ def run(cfg, data_cfg, resume: str | None = None) -> list[Path]:
         done.append(train_group(job, cfg, data_cfg, accelerator, resume))
     accelerator.end_training()
     return done
-
-
-def resolved_config(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -29,8 +29,8 @@ class LoraSection:
     lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial"] = opt(
         "constant", "learning-rate schedule (diffusers' get_scheduler)"
     )
-    lr_warmup_steps: int = opt(0, "warm-up steps of the schedule")
-    optimizer: Literal["adamw", "adamw8bit"] = opt("adamw", "AdamW (adamw8bit needs bitsandbytes and a GPU)")
+    lr_warmup_steps: int = opt(0, "warm-up of the schedule, in optimizer updates")
+    optimizer: Literal["adamw", "adamw8bit"] = opt("adamw", "torch AdamW, or bitsandbytes' 8-bit AdamW (needs bitsandbytes and a CUDA GPU)")
     weight_decay: float = opt(1e-2, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
     mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", "frozen weights in this precision; LoRA parameters stay fp32")
@@ -40,9 +40,9 @@ class LoraSection:
     noise_offset: float = opt(0.0, "noise offset (0.05-0.1 helps very dark or bright images)")
     random_flip: bool = opt(True, "random horizontal and vertical flips (micrographs have no up)")
     random_crop: bool = opt(False, "random instead of center crop after resizing the shortest side")
-    cache_latents: bool = opt(False, "encode each image with the VAE once (needs random_flip and random_crop off)")
-    checkpointing_steps: int = opt(0, "save accelerate state every N steps for --resume (0: never)")
-    checkpoints_total_limit: int = opt(2, "keep this many checkpoints")
+    cache_latents: bool = opt(False, "encode each image with the VAE once (with random_flip: its 4 flips; not with random_crop)")
+    checkpointing_steps: int = opt(0, "save a checkpoint (accelerate save_state) every N optimizer updates, for --resume (0: never)")
+    checkpoints_total_limit: int = opt(2, "keep this many checkpoints per group (they are deleted when the group finishes)")
     validation_images: int = opt(2, "images sampled with Euler a at the end of each LoRA")
     allow_pickle: bool = opt(False, "allow pickle checkpoints (.ckpt/.bin/.pt): they can run code")
     overwrite: bool = opt(False, "replace a finished LoRA in the output folder")
