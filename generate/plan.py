@@ -246,8 +246,10 @@ def find_lora(base: Path, name: str) -> Path:
         return base / f"{name}.safetensors"
     if Path(name).suffix == ".safetensors" and Path(name).is_file():
         return Path(name)
+    if (base / "all").is_dir() and _lora_in(base / "all", "all"):
+        return _lora_in(base / "all", "all")  # one LoRA for every group (lora train --per all)
     if _lora_in(base) and not any(p.is_dir() for p in base.iterdir()):
-        return _lora_in(base)  # one LoRA for every group (lora train --per all)
+        return _lora_in(base)  # a folder holding just one LoRA
     raise UserError(
         f"no LoRA for '{name}' in {base}: expected {base / name / LORA_FILE} (or {base / name / (name + '.safetensors')}); "
         "train it with `python -m lora train`, or leave it out with --classes / --cell-lines"

@@ -80,3 +80,38 @@ def test_two_processes_make_each_image_once(tiny_model, class_loras, class_data,
     # both processes planned the same seeds: the run seed is shared
     runs = {json.loads(line)["run_seed"] for line in (out / "manifest.jsonl").read_text().splitlines()}
     assert len(runs) == 1
+
+
+def test_loras_from_lora_train_load_with_their_alpha(tiny_model, class_data, tmp_path):
+    """The contract with `lora train`: both files of each group load, with alpha/rank kept (here 2/4)."""
+    lora = tmp_path / "lora"
+    train = [sys.executable, "-m", "lora", "train", "--model", str(tiny_model), "--data", str(class_data), "--output",
+             str(lora), "--epochs", "1", "--repeats", "1", "--resolution", "64", "--validation-images", "0",
+             "--rank", "4", "--alpha", "2", "--unet-lr", "0.05", "--text-encoder-lr", "0.05"]
+    done = subprocess.run(train, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.skip(f"lora train did not run here: {done.stderr.strip().splitlines()[-1:]}")
+    from diffusers import StableDiffusionPipeline
+
+    from generate.sample import load_lora
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    load_lora(pipe, str(lora / "good" / "pytorch_lora_weights.safetensors"), "d", "tiny")
+    load_lora(pipe, str(lora / "good" / "good.safetensors"), "k", "tiny")
+    layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    assert layer.scaling["d"] == pytest.approx(0.5) and layer.scaling["k"] == pytest.approx(0.5)
+    te_layer = pipe.text_encoder.text_model.encoder.layers[0].self_attn.q_proj
+    assert te_layer.scaling["d"] == pytest.approx(0.5) and te_layer.scaling["k"] == pytest.approx(0.5)
+    for part in (layer.lora_A, layer.lora_B, te_layer.lora_A, te_layer.lora_B):  # the same weights in both files
+        assert torch_equal(part["k"].weight, part["d"].weight) and part["d"].weight.abs().max() > 0
+    out = tmp_path / "out"
+    gen = [sys.executable, "-m", "generate", *args(tiny_model, lora, class_data, out, "--count", "1", "--lora-weights", "1.0")]
+    done = subprocess.run(gen, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check_complete(out, {"w1.0/good/good_00000.png", "w1.0/bad/bad_00000.png"})
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.allclose(a, b, atol=1e-6))
