@@ -257,9 +257,12 @@ def find_lora(base: Path, name: str) -> Path:
 
 
 def detect_per(base: Path, dataset: Dataset) -> str:
-    """'cell_line_class' when the LoRA folder has <cell_line>__<class>/ folders for this data, else 'class'."""
+    """'cell_line_class' when the LoRA folder has <cell_line>__<class>/ folders (or one `all` LoRA) for data
+    with cell lines, else 'class': generation prompts then match the captions the LoRAs were trained on."""
     if base.is_file() or not dataset.cell_lines:
         return "class"
+    if (base / "all").is_dir():  # lora train --per all captions each image with its cell line
+        return "cell_line_class"
     names = {group_name(r.label, r.cell_line) for r in dataset.records}
     return "cell_line_class" if any((base / n).is_dir() for n in names) else "class"
 
@@ -338,6 +341,7 @@ def plan_fold(
         gp = templates.for_group(g.label, g.cell_line)
         fields = {"class": g.label, "cell_line": g.cell_line or "", "group": g.name, "trigger": gp.trigger}
         gray = bool(g.records) and is_gray(g.records)
+        parsed: dict[str, tuple] = {}  # prompt text -> (text without tags, LoRAs)
         init_order = sorted(r.path for r in g.records)
         random.Random(derive_seed(req.run_seed, fold_name, g.name, "init")).shuffle(init_order)
         for index in range(n):
@@ -345,10 +349,13 @@ def plan_fold(
                 text = req.prompts[index % len(req.prompts)]
             else:
                 text = req.prompt if req.prompt is not None else gp.prompt
-            prompt, tags = parse_lora_tags(fill_fields(text, fields), f"prompt {text!r}")
-            loras = tuple(LoraUse(name, str(find_lora(base, name)), w) for name, w in tags) or (
-                LoraUse(g.name, str(find_lora(base, g.name)), 1.0),
-            )
+            if text not in parsed:
+                prompt, tags = parse_lora_tags(fill_fields(text, fields), f"prompt {text!r}")
+                loras = tuple(LoraUse(name, str(find_lora(base, name)), w) for name, w in tags) or (
+                    LoraUse(g.name, str(find_lora(base, g.name)), 1.0),
+                )
+                parsed[text] = prompt, loras
+            prompt, loras = parsed[text]
             negative = fill_fields(req.negative_prompt, fields) if req.negative_prompt is not None else gp.negative_prompt
             seed = derive_seed(req.run_seed, fold_name, g.name, index)
             init, strength = None, None

@@ -80,6 +80,12 @@ def _num(x: float) -> str:
     return format_weight(x).removesuffix(".0") if float(x).is_integer() else format_weight(x)
 
 
+def model_name(model: str) -> str:
+    """A1111's "Model:" value: the checkpoint's file stem, or the folder / hub repo name."""
+    path = Path(str(model))
+    return path.stem if path.suffix.lower() in (".safetensors", ".ckpt") else path.name
+
+
 def a1111_parameters(rec: dict) -> str:
     """AUTOMATIC1111's `parameters` text for a manifest record."""
     tags = "".join(f" <lora:{u['name']}:{_num(u['weight'])}>" for u in rec["loras"])
@@ -93,7 +99,7 @@ def a1111_parameters(rec: dict) -> str:
         f"Seed: {rec['seed']}",
         f"Size: {rec['size'][0]}x{rec['size'][1]}",
         f"Model hash: {rec['model_hash']}",
-        f"Model: {Path(str(rec['model'])).name}",
+        f"Model: {model_name(rec['model'])}",
     ]
     if rec["mode"] == "img2img":
         fields.append(f"Denoising strength: {_num(rec['strength'])}")

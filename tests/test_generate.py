@@ -310,3 +310,18 @@ def test_config_file_flags_override_and_dry_run(demo_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--config", str(cfg), "--dry-run", "--fraction", "half"])
     assert e.value.code == 2 and "invalid float value: 'half'" in capsys.readouterr().err
+
+
+def test_failed_images_are_recognised():
+    from generate.provenance import model_name
+    from generate.sample import problem
+
+    ok = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)
+    assert problem(ok) is None
+    assert problem(np.zeros((8, 8, 3), np.float32)) == "all black"
+    nan = ok.copy()
+    nan[3, 4, 1] = np.nan
+    assert problem(nan) == "NaN"
+    assert problem(np.full((8, 8, 3), 0.01, np.float32)) is None  # dark is not black
+    assert model_name("/m/v1-5-pruned-emaonly.safetensors") == "v1-5-pruned-emaonly"
+    assert model_name("models/stable-diffusion-v1-5") == "stable-diffusion-v1-5"
