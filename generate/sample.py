@@ -216,10 +216,14 @@ def sample_batch(pipe, i2i, batch: list[Job], s: Settings, data_root: Path) -> n
 # ---------------------------------------------------------------- the run
 
 
-def existing(s: Settings, jobs: list[Job], records: dict, planned: dict[str, dict]) -> list[Job]:
-    """The jobs still to make; an existing image made with other settings is an error (unless --overwrite)."""
-    todo = []
+def existing(s: Settings, jobs: list[Job], records: dict, planned: dict[str, dict], foreign: list[str]) -> list[Job]:
+    """The jobs still to make; an existing image made with other settings, or not by generate, is an error
+    (unless --overwrite)."""
+    todo, foreign = [], set(foreign)
     for job in jobs:
+        if job.file in foreign and not s.overwrite:
+            raise UserError(f"{s.output / job.file} exists and was not made by generate (no {prov.CHUNK} PNG chunk); "
+                            "move it away, pass --overwrite to replace it, or choose another --output")
         old = records.get(job.file)
         if old is None or s.overwrite:
             todo.append(job)
@@ -256,7 +260,7 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
     planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=size, model=str(s.model),
                                    model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed) for j in jobs}
     records, foreign = prov.scan(s.output)
-    todo = existing(s, jobs, records, planned)  # raises before anything is written
+    todo = existing(s, jobs, records, planned, foreign)  # raises before anything is written
     state.wait_for_everyone()
     if state.is_main_process:
         s.output.mkdir(parents=True, exist_ok=True)

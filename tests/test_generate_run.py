@@ -161,6 +161,13 @@ def test_resume_makes_only_what_is_missing(tiny_model, class_loras, class_data, 
     assert "made with steps 8 (this run: 9)" in capsys.readouterr().err
     assert run(*args, "--steps", "9", "--overwrite") == 0
     assert {r["steps"] for r in manifest(out)} == {9} and len(manifest(out)) == 4
+    # a file of the user's where an image would go is never replaced without --overwrite
+    victim.unlink()
+    Image.new("L", (8, 8)).save(victim)
+    assert run(*args, "--steps", "9") == 2
+    assert "was not made by generate" in capsys.readouterr().err
+    with Image.open(victim) as im:
+        assert im.size == (8, 8)
 
 
 def _split_for(data: Path, test_paths: list[str], train_paths: list[str], path: Path) -> Path:
