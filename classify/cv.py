@@ -149,6 +149,7 @@ class Runner:
         self.feats: dict[str, np.ndarray] | None = None
         self.pixels: np.ndarray | None = None
         self._base = None
+        self._models: dict = {}
         self.seconds_features = 0.0
 
     @property
@@ -186,7 +187,6 @@ class Runner:
 
     def run(self, job: Job) -> dict:
         """Train on job.train, test on job.test -> the per-fold result record."""
-        from .model import build_full, build_head, compile_model
         from .train import predict, train
 
         c, n_classes = self.cls, len(self.classes)
@@ -199,20 +199,17 @@ class Runner:
         weighted = c.class_weights or job.mix.class_weighted
         head_seed = c.seed * 1000 + job.fold.index  # the same initial head for every mix of a fold
         t0 = time.perf_counter()
+        model = self.model(augment).reset(head_seed, aug_seed=c.seed)
         if c.feature_cache:
             views = self.views if augment else [PLAIN]
-            head = build_head(self.feats[PLAIN].shape[1], n_classes, seed=head_seed)
-            compile_model(head, c.learning_rate)
-            losses = train(head, lambda e, idx: self.feats[views[e % len(views)]][rows[idx]], y, n_classes,
+            losses = train(model, lambda e, idx: self.feats[views[e % len(views)]][rows[idx]], y, n_classes,
                            c.epochs, c.batch_size, head_seed, weighted)
-            model, x_test = head, self.feats[PLAIN][test_rows]
+            x_test = self.feats[PLAIN][test_rows]
         else:
-            head = build_head(self.base.output_shape[-1], n_classes, seed=head_seed)
-            model = build_full(self.base, head, c.image_size, augment, seed=c.seed)
-            compile_model(model, c.learning_rate)
             losses = train(model, lambda e, idx: self.pixels[rows[idx]].astype(np.float32), y, n_classes,
                            c.epochs, c.batch_size, head_seed, weighted)
             x_test = None
+        head = self._models[augment and not c.feature_cache].head
         if c.fine_tune_layers > 0:
             model = self.fine_tune(head, rows, y, augment, weighted, head_seed)
             x_test = None
@@ -242,6 +239,19 @@ class Runner:
             "y_pred": y_pred.tolist(),
             "probs": np.round(probs, 5).tolist(),
         }
+
+    def model(self, augment: bool):
+        """The reusable compiled model: the head alone (cached path) or pixels -> base -> head (naive)."""
+        from .model import Resettable, build_full, build_head, compile_model
+
+        key = augment and not self.cls.feature_cache
+        if key not in self._models:
+            n_features = self.feats[PLAIN].shape[1] if self.cls.feature_cache else self.base.output_shape[-1]
+            head = build_head(n_features, len(self.classes))
+            model = head if self.cls.feature_cache else build_full(self.base, head, self.cls.image_size, augment, seed=self.cls.seed)
+            compile_model(model, self.cls.learning_rate)
+            self._models[key] = Resettable(model, head, n_features, len(self.classes))
+        return self._models[key]
 
     def pixels_for(self, rows: np.ndarray) -> np.ndarray:
         if self.pixels is None:

@@ -114,10 +114,10 @@ def augmentation_layers(seed: int = 0) -> list:
     import keras
 
     return [
-        keras.layers.RandomRotation(factor=0.15, seed=seed),
-        keras.layers.RandomTranslation(height_factor=0.1, width_factor=0.1, seed=seed + 1),
-        keras.layers.RandomFlip(seed=seed + 2),
-        keras.layers.RandomContrast(factor=0.1, seed=seed + 3),
+        keras.layers.RandomRotation(factor=0.15, seed=seed, name="augment_rotation"),
+        keras.layers.RandomTranslation(height_factor=0.1, width_factor=0.1, seed=seed + 1, name="augment_translation"),
+        keras.layers.RandomFlip(seed=seed + 2, name="augment_flip"),
+        keras.layers.RandomContrast(factor=0.1, seed=seed + 3, name="augment_contrast"),
     ]
 
 
@@ -263,3 +263,39 @@ def write_calibrated_weights(backbone: str, image_size: int, x: np.ndarray, path
     path.parent.mkdir(parents=True, exist_ok=True)
     app.save_weights(path)
     return path
+
+
+class Resettable:
+    """A compiled model reused across runs: `reset(seed)` restores a freshly seeded start.
+
+    Building and compiling a model per (fold, mix) costs a graph trace each time
+    (seconds for a full EfficientNet). Instead the model is built once; each run
+    resets the head weights to those of `build_head(seed=...)`, zeroes the
+    optimizer state, and reseeds dropout and augmentation — the same start as a
+    fresh build, so results do not depend on the order of runs.
+    """
+
+    def __init__(self, model, head, n_features: int, n_classes: int):
+        self.model, self.head = model, head
+        self.n_features, self.n_classes = n_features, n_classes
+        opt = model.optimizer
+        opt.build(model.trainable_variables)
+        self._opt_init = [np.array(keras_numpy(v)) for v in opt.variables]
+
+    def reset(self, head_seed: int, aug_seed: int = 0):
+        fresh = build_head(self.n_features, self.n_classes, seed=head_seed)
+        self.head.set_weights(fresh.get_weights())
+        for v, init in zip(self.model.optimizer.variables, self._opt_init):
+            v.assign(init)
+        for layer in self.head.layers:
+            for gen in getattr(layer, "_seed_generators", []):
+                gen.state.assign(np.array([head_seed, 0], dtype=gen.state.dtype))
+        aug = [l for l in self.model.layers if l.name.startswith("augment_")]
+        reseed_layers(aug, aug_seed)
+        return self.model
+
+
+def keras_numpy(v):
+    import keras
+
+    return keras.ops.convert_to_numpy(v)
