@@ -84,7 +84,7 @@ def resolve(args):
     if len(g.size) not in (1, 2):
         raise UserError(f"--size {' '.join(map(str, g.size))}: give WIDTH [HEIGHT] in pixels")
     for name, value in (("--model", g.model), ("--output", g.output), ("--data", d.data)):
-        if not value:
+        if not value and not (args.dry_run and name != "--data"):
             raise UserError(f"{name} is missing: give it on the command line or in the study file")
     for v in g.strength:
         if not 0 < v <= 1:
