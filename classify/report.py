@@ -73,6 +73,15 @@ def table_rows(results: dict, tree: str) -> list[list[str]]:
     return out
 
 
+def per_class_rows(results: dict, tree: str) -> list[list[str]]:
+    """Header + one row per mix: mean F1 of each class over folds."""
+    classes = results["classes"]
+    out = [["mix", *classes]]
+    for r in results["tables"][tree]:
+        out.append([r["mix"], *(f"{r['per_class'][c]['f1']:.3f}" if r["per_class"] else "—" for c in classes)])
+    return out
+
+
 def markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
@@ -151,6 +160,7 @@ def report_markdown(results: dict, realism: dict | None = None) -> str:
     mismatch = study_mismatch(results)
     for tree in results["tables"]:
         parts += [f"## {tree_title(tree)}", "", markdown_table(table_rows(results, tree)), ""]
+        parts += ["Per-class F1 (mean over folds):", "", markdown_table(per_class_rows(results, tree)), ""]
         short = {r["mix"]: r["shortfall"] for r in results["tables"][tree] if r.get("shortfall")}
         if short:
             parts.append("Not enough synthetic images (missing, summed over folds): "
@@ -335,6 +345,7 @@ def report_html(results: dict, realism: dict | None = None) -> str:
     for tree in results["tables"]:
         parts.append(f"<h2>{html.escape(tree_title(tree))}</h2>")
         parts.append(_html_table(table_rows(results, tree)))
+        parts.append("<p>Per-class F1 (mean over folds):</p>" + _html_table(per_class_rows(results, tree)))
     parts.append("<h2>Metrics against synthetic share</h2>")
     parts.append(f"<img src='{plot_metrics(results)}'>")
     parts.append("<h2>Confusion matrices (summed over folds; rows true, columns predicted)</h2>")

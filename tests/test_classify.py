@@ -197,7 +197,7 @@ def test_cv_report_tables_hold_the_computed_numbers(cv_run):
     html = (out / "report.html").read_text()
     assert "<img src='data:image/png;base64," in html and "src=\"http" not in html
     for tree in ("w1.0", "w0.8"):
-        section = report.split(f"## LoRA weight {tree[1:]}")[1].split("\n## ")[0]
+        section = report.split(f"## LoRA weight {tree[1:]}")[1].split("\n## ")[0].split("Per-class F1")[0]
         for mix in ("real", "real+50", "synthetic", "balance", "classweight"):
             sub = "real" if mix in ("real", "classweight") else tree
             accs = [json.loads((out / "runs" / sub / mix / f"fold_{k}.json").read_text())["metrics"]["accuracy"] for k in range(5)]
@@ -232,6 +232,15 @@ def test_cv_resume_reuses_finished_runs(cv_run, capsys):
     from classify.report import results_csv
 
     assert results_csv(res) == before
+
+
+def test_second_phase_unfreezes_top_layers_and_runs(class_data, weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run_main(["cv", "--data", class_data, "--output", out, "--mixes", "real", "--folds", 2, "--epochs", 2, "--no-augment",
+                          "--fine-tune-layers", 8, "--fine-tune-epochs", 1, *model_flags(weights, tmp_path / "cache")], capsys)
+    assert code in (0, None), err
+    runs = [json.loads((out / "runs" / "real" / "real" / f"fold_{k}.json").read_text()) for k in range(2)]
+    assert all(len(r["y_pred"]) == r["n_test"] == 6 for r in runs)
 
 
 def test_no_synthetic_image_enters_a_test_fold(demo_data, syn, tmp_path):
