@@ -29,23 +29,82 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def write_tiny_tokenizer(folder: Path) -> None:
-    """A character-level CLIP tokenizer: every byte, alone and word-final, plus the specials."""
+# Words that get a token of their own, so that typical prompts fit CLIP's 77 tokens
+# (the default templates, A1111 habits, microscopy terms); other text falls back to bytes.
+_CORPUS_FILES = ("default_templates.yaml",)
+_EXTRA_WORDS = (
+    "a an and of in on with the photo image cell cells culture microscopy micrograph brightfield "
+    "phase contrast fluorescence healthy unhealthy normal abnormal spheroid organoid monolayer "
+    "lymphocyte monocyte neutrophil spherocyte target good acceptable bad sks"
+)
+
+
+def _train_bpe(words: list[str], n_merges: int) -> list[tuple[str, str]]:
+    """Plain BPE training (Sennrich et al.): merge the most frequent adjacent pair, repeatedly.
+
+    Words are sequences of byte-level characters ending in `</w>`, as CLIP tokenizes them.
+    """
+    from collections import Counter
+
+    corpus = Counter(tuple(w[:-1]) + (w[-1] + "</w>",) for w in words if w)
+    merges: list[tuple[str, str]] = []
+    for _ in range(n_merges):
+        pairs: Counter = Counter()
+        for word, freq in corpus.items():
+            for a, b in zip(word, word[1:]):
+                pairs[a, b] += freq
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
+        merges.append((a, b))
+        merged = Counter()
+        for word, freq in corpus.items():
+            out, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(word[i])
+                    i += 1
+            merged[tuple(out)] += freq
+        corpus = merged
+    return merges
+
+
+def _corpus_words() -> list[str]:
+    import re
+
+    from prompts.templates import DEFAULT_TEMPLATES
+
+    text = DEFAULT_TEMPLATES.read_text(encoding="utf-8").lower() + " " + _EXTRA_WORDS
+    text = re.sub(r"#.*", " ", text)
+    return re.findall(r"[a-z]+|[0-9]", text)
+
+
+def write_tiny_tokenizer(folder: Path) -> int:
+    """A small byte-level BPE CLIP tokenizer trained on prompt vocabulary; returns its vocab size."""
     from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     chars = list(_bytes_to_unicode().values())
-    vocab = {}
+    vocab: dict[str, int] = {}
     for c in chars:
         vocab[c] = len(vocab)
     for c in chars:
         vocab[c + "</w>"] = len(vocab)
+    merges = _train_bpe(_corpus_words(), n_merges=600)
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
     tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
     tok.save_pretrained(folder)
+    return len(vocab)
 
 
 def build_tiny_pipeline(seed: int = 0):
@@ -53,6 +112,11 @@ def build_tiny_pipeline(seed: int = 0):
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_size = write_tiny_tokenizer(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=8,
@@ -83,12 +147,12 @@ def build_tiny_pipeline(seed: int = 0):
             intermediate_size=64,
             num_attention_heads=4,
             num_hidden_layers=2,
-            vocab_size=514,
+            vocab_size=vocab_size,
             max_position_embeddings=77,
             projection_dim=32,
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
         )
     )
     # SD 1.5's scheduler config.
@@ -101,11 +165,6 @@ def build_tiny_pipeline(seed: int = 0):
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tiny_tokenizer(Path(tmp))
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
     return StableDiffusionPipeline(
         unet=unet,
         vae=vae,
