@@ -325,3 +325,20 @@ def test_failed_images_are_recognised():
     assert problem(np.full((8, 8, 3), 0.01, np.float32)) is None  # dark is not black
     assert model_name("/m/v1-5-pruned-emaonly.safetensors") == "v1-5-pruned-emaonly"
     assert model_name("models/stable-diffusion-v1-5") == "stable-diffusion-v1-5"
+
+
+def test_grayscale_groups_are_recognised(tmp_path):
+    from PIL import Image
+
+    from generate.sample import is_gray_group, to_pil
+    from prompts.dataset import Record
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    Image.fromarray(gray).save(tmp_path / "l.png")
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "gray_as_rgb.png")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
+    assert is_gray_group(tmp_path, [Record("l.png", "a"), Record("gray_as_rgb.png", "a")])
+    assert not is_gray_group(tmp_path, [Record("l.png", "a"), Record("rgb.png", "a")])
+    arr = rng.random((4, 4, 3)).astype(np.float32)
+    assert to_pil(arr, True).mode == "L" and to_pil(arr, False).mode == "RGB"
