@@ -66,15 +66,29 @@ def load_pipeline(
     """
     from diffusers import StableDiffusionPipeline
 
+    kind, ref = check_model(model, allow_pickle)
+    if kind == "folder":
+        return StableDiffusionPipeline.from_pretrained(
+            ref, torch_dtype=torch_dtype, use_safetensors=not allow_pickle or None, safety_checker=None,
+            requires_safety_checker=False,
+        )
+    if kind == "file":
+        return load_single_file(ref, torch_dtype=torch_dtype, config=config)
+    return _load_from_hub(str(ref), torch_dtype)
+
+
+def check_model(model: str | os.PathLike | None, allow_pickle: bool = False) -> tuple[str, Path | str]:
+    """The cheap checks of `load_pipeline`, without loading: ('folder'|'file'|'hub', path or id).
+
+    Raises UserError for a missing path, a folder that is not a diffusers SD model, a file
+    that is not a checkpoint, or a pickle checkpoint without `allow_pickle`.
+    """
     if model is None or str(model) == "":
         raise UserError(f"no base model given; {NO_MODEL_HELP}")
     path = Path(model)
     if path.is_dir():
         check_diffusers_folder(path, allow_pickle)
-        return StableDiffusionPipeline.from_pretrained(
-            path, torch_dtype=torch_dtype, use_safetensors=not allow_pickle or None, safety_checker=None,
-            requires_safety_checker=False,
-        )
+        return "folder", path
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -84,10 +98,26 @@ def load_pipeline(
             )
         if suffix not in PICKLE_SUFFIXES + (".safetensors",):
             raise UserError(f"{path} is not a model checkpoint (.safetensors) or diffusers folder; {NO_MODEL_HELP}")
-        return load_single_file(path, torch_dtype=torch_dtype, config=config)
+        if suffix == ".safetensors":
+            _check_single_file_keys(path)
+        return "file", path
     if _HUB_ID.match(str(model)) and not str(model).startswith((".", "/")):
-        return _load_from_hub(str(model), torch_dtype)
+        return "hub", str(model)
     raise UserError(f"model {model} does not exist; {NO_MODEL_HELP}")
+
+
+def _check_single_file_keys(path: Path) -> None:
+    """A single-file SD 1.x checkpoint has U-Net keys `model.diffusion_model.*` (read from the header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as err:  # safetensors raises its own error types
+        raise UserError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0][:120]}); {NO_MODEL_HELP}") from None
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        hint = " (it looks like a LoRA: pass it as a LoRA, not as --model)" if any("lora" in k for k in keys[:50]) else ""
+        raise UserError(f"{path} is not a Stable Diffusion 1.x checkpoint: no model.diffusion_model.* keys{hint}; {NO_MODEL_HELP}")
 
 
 def load_single_file(path: Path, *, torch_dtype: torch.dtype, config=None):

@@ -89,6 +89,9 @@ def plan(cfg, data_cfg, resume: str | None = None) -> list[Job]:
 
         if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
             raise UserError("--optimizer adamw8bit needs the bitsandbytes package and a CUDA GPU; use --optimizer adamw")
+    from .model import check_model
+
+    check_model(cfg.model, cfg.allow_pickle)
     dataset = read_dataset(data_cfg.data, check_images=True, skip_bad_images=data_cfg.skip_bad_images)
     dataset = dataset.select(classes=cfg.classes or None, cell_lines=cfg.cell_lines or None)
     if cfg.per == "cell_line_class" and not dataset.cell_lines:

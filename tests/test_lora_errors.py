@@ -145,3 +145,14 @@ def test_convert_refuses_missing_and_existing(capsys, tmp_path):
     src.write_bytes(b"x")
     assert "safetensors" in fails(capsys, "convert", src, tmp_path / "y.safetensors", "--to", "kohya")
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.safetensors").exists()
+
+
+def test_lora_file_given_as_model(capsys, class_data, tmp_path, out):
+    import torch
+    from safetensors.torch import save_file
+
+    fake = tmp_path / "style.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, str(fake))
+    msg = fails(capsys, *train_args(fake, class_data, out))
+    assert "style.safetensors" in msg and "LoRA" in msg
+    assert not out.exists()
