@@ -248,19 +248,19 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
 
     state = state or PartialState()
     check_settings(s)
-    pipe = load_pipe(s, state.device)
-    i2i = img2img_pipe(pipe) if any(j.init_image for j in jobs) else None
-    if state.is_main_process:
-        warn_long_prompts(pipe.tokenizer, jobs)
-    lora_files = sorted({u.path for j in jobs for u in j.loras})
-    check_loras(pipe, lora_files, s.model)
-    hashes = prov.lora_hashes(jobs)
-    mhash = model_hash(s.model)
-    size = (s.width, s.height)
-    planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=size, model=str(s.model),
-                                   model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed) for j in jobs}
+    hashes, mhash = prov.lora_hashes(jobs), model_hash(s.model)
+    planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=(s.width, s.height),
+                                   model=str(s.model), model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed)
+               for j in jobs}
     records, foreign = prov.scan(s.output)
     todo = existing(s, jobs, records, planned, foreign)  # raises before anything is written
+    pipe = i2i = None
+    if todo:  # every process plans the same todo list, so all load the model or none
+        pipe = load_pipe(s, state.device)
+        i2i = img2img_pipe(pipe) if any(j.init_image for j in todo) else None
+        if state.is_main_process:
+            warn_long_prompts(pipe.tokenizer, todo)
+        check_loras(pipe, sorted({u.path for j in todo for u in j.loras}), s.model)  # raises before anything is written
     state.wait_for_everyone()
     if state.is_main_process:
         s.output.mkdir(parents=True, exist_ok=True)
@@ -278,7 +278,8 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
     adapters, failed, made, t0 = Adapters(pipe), [], 0, time.perf_counter()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_mine, unit="img", disable=not (s.progress and state.is_main_process), dynamic_ncols=True)
+    bar = tqdm(total=n_mine, unit="img", disable=not (s.progress and state.is_main_process and n_mine), dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
     for batch in mine:
         adapters.use(batch[0].loras, batch[0].weight, s.fuse)
         arrays = sample_batch(pipe, i2i, batch, s, data_root)
