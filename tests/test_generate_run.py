@@ -262,3 +262,16 @@ def test_bad_input_one_line_exit_2_nothing_written(case, flags, message, tiny_mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_every_sampler_name_samples(tiny_model, class_loras, class_data, tmp_path):
+    from generate.samplers import SAMPLERS
+
+    for i, name in enumerate(SAMPLERS):
+        out = tmp_path / f"s{i}"
+        assert run(*base_args(tiny_model, class_loras, class_data, out, "--count", "1", "--lora-weights", "1.0",
+                              "--classes", "good", "--sampler", name.lower(), "--steps", "4")) == 0
+        rec = manifest(out)[0]
+        assert rec["sampler"] == name
+        with Image.open(out / rec["file"]) as im:
+            assert f"Sampler: {name}," in im.text["parameters"] and np.asarray(im).std() > 0
