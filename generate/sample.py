@@ -1,8 +1,8 @@
 """The sampling loop: a plan of images in, PNGs and manifest lines out.
 
-Top to bottom: load the base model and the sampler; check every LoRA against
-the model before anything is written; look at what the output folder already
-holds; share the missing images between processes (`accelerate launch`); then,
+Top to bottom: look at what the output folder already holds; load the base
+model and the sampler and check every LoRA against the model, before anything
+is written; share the missing images between processes (`accelerate launch`); then,
 batch by batch, switch LoRAs and weight, run the diffusers pipeline, reject NaN
 or all-black images, and write each PNG atomically with its provenance.
 
