@@ -48,8 +48,8 @@ SMALL_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_bloc
                   down_block_types=SD15_UNET["down_block_types"], up_block_types=SD15_UNET["up_block_types"],
                   cross_attention_dim=192, attention_head_dim=8, norm_num_groups=32)
 SMALL_VAE = dict(SD15_VAE, block_out_channels=(32, 64, 128, 128), layers_per_block=1, sample_size=128)
-SMALL_TEXT = dict(hidden_size=192, intermediate_size=768, num_attention_heads=4, num_hidden_layers=4, vocab_size=514,
-                  max_position_embeddings=77, projection_dim=192, bos_token_id=512, eos_token_id=513, pad_token_id=513)
+SMALL_TEXT = dict(hidden_size=192, intermediate_size=768, num_attention_heads=4, num_hidden_layers=4,
+                  max_position_embeddings=77, projection_dim=192)  # vocabulary: the tiny model's tokenizer
 
 
 def build_model(kind: str, out: Path) -> Path:
@@ -61,11 +61,14 @@ def build_model(kind: str, out: Path) -> Path:
 
     tiny = build_tiny_pipeline(0)  # its tokenizer and (SD 1.5's) scheduler config
     torch.manual_seed(0)
+    tok = tiny.tokenizer
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if kind == "sd15":
         unet, vae = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE)
-        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, bos_token_id=512, eos_token_id=513, pad_token_id=513))
+        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, **ids))  # SD 1.5's vocabulary size; the tiny tokenizer's ids fit
     else:
-        unet, vae, text = UNet2DConditionModel(**SMALL_UNET), AutoencoderKL(**SMALL_VAE), CLIPTextModel(CLIPTextConfig(**SMALL_TEXT))
+        unet, vae = UNet2DConditionModel(**SMALL_UNET), AutoencoderKL(**SMALL_VAE)
+        text = CLIPTextModel(CLIPTextConfig(**SMALL_TEXT, vocab_size=len(tok), **ids))
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tiny.tokenizer, scheduler=tiny.scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
