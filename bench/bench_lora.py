@@ -13,6 +13,9 @@ counted on either side. Rounds alternate between the loops; step times are poole
 over rounds and steps/s is 1 / their lower quartile (other jobs on a shared machine
 only ever slow a step down), with the median beside it.
 
+Each run rewrites its own section of bench/lora.md (`<!-- bench:cpu -->` or
+`<!-- bench:sd15 -->`; `--md ''` leaves the file alone).
+
 `--sd15` builds Stable Diffusion 1.5's U-Net, VAE and CLIP text encoder from their
 published configs with random weights (no download; the cost of a step does not
 depend on the weights) and reports peak GPU memory too.
@@ -149,18 +152,59 @@ def steps_per_second(step_seconds: list[float], q: float) -> float:
     return 1.0 / times[min(len(times) - 1, int(q * len(times)))]
 
 
+def markdown_section(rows: list[dict], args, argv) -> str:
+    """This run's figures as markdown: the command, the setting, the table and the two target ratios."""
+    import datetime
+    import sys
+
+    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else sys.argv[1:])]).strip()
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads{load}"
+    out = [f"Command: `{cmd}`. Measured {datetime.date.today()} on {device}; "
+           f"{'SD 1.5 architecture' if args.sd15 else 'small SD-like model'}, resolution {args.resolution}, batch {args.batch_size}, "
+           f"{args.steps} steps x {args.rounds} rounds per loop; steps/s = 1 / q{args.quantile:g} of the pooled step times.", "",
+           "| precision | loop | steps/s | median steps/s | vs its floor | vs bare loop encoding every step | peak GPU GiB |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        mem = f"{r['peak_gpu_memory_gib']:.2f}" if r["peak_gpu_memory_gib"] else "-"
+        out.append(f"| {r['precision']} | {r['loop']} | {r['steps_per_second']:.3f} | {r['median_steps_per_second']:.3f} | "
+                   f"{r['vs_its_floor']:.3f} | {r['vs_bare_encode']:.3f} | {mem} |")
+    out.append("")
+    for precision in dict.fromkeys(r["precision"] for r in rows):
+        by = {r["loop"]: r for r in rows if r["precision"] == precision}
+        out.append(f"- {precision}: trainer overhead over the bare loop {100 * (1 / by['trainer']['vs_its_floor'] - 1):+.1f} %; "
+                   f"with `--cache-latents` {by['trainer, cache_latents']['vs_bare_encode']:.2f}x the speed of the bare loop "
+                   "that encodes every step.")
+    return "\n".join(out)
+
+
+def update_markdown(path: Path, name: str, body: str) -> None:
+    """Replace the text between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` in `path` (appended if absent)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+    print(f"updated {path} ({name})")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd15", action="store_true", help="SD 1.5 architecture at 512 (needs a GPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resolution", type=int, default=None, help="default 128 (small) or 512 (--sd15)")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=12, help="steps per measurement (the first is a warm-up)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; step times are pooled over them")
+    parser.add_argument("--steps", type=int, default=10, help="steps per measurement (the first is a warm-up)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds; step times are pooled over them")
     parser.add_argument("--quantile", type=float, default=0.25, help="steps/s = 1 / this quantile of the pooled step times")
     parser.add_argument("--precision", nargs="+", default=None, help="default: no (CPU), fp16 bf16 (--sd15)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--md", default=str(Path(__file__).with_name("lora.md")),
+                        help="update this run's section of this markdown file ('' to skip; default bench/lora.md)")
     args = parser.parse_args(argv)
     args.resolution = args.resolution or (512 if args.sd15 else 128)
     precisions = args.precision or (["fp16", "bf16"] if args.sd15 else ["no"])
@@ -213,6 +257,8 @@ def main(argv=None) -> None:
                   f"{r['vs_its_floor']:.3f} | {r['vs_bare_encode']:.3f} | {mem} |")
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
+        if args.md:
+            update_markdown(Path(args.md), "sd15" if args.sd15 else "cpu", markdown_section(rows, args, argv))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
