@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     _split_flags(p)
     p.add_argument("--split", help="split file from `classify split` (default: make one, saved as OUT/split.json)")
     p.add_argument("--synthetic", help="synthetic folder from `python -m generate`")
-    p.add_argument("--mixes", help="comma-separated: real,real+10,real+25,real+50,real+75,real+100,synthetic (default); also balance, oversample, classweight, noaug")
+    p.add_argument("--mixes", nargs="+", help="real real+10 real+25 real+50 real+75 real+100 synthetic (default); also balance, oversample, classweight, noaug (spaces or commas)")
     p.add_argument("--epochs", type=int, help="training epochs (default 30)")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="augmentation layers (default on)")
@@ -68,6 +68,15 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     _model(p)
     p.add_argument("--synthetic", help="synthetic folder from `python -m generate`")
+
+    p = sub.add_parser(
+        "calibrate-weights",
+        help="offline smoke stand-in for ImageNet weights: random weights, batch-norm statistics calibrated on DATA",
+    )
+    _common(p)
+    p.add_argument("--backbone", help="EfficientNetB0..EfficientNetB7 (default EfficientNetB7)")
+    p.add_argument("--image-size", type=int, help="input size in pixels (default 600)")
+    p.add_argument("--max-images", type=int, default=64, help="images used for the statistics (default 64)")
     return ap
 
 
@@ -79,7 +88,7 @@ def _settings(args):
     data, cls = study.data, study.classify
     apply_overrides(data, args)
     if getattr(args, "mixes", None) is not None:
-        args.mixes = [m for m in args.mixes.split(",") if m.strip()]
+        args.mixes = [m.strip() for item in args.mixes for m in item.split(",") if m.strip()]
     apply_overrides(cls, args)
     return data, cls
 
@@ -95,6 +104,8 @@ def main(argv=None) -> int:
         return cmd_split(data, cls)
     if args.command == "cv":
         return cmd_cv(data, cls, args.progress)
+    if args.command == "calibrate-weights":
+        return cmd_calibrate(data, cls, args.max_images)
     return cmd_realism(data, cls, args.progress)
 
 
@@ -123,6 +134,49 @@ def cmd_cv(data, cls, progress: bool) -> int:
     results = run_cv(data, cls, progress)
     paths = write_reports(results, cls.output)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_calibrate(data, cls, max_images: int) -> int:
+    """Random (seeded) weights whose batch-norm statistics match DATA's images.
+
+    Without ImageNet weights a random EfficientNet's features collapse to ~1e-6 and
+    the head learns nothing; calibrating the batch-norm statistics makes the
+    features usable for smoke runs. It is no substitute for ImageNet weights.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from prompts.dataset import read_dataset
+
+    from .model import write_calibrated_weights
+    from .pixels import load_pixels
+
+    if not data.data:
+        raise UserError("no data folder: pass --data DIR")
+    out = Path(cls.output or "")
+    if not cls.output or not out.name.endswith(".weights.h5"):
+        raise UserError(f"--output {cls.output}: give a file name ending in .weights.h5 (Keras' weights format)")
+    if out.exists():
+        log.info("%s exists; kept", out)
+        return 0
+    dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images)
+    rng = np.random.default_rng(cls.seed)
+    records = dataset.records
+    picked = sorted(rng.choice(len(records), size=min(max_images, len(records)), replace=False))
+    x = load_pixels([dataset.abspath(records[i]) for i in picked], cls.image_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".calibrate.", dir=out.parent))
+    try:
+        tmp = write_calibrated_weights(cls.backbone, cls.image_size, x, tmp_dir / out.name, seed=cls.seed)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    log.info("wrote %s: %s at %d px, random weights with batch-norm statistics of %d images (a smoke stand-in, "
+             "not ImageNet)", out, cls.backbone, cls.image_size, len(picked))
     return 0
 
 

@@ -16,6 +16,7 @@ OUT=${1:-demo}
 CONFIG=${2:-$(dirname "$0")/study.yaml}
 if [ -x .venv/bin/python ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 DEMO=0; [ -z "${DATA:-}" ] && DEMO=1
+CLASSIFIER=()
 DATA=${DATA:-$OUT/data}
 MODEL=${MODEL:-$OUT/models/tiny-sd}
 SPLIT=$OUT/folds.json
@@ -36,18 +37,26 @@ if [ "$DEMO" = 1 ]; then
     python -m prompts demo-data "$DATA" --images "${DEMO_IMAGES:-90}" --size 128
   stage model "writing the tiny Stable Diffusion (random weights: a smoke model, not a real one)" \
     python -m lora tiny-model "$MODEL"
+  # No ImageNet weights offline: random EfficientNet weights with batch-norm statistics
+  # calibrated on the demo images stand in for them (smoke only; real runs use imagenet).
+  WEIGHTS=$OUT/models/classifier.weights.h5
+  stage weights "calibrating a random EfficientNet on the demo images (offline stand-in for ImageNet weights)" \
+    python -m classify calibrate-weights --config "$CONFIG" --data "$DATA" --output "$WEIGHTS"
+  CLASSIFIER=(--weights "$WEIGHTS")
 fi
 stage split "splitting $DATA into folds (grouped as the config says)" \
   python -m classify split --config "$CONFIG" --data "$DATA" --output "$SPLIT"
 stage lora "training one LoRA per class on each fold's training images only" \
   accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-    -m lora train --config "$CONFIG" --model "$MODEL" --data "$DATA" --split "$SPLIT" --fold all --output "$OUT/lora"
+    -m lora train --config "$CONFIG" --model "$MODEL" --data "$DATA" --split "$SPLIT" --fold all --output "$OUT/lora" \
+    --resume latest
 stage generate "sampling synthetic images with each fold's LoRAs at every LoRA weight" \
   python -m generate --config "$CONFIG" --model "$MODEL" --lora "$OUT/lora" --data "$DATA" --split "$SPLIT" \
     --fold all --output "$OUT/synthetic"
 stage realism "measuring realism (KID and a real-vs-synthetic classifier) per class and LoRA weight" \
-  python -m classify realism --config "$CONFIG" --data "$DATA" --synthetic "$OUT/synthetic" --output "$OUT/realism"
+  python -m classify realism --config "$CONFIG" --data "$DATA" --synthetic "$OUT/synthetic" --output "$OUT/realism" \
+    "${CLASSIFIER[@]}"
 stage cv "cross-validating the classifier over every training mix" \
   python -m classify cv --config "$CONFIG" --data "$DATA" --split "$SPLIT" --synthetic "$OUT/synthetic" \
-    --realism "$OUT/realism" --output "$OUT/report"
+    --realism "$OUT/realism" --output "$OUT/report" "${CLASSIFIER[@]}"
 echo "report: $(cd "$OUT/report" && pwd)/report.html"
