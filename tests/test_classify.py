@@ -223,7 +223,7 @@ def test_cv_resume_reuses_finished_runs(cv_run, capsys):
     out, argv = cv_run
     before = (out / "results.csv").read_text()
     args = parser().parse_args([str(a) for a in argv])
-    args.mixes = args.mixes.split(",")
+    args.mixes = [m for item in args.mixes for m in item.split(",")]
     study = load_study(None)
     apply_overrides(study.data, args)
     apply_overrides(study.classify, args)

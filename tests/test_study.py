@@ -66,7 +66,7 @@ def test_demo_study_runs_resumes_and_reports_every_mix(tmp_path):
     md = (out / "report" / "report.md").read_text()
     for mix in ("real", "real+50", "real+100", "synthetic", "balance"):
         assert f"| {mix} " in md or f"| **{mix}" in md or f"|{mix}|" in md, mix
-    assert "w1.0" in md and "w0.8" in md
+    assert "## LoRA weight 1.0" in md and "## LoRA weight 0.8" in md
     # Per-fold LoRAs and per-fold synthetic trees exist: the leakage-free protocol.
     for k in range(3):
         assert (out / "lora" / f"fold_{k}" / "good" / "pytorch_lora_weights.safetensors").is_file()
