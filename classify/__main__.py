@@ -145,7 +145,7 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
     features usable for smoke runs. It is no substitute for ImageNet weights.
     """
     import shutil
-    import tempfile
+    from prompts.files import temp_dir_beside
     from pathlib import Path
 
     import numpy as np
@@ -168,8 +168,7 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
     records = dataset.records
     picked = sorted(rng.choice(len(records), size=min(max_images, len(records)), replace=False))
     x = load_pixels([dataset.abspath(records[i]) for i in picked], cls.image_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".calibrate.", dir=out.parent))
+    tmp_dir = temp_dir_beside(out, prefix=".calibrate.")
     try:
         tmp = write_calibrated_weights(cls.backbone, cls.image_size, x, tmp_dir / out.name, seed=cls.seed)
         os.replace(tmp, out)

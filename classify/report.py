@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prompts.files import atomic_path, write_json_atomic, write_text_atomic
+from prompts.files import write_json_atomic, write_text_atomic
 
 from .stats import LABELS, METRICS
 
@@ -133,7 +133,7 @@ def realism_markdown(realism: dict) -> str:
     lines = ["| LoRA weight | class | n real | n synthetic | copies | KID (×1e3) | two-sample classifier accuracy |", "|---|---|---|---|---|---|---|"]
     for r in realism["rows"]:
         lines.append(
-            f"| {r['weight']} | {r['class']} | {r['n_real']} | {r['n_synthetic']} | {r.get('n_copies', 0)} | {1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | "
+            f"| {r['weight']} | {r['class']} | {r['n_real']} | {r['n_synthetic']} | {r.get('n_copies', 0)} | {_kid(r)} | "
             f"{r['c2st_accuracy']:.3f} ± {r['c2st_std']:.3f} |"
         )
     return "\n".join(lines)
@@ -149,7 +149,7 @@ def report_markdown(results: dict, realism: dict | None = None) -> str:
         + (f", grouped by `{results['group_by']}`" if results["group_by"] else "")
         + f"). Classifier: {s['backbone']} ({s['weights']}) at {s['image_size']} px, frozen base, head trained {s['epochs']} epochs "
         f"(Adam {s['learning_rate']:g}, batch {s['batch_size']}), augmentation {'on' if s['augment'] else 'off'}"
-        + (f", class-weighted loss" if s["class_weights"] else "")
+        + (", class-weighted loss" if s["class_weights"] else "")
         + (f", minority class subsampled to {s['minority_fraction']:g} of the largest" if s["minority_fraction"] else "")
         + f", feature cache {'on' if s['feature_cache'] else 'off'}. Seed {s['seed']}.",
         "",
@@ -215,6 +215,14 @@ def folds_csv(results: dict, classes: list[str]) -> str:
 # ---------------------------------------------------------------- HTML
 
 
+def _kid(r: dict) -> str:
+    """KID x 1e3 with its std; large values (unscaled features) in scientific notation."""
+    kid, std = 1e3 * r["kid"], 1e3 * r["kid_std"]
+    if max(abs(kid), abs(std)) >= 1e4:
+        return f"{kid:.3g} ± {std:.2g}"
+    return f"{kid:.2f} ± {std:.2f}"
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -258,7 +266,7 @@ def plot_confusions(results: dict, tree: str) -> str:
     classes = results["classes"]
     n = len(rows)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
-    for ax, r in zip(axes[0], rows):
+    for k, (ax, r) in enumerate(zip(axes[0], rows)):
         cm = np.array(r["confusion"])
         ax.imshow(cm, cmap="Blues")
         for i in range(cm.shape[0]):
@@ -267,14 +275,14 @@ def plot_confusions(results: dict, tree: str) -> str:
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
         ax.set_title(r["mix"], fontsize=8)
         ax.set_xticks(range(len(classes)), classes, rotation=60, fontsize=6)
-        ax.set_yticks(range(len(classes)), classes, fontsize=6)
+        ax.set_yticks(range(len(classes)), classes if k == 0 else [], fontsize=6)
+        ax.set_xlabel("predicted", fontsize=7)
     axes[0][0].set_ylabel("true")
+    fig.tight_layout()
     return _png(fig)
 
 
 def _thumb(path, size: int = 96) -> str:
-    from prompts.images import load_image
-
     from .pixels import image_to_array
 
     try:
@@ -354,7 +362,7 @@ def report_html(results: dict, realism: dict | None = None) -> str:
     parts.append(f"<h2>Statistics</h2><p>{html.escape(statistics_note(results))}</p>")
     if realism:
         rows = [["LoRA weight", "class", "n real", "n synthetic", "KID ×1e3", "two-sample classifier accuracy"]]
-        rows += [[r["weight"], r["class"], str(r["n_real"]), str(r["n_synthetic"]), f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f}",
+        rows += [[r["weight"], r["class"], str(r["n_real"]), str(r["n_synthetic"]), f"{_kid(r)}",
                   f"{r['c2st_accuracy']:.3f} ± {r['c2st_std']:.3f}"] for r in realism["rows"]]
         parts.append(f"<h2>Realism</h2><p>{html.escape(realism.get('note', ''))}</p>{_html_table(rows)}")
     parts.append("<h2>Real and synthetic images per class</h2>")

@@ -336,7 +336,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
 
 
 def _tmp_folder(dst: Path) -> Path:
-    import tempfile
+    from prompts.files import temp_dir_beside
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dst.stem}.", dir=dst.parent))
+    return temp_dir_beside(dst, prefix=f".{dst.stem}.")

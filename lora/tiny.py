@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from prompts.errors import UserError
+from prompts.files import temp_dir_beside
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -184,15 +185,13 @@ def write_tiny_model(out: str | os.PathLike, seed: int = 0, overwrite: bool = Fa
     The folder appears atomically: it is built beside `out` and renamed into place.
     """
     import shutil
-    import tempfile
 
     out = Path(out)
     if (out / "model_index.json").is_file() and not overwrite:
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not (out / "model_index.json").is_file():
         raise UserError(f"{out} exists and is not a diffusers model folder; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temp_dir_beside(out, prefix=f".{out.name}.")
     try:
         build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
         if out.exists():

@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from prompts.config import as_dict, dump_yaml
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
-from prompts.files import write_text_atomic
+from prompts.files import temp_dir_beside, write_text_atomic
 from prompts.splits import read_split
 from prompts.templates import load_templates
 
@@ -480,8 +479,7 @@ def kohya_metadata(job: Job, cfg, lora, n_images: int) -> dict[str, str]:
 
 def _write_group(job: Job, cfg, data_cfg, lora, rows, stats, pipe, accelerator) -> None:
     """Build the group folder beside its final place and rename it in (a killed run leaves no half group)."""
-    job.out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{job.group}.tmp-", dir=job.out_dir.parent))
+    tmp = temp_dir_beside(job.out_dir, prefix=f".{job.group}.tmp-")
     try:
         write_diffusers(lora, tmp)
         write_kohya(lora, tmp / f"{job.group}.safetensors", kohya_metadata(job, cfg, lora, len(job.dataset.records)))
