@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .files import read_yaml_mapping
 from .schema import SECTIONS
 
 
@@ -104,14 +105,7 @@ def load_study(path: str | os.PathLike | None) -> Study:
     raw: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"config file {path} must hold the sections {', '.join(SECTIONS)}")
+        raw = read_yaml_mapping(path, "config file")
         unknown = sorted(set(raw) - set(SECTIONS))
         if unknown:
             raise UserError(f"config file {path}: unknown section '{unknown[0]}' (sections: {', '.join(SECTIONS)})")

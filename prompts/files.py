@@ -76,3 +76,24 @@ def temp_dir_beside(target: str | os.PathLike, prefix: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     return tmp
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str, hint: str = "") -> dict:
+    """A YAML file (safe loader) that must hold a mapping; errors name `what` and the file.
+
+    An empty file is an empty mapping.
+    """
+    import yaml
+
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist" + (f"; {hint}" if hint else ""))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{what} {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{what} {path} must be a mapping of keys, got {type(raw).__name__}")
+    return raw

@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from .errors import UserError
+from .files import read_yaml_mapping
 
 DEFAULT_TEMPLATES = Path(__file__).with_name("default_templates.yaml")
 _KEYS = {
@@ -71,15 +71,8 @@ class Templates:
 def load_templates(path: str | os.PathLike | None = None) -> Templates:
     """Read templates from YAML (safe loader); None gives the shipped default."""
     path = Path(path) if path else DEFAULT_TEMPLATES
-    if not path.is_file():
-        raise UserError(f"templates file {path} does not exist; pass --templates FILE or leave it out for the default")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"templates file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"templates file {path} must be a mapping of keys ({', '.join(_KEYS)})")
-    default = yaml.safe_load(DEFAULT_TEMPLATES.read_text(encoding="utf-8"))
+    raw = read_yaml_mapping(path, "templates file", "pass --templates FILE or leave it out for the default")
+    default = read_yaml_mapping(DEFAULT_TEMPLATES, "templates file")
     merged = {}
     for key, kind in _KEYS.items():
         value = raw.get(key, default[key] if path != DEFAULT_TEMPLATES else None)
