@@ -5,6 +5,7 @@ import base64
 import csv
 import html
 import io
+import re
 import json
 import math
 from pathlib import Path
@@ -223,6 +224,13 @@ def _kid(r: dict) -> str:
     return f"{kid:.2f} ± {std:.2f}"
 
 
+def _prose(text: str) -> str:
+    """Markdown-ish prose to HTML: escaped, `code` and **bold** kept as markup."""
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -347,9 +355,9 @@ def report_html(results: dict, realism: dict | None = None) -> str:
              "</style></head><body><h1>Cross-validation report</h1>"]
     md = report_markdown(results, realism)
     intro = md.split("\n\n")[1]
-    parts.append(f"<p>{html.escape(intro)}</p>")
+    parts.append(f"<p>{_prose(intro)}</p>")
     for w in leak_warnings(results):
-        parts.append(f"<p class='warn'>{html.escape(w.replace('**', ''))}</p>")
+        parts.append(f"<p class='warn'>{_prose(w)}</p>")
     for tree in results["tables"]:
         parts.append(f"<h2>{html.escape(tree_title(tree))}</h2>")
         parts.append(_html_table(table_rows(results, tree)))
@@ -359,12 +367,12 @@ def report_html(results: dict, realism: dict | None = None) -> str:
     parts.append("<h2>Confusion matrices (summed over folds; rows true, columns predicted)</h2>")
     for tree in results["tables"]:
         parts.append(f"<h3>{html.escape(tree_title(tree))}</h3><img src='{plot_confusions(results, tree)}'>")
-    parts.append(f"<h2>Statistics</h2><p>{html.escape(statistics_note(results))}</p>")
+    parts.append(f"<h2>Statistics</h2><p>{_prose(statistics_note(results))}</p>")
     if realism:
         rows = [["LoRA weight", "class", "n real", "n synthetic", "KID ×1e3", "two-sample classifier accuracy"]]
         rows += [[r["weight"], r["class"], str(r["n_real"]), str(r["n_synthetic"]), f"{_kid(r)}",
                   f"{r['c2st_accuracy']:.3f} ± {r['c2st_std']:.3f}"] for r in realism["rows"]]
-        parts.append(f"<h2>Realism</h2><p>{html.escape(realism.get('note', ''))}</p>{_html_table(rows)}")
+        parts.append(f"<h2>Realism</h2><p>{_prose(realism.get('note', ''))}</p>{_html_table(rows)}")
     parts.append("<h2>Real and synthetic images per class</h2>")
     parts.append(image_grid(results))
     parts.append("</body></html>")

@@ -65,8 +65,10 @@ def load_pipeline(
     fetches SD 1.x's configs from the hub (not possible offline).
     """
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
     kind, ref = check_model(model, allow_pickle)
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components" per load: our logs say what loads
     if kind == "folder":
         return StableDiffusionPipeline.from_pretrained(
             ref, torch_dtype=torch_dtype, use_safetensors=not allow_pickle or None, safety_checker=None,
