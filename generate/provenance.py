@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -30,19 +29,10 @@ VERSION = "cellsynth generate 0.1"
 
 
 def lora_hash(path: str | os.PathLike) -> str:
-    """AUTOMATIC1111's LoRA short hash: SHA-256 of a safetensors file's tensor bytes (after its header), 12 hex digits.
+    """AUTOMATIC1111's LoRA short hash ("Lora hashes", civitai): 12 hex digits of the SHA-256 of the tensor bytes."""
+    from lora.formats import addnet_hash
 
-    This is A1111's (and kohya's "addnet") hash, shown as "Lora hashes" and used by civitai.
-    """
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + n)
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return addnet_hash(path)[:12]
 
 
 def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,

@@ -227,6 +227,18 @@ def kohya_state(lora: LoraWeights) -> dict[str, torch.Tensor]:
     return state
 
 
+def addnet_hash(source: "bytes | str | os.PathLike") -> str:
+    """SHA-256 (hex) of a safetensors file's bytes after its header: kohya's `sshs_model_hash`,
+    AUTOMATIC1111's "Lora hashes" (first 12 digits) and civitai's AutoV3. `source`: the file's bytes or its path."""
+    h = hashlib.sha256()
+    with (io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")) as f:
+        n = int.from_bytes(f.read(8), "little")
+        f.seek(8 + n)
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def kohya_hashes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
     """kohya's `sshs_model_hash` and `sshs_legacy_hash` (sd-scripts' precalculate_safetensors_hashes).
 
@@ -236,8 +248,7 @@ def kohya_hashes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> tu
     from safetensors.torch import save
 
     data = save(state, {k: v for k, v in metadata.items() if k.startswith("ss_")})
-    n = int.from_bytes(data[:8], "little")
-    model_hash = hashlib.sha256(data[8 + n:]).hexdigest()
+    model_hash = addnet_hash(data)
     buf = io.BytesIO(data)
     buf.seek(0x100000)
     legacy = hashlib.sha256(buf.read(0x10000)).hexdigest()[:8]
