@@ -68,12 +68,13 @@ def load_inputs(data_section, cls) -> tuple[Dataset, Split, list[Mix], Synthetic
     else:
         split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
         split.path = Path(cls.output) / "split.json"
-        write_split(split.path, split)
     mixes = parse_mixes(cls.mixes)
     syn = read_synthetic(cls.synthetic, dataset.classes) if cls.synthetic else None
     if syn is None and any(m.uses_synthetic for m in mixes):
         need = ", ".join(m.name for m in mixes if m.uses_synthetic)
         raise UserError(f"mixes {need} need synthetic images: pass --synthetic DIR (written by `python -m generate`) or drop them from --mixes")
+    if not data_section.split:  # written only once the inputs are known to be good
+        write_split(split.path, split)
     return dataset, split, mixes, syn
 
 
