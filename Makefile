@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install test bench demo clean
+.PHONY: install system lint test bench demo clean
 
 install: $(STAMP)
 
@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-test: install
+# Debian packages for the browser and SLURM tests (skipped without root/apt-get).
+system:
+	bash scripts/install-system.sh
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install system lint
 	$(BIN)/python -m pytest -q tests
 
 bench: install

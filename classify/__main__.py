@@ -1,7 +1,6 @@
 """`python -m classify split | cv | realism` — see classify/README.md."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -11,86 +10,63 @@ from prompts.errors import UserError, run_cli, setup_logging
 log = logging.getLogger("classify")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="study YAML; flags override its data and classify sections")
-    p.add_argument("--data", help="data folder DATA/<class>/ or DATA/<cell_line>/<class>/ (labels.csv optional)")
-    p.add_argument("--output", help="output file (split) or folder (cv, realism)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--skip-bad-images", action="store_true", default=None, help="skip undecodable images with a warning")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true")
+# The study-file keys each subcommand takes as flags (data section, classify section).
+SPLIT_KEYS = ("output", "folds", "repeats", "group_by", "seed", "overwrite")
+MODEL_KEYS = ("backbone", "weights", "image_size", "batch_size", "cache_dir", "seed")
+COMMANDS = {
+    "split": ("write a stratified (grouped, repeated) k-fold split file", ("data", "skip_bad_images"), SPLIT_KEYS),
+    "cv": ("cross-validate the classifier over real + synthetic mixes and write reports", ("data", "split", "skip_bad_images"),
+           None),
+    "realism": ("KID and a two-sample classifier test, real vs synthetic, per class and LoRA weight",
+                ("data", "split", "skip_bad_images"), ("output", "synthetic", *MODEL_KEYS)),
+    "calibrate-weights": ("offline smoke stand-in for ImageNet weights: random weights, batch-norm statistics calibrated on DATA",
+                          ("data", "skip_bad_images"), ("output", "backbone", "image_size", "seed")),
+}
 
 
-def _model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", help="EfficientNetB0..EfficientNetB7 (default EfficientNetB7)")
-    p.add_argument("--weights", help="imagenet (default), a weights file, or none")
-    p.add_argument("--image-size", type=int, help="input size in pixels (default 600)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 16)")
-    p.add_argument("--cache-dir", help="feature cache folder (default $XDG_CACHE_HOME/cellsynth/features)")
+def parser():
+    from prompts.cli import Parser, add_config_flag, add_section_flags
+    from prompts.schema import SECTIONS
 
-
-def _split_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--folds", type=int, help="number of folds (default 5)")
-    p.add_argument("--repeats", type=int, help="repeats of the k-fold split (default 1)")
-    p.add_argument("--group-by", help="cell_line, group, a labels.csv column, or regex:PATTERN")
-
-
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m classify", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("split", help="write a stratified (grouped, repeated) k-fold split file")
-    _common(p)
-    _split_flags(p)
-
-    p = sub.add_parser("cv", help="cross-validate the classifier over real + synthetic mixes and write reports")
-    _common(p)
-    _model(p)
-    _split_flags(p)
-    p.add_argument("--split", help="split file from `classify split` (default: make one, saved as OUT/split.json)")
-    p.add_argument("--synthetic", help="synthetic folder from `python -m generate`")
-    p.add_argument("--mixes", nargs="+", help="real real+10 real+25 real+50 real+75 real+100 synthetic (default); also balance, oversample, classweight, noaug (spaces or commas)")
-    p.add_argument("--epochs", type=int, help="training epochs (default 30)")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="augmentation layers (default on)")
-    p.add_argument("--views", type=int, help="augmented views per image in the cache (default: epochs)")
-    p.add_argument("--no-feature-cache", dest="feature_cache", action="store_false", default=None,
-                   help="run the full model end to end on pixels every epoch (the naive way)")
-    p.add_argument("--class-weights", action="store_true", default=None, help="class-weighted loss in every mix")
-    p.add_argument("--minority-fraction", type=float, help="subsample the minority class to this fraction of the largest (e.g. 0.1, 0.01)")
-    p.add_argument("--minority-class", help="the class to subsample (default: the smallest)")
-    p.add_argument("--fine-tune-layers", type=int, help="second phase: unfreeze this many top base layers (default 0: off)")
-    p.add_argument("--fine-tune-epochs", type=int, help="second-phase epochs (default 10)")
-    p.add_argument("--fine-tune-lr", type=float, help="second-phase learning rate (default 1e-5)")
-    p.add_argument("--realism", help="realism.json (or its folder) from `classify realism`, added to the report")
-
-    p = sub.add_parser("realism", help="KID and a two-sample classifier test, real vs synthetic, per class and LoRA weight")
-    _common(p)
-    _model(p)
-    p.add_argument("--synthetic", help="synthetic folder from `python -m generate`")
-
-    p = sub.add_parser(
-        "calibrate-weights",
-        help="offline smoke stand-in for ImageNet weights: random weights, batch-norm statistics calibrated on DATA",
-    )
-    _common(p)
-    p.add_argument("--backbone", help="EfficientNetB0..EfficientNetB7 (default EfficientNetB7)")
-    p.add_argument("--image-size", type=int, help="input size in pixels (default 600)")
-    p.add_argument("--max-images", type=int, default=64, help="images used for the statistics (default 64)")
+    ap = Parser(prog="python -m classify", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, (help_text, data_keys, classify_keys) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text + ". Flags override --config.")
+        add_config_flag(p)
+        add_section_flags(p, SECTIONS["data"], data_keys)
+        add_section_flags(p, SECTIONS["classify"], classify_keys, exclude=("overwrite",) if name == "cv" else ())
+        _run_flags(p)
+        if name == "calibrate-weights":
+            p.add_argument("--max-images", type=int, default=64, help="images used for the statistics (default: 64)")
+    if "blind" in SECTIONS:
+        blind = SECTIONS["blind"]
+        p = sub.add_parser("blind-test", help="write a self-contained page for a blind real-or-synthetic test by experts")
+        add_config_flag(p)
+        add_section_flags(p, SECTIONS["data"], ("data", "skip_bad_images"))
+        add_section_flags(p, blind, exclude=("key", "answers"))
+        _run_flags(p)
+        p = sub.add_parser("blind-score", help="score the raters' answers.json files of a blind test")
+        add_config_flag(p)
+        add_section_flags(p, blind, ("key", "answers", "output"))
+        _run_flags(p)
     return ap
 
 
-def _settings(args):
-    """The study config (if any) with flags applied: (data section, classify section)."""
-    from prompts.config import apply_overrides, load_study
+def _run_flags(p) -> None:
+    g = p.add_argument_group("running")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true")
 
-    study = load_study(args.config)
-    data, cls = study.data, study.classify
-    apply_overrides(data, args)
-    if getattr(args, "mixes", None) is not None:
-        args.mixes = [m.strip() for item in args.mixes for m in item.split(",") if m.strip()]
-    apply_overrides(cls, args)
-    return data, cls
+
+def _settings(args):
+    """The study file with this subcommand's flags applied: (data section, classify or blind section)."""
+    from prompts.cli import read_settings
+
+    sections = ("data", "blind") if args.command.startswith("blind") else ("data", "classify")
+    study = read_settings(args, f"classify {args.command}", sections)
+    if args.command.startswith("blind"):
+        return study.data, study.blind
+    return study.data, study.classify
 
 
 @run_cli
@@ -106,19 +82,23 @@ def main(argv=None) -> int:
         return cmd_cv(data, cls, args.progress)
     if args.command == "calibrate-weights":
         return cmd_calibrate(data, cls, args.max_images)
+    if args.command == "blind-test":
+        return cmd_blind_test(data, cls)
+    if args.command == "blind-score":
+        return cmd_blind_score(cls)
     return cmd_realism(data, cls, args.progress)
 
 
 def cmd_split(data, cls) -> int:
     from prompts.dataset import read_dataset
+    from prompts.guard import check_new_file
     from prompts.splits import write_split
 
     from .folds import make_split
 
     if not data.data:
         raise UserError("no data folder: pass --data DIR")
-    if not cls.output:
-        raise UserError("no output file: pass --output folds.json")
+    check_new_file(cls.output, overwrite=cls.overwrite, data=data.data)
     dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images)
     split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
     write_split(cls.output, split)
@@ -145,14 +125,15 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
     features usable for smoke runs. It is no substitute for ImageNet weights.
     """
     import shutil
-    from prompts.files import temp_dir_beside
     from pathlib import Path
 
     import numpy as np
 
     from prompts.dataset import read_dataset
+    from prompts.files import temp_dir_beside
+    from prompts.guard import check_new_file
 
-    from .model import write_calibrated_weights
+    from .model import check_backbone, import_keras, write_calibrated_weights
     from .pixels import load_pixels
 
     if not data.data:
@@ -160,7 +141,9 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
     out = Path(cls.output or "")
     if not cls.output or not out.name.endswith(".weights.h5"):
         raise UserError(f"--output {cls.output}: give a file name ending in .weights.h5 (Keras' weights format)")
-    if out.exists():
+    check_new_file(out, overwrite=True, data=data.data)  # an existing file is kept below, never replaced
+    check_backbone(cls.backbone)
+    if out.exists():  # never replaced: the same settings make the same file, other settings need another name
         log.info("%s exists; kept", out)
         return 0
     dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images)
@@ -168,6 +151,7 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
     records = dataset.records
     picked = sorted(rng.choice(len(records), size=min(max_images, len(records)), replace=False))
     x = load_pixels([dataset.abspath(records[i]) for i in picked], cls.image_size)
+    import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
     tmp_dir = temp_dir_beside(out, prefix=".calibrate.")
     try:
         tmp = write_calibrated_weights(cls.backbone, cls.image_size, x, tmp_dir / out.name, seed=cls.seed)
@@ -186,6 +170,22 @@ def cmd_realism(data, cls, progress: bool) -> int:
         raise UserError("no synthetic folder: pass --synthetic DIR")
     result = run_realism(data, cls, progress)
     paths = write_realism(result, cls.output)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_blind_test(data, blind) -> int:
+    from .blind import blind_test
+
+    paths = blind_test(data, blind)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_blind_score(blind) -> int:
+    from .blind import blind_score
+
+    paths = blind_score(blind.key, blind.answers, blind.output)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0
 

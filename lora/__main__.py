@@ -6,65 +6,27 @@ A flag given on the command line overrides the `--config` file, which overrides 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import dataclasses
-import types
-import typing
 
+from prompts.cli import Parser, add_config_flag, add_section_flags, read_settings
 from prompts.errors import UserError, run_cli, setup_logging
-
-# Keys of the data section that `train` reads (the rest belong to other commands).
-DATA_KEYS = ("data", "templates", "split", "skip_bad_images")
-
-
-def _add_schema_flags(parser: argparse.ArgumentParser, cls, keys=None) -> None:
-    """One flag per dataclass field; default None so that an absent flag leaves the config value."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if keys is not None and f.name not in keys:
-            continue
-        tp = hints[f.name]
-        args = typing.get_args(tp)
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            inner = [a for a in args if a is not type(None)]
-            tp = inner[0] if len(inner) == 1 else str
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        flag = "--" + f.name.replace("_", "-")
-        if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, dest=f.name, nargs="+", default=None, metavar="NAME",
-                                type=str, help=help_text + "; space- or comma-separated")
-        elif typing.get_origin(tp) is typing.Literal:
-            parser.add_argument(flag, dest=f.name, choices=typing.get_args(tp), default=None, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=tp if tp in (int, float) else str, default=None, help=help_text)
-
-
-def _split_commas(values):
-    if values is None:
-        return None
-    return [v for item in values for v in item.split(",") if v]
-
 
 @run_cli
 def main(argv=None):
     from prompts.schema.data import DataSection
     from prompts.schema.lora import LoraSection
 
-    parser = argparse.ArgumentParser(prog="python -m lora", description="LoRA fine-tuning of Stable Diffusion 1.x")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m lora", description="LoRA fine-tuning of Stable Diffusion 1.x")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("train", help="train one LoRA per group (class, cell line x class, or all)",
                        description="Train LoRAs; flags override the `lora` and `data` sections of --config.")
-    p.add_argument("--config", help="study YAML file (sections data, lora, generate, classify)")
+    add_config_flag(p)
     p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint of each group, or from a checkpoint folder")
-    p.add_argument("--verbose", action="store_true")
-    _add_schema_flags(p, LoraSection)
-    _add_schema_flags(p, DataSection, DATA_KEYS)
+    p.add_argument("-v", "--verbose", action="store_true")
+    add_section_flags(p, DataSection)
+    add_section_flags(p, LoraSection)
 
     p = sub.add_parser("convert", help="convert a LoRA between diffusers and kohya/A1111 formats (deltas preserved)")
     p.add_argument("input", help="LoRA .safetensors file (either format), or a folder holding pytorch_lora_weights.safetensors")
@@ -98,14 +60,10 @@ def main(argv=None):
 
 
 def _train(args, argv) -> None:
-    from prompts.config import apply_overrides, load_study
-
     from .train import plan, run
 
-    args.classes, args.cell_lines = _split_commas(args.classes), _split_commas(args.cell_lines)
-    study = load_study(args.config)
-    cfg = apply_overrides(study.lora, args)
-    data_cfg = apply_overrides(study.data, args)
+    study = read_settings(args, "lora train", ("data", "lora"))
+    cfg, data_cfg = study.lora, study.data
     n = _accelerate_cpu_processes()
     if n > 1:
         plan(cfg, data_cfg, args.resume)  # bad input: one line here, not one per process

@@ -32,7 +32,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 # Words that get a token of their own, so that typical prompts fit CLIP's 77 tokens
 # (the default templates, A1111 habits, microscopy terms); other text falls back to bytes.
-_CORPUS_FILES = ("default_templates.yaml",)
 _EXTRA_WORDS = (
     "a an and of in on with the photo image cell cells culture microscopy micrograph brightfield "
     "phase contrast fluorescence healthy unhealthy normal abnormal spheroid organoid monolayer "
@@ -194,6 +193,9 @@ def write_tiny_model(out: str | os.PathLike, seed: int = 0, overwrite: bool = Fa
     tmp = temp_dir_beside(out, prefix=f".{out.name}.")
     try:
         build_tiny_pipeline(seed).save_pretrained(tmp, safe_serialization=True)
+        from prompts.layout import TINY_MODEL_MARKER
+
+        (Path(tmp) / TINY_MODEL_MARKER).write_text("tiny Stable Diffusion with random weights (python -m lora tiny-model): a smoke model\n")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -1,10 +1,14 @@
-"""`python -m prompts show --data DIR [--templates FILE]`: groups, image counts and prompts."""
+"""`python -m prompts show | check | schema | demo-data`: the study's vocabulary from the command line.
+
+show: groups, image counts and prompts of a data folder; check: validate a whole study file.
+"""
 from __future__ import annotations
 
-import argparse
+import sys
 from collections import Counter
 
 from .dataset import read_dataset
+from .cli import Parser
 from .errors import UserError, run_cli
 from .templates import load_templates
 
@@ -36,8 +40,8 @@ def show(data: str, templates: str | None, per: str) -> str:
 
 @run_cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m prompts", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m prompts", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("show", help="print the groups found, their image counts and prompts")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--templates", help="prompt templates YAML (default: the shipped organ-on-chip templates)")
@@ -48,9 +52,21 @@ def main(argv=None):
     d.add_argument("--images", type=int, default=60, help="about this many images in the study's class proportions (default 60)")
     d.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     d.add_argument("--seed", type=int, default=0)
+    ck = sub.add_parser("check", help="validate a whole study file: one line per error, exit status 2 when any")
+    ck.add_argument("study", help="study YAML file")
     sc = sub.add_parser("schema", help="print every key of the study YAML file with its type and default (Markdown)")
     sc.add_argument("--readme", help="instead, rewrite the marked schema section of this README")
     args = parser.parse_args(argv)
+    if args.command == "check":
+        from .config import validate_study_file
+
+        errors = validate_study_file(args.study)
+        for line in errors:
+            print(f"error: {line}", file=sys.stderr)
+        if errors:
+            raise SystemExit(2)
+        print(f"{args.study}: valid")
+        return
     if args.command == "schema":
         from .config import describe_schema
 

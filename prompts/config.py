@@ -8,6 +8,7 @@ whose value is None (not given) leaves the file's value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -53,6 +54,8 @@ def check_type(value, tp, where: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -73,19 +76,52 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
-def build_section(cls, values: dict, where: str):
-    """A section dataclass from a mapping; unknown keys and wrong types name the key."""
+def check_range(value, f, where: str):
+    """`value` (or each item of a list) within the field's bounds (`ge`, `gt`, `le`, `lt`), else a UserError."""
+    items = value if isinstance(value, list) else [value]
+    m = f.metadata
+    for v in items:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        for key, ok, word in (("ge", lambda a, b: a >= b, "at least"), ("gt", lambda a, b: a > b, "greater than"),
+                              ("le", lambda a, b: a <= b, "at most"), ("lt", lambda a, b: a < b, "less than")):
+            bound = m.get(key)
+            if bound is not None and not ok(v, bound):
+                raise UserError(f"{where}: {v!r} must be {word} {bound}")
+    return value
+
+
+def check_field(section_cls, name: str, value, where: str):
+    """Type-check, coerce and range-check one value of a section's field."""
+    f = {f.name: f for f in dataclasses.fields(section_cls)}[name]
+    return check_range(check_type(value, _hints(section_cls)[name], where), f, where)
+
+
+def build_section(cls, values: dict, where: str, errors: list[str] | None = None):
+    """A section dataclass from a mapping; unknown keys, wrong types and values out of range name the key.
+
+    errors: when given, every error is appended to it (one line each) and the bad keys keep their
+    defaults; otherwise the first error is raised.
+    """
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise UserError(f"{where}: must be a mapping of keys, got {type(values).__name__}")
-    hints = _hints(cls)
+        err = UserError(f"{where}: must be a mapping of keys, got {type(values).__name__}")
+        if errors is None:
+            raise err
+        errors.append(str(err))
+        return cls()
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
-        if key not in known:
-            raise UserError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
-        kwargs[key] = check_type(value, hints[key], f"{where}.{key}")
+        try:
+            if key not in known:
+                raise UserError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+            kwargs[key] = check_field(cls, key, value, f"{where}.{key}")
+        except UserError as err:
+            if errors is None:
+                raise
+            errors.append(str(err))
     return cls(**kwargs)
 
 
@@ -93,27 +129,49 @@ def build_section(cls, values: dict, where: str):
 class Study:
     """The whole study file, one dataclass per section."""
 
+    study: typing.Any
     data: typing.Any
     lora: typing.Any
     generate: typing.Any
     classify: typing.Any
+    blind: typing.Any = None
+    search: typing.Any = None
     path: Path | None = None
 
 
 def load_study(path: str | os.PathLike | None) -> Study:
-    """Read and validate a study YAML file (safe loader); None gives all defaults."""
+    """Read and validate a study YAML file (safe loader); None gives all defaults. Raises the first error."""
+    return _load(path, None)
+
+
+def validate_study_file(path: str | os.PathLike) -> list[str]:
+    """Every error of a study file, one line each ([] when it is valid)."""
+    errors: list[str] = []
+    try:
+        _load(path, errors)
+    except UserError as err:
+        errors.append(str(err))
+    return errors
+
+
+def _load(path, errors: list[str] | None) -> Study:
     raw: dict = {}
     if path is not None:
         path = Path(path)
-        raw = read_yaml_mapping(path, "config file")
-        unknown = sorted(set(raw) - set(SECTIONS))
-        if unknown:
-            raise UserError(f"config file {path}: unknown section '{unknown[0]}' (sections: {', '.join(SECTIONS)})")
+        raw = read_yaml_mapping(path, "study file")
+        for name in raw:
+            if name not in SECTIONS:
+                err = UserError(f"study file {path}: unknown section '{name}' (sections: {', '.join(SECTIONS)})")
+                if errors is None:
+                    raise err
+                errors.append(str(err))
     where = str(path) + ": " if path else ""
-    sections = {name: build_section(cls, raw.get(name), f"{where}{name}") for name, cls in SECTIONS.items()}
-    study = Study(**sections, path=path)
-    study = _resolve_paths(study)
-    return study
+    sections = {name: build_section(cls, raw.get(name), f"{where}{name}", errors) for name, cls in SECTIONS.items()}
+    return _resolve_paths(Study(**sections, path=path))
+
+
+# Values of path keys that name something built in, not a file: `model: tiny`, `weights: imagenet`.
+KEYWORDS = frozenset({"tiny", "imagenet", "none", "calibrated"})
 
 
 def _resolve_paths(study: Study) -> Study:
@@ -123,12 +181,23 @@ def _resolve_paths(study: Study) -> Study:
     base = study.path.parent
     for name in SECTIONS:
         section = getattr(study, name)
+        if section is None:
+            continue
         for f in dataclasses.fields(section):
             if f.metadata.get("path"):
                 value = getattr(section, f.name)
-                if isinstance(value, str) and value and not os.path.isabs(value) and not _looks_like_hub_id(value, f):
-                    setattr(section, f.name, str(base / value))
+                if isinstance(value, list):
+                    setattr(section, f.name, [_resolve(v, base, f) for v in value])
+                else:
+                    setattr(section, f.name, _resolve(value, base, f))
     return study
+
+
+def _resolve(value, base: Path, f):
+    if (isinstance(value, str) and value and value not in KEYWORDS and not os.path.isabs(value)
+            and not _looks_like_hub_id(value, f)):
+        return str(base / value)
+    return value
 
 
 def _looks_like_hub_id(value: str, f) -> bool:
@@ -137,13 +206,22 @@ def _looks_like_hub_id(value: str, f) -> bool:
 
 def apply_overrides(section, args, where: str = "flag"):
     """Copy non-None attributes of an argparse namespace onto a section, type-checked."""
-    hints = _hints(type(section))
     for f in dataclasses.fields(section):
         value = getattr(args, f.name, None)
         if value is not None:
             flag = "--" + f.name.replace("_", "-")
-            setattr(section, f.name, check_type(value, hints[f.name], flag))
+            setattr(section, f.name, check_field(type(section), f.name, value, flag))
     return section
+
+
+def check_required(study: Study, command: str) -> None:
+    """A one-line UserError for the first field that `command` needs and that has no value."""
+    for name, cls in SECTIONS.items():
+        section = getattr(study, name)
+        for f in dataclasses.fields(cls):
+            if command in f.metadata.get("required", ()) and getattr(section, f.name) in (None, "", []):
+                flag = "--" + f.name.replace("_", "-")
+                raise UserError(f"{flag} is missing: give it on the command line or as {name}.{f.name} in the study file (--config)")
 
 
 def as_dict(section) -> dict:
@@ -154,17 +232,28 @@ def dump_yaml(study_or_sections: dict) -> str:
     return yaml.safe_dump(study_or_sections, sort_keys=False, default_flow_style=None)
 
 
+def field_default(f):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def describe_range(f) -> str:
+    m = f.metadata
+    parts = [f"{sym} {m[k]}" for k, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if m.get(k) is not None]
+    return ", ".join(parts)
+
+
 def describe_schema() -> str:
-    """Markdown of every section, key, type and default (for the README)."""
-    lines = []
+    """Markdown of every section, key, type, default, range and role (for the README)."""
+    lines = ["`result`: yes when the value changes the result (fingerprints and the workflow's re-runs follow it).", ""]
     for name, cls in SECTIONS.items():
         lines.append(f"### `{name}`\n")
-        lines.append("| key | type | default | meaning |")
-        lines.append("| --- | --- | --- | --- |")
+        lines.append("| key | type | default | range | result | meaning |")
+        lines.append("| --- | --- | --- | --- | --- | --- |")
         hints = _hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            lines.append(f"| `{f.name}` | {_type_name(hints[f.name])} | `{default!r}` | {f.metadata.get('help', '')} |")
+            result = "yes" if f.metadata.get("result", True) else ""
+            lines.append(f"| `{f.name}` | {_type_name(hints[f.name])} | `{field_default(f)!r}` | {describe_range(f)} | {result} "
+                         f"| {f.metadata.get('help', '')} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """The one dataset reader: a data folder becomes a list of labelled records.
 
-Layouts (DESIGN.md):
+Layouts:
 - `DATA/<class>/<image>`                  (images at depth 1)
 - `DATA/<cell_line>/<class>/<image>`      (images at depth 2)
 - `DATA/labels.csv` with columns `file,label` and optionally `cell_line`, `group`;
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .images import is_image_file, load_image
+from .images import IMAGE_SUFFIXES, is_image_file, load_image
+from .layout import GROUP_SEP, check_name
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,26 @@ class Dataset:
         return Dataset(self.root, records, self.source, self.skipped)
 
 
+def _walk(root: Path):
+    """os.walk that follows symlinked folders (a class folder linked from elsewhere is a common lab
+    layout) but visits each real folder once, so a link loop cannot recurse forever."""
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, dirnames, filenames
+
+
 def _scan_folders(root: Path) -> list[Record]:
     found: list[tuple[tuple[str, ...], str]] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    folders: list[tuple[str, ...]] = []
+    for dirpath, dirnames, filenames in _walk(root):
         rel_dir = Path(dirpath).relative_to(root)
+        folders.append(rel_dir.parts)
         for name in sorted(filenames):
             if is_image_file(name):
                 found.append((rel_dir.parts, name))
@@ -120,14 +136,36 @@ def _scan_folders(root: Path) -> list[Record]:
         raise UserError(
             f"{root} mixes image depths {sorted(depths)}; use DATA/<class>/<image> or DATA/<cell_line>/<class>/<image> throughout, or a labels.csv"
         )
+    depth = max(depths)
+    with_images = {parts for parts, _ in found}
+    empty = sorted(p for p in folders if len(p) == depth and p not in with_images)
+    if empty:
+        raise UserError(f"class folder {root / Path(*empty[0])} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                        "add images or move the folder out of the data folder")
     records = []
     for parts, name in found:
         rel = "/".join((*parts, name))
         if len(parts) == 1:
-            records.append(Record(rel, parts[0]))
+            records.append(Record(rel, check_name(parts[0], "class")))
         else:
-            records.append(Record(rel, parts[1], cell_line=parts[0]))
+            records.append(Record(rel, check_name(parts[1], "class"), cell_line=_check_cell_line(parts[0], f"cell line folder {root / parts[0]}:")))
     return records
+
+
+def _check_cell_line(value: str, what: str = "cell line") -> str:
+    check_name(value, what)
+    if GROUP_SEP in value:
+        raise UserError(f"{what} {value!r} contains '{GROUP_SEP}', which separates cell line and class in "
+                        "LoRA folder names; rename it (e.g. one underscore)")
+    return value
+
+
+def _check_entry(rel: str, csv_path: Path, lineno: int) -> str:
+    """A labels.csv `file` entry: relative, inside the data folder (no `..`), POSIX separators."""
+    if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or any(part == ".." for part in rel.split("/")):
+        raise UserError(f"{csv_path}:{lineno}: file {rel!r} points outside the data folder; list files by their path "
+                        "relative to the folder that holds labels.csv (no '..', no absolute paths)")
+    return "/".join(part for part in rel.split("/") if part not in ("", "."))
 
 
 def _read_labels_csv(root: Path, csv_path: Path) -> list[Record]:
@@ -144,21 +182,33 @@ def _read_labels_csv(root: Path, csv_path: Path) -> list[Record]:
             label = (row["label"] or "").strip()
             if not rel or not label:
                 raise UserError(f"{csv_path}:{lineno}: empty file or label")
+            rel = _check_entry(rel, csv_path, lineno)
             if rel in seen:
                 raise UserError(f"{csv_path}:{lineno}: {rel} is listed twice")
             seen.add(rel)
             if not (root / rel).is_file():
                 raise UserError(f"{csv_path}:{lineno}: {rel} does not exist under {root}")
+            if not is_image_file(rel):
+                raise UserError(f"{csv_path}:{lineno}: {rel} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
+            cell_line = (row.get("cell_line") or "").strip() or None
             records.append(
                 Record(
                     rel,
-                    label,
-                    cell_line=(row.get("cell_line") or "").strip() or None,
+                    _named(check_name, label, "class", csv_path, lineno),
+                    cell_line=_named(_check_cell_line, cell_line, "cell line", csv_path, lineno) if cell_line else None,
                     group=(row.get("group") or "").strip() or None,
                     meta=tuple((c, (row.get(c) or "").strip()) for c in extra),
                 )
             )
     return records
+
+
+def _named(check, value, what, csv_path, lineno):
+    """`check(value, what)` with the file and line in front of its error."""
+    try:
+        return check(value, what)
+    except UserError as err:
+        raise UserError(f"{csv_path}:{lineno}: {err}") from None
 
 
 def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_bad_images: bool = False) -> Dataset:

@@ -1,6 +1,7 @@
 """User errors: one clear line, exit status 2, no traceback."""
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -10,11 +11,26 @@ class UserError(Exception):
     """Bad input from the user: the message names the file, key or value and what to do."""
 
 
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+
+
+def storage_message(err: OSError) -> str:
+    """One line for a write that the file system refused (disk full, read-only, no permission)."""
+    where = err.filename or "the output folder"
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only"}.get(err.errno, "permission denied")
+    return (f"cannot write {where}: {what}; free space or choose another output folder, then re-run the same command "
+            "(finished work is kept)")
+
+
 def run_cli(main):
     """Wrap a CLI entry point: `UserError` becomes one line on stderr and exit status 2."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        from .threads import limit_threads
+
+        limit_threads()
         try:
             return main(argv)
         except UserError as err:
@@ -23,6 +39,11 @@ def run_cli(main):
         except BrokenPipeError:  # output piped into `head`
             sys.stderr.close()
             raise SystemExit(0) from None
+        except OSError as err:
+            if err.errno not in _STORAGE_ERRORS:
+                raise
+            print(f"error: {storage_message(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted; re-run the same command to resume", file=sys.stderr)
             raise SystemExit(130) from None

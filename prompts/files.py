@@ -78,8 +78,29 @@ def temp_dir_beside(target: str | os.PathLike, prefix: str) -> Path:
     return tmp
 
 
+def _unique_key_loader():
+    """yaml.SafeLoader that refuses a key written twice in one mapping (YAML would keep the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is written twice; keep one", key_node.start_mark)
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str, hint: str = "") -> dict:
-    """A YAML file (safe loader) that must hold a mapping; errors name `what` and the file.
+    """A YAML file (safe loader, no duplicate keys) that must hold a mapping; errors name `what` and the file.
 
     An empty file is an empty mapping.
     """
@@ -91,9 +112,14 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, hint: str = "") -> dic
     if not path.is_file():
         raise UserError(f"{what} {path} does not exist" + (f"; {hint}" if hint else ""))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader()) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{what} {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise UserError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text") from None
     if not isinstance(raw, dict):
         raise UserError(f"{what} {path} must be a mapping of keys, got {type(raw).__name__}")
     return raw

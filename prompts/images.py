@@ -56,6 +56,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             if mode in _GRAY_MODES:
                 return im.convert("L")
             return im.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise UserError(
+            f"image {path} is too large to decode safely ({err}); shrink or tile it, or remove it "
+            "(or pass --skip-bad-images to skip it)"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise UserError(
             f"cannot decode image {path}: {err.__class__.__name__}: {err}; "
@@ -86,6 +91,3 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
 
-
-def crop_at(img: Image.Image, size: int, left: int, top: int) -> Image.Image:
-    return img.crop((left, top, left + size, top + size))

@@ -1,0 +1,143 @@
+"""Every on-disk name of the study, written once; every writer and reader calls these.
+
+    LoRAs       LORA_OUT/[fold_<k>/]<group>/pytorch_lora_weights.safetensors   (diffusers/peft keys)
+                LORA_OUT/[fold_<k>/]<group>/<group>.safetensors                 (kohya / AUTOMATIC1111)
+    synthetic   SYN/[fold_<k>/]w<weight>/[<cell_line>/]<class>/<name>.png       (+ SYN/manifest.jsonl)
+    CV          OUT/report.md, report.html, results.csv, results.json, split.json, runs/<tree>/<mix>/fold_<k>.json
+    realism     OUT/realism.json, realism.md
+    any output  fingerprint.json: what determined it (see prompts/fingerprint.py)
+
+`<group>` is the class, or `<cell_line>__<class>` for per-(cell line, class) LoRAs.
+Labels and cell lines become path parts only after `check_name`.
+"""
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from fractions import Fraction
+from pathlib import Path
+
+from .errors import UserError
+
+FOLD_PREFIX = "fold_"
+GROUP_SEP = "__"
+LORA_DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+MANIFEST_FILE = "manifest.jsonl"
+FINGERPRINT_FILE = "fingerprint.json"
+SPLIT_FILE = "split.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+REALISM_JSON = "realism.json"
+REALISM_MD = "realism.md"
+RUNS_DIR = "runs"
+TINY_MODEL_MARKER = "cellsynth_tiny_model.txt"  # in the tiny random Stable Diffusion's folder: a smoke model
+
+_FOLD = re.compile(r"^fold_(\d+)$")
+_MAX_NAME_BYTES = 200  # file systems allow 255; leave room for suffixes
+
+
+# --------------------------------------------------------------------------- names from user input
+
+def check_name(value: str, what: str = "label") -> str:
+    """`value` if it is safe as one folder name, else a one-line UserError naming it and the rule.
+
+    Rule: not empty, not `.` or `..`, no `/` or `\\`, no control characters, does not start with `.`
+    (hidden folders are not read back), no surrounding spaces, at most 200 bytes in UTF-8.
+    """
+    rule = ("one folder name: not empty, no '/' or '\\', not starting with '.', no control characters, "
+            "no leading or trailing spaces, at most 200 bytes")
+    bad = (
+        not isinstance(value, str)
+        or not value
+        or value.startswith(".")
+        or "/" in value
+        or "\\" in value
+        or value != value.strip()
+        or any(unicodedata.category(c) == "Cc" for c in value)
+        or len(value.encode("utf-8")) > _MAX_NAME_BYTES
+    )
+    if bad:
+        raise UserError(f"{what} {value!r} cannot be used as a folder name; a {what} must be {rule}")
+    return value
+
+
+def group_name(label: str, cell_line: str | None = None) -> str:
+    """The LoRA group: the class, or `<cell_line>__<class>`."""
+    return f"{cell_line}{GROUP_SEP}{label}" if cell_line else label
+
+
+def parse_group_name(name: str) -> tuple[str, str | None]:
+    """(class, cell line or None) of a group folder name."""
+    if GROUP_SEP in name:
+        cell_line, label = name.split(GROUP_SEP, 1)
+        return label, cell_line
+    return name, None
+
+
+# --------------------------------------------------------------------------- folds
+
+def fold_name(k: int) -> str:
+    return f"{FOLD_PREFIX}{int(k)}"
+
+
+def parse_fold_name(name: str) -> int | None:
+    m = _FOLD.match(name)
+    return int(m.group(1)) if m else None
+
+
+def fold_root(root, fold: int | None) -> Path:
+    """ROOT/fold_<k>, or ROOT itself without folds."""
+    root = Path(root)
+    return root if fold is None else root / fold_name(fold)
+
+
+# --------------------------------------------------------------------------- LoRA folders
+
+def lora_dir(root, fold: int | None, group: str) -> Path:
+    return fold_root(root, fold) / group
+
+
+def lora_kohya_file(group: str) -> str:
+    return f"{group}.safetensors"
+
+
+# --------------------------------------------------------------------------- synthetic trees
+
+def weight_dir_name(weight: float) -> str:
+    """`w` + the shortest repr of the float that reads back exactly: w1.0, w0.8, w1e-05, w-0.5."""
+    w = float(weight) + 0.0  # -0.0 -> 0.0
+    if not math.isfinite(w):
+        raise UserError(f"LoRA weight {weight!r} is not a finite number")
+    return f"w{w!r}"
+
+
+def parse_weight_dir(name: str) -> float | None:
+    """The weight of a folder named by `weight_dir_name` (any finite float after `w`), else None."""
+    if not name.startswith("w"):
+        return None
+    try:
+        w = float(name[1:])
+    except ValueError:
+        return None
+    return w + 0.0 if math.isfinite(w) and name[1:].strip() == name[1:] else None
+
+
+def synthetic_class_dir(root, fold: int | None, weight: float, label: str, cell_line: str | None = None) -> Path:
+    """SYN/[fold_<k>/]w<weight>/[<cell_line>/]<class>."""
+    d = fold_root(root, fold) / weight_dir_name(weight)
+    return (d / cell_line / label) if cell_line else d / label
+
+
+# --------------------------------------------------------------------------- fractions of a class
+
+def count_of_fraction(n: int, fraction) -> int:
+    """round-half-up(fraction x n), exact on the decimal written: 0.25 x 6 = 2 (1.5 up), 0.1 x 110 = 11.
+
+    The one rounding rule for "P % of a class" (`generate --fraction`, `classify` mixes real+P):
+    pass P/100 as `Fraction(P, 100)` or the decimal fraction.
+    """
+    f = fraction if isinstance(fraction, Fraction) else Fraction(str(fraction))
+    return int(math.floor(f * int(n) + Fraction(1, 2)))
