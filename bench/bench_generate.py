@@ -160,7 +160,7 @@ def ours(model: Path, lora: Path, a, fused: bool, out: Path) -> float:
     gs.sample_batch = timed
     try:
         t0 = time.perf_counter()
-        generate(all_jobs, s, out, PartialState())
+        generate(all_jobs, s, out.parent / "data", PartialState())  # txt2img reads no data; OUT may not be the data
         t1 = time.perf_counter()
     finally:
         gs.sample_batch = original

@@ -36,21 +36,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import lora  # noqa: E402,F401
+from lora.model import SD15_UNET_CONFIG, SD15_VAE_CONFIG, build_sd15  # noqa: E402
 
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-                 cross_attention_dim=768, attention_head_dim=8)
-SD15_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512)
-SD15_TEXT = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, vocab_size=49408,
-                 max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
 # A small SD-like model (SD 1.5's layout at a quarter of its width, one layer per block): enough compute
 # per step on a CPU for the overhead to mean something, with the VAE a similar share of the step as in SD.
 SMALL_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 256, 256),
-                  down_block_types=SD15_UNET["down_block_types"], up_block_types=SD15_UNET["up_block_types"],
+                  down_block_types=SD15_UNET_CONFIG["down_block_types"], up_block_types=SD15_UNET_CONFIG["up_block_types"],
                   cross_attention_dim=192, attention_head_dim=8, norm_num_groups=32)
-SMALL_VAE = dict(SD15_VAE, block_out_channels=(32, 64, 128, 128), layers_per_block=1, sample_size=128)
+SMALL_VAE = dict(SD15_VAE_CONFIG, block_out_channels=(32, 64, 128, 128), layers_per_block=1, sample_size=128)
 SMALL_TEXT = dict(hidden_size=192, intermediate_size=768, num_attention_heads=4, num_hidden_layers=4,
                   max_position_embeddings=77, projection_dim=192)  # vocabulary: the tiny model's tokenizer
 
@@ -67,8 +60,7 @@ def build_model(kind: str, out: Path) -> Path:
     tok = tiny.tokenizer
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if kind == "sd15":
-        unet, vae = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE)
-        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT, **ids))  # SD 1.5's vocabulary size; the tiny tokenizer's ids fit
+        unet, text, vae = build_sd15("cpu", vae=True, **ids)  # SD 1.5's vocabulary size; the tiny tokenizer's ids fit
     else:
         unet, vae = UNet2DConditionModel(**SMALL_UNET), AutoencoderKL(**SMALL_VAE)
         text = CLIPTextModel(CLIPTextConfig(**SMALL_TEXT, vocab_size=len(tok), **ids))
@@ -87,7 +79,8 @@ def trainer_step_times(model: Path, data: Path, out: Path, args, cache: bool, pr
     shutil.rmtree(out, ignore_errors=True)
     cfg = LoraSection(model=str(model), output=str(out), epochs=1, repeats=args.steps * args.batch_size // args.images,
                       batch_size=args.batch_size, resolution=args.resolution, validation_images=0, cache_latents=cache,
-                      random_flip=False, mixed_precision=precision, gradient_checkpointing=args.gradient_checkpointing)
+                      random_flip=False, mixed_precision=precision, gradient_checkpointing=args.gradient_checkpointing,
+                      network=args.network)
     (folder,) = run(cfg, DataSection(data=str(data)))
     stats = json.loads((folder / "stats.json").read_text())
     return {"step_seconds": stats["step_seconds"][1:], "peak_gpu_memory_gib": stats["peak_gpu_memory_gib"]}
@@ -95,11 +88,11 @@ def trainer_step_times(model: Path, data: Path, out: Path, args, cache: bool, pr
 
 def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) -> dict:
     """The floor: the same passes with nothing around them. Returns the wall time of each step after the first."""
-    from peft import LoraConfig
+    from types import SimpleNamespace
 
     from lora.data import load_images, pixel_batch
     from lora.model import load_pipeline
-    from lora.train import TEXT_ENCODER_TARGETS, UNET_TARGETS
+    from lora.train import add_lora
     from prompts.dataset import read_dataset
 
     device = torch.device(args.device)
@@ -108,15 +101,13 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
     unet, vae, text = pipe.unet.to(device, dtype), pipe.vae.to(device, dtype), pipe.text_encoder.to(device, dtype)
     for m in (unet, vae, text):
         m.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=UNET_TARGETS))
-    text.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=TEXT_ENCODER_TARGETS))
-    params = [p for m in (unet, text) for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.data = p.data.float()
+    groups = add_lora(unet, text, SimpleNamespace(seed=0, rank=8, alpha=8.0, unet_lr=1e-4, text_encoder_lr=1e-4,
+                                                  network=args.network, conv_dim=0, conv_alpha=None))  # the trainer's modules
+    params = [p for g in groups for p in g["params"]]
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    opt = torch.optim.AdamW([{"params": params, "lr": 1e-4}])
+    opt = torch.optim.AdamW([{"params": params, "lr": 1e-4}], fused=device.type in ("cpu", "cuda"))  # as the trainer
     images = load_images(read_dataset(data), args.resolution)
     pixels = pixel_batch(images, list(range(args.batch_size)), False, None).to(device, dtype)
     ids = pipe.tokenizer(["a micrograph"] * args.batch_size, padding="max_length", max_length=77, truncation=True,
@@ -191,6 +182,213 @@ def update_markdown(path: Path, name: str, body: str) -> None:
     print(f"updated {path} ({name})")
 
 
+# --------------------------------------------------------------------------- vs diffusers' example trainer
+
+def example_step_times(model: Path, data: Path, args) -> dict:
+    """diffusers' `examples/text_to_image/train_text_to_image_lora.py` training loop, transcribed.
+
+    The example's settings for a U-Net LoRA: peft LoraConfig(r=rank, lora_alpha=rank, gaussian init,
+    to_q/k/v/out.0), AdamW(lr, weight decay 1e-2) over `filter(requires_grad)`, constant schedule,
+    accelerate with TensorBoard logging when available, a shuffling DataLoader whose items are transformed
+    per access (RGB, resize, centre crop, to tensor, normalize; the caption tokenized), a VAE encode,
+    the text encoder run every step, `avg_loss.item()`, clip_grad_norm_ and the step. Only the HF
+    `datasets` and torchvision plumbing is replaced by equivalent PIL/numpy code (neither is installed
+    here). As in the example, the gradient clipping receives the `filter` the optimizer has already
+    consumed, so it clips nothing. Returns the wall time of every loop iteration after the first.
+    """
+    import io
+    import random
+
+    import numpy as np
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from peft import LoraConfig
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from lora.model import load_pipeline
+
+    accelerator = Accelerator(mixed_precision="no", cpu=args.device == "cpu")
+    pipe = load_pipeline(model)
+    tokenizer, text_encoder, vae, unet = pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    for m in (unet, vae, text_encoder):
+        m.requires_grad_(False)
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=args.example_rank, lora_alpha=args.example_rank, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    unet.to(accelerator.device)
+    vae.to(accelerator.device)
+    text_encoder.to(accelerator.device)
+    lora_layers = filter(lambda p: p.requires_grad, unet.parameters())
+    optimizer = torch.optim.AdamW(lora_layers, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-08)
+
+    files = sorted(p for p in data.rglob("*.png"))
+    res = args.resolution
+
+    class ImageCaptions(torch.utils.data.Dataset):  # the example's dataset.with_transform(preprocess_train)
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            image = Image.open(files[i]).convert("RGB")
+            scale = res / min(image.size)  # transforms.Resize(res, BILINEAR) + CenterCrop(res)
+            image = image.resize((max(res, round(image.width * scale)), max(res, round(image.height * scale))), Image.BILINEAR)
+            left, top = (image.width - res) // 2, (image.height - res) // 2
+            image = image.crop((left, top, left + res, top + res))
+            x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # ToTensor
+            x = (x - 0.5) / 0.5  # Normalize([0.5], [0.5])
+            ids = tokenizer(["a micrograph"], max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                            return_tensors="pt").input_ids[0]
+            return {"pixel_values": x, "input_ids": ids}
+
+    def collate_fn(examples):
+        pixel_values = torch.stack([e["pixel_values"] for e in examples]).to(memory_format=torch.contiguous_format).float()
+        return {"pixel_values": pixel_values, "input_ids": torch.stack([e["input_ids"] for e in examples])}
+
+    train_dataloader = torch.utils.data.DataLoader(ImageCaptions(), shuffle=True, collate_fn=collate_fn,
+                                                   batch_size=args.batch_size, num_workers=0)
+    lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=args.steps)
+    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader, lr_scheduler)
+    progress_bar = tqdm(range(args.steps), file=io.StringIO())  # the example's bar, drawn nowhere
+    random.seed(0)
+    times, global_step, t_prev = [], 0, None
+    unet.train()
+    while global_step < args.steps:
+        train_loss = 0.0
+        for batch in train_dataloader:
+            t_now = time.perf_counter()
+            if t_prev is not None:
+                times.append(t_now - t_prev)
+            t_prev = t_now
+            with accelerator.accumulate(unet):
+                latents = vae.encode(batch["pixel_values"]).latent_dist.sample()
+                latents = latents * vae.config.scaling_factor
+                noise = torch.randn_like(latents)
+                bsz = latents.shape[0]
+                timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device).long()
+                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                encoder_hidden_states = text_encoder(batch["input_ids"], return_dict=False)[0]
+                target = noise
+                model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+                loss = F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+                avg_loss = accelerator.gather(loss.repeat(args.batch_size)).mean()
+                train_loss += avg_loss.item()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(lora_layers, 1.0)  # the consumed filter, as in the example
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                progress_bar.update(1)
+                global_step += 1
+                accelerator.log({"train_loss": train_loss}, step=global_step)
+                train_loss = 0.0
+            progress_bar.set_postfix(step_loss=loss.detach().item(), lr=lr_scheduler.get_last_lr()[0])
+            if global_step >= args.steps:
+                break
+    times.append(time.perf_counter() - t_prev)
+    accelerator.end_training()
+    return {"step_seconds": times[1:], "peak_gpu_memory_gib": None}
+
+
+def example_trainer_step_times(model: Path, data: Path, out: Path, args) -> dict:
+    """`lora train` at the example's settings: U-Net only, attention modules, rank = alpha, no flips, clipping on."""
+    from prompts.schema.data import DataSection
+    from prompts.schema.lora import LoraSection
+    from lora.train import run
+
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = LoraSection(model=str(model), output=str(out), epochs=1, repeats=max(1, args.steps * args.batch_size // args.images),
+                      batch_size=args.batch_size, resolution=args.resolution, validation_images=0, random_flip=False,
+                      text_encoder_lr=0.0, unet_lr=1e-4, rank=args.example_rank, alpha=float(args.example_rank),
+                      network="attention")
+    (folder,) = run(cfg, DataSection(data=str(data)))
+    stats = json.loads((folder / "stats.json").read_text())
+    return {"step_seconds": stats["step_seconds"][1:], "peak_gpu_memory_gib": stats["peak_gpu_memory_gib"]}
+
+
+def compare_with_example(args, tmp: Path, argv) -> str:
+    """Alternating rounds of the example loop and `lora train` on the tiny model; markdown of medians and their ratio."""
+    import datetime
+    import statistics
+
+    from accelerate.state import AcceleratorState
+
+    from lora.tiny import write_tiny_model
+    from prompts.demo import write_demo_dataset
+
+    model = write_tiny_model(tmp / "tiny")
+    data = write_demo_dataset(tmp / "edata", per_class={"good": args.images}, cell_lines=["A549"], size=args.resolution)
+    loops = {"diffusers example loop": lambda: example_step_times(model, data, args),
+             "lora train": lambda: example_trainer_step_times(model, data, tmp / "eout", args)}
+    medians: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(args.rounds):
+        for name, fn in loops.items():  # alternate, so that slow phases of the machine hit both loops
+            AcceleratorState._reset_state(True)
+            medians[name].append(statistics.median(fn()["step_seconds"]))
+    sps = {name: 1.0 / statistics.median(m) for name, m in medians.items()}
+    ratios = [e / o for e, o in zip(medians["diffusers example loop"], medians["lora train"])]
+    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else [])]).strip()
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    lines = [f"Command: `{cmd}`. Measured {datetime.date.today()} on CPU, {torch.get_num_threads()} torch threads{load}; "
+             f"tiny model, {args.resolution} px, batch {args.batch_size}, U-Net-only LoRA rank {args.example_rank} "
+             f"(to_q/k/v/out.0), {args.steps} steps x {args.rounds} alternating rounds; per round the median step time.", "",
+             "| loop | steps/s (median of round medians) | round medians, ms |", "| --- | ---: | --- |"]
+    for name, m in medians.items():
+        lines.append(f"| {name} | {sps[name]:.2f} | {', '.join(f'{1000 * x:.1f}' for x in m)} |")
+    lines += ["", f"- `lora train` / example, steps/s: **{statistics.median(ratios):.3f}** (median of the per-round ratios; "
+              f"rounds {', '.join(f'{r:.2f}' for r in ratios)})."]
+    return "\n".join(lines)
+
+
+def compare_presets(args, tmp: Path, argv) -> str:
+    """Trainer steps/s and file sizes of the network presets, side by side (alternating rounds)."""
+    import datetime
+    import statistics
+
+    from accelerate.state import AcceleratorState
+
+    from prompts.demo import write_demo_dataset
+    from prompts.schema.data import DataSection
+    from prompts.schema.lora import LoraSection
+    from lora.train import run
+
+    model = build_model("sd15" if args.sd15 else "small", tmp / "pmodel")
+    data = write_demo_dataset(tmp / "pdata", per_class={"good": args.images}, cell_lines=["A549"], size=args.resolution)
+    presets = {"attention": ("attention", 0), "kohya": ("kohya", 0), "kohya + LoCon conv_dim 4": ("kohya", 4)}
+    times: dict[str, list[float]] = {name: [] for name in presets}
+    sizes: dict[str, tuple[int, int, int]] = {}
+    for _ in range(args.rounds):
+        for name, (network, conv_dim) in presets.items():
+            AcceleratorState._reset_state(True)
+            out = tmp / "pout"
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = LoraSection(model=str(model), output=str(out), epochs=1, repeats=max(1, args.steps * args.batch_size // args.images),
+                              batch_size=args.batch_size, resolution=args.resolution, validation_images=0, random_flip=False,
+                              network=network, conv_dim=conv_dim, mixed_precision=args.precision[0] if args.precision else "no")
+            (folder,) = run(cfg, DataSection(data=str(data)))
+            stats = json.loads((folder / "stats.json").read_text())
+            times[name].append(statistics.median(stats["step_seconds"][1:]))
+            from lora.formats import read_lora
+
+            kohya = folder / "good.safetensors"
+            sizes[name] = (len(read_lora(kohya).modules), kohya.stat().st_size, (folder / "pytorch_lora_weights.safetensors").stat().st_size)
+    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else [])]).strip()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    base = 1.0 / statistics.median(times["attention"])
+    lines = [f"Command: `{cmd}`. Measured {datetime.date.today()} on {device}; "
+             f"{'SD 1.5 architecture' if args.sd15 else 'small SD-like model'}, {args.resolution} px, batch {args.batch_size}, "
+             f"rank 8 on U-Net and text encoder, {args.steps} steps x {args.rounds} alternating rounds.", "",
+             "| preset | modules | steps/s | vs attention | kohya file | diffusers file |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name in presets:
+        sps = 1.0 / statistics.median(times[name])
+        n, k, d = sizes[name]
+        lines.append(f"| {name} | {n} | {sps:.3f} | {sps / base:.2f} | {k / 2**20:.2f} MiB | {d / 2**20:.2f} MiB |")
+    return "\n".join(lines)
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd15", action="store_true", help="SD 1.5 architecture at 512 (needs a GPU)")
@@ -202,10 +400,28 @@ def main(argv=None) -> None:
     parser.add_argument("--quantile", type=float, default=0.25, help="steps/s = 1 / this quantile of the pooled step times")
     parser.add_argument("--precision", nargs="+", default=None, help="default: no (CPU), fp16 bf16 (--sd15)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--network", default="kohya", choices=["kohya", "attention"], help="network preset of both loops")
+    parser.add_argument("--vs-example", action="store_true",
+                        help="instead: lora train vs diffusers' example trainer loop (tiny model, 64 px, U-Net-only rank 4)")
+    parser.add_argument("--presets", action="store_true", help="instead: steps/s and file size of the network presets")
+    parser.add_argument("--example-rank", type=int, default=4, help="--vs-example: LoRA rank (= alpha, as the example)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--md", default=str(Path(__file__).with_name("lora.md")),
                         help="update this run's section of this markdown file ('' to skip; default bench/lora.md)")
     args = parser.parse_args(argv)
+    if args.vs_example or args.presets:
+        args.images = 4
+        args.resolution = args.resolution or (64 if args.vs_example else 512 if args.sd15 else 128)
+        tmp = Path(tempfile.mkdtemp(prefix="bench_lora."))
+        try:
+            name = "example" if args.vs_example else "presets-sd15" if args.sd15 else "presets"
+            body = compare_with_example(args, tmp, argv) if args.vs_example else compare_presets(args, tmp, argv)
+            print(body)
+            if args.md:
+                update_markdown(Path(args.md), name, body)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     args.resolution = args.resolution or (512 if args.sd15 else 128)
     precisions = args.precision or (["fp16", "bf16"] if args.sd15 else ["no"])
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -109,8 +109,9 @@ def cmd_split(data, cls) -> int:
 
 def cmd_cv(data, cls, progress: bool) -> int:
     from .cv import run_cv
-    from .report import write_reports
+    from .report import report_inputs, write_reports
 
+    report_inputs(cls.realism, cls.blind)  # a bad --realism or --blind stops now, not after the CV
     results = run_cv(data, cls, progress)
     paths = write_reports(results, cls.output)
     log.info("wrote %s", ", ".join(str(p) for p in paths))

@@ -2,15 +2,19 @@
 
 Reads top to bottom:
 1. read the data and the split (or make one), the mixes and the synthetic trees;
-2. list the jobs; build each job's training set and check it for leakage;
-3. features (cached path) or pixels (naive path) of every image involved;
-4. train and test each job, saving its result at once (a re-run skips it);
-5. summarise over folds and compare each mix with `real`.
+2. list the jobs; build each job's training set and check it for leakage (synthetic
+   images that are test images; trees whose LoRAs were trained on the fold's test images);
+3. compare the run's fingerprint with the one OUT holds (a different one needs --overwrite);
+4. features (cached path) or pixels (naive path) of every image involved; then record the
+   fingerprint (and the split when `cv` made it) in OUT;
+5. train and test each job, saving its result at once (a re-run skips it);
+6. summarise over folds and compare each mix with `real`.
+
+Nothing imports TensorFlow before step 3, so a bad input is one line on stderr.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -20,16 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
+from prompts import fingerprint
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
 from prompts.files import write_json_atomic
+from prompts.guard import check_output_dir
+from prompts.layout import FINGERPRINT_FILE, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
 from prompts.splits import Fold, Split, read_split, write_split
 
 from . import stats
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir
 from .folds import make_split
 from .mixes import Item, Mix, build_training_set, counts, parse_mixes, subsample_minority
-from .synthetic import SyntheticSet, read_synthetic
+from .synthetic import SyntheticSet, check_provenance, read_synthetic
 
 log = logging.getLogger(__name__)
 REAL_TREE = "real"  # tree name of mixes that use no synthetic images
@@ -50,58 +57,55 @@ class Job:
 
     @property
     def result_path(self) -> Path:
-        return Path("runs") / self.tree / self.mix.name / f"{self.fold.name}.json"
+        return Path(RUNS_DIR) / self.tree / self.mix.name / f"{self.fold.name}.json"
 
 
 # ---------------------------------------------------------------- inputs
 
 
 def load_inputs(data_section, cls) -> tuple[Dataset, Split, list[Mix], SyntheticSet | None]:
-    """The dataset, the split (read or made and written to OUT/split.json), the mixes, the synthetic set."""
+    """The dataset, the split (read, or made: `run_cv` writes it to OUT/split.json), the mixes, the synthetic set.
+
+    Writes nothing: OUT is only checked (never inside the data folder, not a file).
+    """
     if not data_section.data:
         raise UserError("no data folder: pass --data DIR (or data.data in --config)")
-    if not cls.output:
-        raise UserError("no output folder: pass --output OUT (or classify.output in --config)")
+    out = check_output_dir(cls.output, data=data_section.data)
     dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
     if data_section.split:
         split = read_split(data_section.split, dataset)
     else:
         split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
-        split.path = Path(cls.output) / "split.json"
+        split.path = out / SPLIT_FILE
     mixes = parse_mixes(cls.mixes)
     syn = read_synthetic(cls.synthetic, dataset.classes) if cls.synthetic else None
     if syn is None and any(m.uses_synthetic for m in mixes):
         need = ", ".join(m.name for m in mixes if m.uses_synthetic)
         raise UserError(f"mixes {need} need synthetic images: pass --synthetic DIR (written by `python -m generate`) or drop them from --mixes")
-    if not data_section.split:  # written only once the inputs are known to be good
-        write_split(split.path, split)
     return dataset, split, mixes, syn
 
 
-class Hashes:
-    """Content hash of every file, computed once."""
-
-    def __init__(self):
-        self._memo: dict[Path, str] = {}
-
-    def __call__(self, path: Path) -> str:
-        from prompts.files import sha256_file
-
-        if path not in self._memo:
-            self._memo[path] = sha256_file(path)
-        return self._memo[path]
-
-
 def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSet | None, cls) -> list[Job]:
-    """Every (tree, mix, fold) job with its training and test items, leak-checked."""
-    h = Hashes()
+    """Every (tree, mix, fold) job with its training and test items, leak-checked.
+
+    A fold's own tree is checked against the fold's test images by what its LoRAs were
+    trained on (the tree's fingerprint.json); trees without that record are named in one
+    warning. Shared trees stand in knowingly and are flagged as leaky in the report.
+    """
+    h = fingerprint.file_sha256  # content hashes, memoised per (path, size, mtime)
     rec = dataset.by_path()
     classes = dataset.classes
-    trees = syn.weights if syn else []
+    trees = syn.weights if syn and any(m.uses_synthetic for m in mixes) else []
+    unchecked: list[Path] = []
     jobs = []
     for fold in split.folds:
         real = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.train]
         test = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.test]
+        test_hashes = {p: it.key for p, it in zip(fold.test, test)}
+        for tree in trees:
+            ds, leaky = syn.tree(fold.index, tree)
+            if not leaky and not check_provenance(fold.index, ds.root, test_hashes):
+                unchecked.append(ds.root)
         if cls.minority_fraction is not None:
             real = subsample_minority(real, cls.minority_fraction, cls.minority_class, np.random.default_rng([cls.seed, fold.index, 7]))
         for mix in mixes:
@@ -116,6 +120,10 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
                 job = Job(fold, mix, tree, train, test, shortfall, leaky, root)
                 check_no_leak(job)
                 jobs.append(job)
+    if unchecked:
+        log.warning("%d synthetic tree(s) have no record of the images their LoRAs were trained on (%s in %s), e.g. %s: "
+                    "cannot check that they never saw their fold's test images; trees written by `python -m generate` "
+                    "with LoRAs from `lora train` have it", len(unchecked), "images", FINGERPRINT_FILE, unchecked[0])
     return jobs
 
 
@@ -171,20 +179,28 @@ class Runner:
         else:
             from .pixels import load_pixels
 
+            self.base  # noqa: B018 - built before anything is written, so a bad weights file writes nothing
             self.pixels = load_pixels(self.table.paths, self.cls.image_size, self.progress)
         self.seconds_features = time.perf_counter() - t0
 
     def fingerprint(self, job: Job) -> str:
-        """Identity of a job's inputs and settings: a saved result is reused only when it matches."""
-        c = self.cls
-        settings = [c.backbone, self.key, c.epochs, c.batch_size, c.learning_rate, c.augment, c.views, c.feature_cache,
-                    c.class_weights, c.seed, c.fine_tune_layers, c.fine_tune_epochs, c.fine_tune_lr, self.classes]
-        h = hashlib.sha256(json.dumps(settings, default=str).encode())
-        for it in job.train:
-            h.update(f"T{it.key}{it.label}{it.source}".encode())
-        for it in job.test:
-            h.update(f"E{it.key}{it.label}".encode())
-        return h.hexdigest()[:16]
+        """Identity of a job's inputs and settings: a saved result is reused only when it matches.
+
+        The result-changing settings (the split's and the mixes' settings enter through the
+        items), the frozen base (`model_key`: backbone, weights file hash, size, Keras), the
+        mix and the exact training and test images (content, label, source).
+        """
+        settings = {k: v for k, v in fingerprint.settings_part(self.cls).items() if k not in _JOB_FREE}
+        return fingerprint.digest({
+            "settings": settings, "model": self.key, "mix": self.job_mix(job), "classes": self.classes,
+            "train": [(it.key, it.label, it.source) for it in job.train],
+            "test": [(it.key, it.label) for it in job.test],
+        })
+
+    @staticmethod
+    def job_mix(job: Job) -> list:
+        """What of the mix changes training beyond its items: its kind (class weights, augmentation off)."""
+        return [job.mix.kind, job.mix.class_weighted, job.mix.augment_off]
 
     def run(self, job: Job) -> dict:
         """Train on job.train, test on job.test -> the per-fold result record."""
@@ -284,18 +300,21 @@ def run_cv(data_section, cls, progress: bool = True) -> dict:
     """Run (or resume) the whole protocol and return the results dictionary (also written to OUT)."""
     from tqdm import tqdm
 
-    import keras
-
-    from .model import check_backbone, normalize_weights
+    from .model import check_backbone, import_keras, normalize_weights
 
     t_start = time.perf_counter()
     check_backbone(cls.backbone)
-    normalize_weights(cls.weights)
-    out = Path(cls.output)
+    weights = normalize_weights(cls.weights)
     dataset, split, mixes, syn = load_inputs(data_section, cls)
-    keras.utils.set_random_seed(cls.seed)
+    out = Path(cls.output)
     jobs = plan_jobs(dataset, split, mixes, syn, cls)
+    if weights is None:  # after the input checks: a bad input stays one line
+        log.warning(WEIGHTS_NONE_WARNING)
+    keras = import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
+    keras.utils.set_random_seed(cls.seed)
     runner = Runner(jobs, dataset.classes, cls, progress)
+    current = run_fingerprint(dataset, split, syn, jobs, runner, cls)
+    check_reuse(out, current, overwrite=cls.overwrite)
     todo, results = [], []
     for job in jobs:
         saved = _load_result(out / job.result_path)
@@ -304,7 +323,10 @@ def run_cv(data_section, cls, progress: bool = True) -> dict:
         else:
             todo.append(job)
     if todo:
-        runner.prepare(todo)
+        runner.prepare(todo)  # builds the base when features are missing: a bad weights file stops here
+    fingerprint.write(out / FINGERPRINT_FILE, current)  # OUT is written only once every input checked out
+    if not data_section.split:
+        write_split(split.path, split)
     bar = tqdm(todo, desc="folds x mixes", unit="run", disable=not progress or not todo)
     for job in bar:
         bar.set_postfix_str(f"{job.tree} {job.mix.name} {job.fold.name}")
@@ -319,6 +341,74 @@ def run_cv(data_section, cls, progress: bool = True) -> dict:
         "runs_reused": len(jobs) - len(todo),
     }
     return summary
+
+
+WEIGHTS_NONE_WARNING = (
+    "classify.weights is none: the EfficientNet base has random weights, its features carry (almost) nothing, "
+    "and every accuracy, F1 and p-value of this run is meaningless (a smoke test); use --weights imagenet or a weights file"
+)
+# what `classify cv` writes into OUT (besides fingerprint.json)
+_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, "folds.csv", RUNS_DIR)
+# settings that reach a job only through its training and test items (or not at all)
+_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights"})
+
+
+def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jobs: list[Job], runner, cls) -> dict:
+    """What determines a CV run's results: settings, base model, data images, split, synthetic trees.
+
+    Parts (prompts.fingerprint): `settings.<key>` (each result-changing field of the classify
+    section, so a refusal names the key),
+    `weights` (imagenet, none, or the sha256 of the weights file), `model` (backbone, weights,
+    input size, Keras version and backend: the feature-cache key), `data`
+    (path, label and sha256 of every image), `split` (the folds' train and test lists),
+    `synthetic` (per tree: the sha256 of its images and the digest of its own fingerprint.json).
+    """
+    from .model import normalize_weights
+    from .synthetic import tree_record
+
+    settings = {k: v for k, v in fingerprint.settings_part(cls).items() if k != "weights"}
+    data = [(r.path, r.label, fingerprint.file_sha256(dataset.root / r.path)) for r in dataset.records]
+    folds = [[f.repeat, f.fold, list(f.train), list(f.test)] for f in split.folds]
+    used = sorted({j.synthetic_root for j in jobs if j.synthetic_root})
+    synthetic = {}
+    for t in (syn.trees() if syn else []):
+        if str(t.root) not in used:
+            continue
+        found = tree_record(t.root)
+        synthetic[t.root.relative_to(syn.root).as_posix()] = {
+            "images": fingerprint.files_part([r.path for r in t.records], root=t.root),
+            "record": fingerprint.digest(found[1]) if found else None,
+        }
+    parts = {f"settings.{k}": v for k, v in settings.items()}
+    w = normalize_weights(cls.weights)
+    weights = fingerprint.file_sha256(w) if w not in (None, "imagenet") else w
+    return fingerprint.make(**parts, weights=weights, model=runner.key, data=data, split=folds, synthetic=synthetic)
+
+
+def check_reuse(out: Path, current: dict, overwrite: bool) -> None:
+    """Refuse to mix results of other inputs into OUT, or to replace files it did not write, unless --overwrite.
+
+    With --overwrite, runs whose own inputs did not change are still reused (each run
+    carries its own fingerprint); only the report reflects the new inputs.
+    """
+    path = out / FINGERPRINT_FILE
+    recorded = fingerprint.read(path) if path.exists() else None
+    if not path.exists() and not overwrite:
+        ours = [n for n in _OUTPUT_NAMES if (out / n).exists()]
+        if ours:
+            raise UserError(f"--output {out} already holds {ours[0]} but no {FINGERPRINT_FILE} of a CV run: it was not "
+                            "written by this version of `classify cv`; pass --overwrite (classify.overwrite: true) to replace it "
+                            "or choose another --output")
+    if recorded is not None and not overwrite:
+        fingerprint.check(recorded, current, f"the CV run in {out}",
+                          "pass --overwrite (classify.overwrite: true) to recompute it there (runs whose own inputs did not change "
+                          "are reused) "
+                          "or choose another --output")
+    elif recorded is None and path.exists():
+        log.warning("%s is unreadable; recording a new fingerprint", path)
+    elif recorded is not None and (changed := fingerprint.diff(recorded, current)):
+        log.info("--overwrite: %s changed since the last run in %s; runs whose inputs changed are recomputed",
+                 ", ".join(changed), out)
 
 
 def _load_result(path: Path) -> dict | None:

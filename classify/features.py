@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from prompts.files import atomic_path, sha256_bytes, sha256_file
+from prompts.files import atomic_path, sha256_bytes
+from prompts.fingerprint import file_sha256
 
 from .pixels import image_to_array
 
@@ -38,8 +40,15 @@ def default_cache_dir() -> Path:
 
 
 def aug_views(n_views: int, seed: int) -> list[str]:
-    """Names of the V augmented views for a seed: ['aug0-s0', 'aug1-s0', ...]."""
-    return [f"aug{v}-s{seed}" for v in range(n_views)]
+    """Names of the V augmented views for a seed: ['aug0-s0-<policy>', 'aug1-s0-<policy>', ...].
+
+    <policy> identifies the augmentation layers' settings, so a changed
+    augmentation never reuses features cached under the old one.
+    """
+    from .model import augmentation_id
+
+    policy = augmentation_id()
+    return [f"aug{v}-s{seed}-{policy}" for v in range(n_views)]
 
 
 @dataclass
@@ -54,7 +63,7 @@ class ImageTable:
         keys, uniq = [], []
         seen = set()
         for p in paths:
-            k = sha256_file(p)
+            k = file_sha256(p)  # memoised: the CV plan hashed these already
             if k not in seen:
                 seen.add(k)
                 keys.append(k)
@@ -72,25 +81,48 @@ class FeatureCache:
         self.dir = Path(root) / model_key
 
     def load(self, view: str) -> dict[str, np.ndarray]:
-        """All cached vectors of a view: content hash -> (F,) float32."""
+        """All cached vectors of a view: content hash -> (F,) float32.
+
+        A shard that cannot be read (truncated by a full disk, bit rot, a foreign
+        file) is removed with one warning, so its images are recomputed.
+        """
         out: dict[str, np.ndarray] = {}
         d = self.dir / view
         if not d.is_dir():
             return out
         for shard in sorted(d.glob("*.npz")):
             try:
-                with np.load(shard) as z:
-                    for k, f in zip(z["keys"].tolist(), z["feats"]):
-                        out[k] = f
-            except (OSError, ValueError, KeyError):
-                log.warning("ignoring unreadable cache shard %s", shard)
+                keys, feats = _read_shard(shard)
+            except Exception as err:  # noqa: BLE001 - numpy raises BadZipFile, EOFError, ValueError, OSError...
+                reason = f"{err.__class__.__name__}: {err}".splitlines()[0]
+                if _SHARD_NAME.match(shard.name):  # only a shard this cache wrote is removed
+                    shard.unlink(missing_ok=True)
+                log.warning("feature cache shard %s is unreadable (%s); its features are recomputed", shard, reason)
+                continue
+            out.update(zip(keys, feats))
         return out
 
     def save(self, view: str, keys: list[str], feats: np.ndarray) -> None:
-        name = sha256_bytes("".join(keys).encode())[:16]
-        with atomic_path(self.dir / view / f"{name}.npz") as tmp:
+        with atomic_path(self.dir / view / _shard_name(keys)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, keys=np.array(keys), feats=feats.astype(np.float32))
+
+
+_SHARD_NAME = re.compile(r"^[0-9a-f]{16}\.npz$")
+
+
+def _shard_name(keys: list[str]) -> str:
+    """The file name of the shard that holds these content hashes."""
+    return sha256_bytes("".join(keys).encode())[:16] + ".npz"
+
+
+def _read_shard(shard: Path) -> tuple[list[str], np.ndarray]:
+    """keys (n,) and feats (n, F) float32 of one shard; ValueError when they do not fit together."""
+    with np.load(shard, allow_pickle=False) as z:
+        keys, feats = z["keys"].tolist(), np.asarray(z["feats"], dtype=np.float32)
+    if feats.ndim != 2 or len(keys) != len(feats) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"keys {len(keys)} and feats {feats.shape} do not match")
+    return keys, feats
 
 
 class Extractor:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from prompts.errors import UserError
+from prompts.layout import count_of_fraction
 
-BASELINES = ("real", "oversample", "classweight", "noaug")
-DEFAULT_MIXES = ["real", "real+10", "real+25", "real+50", "real+75", "real+100", "synthetic"]
 _PLUS = re.compile(r"^real\+(\d+(\.\d+)?)%?$")
 
 
@@ -92,7 +92,7 @@ def counts(items) -> dict[str, dict[str, int]]:
 
 
 def subsample_minority(real: list[Item], fraction: float, minority: str | None, rng: np.random.Generator) -> list[Item]:
-    """Keep round(fraction * largest class count) images (at least 1) of the minority class."""
+    """Keep round-half-up(fraction x largest class count) images (at least 1) of the minority class."""
     if not 0 < fraction <= 1:
         raise UserError(f"--minority-fraction {fraction}: must be in (0, 1], e.g. 0.1 or 0.01")
     by = _by_label(real)
@@ -101,7 +101,7 @@ def subsample_minority(real: list[Item], fraction: float, minority: str | None, 
     if minority not in by:
         raise UserError(f"--minority-class {minority}: not a class of the data (classes: {', '.join(sorted(by))})")
     largest = max(len(v) for c, v in by.items() if c != minority) if len(by) > 1 else len(by[minority])
-    keep = max(1, min(len(by[minority]), round(fraction * largest)))
+    keep = max(1, min(len(by[minority]), count_of_fraction(largest, fraction)))
     chosen = rng.choice(len(by[minority]), size=keep, replace=False)
     kept = {id(by[minority][i]) for i in chosen}
     return [it for it in real if it.label != minority or id(it) in kept]
@@ -142,7 +142,7 @@ def build_training_set(
     want = {}
     for c in classes:
         if mix.kind == "plus":
-            want[c] = int(round(mix.percent / 100.0 * n_real[c]))
+            want[c] = count_of_fraction(n_real[c], Fraction(str(mix.percent)) / 100)  # the rule `generate` uses
         elif mix.kind == "synthetic":
             want[c] = n_real[c]
         elif mix.kind == "balance":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,40 @@ from prompts.files import sha256_file
 BACKBONES = [f"EfficientNetB{i}" for i in range(8)]
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def import_keras():
+    """Import Keras (and its TensorFlow backend) without TensorFlow's start-up lines on stderr.
+
+    TensorFlow's C++ core writes "All log messages before absl::InitializeLog()",
+    oneDNN, CUDA and CPU-feature notices straight to file descriptor 2 while it
+    loads and on its first operation, whatever TF_CPP_MIN_LOG_LEVEL says. A
+    command's only stderr output should be its own (one line for a user error),
+    so fd 2 points at /dev/null for that moment; Python exceptions still propagate.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        return sys.modules["keras"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import keras
+
+            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # the first operation initialises the devices
+            try:
+                from absl import logging as absl_logging
+
+                absl_logging.set_verbosity(absl_logging.ERROR)
+            except ImportError:  # the torch backend does not bring absl
+                pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    return keras
 
 
 def keras_home() -> Path:
@@ -86,10 +121,16 @@ def build_base(backbone: str, weights: str | None, image_size: int, seed: int = 
                 f"put {name.lower()}_notop.h5 at {target} ($KERAS_HOME/models/), or pass --weights PATH or --weights none"
             ) from None
     else:
-        try:
-            core = app(include_top=False, weights=w, input_shape=shape, pooling="avg")
-        except Exception as err:
-            raise UserError(f"--weights {w}: cannot load into {name} at {image_size}px: {err}".splitlines()[0]) from None
+        with warnings.catch_warnings(record=True) as caught:  # Keras warns, and goes on, when layers do not match
+            warnings.simplefilter("always")
+            try:
+                core = app(include_top=False, weights=w, input_shape=shape, pooling="avg")
+            except Exception as err:
+                raise UserError(f"--weights {w}: cannot load into {name} at {image_size}px: {err}".splitlines()[0]) from None
+        skipped = [c for c in caught if "freshly-initialized" in str(c.message) or "Skipping" in str(c.message)]
+        if skipped:  # a partial load would leave layers random: refuse rather than compute meaningless features
+            raise UserError(f"--weights {w}: cannot load into {name} at {image_size}px: {len(skipped)} layer group(s) "
+                            "do not match the file; pass weights made for this backbone")
         base = _with_imagenet_std(core, shape, name)
     base.trainable = False
     return base
@@ -119,6 +160,17 @@ def augmentation_layers(seed: int = 0) -> list:
         keras.layers.RandomFlip(seed=seed + 2, name="augment_flip"),
         keras.layers.RandomContrast(factor=0.1, seed=seed + 3, name="augment_contrast"),
     ]
+
+
+def augmentation_id() -> str:
+    """8 hex digits identifying the augmentation layers' settings (factors, modes; not seeds or names)."""
+    import json
+
+    configs = []
+    for layer in augmentation_layers(0):
+        cfg = {k: v for k, v in layer.get_config().items() if k not in ("name", "seed")}
+        configs.append([layer.__class__.__name__, cfg])
+    return hashlib.sha256(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def reseed_layers(layers: list, seed: int) -> None:
@@ -216,8 +268,9 @@ def model_key(backbone: str, weights: str | None, image_size: int, seed: int) ->
 
     name = check_backbone(backbone)
     wid = weights_id(weights, seed)
-    # pixels policy version 1; Keras version changes layer numerics rarely but may
-    h = hashlib.sha256(f"{name}|{wid}|{image_size}|pixels-v1|keras-{keras.__version__}".encode()).hexdigest()[:8]
+    # pixels policy version 1; the Keras version and backend change layer numerics rarely but may
+    ident = f"{name}|{wid}|{image_size}|pixels-v1|keras-{keras.__version__}|{keras.backend.backend()}"
+    h = hashlib.sha256(ident.encode()).hexdigest()[:8]
     return f"{name}-{image_size}-{wid}-{h}"
 
 
@@ -262,7 +315,25 @@ def write_calibrated_weights(backbone: str, image_size: int, x: np.ndarray, path
     calibrate_batchnorm(_with_imagenet_std(app, shape, name), x)  # the graph build_base makes for a file
     path.parent.mkdir(parents=True, exist_ok=True)
     app.save_weights(path)
+    import h5py
+
+    with h5py.File(path, "a") as f:  # travels with the file, so a report can say its numbers mean nothing
+        f.attrs[STAND_IN_ATTR] = "random weights with calibrated BatchNorm (classify calibrate-weights), not ImageNet"
     return path
+
+
+STAND_IN_ATTR = "cellsynth_stand_in"
+
+
+def is_stand_in_weights(path) -> bool:
+    """True for a weights file written by `write_calibrated_weights` (a smoke stand-in); False for any other file."""
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return STAND_IN_ATTR in f.attrs
+    except (OSError, ImportError):
+        return False
 
 
 class Resettable:

@@ -11,6 +11,7 @@ Per class and LoRA weight:
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,14 @@ import numpy as np
 from prompts.dataset import read_dataset
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
+from prompts.fingerprint import file_sha256
+from prompts.guard import check_output_dir
+from prompts.layout import REALISM_JSON, REALISM_MD
 
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, compute_features, default_cache_dir
 from .synthetic import read_synthetic
+
+log = logging.getLogger(__name__)
 
 
 def kid(x: np.ndarray, y: np.ndarray, n_subsets: int = 20, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
@@ -73,30 +79,34 @@ def c2st(x: np.ndarray, y: np.ndarray, keys_x=None, keys_y=None, folds: int = 5,
 
 def run_realism(data_section, cls, progress: bool = True) -> dict:
     """KID and C2ST per (LoRA weight, class) on frozen-base features (shared with the CV feature cache)."""
-    from .model import build_base, model_key
+    from .model import build_base, check_backbone, import_keras, model_key, normalize_weights
 
     if not data_section.data:
         raise UserError("no data folder: pass --data DIR")
-    if not cls.output:
-        raise UserError("no output folder: pass --output OUT")
+    check_output_dir(cls.output, data=data_section.data)
+    check_backbone(cls.backbone)
+    weights = normalize_weights(cls.weights)
     real = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
     syn = read_synthetic(cls.synthetic, real.classes)
+    if weights is None:  # after the input checks: a bad input stays one line
+        log.warning("classify.weights is none: random EfficientNet features carry (almost) nothing; these realism "
+                    "scores are meaningless (a smoke test); use --weights imagenet or a weights file")
     sets = {("real", c): [real.root / r.path for r in real.records if r.label == c] for c in real.classes}
     for w in syn.weights:
         trees = ([syn.shared[w]] if w in syn.shared else []) + [t[w] for _, t in sorted(syn.per_fold.items()) if w in t]
         for c in real.classes:
             sets[(w, c)] = [t.root / r.path for t in trees for r in t.records if r.label == c]
     table = ImageTable.from_paths(sorted({p for ps in sets.values() for p in ps}))
+    import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
     key = model_key(cls.backbone, cls.weights, cls.image_size, cls.seed)
     cache = FeatureCache(cls.cache_dir or default_cache_dir(), key)
     extractor = Extractor(lambda: build_base(cls.backbone, cls.weights, cls.image_size, seed=cls.seed),
                           cls.image_size, cls.batch_size, cls.seed)
     feats = compute_features(table, [PLAIN], cache, extractor, progress)[PLAIN]
     row = table.row()
-    from prompts.files import sha256_file
 
     def keys(paths):
-        return [sha256_file(p) for p in paths]
+        return [file_sha256(p) for p in paths]
 
     rows = []
     for w in syn.weights:
@@ -122,6 +132,6 @@ def write_realism(result: dict, out) -> list[Path]:
     from .report import realism_markdown
 
     out = Path(out)
-    write_json_atomic(out / "realism.json", result)
-    write_text_atomic(out / "realism.md", "# Realism of synthetic images\n\n" + result["note"] + "\n\n" + realism_markdown(result) + "\n")
-    return [out / "realism.json", out / "realism.md"]
+    write_json_atomic(out / REALISM_JSON, result)
+    write_text_atomic(out / REALISM_MD, "# Realism of synthetic images\n\n" + result["note"] + "\n\n" + realism_markdown(result) + "\n")
+    return [out / REALISM_JSON, out / REALISM_MD]

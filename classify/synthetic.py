@@ -2,22 +2,30 @@
 
     SYN/[fold_<k>/]w<weight>/[<cell_line>/]<class>/<name>.png   (+ SYN/manifest.jsonl)
 
-Each w<weight>/ tree is read with the project's dataset reader. A fold uses
-its own `fold_<k>/w<weight>/` tree when present (generator trained without that
-fold's test images); otherwise the shared `w<weight>/` tree, which is flagged
-as leaky (the generator saw the test images).
+Folder names are parsed with `prompts.layout` (the functions `generate` writes
+them with), so every weight `generate` can write (w1.0, w1e-05, w-0.5) reads
+back. Each w<weight>/ tree is read with the project's dataset reader. A fold
+uses its own `fold_<k>/w<weight>/` tree when present (generator trained without
+that fold's test images); otherwise the shared `w<weight>/` tree, which is
+flagged as leaky (the generator saw the test images).
+
+Provenance: a tree's `fingerprint.json` (in the tree, else in its `fold_<k>/`
+folder) records under `images` the data images its LoRAs were trained on
+({data-relative path: sha256}); `check_provenance` compares it with the fold's
+test images.
 """
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prompts import fingerprint
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
+from prompts.layout import FINGERPRINT_FILE, fold_name, parse_fold_name, parse_weight_dir
 
-_W = re.compile(r"^w\d+(\.\d+)?$")
-_F = re.compile(r"^fold_(\d+)$")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,10 +36,11 @@ class SyntheticSet:
 
     @property
     def weights(self) -> list[str]:
+        """Tree names (the w<weight> folder names), largest weight first."""
         names = set(self.shared)
         for trees in self.per_fold.values():
             names |= set(trees)
-        return sorted(names, key=lambda w: -float(w[1:]))
+        return sorted(names, key=lambda w: (-parse_weight_dir(w), w))
 
     def tree(self, fold_index: int, weight: str) -> tuple[Dataset, bool]:
         """(tree for this fold and weight, leaky) — leaky when the shared set stands in."""
@@ -40,10 +49,15 @@ class SyntheticSet:
             return own, False
         if weight in self.shared:
             return self.shared[weight], True
+        fold = fold_name(fold_index)
         raise UserError(
-            f"synthetic folder {self.root} has no {weight}/ tree for fold_{fold_index} and no shared {weight}/; "
-            f"generate fold_{fold_index}/{weight}/ or a shared {weight}/"
+            f"synthetic folder {self.root} has no {weight}/ tree for {fold} and no shared {weight}/; "
+            f"generate {fold}/{weight}/ or a shared {weight}/"
         )
+
+    def trees(self) -> list[Dataset]:
+        """Every tree, shared ones first."""
+        return [*self.shared.values(), *(t for _, by in sorted(self.per_fold.items()) for t in by.values())]
 
 
 def _read_tree(path: Path, classes: list[str]) -> Dataset:
@@ -62,22 +76,77 @@ def _read_tree(path: Path, classes: list[str]) -> Dataset:
     return ds
 
 
+def _weight_trees(folder: Path, classes: list[str]) -> dict[str, Dataset]:
+    """The w<weight>/ trees directly inside `folder`, by folder name."""
+    return {c.name: _read_tree(c, classes) for c in sorted(folder.iterdir())
+            if c.is_dir() and parse_weight_dir(c.name) is not None}
+
+
 def read_synthetic(path, classes: list[str]) -> SyntheticSet:
     """Find and read every w<weight>/ tree (shared and per fold); checks classes and emptiness."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"synthetic folder {root} does not exist; pass the --output folder of `python -m generate`")
-    syn = SyntheticSet(root)
+    syn = SyntheticSet(root, shared=_weight_trees(root, classes))
     for child in sorted(root.iterdir()):
-        if child.is_dir() and _W.match(child.name):
-            syn.shared[child.name] = _read_tree(child, classes)
-        elif child.is_dir() and (m := _F.match(child.name)):
-            trees = {c.name: _read_tree(c, classes) for c in sorted(child.iterdir()) if c.is_dir() and _W.match(c.name)}
-            if trees:
-                syn.per_fold[int(m.group(1))] = trees
+        k = parse_fold_name(child.name)
+        if k is not None and child.is_dir() and (trees := _weight_trees(child, classes)):
+            syn.per_fold[k] = trees
     if not syn.weights:
         raise UserError(
             f"synthetic folder {root} is empty: no w<weight>/ trees (e.g. w1.0/<class>/*.png or fold_0/w1.0/<class>/*.png); "
             "run `python -m generate` into it first"
         )
     return syn
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def tree_record(tree_root: Path) -> tuple[Path, dict] | None:
+    """(file, record) of the fingerprint that describes a tree: its own, else its fold folder's; None if absent."""
+    candidates = [tree_root / FINGERPRINT_FILE]
+    if parse_fold_name(tree_root.parent.name) is not None:
+        candidates.append(tree_root.parent / FINGERPRINT_FILE)
+    for f in candidates:
+        if f.is_file():
+            rec = fingerprint.read(f)
+            if rec is None:
+                raise UserError(f"{f} is not a readable fingerprint (JSON); re-run `python -m generate` for this tree")
+            return f, rec
+    return None
+
+
+def trained_on(tree_root: Path) -> dict[str, str] | None:
+    """{data-relative path: sha256} of the images the tree's LoRAs were trained on; None when not recorded."""
+    found = tree_record(tree_root)
+    if found is None or "images" not in found[1]:
+        return None
+    f, rec = found
+    images = rec["images"]
+    if not isinstance(images, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in images.items()):
+        raise UserError(f"{f}: 'images' must map data-relative paths to sha256 hex digests; re-run `python -m generate`")
+    return images
+
+
+def check_provenance(fold_index: int, tree_root: Path, test: dict[str, str]) -> bool:
+    """Refuse a tree whose LoRAs were trained on a test image of the fold it is used for.
+
+    test: {data-relative path: sha256} of the fold's test images. Compared by path
+    and by content, so a renamed copy is caught. Returns False when the tree has
+    no record of its training images (nothing could be checked).
+    """
+    images = trained_on(tree_root)
+    if images is None:
+        return False
+    by_hash = {h: p for p, h in test.items()}
+    for path, sha in sorted(images.items()):
+        hit = path if path in test else by_hash.get(sha)
+        if hit is not None:
+            how = "" if hit == path else f" (as {path}, same content)"
+            raise UserError(
+                f"synthetic tree {tree_root} was made by LoRAs trained on {fold_name(fold_index)}'s test image {hit}{how}: "
+                "it would leak test images into training; use LoRAs trained with this split "
+                "(`lora train --split` and `generate --split` with the same file) or pass the split they were trained with"
+            )
+    return True

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prompts.cli import Parser, add_config_flag, add_section_flags, read_settings
 from prompts.errors import UserError, run_cli, setup_logging
+from prompts.layout import MANIFEST_FILE
 
 log = logging.getLogger("generate")
 
@@ -47,13 +48,12 @@ def resolve(args):
 
 def plan_jobs(g, d, run_seed: int, sampler: str = "Euler a"):
     """The study's plan: (dataset, every job over the chosen folds or the whole data, `trees.Inputs`)."""
-    from prompts.dataset import read_dataset
-    from prompts.splits import read_split
-    from prompts.templates import load_templates
-
     from generate.plan import PlanRequest, plan_fold, read_prompts_file
     from generate.sample import is_gray_group
     from generate.trees import Inputs, image_settings
+    from prompts.dataset import read_dataset
+    from prompts.splits import read_split
+    from prompts.templates import load_templates
 
     dataset = read_dataset(d.data, skip_bad_images=d.skip_bad_images)
     templates = load_templates(d.templates)
@@ -132,7 +132,7 @@ def main(argv=None):
     counts = generate(jobs, settings, dataset.root, state, inputs)
     if state.is_main_process:
         print(f"{counts['planned']} images planned in {settings.output}: {counts['existing']} were there, "
-              f"{counts['made_all']} made; manifest: {settings.output / 'manifest.jsonl'}")
+              f"{counts['made_all']} made; manifest: {settings.output / MANIFEST_FILE}")
     return 0
 
 

@@ -6,11 +6,16 @@ The sampler (`generate.sample`) only executes it.
 
 Counting (per fold when a split is given, from that fold's *training* images):
 - `count`: N images per group;
-- `fractions`: round-half-up(f x real images of the group), for the largest f
-  (smaller mixes take subsets: file indices 0..n-1 of the largest);
+- `fractions`: `prompts.layout.count_of_fraction` (round half up, the rule `classify`
+  uses for real+P) of the group's real images, for the largest f (smaller mixes take
+  subsets: file indices 0..n-1 of the largest);
 - `balance`: each class is topped up to the largest class's real count; a class's
   deficit is shared by its cell-line groups in proportion to their real counts.
 When several are given, a group gets the largest of the counts.
+
+Every path comes from `prompts.layout` (fold, weight and class folders); labels and
+cell lines are checked there (`check_name`) before they become path parts, so no
+image can land outside the output folder.
 """
 from __future__ import annotations
 
@@ -23,13 +28,13 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from prompts import layout
 from prompts.dataset import Dataset, Record
 from prompts.errors import UserError
-from prompts.templates import Templates, group_name
+from prompts.layout import LORA_DIFFUSERS_FILE, check_name, count_of_fraction, fold_name, group_name
+from prompts.templates import Templates, fill_fields
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 _TAG = re.compile(r"<(lora|lyco|hypernet):([^>]*)>", re.IGNORECASE)
-_FIELD = re.compile(r"{(class|cell_line|group|trigger)}")
 
 
 @dataclass(frozen=True, order=True)
@@ -82,28 +87,16 @@ class GroupInfo:
 # ---------------------------------------------------------------- numbers
 
 
-def format_weight(w: float) -> str:
-    """The weight as written in folder names: at least one decimal (1.0, 0.8, 0.75)."""
-    w = float(w) + 0.0  # -0.0 -> 0.0
-    return repr(w)
-
-
-def parse_weight(text, where: str = "--lora-weights") -> float:
-    """A LoRA weight from a flag or tag; a one-line UserError when it is not a finite number."""
+def parse_weight(text, where: str) -> float:
+    """The weight of a `<lora:NAME:WEIGHT>` tag; a one-line UserError when it is not a finite number.
+    (`--lora-weights` is checked by the schema.)"""
     try:
         w = float(text)
     except (TypeError, ValueError):
-        raise UserError(f"{where}: {text!r} is not a number; give LoRA weights such as 1.0 0.8") from None
+        raise UserError(f"{where}: {text!r} is not a number; give a weight such as 0.8") from None
     if not math.isfinite(w):
-        raise UserError(f"{where}: {text!r} is not a finite number; give LoRA weights such as 1.0 0.8")
+        raise UserError(f"{where}: {text!r} is not a finite number; give a weight such as 0.8")
     return w
-
-
-def fraction_count(fraction: float, n_real: int) -> int:
-    """round-half-up(fraction x n_real), computed exactly on the decimal (0.1 x 110 = 11, 0.25 x 6 = 2)."""
-    if not fraction > 0:
-        raise UserError(f"--fraction {fraction}: must be above 0 (0.1 means 10 % of the real images)")
-    return math.floor(Fraction(repr(float(fraction))) * n_real + Fraction(1, 2))
 
 
 def largest_remainder(total: int, shares: dict[str, int]) -> dict[str, int]:
@@ -123,14 +116,12 @@ def group_counts(groups: list[GroupInfo], count: int | None, fractions: list[flo
     """Images to make per group name (see the module docstring)."""
     if count is None and not fractions and not balance:
         raise UserError("say how many images to make: --count N, --fraction F [F ...] or --balance")
-    if count is not None and count < 0:
-        raise UserError(f"--count {count}: must be 0 or more")
     wanted = {g.name: 0 for g in groups}
     for g in groups:
         if count is not None:
             wanted[g.name] = max(wanted[g.name], count)
         if fractions:
-            wanted[g.name] = max(wanted[g.name], max(fraction_count(f, len(g.records)) for f in fractions))
+            wanted[g.name] = max(wanted[g.name], max(count_of_fraction(len(g.records), f) for f in fractions))
     if balance:
         per_class: dict[str, int] = {}
         for g in groups:
@@ -176,11 +167,6 @@ def parse_lora_tags(prompt: str, where: str = "prompt") -> tuple[str, list[tuple
     return text, tags
 
 
-def fill_fields(text: str, values: dict[str, str]) -> str:
-    """Replace {class}, {cell_line}, {group}, {trigger} in free text; other braces are left alone."""
-    return _FIELD.sub(lambda m: values[m.group(1)], text)
-
-
 def read_prompts_file(path: str | os.PathLike) -> list[str]:
     """One prompt per line; blank lines and lines starting with # are skipped."""
     path = Path(path)
@@ -196,8 +182,8 @@ def read_prompts_file(path: str | os.PathLike) -> list[str]:
 # ---------------------------------------------------------------- LoRA files
 
 
-def lora_base(lora: str | None, fold_name: str | None) -> Path:
-    """The folder (or single file) holding the LoRAs for one fold (or the whole data)."""
+def lora_base(lora: str | None, fold: int | None) -> Path:
+    """The folder (or single file) holding the LoRAs for fold index `fold` (or the whole data when None)."""
     if not lora:
         raise UserError("no LoRA given: pass --lora DIR (written by `python -m lora train`) or a LoRA .safetensors file")
     root = Path(lora)
@@ -207,29 +193,29 @@ def lora_base(lora: str | None, fold_name: str | None) -> Path:
         if root.suffix.lower() != ".safetensors":
             raise UserError(f"LoRA file {root} is not a .safetensors file; convert it (pickle files are refused)")
         return root
-    has_folds = any(p.is_dir() and p.name.startswith("fold_") for p in root.iterdir())
-    if fold_name is None:
+    has_folds = any(p.is_dir() and layout.parse_fold_name(p.name) is not None for p in root.iterdir())
+    if fold is None:
         if has_folds and not _lora_in(root):
             raise UserError(
                 f"{root} holds per-fold LoRAs (fold_<k>/); pass --split FILE --fold K|all so that fold k uses its own LoRAs"
             )
         return root
-    if (root / fold_name).is_dir():
-        return root / fold_name
+    if layout.fold_root(root, fold).is_dir():
+        return layout.fold_root(root, fold)
     if has_folds:
-        raise UserError(f"{root} has no {fold_name}/: train that fold with `python -m lora train --split FILE --fold all`")
+        raise UserError(f"{root} has no {fold_name(fold)}/: train that fold with `python -m lora train --split FILE --fold all`")
     raise UserError(
         f"{root} holds LoRAs trained on all images, not per fold: with --split they would leak test images into "
-        f"{fold_name}'s training set; train per fold with `python -m lora train --split FILE --fold all`"
+        f"{fold_name(fold)}'s training set; train per fold with `python -m lora train --split FILE --fold all`"
     )
 
 
 def _lora_in(folder: Path, stem: str | None = None) -> Path | None:
     """The LoRA file of a folder: the diffusers file, else <stem>.safetensors, else the only .safetensors."""
-    if (folder / LORA_FILE).is_file():
-        return folder / LORA_FILE
-    if stem and (folder / f"{stem}.safetensors").is_file():
-        return folder / f"{stem}.safetensors"
+    if (folder / LORA_DIFFUSERS_FILE).is_file():
+        return folder / LORA_DIFFUSERS_FILE
+    if stem and (folder / layout.lora_kohya_file(stem)).is_file():
+        return folder / layout.lora_kohya_file(stem)
     files = sorted(folder.glob("*.safetensors"))
     return files[0] if len(files) == 1 else None
 
@@ -238,12 +224,12 @@ def find_lora(base: Path, name: str) -> Path:
     """The file of LoRA `name` (a group or a tag name) under `base`; a UserError naming what was looked for."""
     if base.is_file():
         return base
-    if (base / name).is_dir():
-        found = _lora_in(base / name, name)
+    if layout.lora_dir(base, None, name).is_dir():
+        found = _lora_in(layout.lora_dir(base, None, name), name)
         if found:
             return found
-    if (base / f"{name}.safetensors").is_file():
-        return base / f"{name}.safetensors"
+    if (base / layout.lora_kohya_file(name)).is_file():
+        return base / layout.lora_kohya_file(name)
     if Path(name).suffix == ".safetensors" and Path(name).is_file():
         return Path(name)
     if (base / "all").is_dir() and _lora_in(base / "all", "all"):
@@ -251,7 +237,8 @@ def find_lora(base: Path, name: str) -> Path:
     if _lora_in(base) and not any(p.is_dir() for p in base.iterdir()):
         return _lora_in(base)  # a folder holding just one LoRA
     raise UserError(
-        f"no LoRA for '{name}' in {base}: expected {base / name / LORA_FILE} (or {base / name / (name + '.safetensors')}); "
+        f"no LoRA for '{name}' in {base}: expected {layout.lora_dir(base, None, name) / LORA_DIFFUSERS_FILE} "
+        f"(or {layout.lora_dir(base, None, name) / layout.lora_kohya_file(name)}); "
         "train it with `python -m lora train`, or leave it out with --classes / --cell-lines"
     )
 
@@ -314,8 +301,8 @@ def plan_fold(
     is_gray(records) -> bool decides whether a group's source images are grayscale
     (it is given only the group's training images).
     """
-    fold_name = f"fold_{fold_index}" if fold_index is not None else None
-    base = lora_base(req.lora, fold_name)
+    fname = fold_name(fold_index) if fold_index is not None else None  # also a part of every seed
+    base = lora_base(req.lora, fold_index)
     per = detect_per(base, dataset) if req.per == "auto" else req.per
     if per == "cell_line_class" and not dataset.cell_lines:
         raise UserError(f"per cell line asked for, but {dataset.root} has no cell lines (DATA/<cell_line>/<class>/ or a cell_line column)")
@@ -332,18 +319,21 @@ def plan_fold(
     if req.init_images == "real":
         empty = [g.name for g in groups if wanted[g.name] and not g.records]
         if empty:
-            raise UserError(f"img2img: group {empty[0]} has no training images in {fold_name or 'the data'} to start from")
+            raise UserError(f"img2img: group {empty[0]} has no training images in {fname or 'the data'} to start from")
     jobs = []
     for g in groups:
         n = wanted[g.name]
         if n == 0:
             continue
+        check_name(g.label, "class")  # the reader checks too; a path part is checked where it is made
+        if g.cell_line is not None:
+            check_name(g.cell_line, "cell line")
         gp = templates.for_group(g.label, g.cell_line)
-        fields = {"class": g.label, "cell_line": g.cell_line or "", "group": g.name, "trigger": gp.trigger}
+        fields = templates.fields(g.label, g.cell_line)  # {class} etc. mean here what they mean in templates
         gray = bool(g.records) and is_gray(g.records)
         parsed: dict[str, tuple] = {}  # prompt text -> (text without tags, LoRAs)
         init_order = sorted(r.path for r in g.records)
-        random.Random(derive_seed(req.run_seed, fold_name, g.name, "init")).shuffle(init_order)
+        random.Random(derive_seed(req.run_seed, fname, g.name, "init")).shuffle(init_order)
         for index in range(n):
             if req.prompts:
                 text = req.prompts[index % len(req.prompts)]
@@ -357,18 +347,32 @@ def plan_fold(
                 parsed[text] = prompt, loras
             prompt, loras = parsed[text]
             negative = fill_fields(req.negative_prompt, fields) if req.negative_prompt is not None else gp.negative_prompt
-            seed = derive_seed(req.run_seed, fold_name, g.name, index)
+            seed = derive_seed(req.run_seed, fname, g.name, index)
             init, strength = None, None
             if req.init_images == "real":
                 init = init_order[index % len(init_order)]
                 strength = random.Random(seed).choice(req.strengths)
             for w in req.weights:
-                parts = [fold_name] if fold_name else []
-                parts += [f"w{format_weight(w)}"] + ([g.cell_line] if g.cell_line else []) + [g.label]
-                file = "/".join(parts + [f"{g.name}_{index:05d}.png"])
+                folder = layout.synthetic_class_dir(Path(), fold_index, w, g.label, g.cell_line)
+                file = (folder / image_name(g.name, index)).as_posix()
                 jobs.append(Job(file, g.label, g.cell_line, g.name, fold_index, float(w), index, seed, prompt,
                                 negative, loras, gray, init, strength))
     return jobs
+
+
+def image_name(group: str, index: int) -> str:
+    """The file name of image `index` (0-based) of a group: `<group>_<index, 5 digits>.png`."""
+    return f"{group}_{index:05d}.png"
+
+
+def tree_dir(fold: int | None, weight: float) -> str:
+    """A synthetic tree, `[fold_<k>/]w<weight>` (POSIX, relative to OUT): one per fold and LoRA weight."""
+    return (layout.fold_root(Path(), fold) / layout.weight_dir_name(weight)).as_posix()
+
+
+def tree_of(job: Job) -> str:
+    """The synthetic tree that holds a job's image."""
+    return tree_dir(job.fold, job.weight)
 
 
 def batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:

@@ -13,6 +13,7 @@ once re-run, with exactly one line per image.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -20,19 +21,34 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from prompts.files import atomic_path, write_text_atomic
+from prompts.layout import MANIFEST_FILE
 
-from .plan import Job, format_weight
+from .plan import Job
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = MANIFEST_FILE
 CHUNK = "cellsynth"
 VERSION = "cellsynth generate 0.1"
 
 
 def lora_hash(path: str | os.PathLike) -> str:
-    """AUTOMATIC1111's LoRA short hash ("Lora hashes", civitai): 12 hex digits of the SHA-256 of the tensor bytes."""
-    from lora.formats import addnet_hash
+    """AUTOMATIC1111's LoRA short hash ("Lora hashes", civitai): 12 hex digits, of the kohya file (the one A1111 loads)
+    even when `path` is the diffusers file beside it; see `lora.formats.a1111_short_hash`."""
+    from lora.formats import a1111_short_hash
 
-    return addnet_hash(path)[:12]
+    return a1111_short_hash(path)
+
+
+def lora_sha256(path: str) -> dict[str, str]:
+    """{'diffusers': sha256, 'kohya': sha256} of a LoRA's files (those that exist); read once per file version."""
+    st = os.stat(path)
+    return dict(_lora_sha256(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _lora_sha256(path: str, size: int, mtime_ns: int) -> dict[str, str]:
+    from lora.formats import lora_file_sha256
+
+    return lora_file_sha256(path)
 
 
 def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
@@ -45,7 +61,8 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
         "group": job.group,
         "fold": job.fold,
         "lora_weight": job.weight,
-        "loras": [{"name": u.name, "file": u.path, "weight": u.multiplier * job.weight, "hash": lora_hashes[u.path]}
+        "loras": [{"name": u.name, "file": u.path, "weight": u.multiplier * job.weight, "hash": lora_hashes[u.path],
+                   "sha256": lora_sha256(u.path)}
                   for u in job.loras],
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
@@ -67,7 +84,9 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
 
 
 def _num(x: float) -> str:
-    return format_weight(x).removesuffix(".0") if float(x).is_integer() else format_weight(x)
+    """A number as A1111 writes it: 7, 0.8, 1e-05."""
+    text = repr(float(x) + 0.0)
+    return text.removesuffix(".0") if float(x).is_integer() else text
 
 
 def model_name(model: str) -> str:
@@ -155,14 +174,34 @@ def scan(out: Path) -> tuple[dict[str, dict], list[str]]:
 
 
 def remove_stale_temporaries(out: Path) -> int:
-    """Delete our own temporary files (`.NAME.*.tmp.png`, `.manifest.*.tmp.jsonl`) left by a killed run; returns how many."""
+    """Delete our own temporary files (`.NAME.*.tmp.png`, `.manifest.*.tmp.jsonl`, `.fingerprint.*.tmp.json`) left by a
+    killed run; returns how many."""
     n = 0
     for dirpath, _, filenames in os.walk(out):
         for name in filenames:
-            if name.startswith(".") and (name.endswith(".tmp.png") or (name.startswith(".manifest.") and name.endswith(".tmp.jsonl"))):
+            if name.startswith(".") and (name.endswith(".tmp.png") or (name.startswith(".manifest.") and name.endswith(".tmp.jsonl"))
+                                         or (name.startswith(".fingerprint.") and name.endswith(".tmp.json"))):
                 os.unlink(Path(dirpath) / name)
                 n += 1
     return n
+
+
+def is_our_manifest(path: Path) -> bool:
+    """True when every line of an existing manifest is one of our records (an empty file counts as ours)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:  # the last line of ours cut by a kill is rebuilt; anything else is not ours
+            if i == len(lines) - 1 and line.startswith('{"file": '):
+                continue
+            return False
+        if line.strip() and not (isinstance(rec, dict) and str(rec.get("version", "")).startswith("cellsynth generate")):
+            return False
+    return True
 
 
 def rebuild_manifest(out: Path, records: dict[str, dict]) -> None:

@@ -1,10 +1,13 @@
 """The sampling loop: a plan of images in, PNGs and manifest lines out.
 
-Top to bottom: look at what the output folder already holds; load the base
-model and the sampler and check every LoRA against the model, before anything
-is written; share the missing images between processes (`accelerate launch`); then,
-batch by batch, switch LoRAs and weight, run the diffusers pipeline, reject NaN
-or all-black images, and write each PNG atomically with its provenance.
+Top to bottom: check the output folder (never in the data, never over a file we
+did not write), the LoRAs against the split (`trees`), and what the output folder
+already holds (each tree's fingerprint, each PNG's record); load the base model and
+the sampler and check every LoRA against the model, before anything is written;
+record each tree's fingerprint; share the missing images between processes
+(`accelerate launch`); then, batch by batch, switch LoRAs and weight, run the
+diffusers pipeline, reject NaN or all-black images, and write each PNG atomically
+with its provenance.
 
 Shapes: images leave the pipeline as float arrays (batch, height, width, 3) in
 0..1 and are saved as 8-bit PNGs (mode L when the group's source is grayscale).
@@ -13,8 +16,11 @@ seed, so a seed reproduces its image alone, in any batch and on any device.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,10 +31,12 @@ import torch
 from PIL import Image
 
 from prompts.errors import UserError
+from prompts.guard import check_output_dir, is_inside
 from prompts.images import is_grayscale, load_image
 
 from . import provenance as prov
-from .plan import Job, batches, share
+from . import trees
+from .plan import Job, batches, share, tree_dir
 from .samplers import canonical_sampler, make_scheduler
 
 log = logging.getLogger("generate")
@@ -59,18 +67,14 @@ class Settings:
 # ---------------------------------------------------------------- model
 
 
-def check_settings(s: Settings) -> None:
-    """Sampler, size, steps, CFG and batch size, before any model is loaded."""
-    s.sampler = canonical_sampler(s.sampler)
+def check_settings(s: Settings) -> Settings:
+    """Sampler name and size, before any model is loaded; returns a copy with the sampler's canonical
+    name (the caller's object is left as it is). Ranges (steps, CFG, batch size) are the schema's."""
+    s = dataclasses.replace(s, sampler=canonical_sampler(s.sampler))
     for name, v in (("width", s.width), ("height", s.height)):
         if v <= 0 or v % 8:
             raise UserError(f"--size: {name} {v} is impossible; the VAE needs a positive multiple of 8 (e.g. 512 512)")
-    if s.steps < 1:
-        raise UserError(f"--steps {s.steps}: need at least 1 step")
-    if s.batch_size < 1:
-        raise UserError(f"--batch-size {s.batch_size}: need at least 1 image per call")
-    if not s.cfg >= 0:
-        raise UserError(f"--cfg {s.cfg}: the guidance scale must be 0 or more (7 is A1111's default)")
+    return s
 
 
 def load_pipe(s: Settings, device: torch.device):
@@ -93,11 +97,13 @@ def load_pipe(s: Settings, device: torch.device):
 
 
 def warn_long_prompts(tokenizer, jobs: list[Job]) -> None:
-    """CLIP reads 77 tokens; say once per prompt when one is longer (A1111 would chunk it, diffusers truncates)."""
+    """CLIP reads 77 tokens; say once per prompt when one is longer (it is encoded in chunks of 75, as A1111 does)."""
+    from .prompt_weighting import chunk
+
     for text in sorted({p for j in jobs for p in (j.prompt, j.negative_prompt)}):
-        n = len(tokenizer(text).input_ids)
-        if n > tokenizer.model_max_length:
-            log.warning("prompt is %d tokens; CLIP reads the first %d: %r", n, tokenizer.model_max_length, text[:80])
+        n = len(chunk(tokenizer, text)[0])
+        if n > 1:
+            log.info("prompt is longer than 75 tokens: encoded in %d chunks of 75 tokens, as A1111 does: %r", n, text[:80])
 
 
 def img2img_pipe(pipe):
@@ -109,11 +115,26 @@ def img2img_pipe(pipe):
     return p
 
 
+@contextlib.contextmanager
+def _quiet_loaders():
+    """diffusers logs the whole state-dict error (one line per layer) before it raises: say it once, ourselves."""
+    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def load_lora(pipe, path: str, name: str, model: str) -> None:
     """Load a LoRA file (diffusers or kohya/A1111 keys) as adapter `name`; a one-line UserError when it cannot be."""
     p = Path(path)
     try:
-        pipe.load_lora_weights(str(p.parent), weight_name=p.name, adapter_name=name)
+        with _quiet_loaders():
+            pipe.load_lora_weights(str(p.parent), weight_name=p.name, adapter_name=name)
     except Exception as err:  # diffusers and peft raise RuntimeError, ValueError, KeyError ...
         text = str(err)
         mismatch = next((ln.strip() for ln in text.splitlines() if "mismatch" in ln), None)
@@ -202,15 +223,30 @@ def to_pil(arr: np.ndarray, gray: bool) -> Image.Image:
 
 
 def sample_batch(pipe, i2i, batch: list[Job], s: Settings, data_root: Path) -> np.ndarray:
-    """One pipeline call for a batch of jobs with one batch key -> float array (B, H, W, 3) in 0..1."""
+    """Pipeline calls for a batch of jobs with one batch key -> float array (B, H, W, 3) in 0..1.
+
+    Prompts are encoded with A1111's weighting and 75-token chunking (`prompt_weighting`); jobs whose
+    prompts take different numbers of chunks go through separate calls, so an image depends on its own
+    prompts and seed only.
+    """
+    from .prompt_weighting import prompt_pairs
+
     gens = [torch.Generator("cpu").manual_seed(j.seed) for j in batch]
-    kw = dict(prompt=[j.prompt for j in batch], negative_prompt=[j.negative_prompt for j in batch],
-              num_inference_steps=s.steps, guidance_scale=s.cfg, generator=gens, output_type="np")
+    out: list = [None] * len(batch)
     with torch.inference_mode():
-        if batch[0].init_image is None:
-            return pipe(width=s.width, height=s.height, **kw).images
-        images = [fit(load_image(data_root / j.init_image), s.width, s.height) for j in batch]
-        return i2i(image=images, strength=batch[0].strength, **kw).images
+        pairs = prompt_pairs(pipe.text_encoder, pipe.tokenizer, [j.prompt for j in batch], [j.negative_prompt for j in batch])
+        for length in sorted({c.shape[0] for c, _ in pairs}):
+            idx = [i for i, (c, _) in enumerate(pairs) if c.shape[0] == length]
+            kw = dict(prompt_embeds=torch.stack([pairs[i][0] for i in idx]), negative_prompt_embeds=torch.stack([pairs[i][1] for i in idx]),
+                      num_inference_steps=s.steps, guidance_scale=s.cfg, generator=[gens[i] for i in idx], output_type="np")
+            if batch[0].init_image is None:
+                images = pipe(width=s.width, height=s.height, **kw).images
+            else:
+                starts = [fit(load_image(data_root / batch[i].init_image), s.width, s.height) for i in idx]
+                images = i2i(image=starts, strength=batch[0].strength, **kw).images
+            for i, image in zip(idx, images):
+                out[i] = image
+    return np.stack(out)
 
 
 # ---------------------------------------------------------------- the run
@@ -237,17 +273,54 @@ def existing(s: Settings, jobs: list[Job], records: dict, planned: dict[str, dic
     return todo
 
 
-def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
+def check_output(s: Settings, jobs: list[Job], data_root: Path) -> None:
+    """OUT is a writable folder outside the data; every planned file lies inside OUT; the manifest there is ours."""
+    check_output_dir(s.output, data=data_root, flag="--output")
+    if is_inside(data_root, s.output):  # OUT is scanned (and our temporaries removed) all the way down
+        raise UserError(f"--output {s.output} holds the data folder {data_root}; choose an output folder beside the data, "
+                        "not above it")
+    for j in jobs:  # plans come from prompts.layout with checked names; a Job built by hand is checked here
+        parts = Path(j.file).parts
+        if Path(j.file).is_absolute() or ".." in parts or not parts:
+            raise UserError(f"planned image {j.file!r} would lie outside {s.output}; labels must be plain folder names")
+    manifest = s.output / prov.MANIFEST
+    if manifest.exists() and not s.overwrite and not prov.is_our_manifest(manifest):
+        raise UserError(f"{manifest} exists and was not written by generate; move it away, pass --overwrite to replace it, "
+                        "or choose another --output")
+
+
+def remove_replaced(out: Path, stale: list[str], records: dict[str, dict], planned: dict) -> dict[str, dict]:
+    """Delete our own images (they carry our record) in trees made from other inputs that this run does not
+    make again, so a tree holds only images of its fingerprint; returns the records left."""
+    stale = set(stale)
+    for rel, rec in list(records.items()):
+        if rel not in planned and tree_dir(rec.get("fold"), rec.get("lora_weight", 0.0)) in stale:
+            os.unlink(out / rel)
+            del records[rel]
+    return records
+
+
+def generate(jobs: list[Job], s: Settings, data_root: Path, state=None, inputs: trees.Inputs | None = None) -> dict:
     """Make every planned image that is missing; returns counts {'planned', 'existing', 'made', 'failed'}.
 
     state: an accelerate PartialState (one process when None): each process makes
     a contiguous share of the missing images' batches.
+    inputs: what else determines the trees (`trees.Inputs`); with it, the LoRAs are checked against
+    the split and each tree records its fingerprint (the CLI always gives it).
+    Raises UserError for bad input, before anything is written, and when images came out NaN.
     """
     from accelerate import PartialState
+
     from lora.model import model_hash
 
     state = state or PartialState()
-    check_settings(s)
+    s = check_settings(s)
+    check_output(s, jobs, Path(data_root))
+    stale, current = [], {}
+    if inputs is not None:
+        trees.check_against_split(jobs, inputs)
+        current = trees.tree_fingerprints(jobs, inputs)
+        stale = trees.stale_trees(s.output, current, s.overwrite)
     hashes, mhash = prov.lora_hashes(jobs), model_hash(s.model)
     planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=(s.width, s.height),
                                    model=str(s.model), model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed)
@@ -262,9 +335,14 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
             warn_long_prompts(pipe.tokenizer, todo)
         check_loras(pipe, sorted({u.path for j in todo for u in j.loras}), s.model)  # raises before anything is written
     state.wait_for_everyone()
+    if state.is_main_process and inputs is not None:  # after every check: a refused run prints one line
+        trees.warn_unrecorded(jobs, inputs)
+        trees.warn_triggers(jobs)
     if state.is_main_process:
         s.output.mkdir(parents=True, exist_ok=True)
         prov.remove_stale_temporaries(s.output)
+        records = remove_replaced(s.output, stale, records, planned)
+        trees.write_fingerprints(s.output, current)
         prov.rebuild_manifest(s.output, records)
         for rel in foreign[:5]:
             log.warning("%s is not one of ours (no %s chunk); left alone", s.output / rel, prov.CHUNK)
@@ -307,12 +385,11 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None) -> dict:
         prov.rebuild_manifest(s.output, records)
         counts["made_all"] = sum(j.file in records for j in jobs) - counts["existing"]
     if failed:
-        print(
-            f"error: {len(failed)} image(s) came out NaN or all black and were not saved (e.g. {failed[0].file}, "
+        raise UserError(
+            f"{len(failed)} image(s) came out NaN or all black and were not saved (e.g. {failed[0].file}, "
             f"seed {failed[0].seed}); with fp16 this is the VAE overflowing: re-run with --dtype fp32 or bf16, "
-            "which makes only the missing images", file=sys.stderr,
+            "which makes only the missing images"
         )
-        raise SystemExit(1)
     return counts
 
 

@@ -28,6 +28,17 @@ def main(argv=None):
     add_section_flags(p, DataSection)
     add_section_flags(p, LoraSection)
 
+    from prompts.schema import SECTIONS
+
+    p = sub.add_parser("search", help="search LoRA parameters for realism with Optuna (resumable, shareable across machines)",
+                       description="Each trial trains the LoRAs of one fold's training images, generates images and scores "
+                       "their realism against that fold's test images. Flags override the `search` section of --config.")
+    add_config_flag(p)
+    add_section_flags(p, SECTIONS["data"])
+    add_section_flags(p, SECTIONS["search"])
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+
     p = sub.add_parser("convert", help="convert a LoRA between diffusers and kohya/A1111 formats (deltas preserved)")
     p.add_argument("input", help="LoRA .safetensors file (either format), or a folder holding pytorch_lora_weights.safetensors")
     p.add_argument("output", help="kohya: a .safetensors file; diffusers: a folder (or a .safetensors path)")
@@ -50,6 +61,12 @@ def main(argv=None):
         return _train(args, sys.argv[1:] if argv is None else list(argv))
     if args.command == "convert":
         return _convert(args)
+    if args.command == "search":
+        from .search import run_search
+
+        study = read_settings(args, "lora search", ("data", "search"))
+        run_search(study, study.search, progress=not args.no_progress)
+        return None
     if args.command == "single-file":
         return _single_file(args)
     if args.command == "tiny-model":
@@ -60,7 +77,7 @@ def main(argv=None):
 
 
 def _train(args, argv) -> None:
-    from .train import plan, run
+    from .train import Interrupted, plan, run
 
     study = read_settings(args, "lora train", ("data", "lora"))
     cfg, data_cfg = study.lora, study.data
@@ -68,7 +85,12 @@ def _train(args, argv) -> None:
     if n > 1:
         plan(cfg, data_cfg, args.resume)  # bad input: one line here, not one per process
         raise SystemExit(_relaunch(n, argv))
-    out = run(cfg, data_cfg, resume=args.resume)
+    try:
+        out = run(cfg, data_cfg, resume=args.resume)
+    except Interrupted as stop:  # Ctrl-C in a group: say exactly what to run to go on (once, not per process)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"interrupted: {stop}", file=sys.stderr)
+        raise SystemExit(130) from None
     if os.environ.get("RANK", "0") == "0":
         for folder in out:
             print(folder)

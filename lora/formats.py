@@ -86,6 +86,96 @@ def deltas(lora: LoraWeights) -> dict[tuple[str, str], torch.Tensor]:
     return {k: m.delta() for k, m in lora.modules.items()}
 
 
+# --------------------------------------------------------------------------- which modules a network adapts
+
+# kohya sd-scripts `networks/lora.py` (LoRANetwork) for SD 1.x: every Linear and Conv2d inside these
+# blocks is adapted; 1x1 convolutions and Linear layers at the network rank, 3x3 convolutions only
+# with conv_dim (LoCon), at conv_dim. The block lists are kohya's (CLIPSdpaAttention: its older name).
+KOHYA_UNET_BLOCKS = ("Transformer2DModel",)
+KOHYA_UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+KOHYA_TEXT_ENCODER_BLOCKS = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+# The `attention` preset: the attention projections only (diffusers' example trainer's set).
+ATTENTION_UNET = ("to_q", "to_k", "to_v", "to_out.0")
+ATTENTION_TEXT_ENCODER = ("q_proj", "k_proj", "v_proj", "out_proj")
+NETWORKS = ("kohya", "attention")
+
+
+def _kohya_children(model, blocks: tuple[str, ...]) -> dict[str, str]:
+    """{module path: 'linear' | 'conv1x1' | 'conv'} of every Linear/Conv2d inside a block of the given classes.
+
+    The rule of sd-scripts' `create_modules`: the class name is compared, not the type.
+    """
+    found = {}
+    for name, block in model.named_modules():
+        if block.__class__.__name__ not in blocks:
+            continue
+        for child_name, child in block.named_modules():
+            kind = child.__class__.__name__
+            if kind == "Linear":
+                found[f"{name}.{child_name}"] = "linear"
+            elif kind == "Conv2d":
+                found[f"{name}.{child_name}"] = "conv1x1" if tuple(child.kernel_size) == (1, 1) else "conv"
+    return found
+
+
+def network_modules(unet, text_encoder, network: str = "kohya", conv_dim: int = 0) -> dict[tuple[str, str], str]:
+    """The modules a network preset adapts: {(component, module path): 'linear' | 'conv1x1' | 'conv'}.
+
+    `kohya`: sd-scripts' `networks.lora` for SD 1.x (U-Net transformer blocks: proj_in/out, attn1/attn2
+    q/k/v/out, ff.net.0.proj, ff.net.2; CLIP attention q/k/v/out and mlp fc1/fc2); with conv_dim > 0
+    also every Linear/Conv2d of the ResNet blocks and down/up-samplers (kohya's LoCon). conv_dim 0
+    means kohya's conv_dim unset. `attention`: U-Net to_q/k/v/out.0 and CLIP q/k/v/out_proj only.
+    text_encoder None: U-Net only.
+    """
+    if network not in NETWORKS:
+        raise UserError(f"--network {network}: expected one of {', '.join(NETWORKS)}")
+    out: dict[tuple[str, str], str] = {}
+    if network == "attention":
+        if conv_dim:
+            raise UserError("--conv-dim needs --network kohya (the attention preset adapts no convolution)")
+        for comp, model, suffixes in (("unet", unet, ATTENTION_UNET), ("text_encoder", text_encoder, ATTENTION_TEXT_ENCODER)):
+            if model is None:
+                continue
+            for name, module in model.named_modules():
+                if module.__class__.__name__ == "Linear" and name.endswith(tuple("." + s for s in suffixes)):
+                    out[(comp, name)] = "linear"
+        return out
+    unet_blocks = KOHYA_UNET_BLOCKS + (KOHYA_UNET_CONV_BLOCKS if conv_dim else ())
+    out.update({("unet", n): k for n, k in _kohya_children(unet, unet_blocks).items()})
+    if text_encoder is not None:
+        out.update({("text_encoder", n): k for n, k in _kohya_children(text_encoder, KOHYA_TEXT_ENCODER_BLOCKS).items()})
+    return out
+
+
+def network_args(network: str, conv_dim: int = 0, conv_alpha: float | None = None) -> dict[str, str]:
+    """kohya's `ss_network_args` (its --network_args as strings) plus the preset's name."""
+    args = {"preset": network}
+    if network == "attention":
+        args["unet_targets"] = ",".join(ATTENTION_UNET)
+        args["text_encoder_targets"] = ",".join(ATTENTION_TEXT_ENCODER)
+    if conv_dim:
+        args["conv_dim"] = str(conv_dim)
+        args["conv_alpha"] = str(kohya_conv_alpha(conv_dim, conv_alpha))
+    return args
+
+
+def kohya_conv_alpha(conv_dim: int, conv_alpha: float | None) -> float:
+    """sd-scripts' default: with conv_dim given and conv_alpha not, conv_alpha is 1.0."""
+    return 1.0 if conv_alpha is None else float(conv_alpha)
+
+def peft_config(kinds: dict[str, str], rank: int, alpha: float, conv_dim: int = 0, conv_alpha: float | None = None):
+    """A peft `LoraConfig` adapting exactly the modules of `kinds` ({module path: kind} of one component).
+
+    Linear and 1x1 conv layers get (rank, alpha); 3x3 convs (kind 'conv') get (conv_dim, conv alpha) through
+    peft's rank/alpha patterns, as kohya's LoCon does. A: Kaiming-uniform, B: zeros (kohya's init too).
+    """
+    from peft import LoraConfig
+
+    convs = sorted(n for n, k in kinds.items() if k == "conv")
+    c_alpha = kohya_conv_alpha(conv_dim, conv_alpha)
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=sorted(kinds), init_lora_weights=True,
+                      rank_pattern={n: conv_dim for n in convs}, alpha_pattern={n: c_alpha for n in convs})
+
 # --------------------------------------------------------------------------- peft models -> LoraWeights
 
 def _peft_modules(model, component: str) -> dict[tuple[str, str], LoraModule]:
@@ -239,6 +329,63 @@ def addnet_hash(source: "bytes | str | os.PathLike") -> str:
     return h.hexdigest()
 
 
+def _header(path: Path) -> tuple[list[str], dict[str, str]]:
+    """A safetensors file's tensor names and metadata, from its header only; UserError naming the file if unreadable."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys()), dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else err.__class__.__name__
+        raise UserError(f"{path} is not a readable safetensors LoRA file ({first}); write it again or convert it "
+                        "with `python -m lora convert`") from None
+
+
+def kohya_sibling(path: str | os.PathLike) -> Path | None:
+    """The kohya file `lora train` writes beside a diffusers file: <folder>/<folder name>.safetensors, if there."""
+    from prompts.layout import lora_kohya_file
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    candidate = folder / lora_kohya_file(folder.name)
+    return candidate if candidate.is_file() and candidate != path else None
+
+
+def a1111_short_hash(path: str | os.PathLike) -> str:
+    """The LoRA hash A1111 shows in "Lora hashes" (and civitai's AutoV3 prefix): 12 hex digits.
+
+    A1111 (extensions-builtin/Lora/network.py) takes the kohya file's `sshs_model_hash` metadata, else
+    the addnet hash of the file (SHA-256 of the bytes after the header), and keeps the first 12 digits.
+    For a diffusers file, the hash is that of the kohya file beside it (`lora train` writes both), or,
+    without one, of the kohya file `lora convert --to kohya` would write from it (its tensor bytes are fixed).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / DIFFUSERS_WEIGHT_NAME
+    keys, meta = _header(path)
+    if any(k.endswith(".lora_down.weight") for k in keys):
+        return (meta.get("sshs_model_hash") or addnet_hash(path))[:12]
+    sibling = kohya_sibling(path)
+    if sibling is not None:
+        return a1111_short_hash(sibling)
+    return kohya_hashes(kohya_state(read_lora(path)), {})[0][:12]
+
+
+def lora_file_sha256(path: str | os.PathLike) -> dict[str, str]:
+    """SHA-256 of a LoRA's files: {'diffusers': ..., 'kohya': ...} for those that exist (cached by size and mtime)."""
+    from prompts.fingerprint import file_sha256
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / DIFFUSERS_WEIGHT_NAME
+    keys, _ = _header(path)
+    if any(k.endswith(".lora_down.weight") for k in keys):
+        files = {"kohya": path, "diffusers": path.parent / DIFFUSERS_WEIGHT_NAME if kohya_sibling(path.parent) == path else None}
+    else:
+        files = {"diffusers": path, "kohya": kohya_sibling(path)}
+    return {kind: file_sha256(p) for kind, p in sorted(files.items()) if p is not None and Path(p).is_file()}
+
 def kohya_hashes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[str, str]:
     """kohya's `sshs_model_hash` and `sshs_legacy_hash` (sd-scripts' precalculate_safetensors_hashes).
 
@@ -297,7 +444,6 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
 
     `metadata['__format__']` tells which format it was.
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -307,12 +453,13 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
         raise UserError(f"LoRA file {path} does not exist")
     if path.suffix.lower() != ".safetensors":
         raise UserError(f"{path} is not a .safetensors file; only safetensors LoRAs are read (pickle files can run code)")
+    _, header = _header(path)  # a damaged header: one line naming the file
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = dict(f.metadata() or {})
         state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types
-        raise UserError(f"cannot read {path} as safetensors: {err}") from None
+    except Exception as err:  # safetensors raises its own error types; e.g. a file cut short
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else err.__class__.__name__
+        raise UserError(f"{path} is not a readable safetensors LoRA file ({first}); write it again or convert it "
+                        "with `python -m lora convert`") from None
     if any(k.endswith(".lora_down.weight") for k in state):
         lora, fmt = _read_kohya(state, header, path), "kohya"
     else:

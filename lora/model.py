@@ -168,3 +168,40 @@ def model_hash(model: str | os.PathLike) -> str:
         if weights:
             return sha256_file(weights[0])[:10]
     return str(model).replace("/", "_")[:10]
+
+
+# Stable Diffusion 1.5's published component configs (stable-diffusion-v1-5 unet/, vae/, text_encoder/
+# config.json): the one copy, used by the benchmarks and the key-set tests to build the architecture
+# with random weights (or on the `meta` device) without downloading anything.
+SD15_UNET_CONFIG = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8,
+)
+SD15_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512,
+)
+SD15_TEXT_CONFIG = dict(  # CLIP ViT-L/14's text tower
+    hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, vocab_size=49408,
+    max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+    pad_token_id=49407,
+)
+
+
+def build_sd15(device: str | torch.device = "meta", *, vae: bool = False, **text_ids):
+    """SD 1.5's U-Net and CLIP text encoder (and VAE) with random weights, on `device`.
+
+    device 'meta': shapes only, no memory and no time (for key sets). text_ids overrides
+    bos/eos/pad token ids (a smaller tokenizer's ids fit SD 1.5's vocabulary).
+    Returns (unet, text_encoder, vae or None).
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        text = CLIPTextModel(CLIPTextConfig(**{**SD15_TEXT_CONFIG, **text_ids}))
+        autoencoder = AutoencoderKL(**SD15_VAE_CONFIG) if vae else None
+    return unet, text, autoencoder

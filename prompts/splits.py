@@ -4,7 +4,7 @@
  "classes": [...], "folds": [{"repeat": 0, "fold": 0, "train": [relpaths], "test": [relpaths]}, ...]}
 
 A fold is addressed by its index in `folds` (`--fold K`); with one repeat that is
-its fold number. Its output folder is `fold_<K>`.
+its fold number. Its output folder is `fold_<K>` (`prompts.layout.fold_name`).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from .dataset import Dataset
 from .errors import UserError
 from .files import write_json_atomic
+from .layout import fold_name
 
 SPLIT_VERSION = 1
 
@@ -30,7 +31,7 @@ class Fold:
 
     @property
     def name(self) -> str:
-        return f"fold_{self.index}"
+        return fold_name(self.index)
 
 
 @dataclass
@@ -76,39 +77,82 @@ def write_split(path: str | os.PathLike, split: Split) -> None:
 
 
 def read_split(path: str | os.PathLike, dataset: Dataset | None = None) -> Split:
-    """Read and validate a split file; with `dataset`, check that it was made for that data."""
+    """Read and validate a split file; with `dataset`, check that it was made for that data.
+
+    Every problem is a UserError naming the file and the key (e.g. `folds[2].train`).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"split file {path} does not exist; write one with `python -m classify split`")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"split file {path} is not valid JSON: {err}") from None
     if not isinstance(raw, dict) or raw.get("version") != SPLIT_VERSION or not isinstance(raw.get("folds"), list):
         raise UserError(f"split file {path} is not a version-{SPLIT_VERSION} split file; write one with `python -m classify split`")
-    folds = []
-    for i, f in enumerate(raw["folds"]):
-        try:
-            train, test = tuple(f["train"]), tuple(f["test"])
-            folds.append(Fold(i, int(f.get("repeat", 0)), int(f.get("fold", i)), train, test))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"split file {path}: fold {i} needs 'train' and 'test' lists") from None
-        overlap = set(train) & set(test)
-        if overlap:
-            raise UserError(f"split file {path}: fold {i} has {len(overlap)} image(s) in both train and test, e.g. {sorted(overlap)[0]}")
+    if not raw["folds"]:
+        raise UserError(f"split file {path}: 'folds' is empty; write one with `python -m classify split`")
+    folds = [_read_fold(path, i, f) for i, f in enumerate(raw["folds"])]
+    classes = raw.get("classes", [])
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"split file {path}: 'classes' must be a list of class names, got {_kind(classes)}")
     split = Split(
         data=str(raw.get("data", "")),
-        n_splits=int(raw.get("n_splits", len(folds))),
-        repeats=int(raw.get("repeats", 1)),
+        n_splits=_int_key(path, raw, "n_splits", len(folds)),
+        repeats=_int_key(path, raw, "repeats", 1),
         seed=raw.get("seed"),
         group_by=raw.get("group_by"),
-        classes=list(raw.get("classes", [])),
+        classes=list(classes),
         folds=folds,
         path=path,
     )
     if dataset is not None:
         check_split_matches(split, dataset)
     return split
+
+
+def _kind(value) -> str:
+    """How a JSON value reads in an error message: 'a string', 'a number', ..."""
+    names = {str: "a string", bool: "true/false", int: "a number", float: "a number", dict: "a mapping", list: "a list"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _int_key(path: Path, raw: dict, key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"split file {path}: '{key}' must be a positive whole number, got {value!r}")
+    return value
+
+
+def _read_fold(path: Path, i: int, f) -> Fold:
+    """One entry of `folds`: lists of data-relative image paths, no image in both."""
+    if not isinstance(f, dict):
+        raise UserError(f"split file {path}: folds[{i}] must be a mapping with 'train' and 'test' lists, got {_kind(f)}")
+    parts = {}
+    for key in ("train", "test"):
+        value = f.get(key)
+        if not isinstance(value, list):
+            got = "nothing" if key not in f else _kind(value)
+            raise UserError(
+                f"split file {path}: folds[{i}].{key} must be a list of image paths relative to the data folder, got {got}; "
+                "write the split with `python -m classify split`"
+            )
+        for p in value:
+            if not isinstance(p, str) or not p or p.startswith("/") or ".." in p.replace("\\", "/").split("/"):
+                raise UserError(
+                    f"split file {path}: folds[{i}].{key} holds {p!r}; entries must be image paths inside the data "
+                    "folder, relative to it (no absolute path, no '..')"
+                )
+        parts[key] = tuple(value)
+    train, test = parts["train"], parts["test"]
+    overlap = set(train) & set(test)
+    if overlap:
+        raise UserError(f"split file {path}: folds[{i}] has {len(overlap)} image(s) in both train and test, e.g. {sorted(overlap)[0]}")
+    repeat, number = f.get("repeat", 0), f.get("fold", i)
+    for key, value in (("repeat", repeat), ("fold", number)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UserError(f"split file {path}: folds[{i}].{key} must be a whole number >= 0, got {value!r}")
+    return Fold(i, repeat, number, train, test)
 
 
 def check_split_matches(split: Split, dataset: Dataset) -> None:

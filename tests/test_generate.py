@@ -8,15 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prompts.dataset import read_dataset
-from prompts.errors import UserError
-from prompts.templates import load_templates
-
 from generate.plan import (
+    GroupInfo,
     PlanRequest,
     batches,
-    fraction_count,
-    format_weight,
     group_counts,
     largest_remainder,
     make_groups,
@@ -25,6 +20,9 @@ from generate.plan import (
     plan_fold,
     share,
 )
+from prompts.dataset import read_dataset
+from prompts.errors import UserError
+from prompts.templates import load_templates
 
 os.environ.setdefault("USE_TF", "0")
 
@@ -93,16 +91,12 @@ def class_loras(tiny_model, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- numbers
 
 
-def test_fraction_arithmetic_is_exact_round_half_up():
-    assert fraction_count(0.1, 110) == 11  # 0.1 * 110 is 11.000000000000002 in floats
-    assert fraction_count(0.1, 212) == 21
-    assert fraction_count(0.25, 6) == 2  # 1.5 rounds up
-    assert fraction_count(0.75, 6) == 5  # 4.5 rounds up
-    assert fraction_count(1.0, 500) == 500
-    assert fraction_count(0.5, 1) == 1
-    assert fraction_count(2.0, 7) == 14
-    with pytest.raises(UserError, match="above 0"):
-        fraction_count(0.0, 10)
+def test_fractions_follow_the_one_rounding_rule_of_the_core():
+    from prompts.layout import count_of_fraction
+
+    for n, f, want in ((110, 0.1, 11), (212, 0.1, 21), (6, 0.25, 2), (6, 0.75, 5), (25, 0.5, 13), (1, 0.5, 1), (7, 2.0, 14)):
+        g = GroupInfo("x", None, records=[None] * n)  # only the count matters
+        assert group_counts([g], None, [f], False) == {"x": want} == {"x": count_of_fraction(n, f)}, (n, f)
 
 
 def test_largest_remainder_shares_sum_exactly():
@@ -112,12 +106,11 @@ def test_largest_remainder_shares_sum_exactly():
     assert largest_remainder(0, {"x": 3}) == {"x": 0}
 
 
-def test_weights_in_folder_names_and_parsing():
-    assert [format_weight(w) for w in (1, 0.8, 0.75, 0.0, -0.0, 1.25)] == ["1.0", "0.8", "0.75", "0.0", "0.0", "1.25"]
-    assert parse_weight("0.8") == 0.8
+def test_tag_weights_are_finite_numbers():
+    assert parse_weight("0.8", "tag") == 0.8
     for bad in ("abc", "nan", "inf", ""):
-        with pytest.raises(UserError, match="--lora-weights"):
-            parse_weight(bad)
+        with pytest.raises(UserError, match="tag"):
+            parse_weight(bad, "tag")
 
 
 def test_lora_tag_parsing():
@@ -229,7 +222,7 @@ def test_plan_prompts_tags_and_missing_lora(class_data, tmp_path):
     assert [(u.name, u.multiplier) for u in j.loras] == [("bad", 0.7), ("style", 0.2)]
     jobs = plan_fold(_request(lora, count=3, weights=[1.0], prompts=["one {class}", "two"], negative_prompt="neg"),
                      ds, load_templates(None), None, None, lambda r: True)
-    assert [j.prompt for j in jobs if j.group == "good"] == ["one good", "two", "one good"]
+    assert [j.prompt for j in jobs if j.group == "good"] == ["one good", "two", "one good"]  # {class} as in templates
     assert all(j.negative_prompt == "neg" for j in jobs)
     only_good = _fake_loras(tmp_path / "only", ["good"])
     with pytest.raises(UserError, match="no LoRA for 'bad'"):
@@ -309,7 +302,7 @@ def test_config_file_flags_override_and_dry_run(demo_data, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as e:
         main(["--config", str(cfg), "--dry-run", "--fraction", "half"])
-    assert e.value.code == 2 and "invalid float value: 'half'" in capsys.readouterr().err
+    assert e.value.code == 2 and "'half' is not a number" in capsys.readouterr().err
 
 
 def test_failed_images_are_recognised():

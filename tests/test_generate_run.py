@@ -158,7 +158,7 @@ def test_resume_makes_only_what_is_missing(tiny_model, class_loras, class_data, 
     assert sorted(r["file"] for r in manifest(out)) == sorted(p.relative_to(out).as_posix() for p in first)
     # other settings over existing images: refused, nothing changed; --overwrite replaces
     assert run(*args, "--steps", "9") == 2
-    assert "made with steps 8 (this run: 9)" in capsys.readouterr().err
+    assert "w1.0 was made from other inputs (steps 8 -> 9 changed since); pass --overwrite" in capsys.readouterr().err
     assert run(*args, "--steps", "9", "--overwrite") == 0
     assert {r["steps"] for r in manifest(out)} == {9} and len(manifest(out)) == 4
     # a file of the user's where an image would go is never replaced without --overwrite

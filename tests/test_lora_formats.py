@@ -24,7 +24,8 @@ def random_lora(tiny_model):
     from lora.train import add_lora
 
     pipe = load_pipeline(tiny_model)
-    add_lora(pipe.unet, pipe.text_encoder, SimpleNamespace(seed=0, rank=4, alpha=1.0, unet_lr=1e-4, text_encoder_lr=1e-4))
+    add_lora(pipe.unet, pipe.text_encoder, SimpleNamespace(seed=0, rank=4, alpha=1.0, unet_lr=1e-4, text_encoder_lr=1e-4,
+                                                        network="kohya", conv_dim=0, conv_alpha=None))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in (pipe.unet, pipe.text_encoder):
@@ -151,3 +152,66 @@ def test_epoch_batches_cover_every_image_and_split_across_processes():
     x = torch.arange(8.0).reshape(2, 1, 2, 2)
     y = D.apply_flips(x, flags)
     assert torch.equal(y[0], x[0].flip(-1)) and torch.equal(y[1], x[1].flip(-2))
+
+
+# --------------------------------------------------------------------------- the hash A1111 shows
+
+def a1111_rule(kohya_file) -> str:
+    """A1111's extensions-builtin/Lora/network.py, written out: the `sshs_model_hash` metadata, else the
+    SHA-256 of the bytes after the safetensors header (the addnet hash); shorthash = the first 12 digits."""
+    import hashlib
+    import json as _json
+
+    raw = kohya_file.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = _json.loads(raw[8:8 + n]).get("__metadata__", {})
+    addnet = hashlib.sha256(raw[8 + n:]).hexdigest()
+    return (meta.get("sshs_model_hash") or addnet)[:12], addnet[:12]
+
+
+def test_png_lora_hash_is_a1111_short_hash_of_the_kohya_file(random_lora, tiny_model, class_data, tmp_path):
+    """generate given the diffusers file writes the kohya file's A1111 hash in `Lora hashes` and the manifest,
+    and the manifest keeps the SHA-256 of both files."""
+    import hashlib
+    import json as _json
+
+    from PIL import Image
+
+    from generate.__main__ import main as generate_main
+    from lora.formats import a1111_short_hash
+
+    folder = tmp_path / "loras" / "good"
+    write_diffusers(random_lora, folder)
+    kohya = write_kohya(random_lora, folder / "good.safetensors", {"ss_output_name": "good"})
+    short, addnet = a1111_rule(kohya)
+    assert short == addnet  # our sshs_model_hash is the addnet hash, as kohya's is
+    out = tmp_path / "out"
+    generate_main(["--model", str(tiny_model), "--lora", str(tmp_path / "loras"), "--data", str(class_data), "--classes", "good",
+                   "--output", str(out), "--size", "64", "64", "--steps", "2", "--count", "1", "--lora-weights", "1.0", "--no-progress"])
+    (rec,) = [_json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    with Image.open(out / rec["file"]) as im:
+        params = im.text["parameters"]
+    assert f'Lora hashes: "good: {short}"' in params
+    (u,) = rec["loras"]
+    assert u["hash"] == short
+    assert u["sha256"] == {"diffusers": hashlib.sha256((folder / DIFFUSERS_WEIGHT_NAME).read_bytes()).hexdigest(),
+                           "kohya": hashlib.sha256(kohya.read_bytes()).hexdigest()}
+    # a diffusers file alone: the hash of the kohya file `lora convert` makes from it
+    alone = tmp_path / "alone"
+    write_diffusers(random_lora, alone)
+    main(["convert", str(alone), str(tmp_path / "converted.safetensors"), "--to", "kohya"])
+    assert a1111_short_hash(alone / DIFFUSERS_WEIGHT_NAME) == a1111_rule(tmp_path / "converted.safetensors")[0]
+
+
+def test_bad_lora_header_is_one_line_naming_the_file(tmp_path):
+    from prompts.errors import UserError
+
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(UserError) as err:
+        read_lora(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    from lora.formats import a1111_short_hash
+
+    with pytest.raises(UserError, match="not a readable safetensors LoRA file"):
+        a1111_short_hash(bad)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -183,9 +182,9 @@ def test_per_cell_line_class_fan_out(tiny_model, demo_data, tmp_path):
 
 
 def test_plan_lists_every_group(tiny_model, demo_data, tmp_path):
+    from lora.train import plan
     from prompts.schema.data import DataSection
     from prompts.schema.lora import LoraSection
-    from lora.train import plan
 
     data = DataSection(data=str(demo_data))
     for per, n in (("class", 3), ("cell_line_class", 15), ("all", 1)):
@@ -219,33 +218,7 @@ def test_fold_filter_never_trains_on_a_test_image(tiny_model, class_data, tmp_pa
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-RESUME_FLAGS = ["--classes", "bad", "--epochs", "2", "--repeats", "2", "--checkpointing-steps", "2",
-                "--gradient-accumulation-steps", "2", "--lr-scheduler", "cosine", "--lr-warmup-steps", "2",
-                "--random-crop", "--min-snr-gamma", "5", "--noise-offset", "0.05"]
-
-
-def test_kill_and_resume_equals_uninterrupted(tiny_model, class_data, tmp_path, capsys):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert train(tiny_model, class_data, whole, *RESUME_FLAGS) == 0
-    args = ["-m", "lora", "train", "--model", str(tiny_model), "--data", str(class_data), "--output", str(killed), *FAST, *RESUME_FLAGS]
-    proc = run_cli(*args, env={"LORA_KILL_AFTER_UPDATE": "4"})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert not (killed / "bad").exists()  # no half group
-    assert sorted(p.name for p in (killed / ".work" / "bad" / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
-    capsys.readouterr()
-    # other settings: refused before anything is loaded or written
-    assert train(tiny_model, class_data, killed, *RESUME_FLAGS, "--rank", "4", "--resume", "latest") == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: checkpoint") and "rank" in err and len(err.splitlines()) == 1
-    # the same settings: continues from checkpoint-4 and ends where the uninterrupted run ended
-    assert train(tiny_model, class_data, killed, *RESUME_FLAGS, "--resume", "latest") == 0
-    a, b = read_lora(whole / "bad"), read_lora(killed / "bad")
-    assert a.modules.keys() == b.modules.keys()
-    for key in a.modules:
-        assert torch.equal(a.modules[key].down, b.modules[key].down) and torch.equal(a.modules[key].up, b.modules[key].up)
-    assert (whole / "bad" / "loss.csv").read_text() == (killed / "bad" / "loss.csv").read_text()
-    assert not (killed / ".work").exists()
+# Kill, Ctrl-C, resume, damaged and foreign checkpoints, changed inputs: tests/test_promise_lora.py.
 
 
 # --------------------------------------------------------------------------- processes, precision, models, data

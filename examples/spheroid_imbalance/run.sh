@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m classify split --config study.yaml
-accelerate launch -m lora train --config study.yaml --resume latest
+python -m lora train --config study.yaml
 python -m generate --config study.yaml
 for pct in 10 1; do
   frac=$(python -c "print($pct / 100)")

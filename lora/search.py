@@ -1,0 +1,638 @@
+"""`python -m lora search`: search LoRA parameters for realism with Optuna (TPE sampler, median pruner).
+
+One trial = one set of parameters (rank, alpha/rank, learning rates, epochs, network
+preset, sampling weight), class by class on one fold of the split:
+
+1. train the class's LoRA on the fold's *training* images (`lora.train.run`);
+2. generate M images of the class (`python -m generate`, in process);
+3. score them against the fold's *test* images of the class, never seen by the LoRA,
+   on the classifier's frozen features (`classify.realism`: KID and the two-sample
+   classifier test), and report the running mean to the pruner.
+
+The objective of a class, lower is better, 0 when real and synthetic cannot be told apart:
+
+    objective_c = log(1 + max(KID_c, 0)) + 2 |C2ST_c - 0.5|
+
+KID is computed on *standardised* features: minus the mean of the fold's real test
+images, divided by one number, their root-mean-square deviation. Raw pooled features
+have no common scale (random or calibrated stand-in weights give KIDs from 1e-13 to
+1e18) and the cubic kernel turns their scale into the KID's; one scale for all features
+keeps the geometry (a per-feature standard deviation from a few test images would blow
+up near-constant features). The page shows, per class, KID_ref: the KID between the
+class's test images and the other classes' test images, the size of a real difference.
+KID is unbiased and dips below 0 by chance (or when images are copied), hence the clamp;
+log(1 + x) equals x near 0 and keeps far-off trials (noise images) on a readable scale.
+The two-sample accuracy lies in [0.5, 1] when its classifier works, so 2 |acc - 0.5|
+lies in [0, 1]: KID ranks far-off trials, the two-sample test the close ones. The
+trial's objective is the mean over classes; the value reported after each class is the
+running mean, which the median pruner compares with earlier trials at the same class.
+
+Storage and processes: a journal file (OUT/search.journal) by default, or any URL
+Optuna accepts (sqlite:///..., postgresql://...), shared by several processes or
+machines. Each process starts a trial only while fewer than N trials are COMPLETE
+or RUNNING, so together they finish N complete trials. A RUNNING trial records its
+host, process id and a heartbeat; a trial whose process is gone (same host) or whose
+heartbeat is older than STALE_SECONDS (another host) is marked FAIL by the next
+process that looks, and its folder removed: a search killed with kill -9 resumes.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prompts.config import Study, as_dict, dump_yaml, load_study
+from prompts.errors import UserError
+from prompts.files import write_json_atomic, write_text_atomic
+from prompts.schema.search import SPACE_KEYS
+
+log = logging.getLogger("lora.search")
+
+STORAGE_FILE = "search.journal"
+TRIALS_DIR = "trials"
+HTML_FILE = "search.html"
+BEST_FILE = "best_study.yaml"
+TABLE_FILE = "trials.csv"
+TRIAL_STUDY = "study.yaml"  # OUT/trials/<n>/study.yaml: the study file of the trial (its exact settings)
+TRIAL_SCORES = "realism.json"  # OUT/trials/<n>/realism.json: image lists and scores per class
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 600.0  # a RUNNING trial of another host without a heartbeat this long is failed
+POLL_SECONDS = 5.0  # wait between looks while the other processes' trials fill the N
+
+
+# --------------------------------------------------------------------------- the search space
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched parameter: a list of choices, or a range [low, high] (log-uniform, or with a step)."""
+
+    name: str
+    choices: tuple = ()
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    integer: bool = False
+
+    def suggest(self, trial):
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_RANGE = re.compile(rf"^\s*({_NUM})\s*\.\.\s*({_NUM})\s*(?:(log)|step\s+({_NUM}))?\s*$")
+_INT_KEYS = ("rank", "epochs")
+_STR_KEYS = ("network",)
+
+
+def parse_dimension(name: str, value, where: str = "search") -> Dimension | None:
+    """A search-space entry -> Dimension; None for [] (not searched). UserError names the key and the fix."""
+    flag = f"{where}.{name}"
+    integer = name in _INT_KEYS
+    if isinstance(value, str) and ".." in value:
+        m = _RANGE.match(value)
+        if not m:
+            raise UserError(f"{flag}: {value!r} is not a range; write 'LOW..HIGH', 'LOW..HIGH log' or 'LOW..HIGH step S'")
+        if name in _STR_KEYS:
+            raise UserError(f"{flag}: {value!r}: {name} takes a list of names, not a range")
+        low, high, log_, step = float(m[1]), float(m[2]), bool(m[3]), float(m[4]) if m[4] else None
+        if integer and not all(float(v).is_integer() for v in (low, high, step or 1)):
+            raise UserError(f"{flag}: {value!r}: {name} is an integer; give whole numbers")
+        if not low < high:
+            raise UserError(f"{flag}: {value!r}: LOW must be below HIGH")
+        if log_ and low <= 0:
+            raise UserError(f"{flag}: {value!r}: a log range needs LOW above 0")
+        if step is not None and step <= 0:
+            raise UserError(f"{flag}: {value!r}: the step must be above 0")
+        return Dimension(name, low=low, high=high, log=log_, step=step, integer=integer)
+    items = value if isinstance(value, list) else [v.strip() for v in str(value).split(",") if v.strip()]
+    if not items:
+        return None
+    out = []
+    for v in items:
+        if name in _STR_KEYS:
+            out.append(str(v))
+            continue
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise UserError(f"{flag}: {v!r} is not a number") from None
+        if not math.isfinite(x):
+            raise UserError(f"{flag}: {v!r} is not a finite number")
+        if integer and not x.is_integer():
+            raise UserError(f"{flag}: {v!r}: {name} is an integer")
+        out.append(int(x) if integer else x)
+    return Dimension(name, choices=tuple(dict.fromkeys(out)))
+
+
+def search_space(search) -> list[Dimension]:
+    """The searched dimensions of a `search` section, in SPACE_KEYS order."""
+    from typing import get_args, get_type_hints
+
+    from prompts.schema.lora import LoraSection
+
+    dims = [d for key in SPACE_KEYS if (d := parse_dimension(key, getattr(search, key))) is not None]
+    for d in dims:
+        values = list(d.choices) if d.choices else [d.low, d.high]
+        if d.name == "network":
+            known = get_args(get_type_hints(LoraSection).get("network"))
+            bad = [v for v in values if v not in known]
+            if bad:
+                raise UserError(f"search.network: {bad[0]!r} is not a network preset (known: {', '.join(known)})")
+        elif d.name in ("rank", "epochs") and min(values) < 1:
+            raise UserError(f"search.{d.name}: values must be at least 1")
+        elif d.name in ("alpha_ratio", "unet_lr") and min(values) <= 0:
+            raise UserError(f"search.{d.name}: values must be above 0")
+        elif d.name == "text_encoder_lr" and min(values) < 0:
+            raise UserError("search.text_encoder_lr: values must be 0 (U-Net only) or above")
+    return dims
+
+
+def trial_study(study: Study, params: dict) -> Study:
+    """A copy of the study with a trial's parameters: lora.<key>, alpha = ratio x rank, generate.lora_weights."""
+    s = copy.deepcopy(study)
+    for key in ("rank", "unet_lr", "text_encoder_lr", "epochs", "network"):
+        if key in params:
+            setattr(s.lora, key, params[key])
+    if "alpha_ratio" in params:
+        s.lora.alpha = float(params["alpha_ratio"]) * s.lora.rank
+    if "lora_weight" in params:
+        s.generate.lora_weights = [float(params["lora_weight"])]
+    return s
+
+
+# --------------------------------------------------------------------------- storage and stale trials
+
+def storage_url(search, out: Path) -> str:
+    """The storage of the search: the given URL or journal path, default OUT/search.journal."""
+    return search.storage or str(out / STORAGE_FILE)
+
+
+def open_storage(spec: str):
+    """An Optuna storage: an RDB URL (contains '://') or a journal file (created on first use)."""
+    import optuna
+
+    if "://" in spec:
+        try:
+            return optuna.storages.RDBStorage(spec, engine_kwargs={"pool_pre_ping": True} if not spec.startswith("sqlite") else
+                                              {"connect_args": {"timeout": 60}})
+        except Exception as err:  # bad URL, missing driver, unreachable server
+            raise UserError(f"--storage {spec}: Optuna cannot open it ({' '.join(str(err).split())[:200]}); "
+                            "give a journal file path or an RDB URL such as sqlite:///search.db") from None
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+    Path(spec).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(spec, lock_obj=JournalFileOpenLock(spec)))
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.Process(pid).create_time(), 2)
+    except Exception:  # no psutil, or no such process
+        return None
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether process `pid` of this host still runs (and is the same process, when its start time was recorded)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now_start = _process_start(pid)
+    return started is None or now_start is None or abs(now_start - started) < 1.0
+
+
+def fail_stale_trials(study, out: Path, now: float | None = None) -> list[int]:
+    """Mark FAIL the RUNNING trials whose process is gone; remove their folders. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        a = t.user_attrs
+        if a.get("host") == host and "pid" in a:
+            stale = not _alive(int(a["pid"]), a.get("pid_start"))
+        else:
+            beat = a.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
+            stale = now - float(beat) > STALE_SECONDS
+        if not stale:
+            continue
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):  # another process failed it first
+            continue
+        shutil.rmtree(out / TRIALS_DIR / str(t.number), ignore_errors=True)
+        log.warning("trial %d: its process (%s, pid %s) is gone; marked FAIL", t.number, a.get("host", "?"), a.get("pid", "?"))
+        failed.append(t.number)
+    return failed
+
+
+class _Heartbeat:
+    """Writes the trial's `heartbeat` user attribute every HEARTBEAT_SECONDS while the trial runs."""
+
+    def __init__(self, trial):
+        self.trial, self.stop = trial, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self.trial.set_user_attr("heartbeat", time.time())
+            except Exception:  # the storage is briefly unavailable: the next beat will do
+                log.debug("heartbeat of trial %d not written", self.trial.number)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+# --------------------------------------------------------------------------- the fold's images and the scorer
+
+@dataclass
+class FoldImages:
+    """A fold's images per class: `train` trains the LoRAs, `test` scores them (absolute paths)."""
+
+    fold: int
+    train: dict[str, list[Path]]
+    test: dict[str, list[Path]]
+
+
+def fold_images(data_section, fold: int) -> FoldImages:
+    from prompts.dataset import read_dataset
+    from prompts.splits import read_split
+
+    if not data_section.split:
+        raise UserError("the search needs a split file: run `python -m classify split --data DATA --output folds.json` "
+                        "and pass --split folds.json (data.split); trials are scored on a fold's test images")
+    dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
+    (f,) = read_split(data_section.split, dataset).select(fold)
+    rec = dataset.by_path()
+
+    def per_class(paths):
+        out: dict[str, list[Path]] = {c: [] for c in dataset.classes}
+        for p in paths:
+            out[rec[p].label].append(dataset.root / p)
+        return out
+
+    return FoldImages(fold, per_class(f.train), per_class(f.test))
+
+
+def class_objective(kid_value: float, c2st_accuracy: float) -> float:
+    """log(1 + max(KID, 0)) + 2 |acc - 0.5| (KID on standardised features; no C2ST term when it is NaN: too few images)."""
+    term_c2st = 2 * abs(c2st_accuracy - 0.5) if math.isfinite(c2st_accuracy) else 0.0
+    return math.log1p(max(kid_value, 0.0)) + term_c2st
+
+
+class RealismScorer:
+    """KID and two-sample accuracy of synthetic images against one fold's test images, per class.
+
+    Features: the classify section's frozen backbone (global average pooling), cached on disk by
+    image content (`classify.features`), so each real test image is seen by the backbone once;
+    centred on the fold's real test images and divided by their root-mean-square deviation.
+    """
+
+    def __init__(self, cls, images: FoldImages, cache_dir: Path):
+        from classify.features import Extractor, FeatureCache
+        from classify.model import build_base, model_key
+
+        self.cls, self.images = cls, images
+        self.cache = FeatureCache(cls.cache_dir or cache_dir, model_key(cls.backbone, cls.weights, cls.image_size, cls.seed))
+        self.extractor = Extractor(lambda: build_base(cls.backbone, cls.weights, cls.image_size, seed=cls.seed),
+                                   cls.image_size, cls.batch_size, cls.seed)
+        real = self._raw([p for ps in images.test.values() for p in ps])
+        self.mean = real.mean(axis=0)
+        self.scale = float(np.sqrt(((real - self.mean) ** 2).mean())) or 1.0  # one number: keeps the geometry
+        self.kid_ref = {c: self._kid_ref(c) for c in images.test}
+
+    def features(self, paths: list[Path]):
+        """(len(paths), F) standardised features, in the order of `paths`."""
+        return (self._raw(paths) - self.mean) / self.scale
+
+    def _raw(self, paths: list[Path]):
+        """(len(paths), F) frozen features, in the order of `paths`."""
+        from classify.features import PLAIN, ImageTable, compute_features
+        from prompts.files import sha256_file
+
+        table = ImageTable.from_paths(paths)
+        feats = compute_features(table, [PLAIN], self.cache, self.extractor, progress=False)[PLAIN]
+        row = table.row()
+        return feats[[row[sha256_file(p)] for p in paths]]
+
+    def _kid_ref(self, label: str) -> float:
+        from classify.realism import kid
+
+        others = [p for c, ps in self.images.test.items() if c != label for p in ps]
+        if len(self.images.test[label]) < 2 or len(others) < 2:
+            return float("nan")
+        return kid(self.features(self.images.test[label]), self.features(others), seed=self.cls.seed)[0]
+
+    def score(self, label: str, synthetic: list[Path]) -> dict:
+        """Scores of one class's synthetic images, with the image lists they were computed on."""
+        from classify.realism import c2st, kid
+        from prompts.files import sha256_file
+
+        real = self.images.test[label]
+        leaked = set(map(str, real)) & {str(p) for ps in self.images.train.values() for p in ps}
+        if leaked:  # the split guarantees this; checked because the objective's meaning depends on it
+            raise RuntimeError(f"training image {sorted(leaked)[0]} among the test images of fold {self.images.fold}")
+        if len(real) < 2 or len(synthetic) < 2:
+            raise UserError(f"class {label}: fold {self.images.fold} has {len(real)} test image(s) and the trial made "
+                            f"{len(synthetic)}; the scores need at least 2 of each (more test images, or a larger images_per_class)")
+        x, y = self.features(real), self.features(synthetic)
+        k, _ = kid(x, y, seed=self.cls.seed)
+        acc, _ = c2st(x, y, [sha256_file(p) for p in real], [sha256_file(p) for p in synthetic], seed=self.cls.seed)
+        return {"class": label, "kid": k, "kid_ref": self.kid_ref[label], "c2st_accuracy": acc, "objective": class_objective(k, acc),
+                "real_images": [str(p) for p in real], "synthetic_images": [str(p) for p in synthetic]}
+
+
+# --------------------------------------------------------------------------- one trial
+
+def write_trial_study(study: Study, path: Path) -> None:
+    """The study as a YAML file (every section, absolute paths), validated by reading it back."""
+    from prompts.schema import SECTIONS
+
+    sections = {name: as_dict(getattr(study, name)) for name in SECTIONS if getattr(study, name, None) is not None}
+    write_text_atomic(path, dump_yaml(sections))
+    load_study(path)
+
+
+def _trial_settings(study: Study, search, params: dict, folder: Path) -> Study:
+    """The trial's whole study: its parameters, its LoRA and image folders, fold, M images, fixed seeds."""
+    s = trial_study(study, params)
+    s.lora.output, s.lora.fold, s.lora.classes = str(folder / "lora"), search.fold, []  # per class: <n>/<class>/lora
+    s.lora.validation_images, s.lora.overwrite = 0, False  # the scored images are its validation images
+    g = s.generate
+    g.model = g.model or s.lora.model
+    g.lora, g.output, g.fold = s.lora.output, str(folder / "images"), str(search.fold)  # per class: <n>/<class>/images
+    g.count, g.fraction, g.balance, g.classes = search.images_per_class, [], False, []
+    g.seed, g.overwrite = search.seed, False  # the same seeds in every trial: trials differ by their parameters only
+    return s
+
+
+def _generate_class(study_file: Path, label: str, lora: Path, images: Path) -> None:
+    """`python -m generate --config STUDY --classes LABEL --lora LORA --output IMAGES` in this process."""
+    from generate.__main__ import main as generate_main
+
+    try:
+        generate_main(["--config", str(study_file), "--classes", label, "--lora", str(lora), "--output", str(images)])
+    except SystemExit as err:
+        if err.code not in (0, None):
+            raise RuntimeError(f"generate failed for class {label} (exit status {err.code}; its message is above)") from None
+
+
+def _synthetic_images(s: Study, images: Path, label: str) -> list[Path]:
+    from prompts.layout import fold_root, weight_dir_name
+
+    tree = fold_root(images, int(s.generate.fold)) / weight_dir_name(s.generate.lora_weights[0])
+    return sorted(p for p in tree.rglob("*.png") if p.parent.name == label)
+
+
+def run_trial(trial, study: Study, search, scorer: RealismScorer, out: Path, dims: list[Dimension], single: bool):
+    """Train, generate and score class by class; returns the objective (or (objective, F1))."""
+    import optuna
+
+    from .train import run as train_run
+
+    params = {d.name: d.suggest(trial) for d in dims}
+    folder = out / TRIALS_DIR / str(trial.number)
+    s = _trial_settings(study, search, params, folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_trial_study(s, folder / TRIAL_STUDY)
+    log.info("trial %d: %s", trial.number, ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+    rows, t0 = [], time.perf_counter()
+    for step, label in enumerate(scorer.images.test):
+        cfg = copy.deepcopy(s.lora)  # each class its own LoRA and image folders (a folder's fingerprint covers its inputs)
+        cfg.classes, cfg.output = [label], str(folder / label / "lora")
+        train_run(cfg, s.data)
+        _generate_class(folder / TRIAL_STUDY, label, folder / label / "lora", folder / label / "images")
+        rows.append(scorer.score(label, _synthetic_images(s, folder / label / "images", label)))
+        write_json_atomic(folder / TRIAL_SCORES, {"trial": trial.number, "fold": search.fold, "params": params, "classes": rows})
+        running = sum(r["objective"] for r in rows) / len(rows)
+        log.info("trial %d: %s  KID %.4g (ref %.4g)  C2ST %.2f  objective %.4f  (running %.4f)", trial.number, label,
+                 rows[-1]["kid"], rows[-1]["kid_ref"], rows[-1]["c2st_accuracy"], rows[-1]["objective"], running)
+        if single:
+            trial.report(running, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"running objective {running:.4f} after {label}")
+    value = sum(r["objective"] for r in rows) / len(rows)
+    trial.set_user_attr("kid", {r["class"]: r["kid"] for r in rows})
+    trial.set_user_attr("c2st", {r["class"]: r["c2st_accuracy"] for r in rows})
+    f1 = None if single else downstream_f1(s, search, folder)
+    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+    return value if single else (value, f1)
+
+
+def downstream_f1(s: Study, search, folder: Path) -> float:
+    """The second objective: CV macro F1 of the mix `search.f1_mix` over the folds `search.f1_folds`.
+
+    Each of those folds gets its own LoRAs (trained on its training images) and synthetic images,
+    and the classifier is cross-validated on those folds only (a split file of just them, in
+    OUT/trials/<n>/f1/), exactly as the whole study would do with these parameters.
+    """
+    from classify.cv import run_cv
+    from classify.mixes import parse_mixes
+    from prompts.dataset import read_dataset
+    from prompts.splits import Fold, read_split, write_split
+
+    from .train import run as train_run
+
+    sub = folder / "f1"
+    (mix,) = parse_mixes([search.f1_mix])
+    if not mix.uses_synthetic:
+        raise UserError(f"search.f1_mix {search.f1_mix}: the mix uses no synthetic images; use real+P, synthetic or balance")
+    split = read_split(s.data.split, read_dataset(s.data.data, skip_bad_images=s.data.skip_bad_images))
+    chosen = [split.select(k)[0] for k in dict.fromkeys(search.f1_folds)]
+    sub_split = dataclasses.replace(split, folds=[Fold(i, f.repeat, f.fold, f.train, f.test) for i, f in enumerate(chosen)])
+    write_split(sub / "split.json", sub_split)
+    f = copy.deepcopy(s)
+    f.data.split = str(sub / "split.json")
+    f.lora.output, f.lora.fold = str(sub / "lora"), "all"
+    train_run(f.lora, f.data)
+    g = f.generate
+    g.lora, g.output, g.fold, g.count = f.lora.output, str(sub / "images"), "all", None
+    g.fraction, g.balance = [mix.percent / 100 if mix.kind == "plus" else 1.0], mix.kind == "balance"
+    write_trial_study(f, sub / TRIAL_STUDY)
+    from generate.__main__ import main as generate_main
+
+    try:
+        generate_main(["--config", str(sub / TRIAL_STUDY)])
+    except SystemExit as err:
+        if err.code not in (0, None):
+            raise RuntimeError(f"generate failed for the F1 folds (exit status {err.code}; its message is above)") from None
+    f.classify.output, f.classify.synthetic, f.classify.mixes = str(sub / "cv"), g.output, [search.f1_mix]
+    summary = run_cv(f.data, f.classify, progress=False)
+    rows = [r for rows in summary["tables"].values() for r in rows if r["mix"] == mix.name]
+    return float(rows[0]["metrics"]["f1"]["mean"])
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# --------------------------------------------------------------------------- the search loop
+
+def _check_output(out: Path, study: Study, search, url: str) -> None:
+    """OUT is ours: not in the data folder; OUT/search.json names this storage and study (written once)."""
+    from prompts.guard import check_output_dir
+
+    check_output_dir(out, data=study.data.data, flag="--output")
+    ident = {"storage": url, "study_name": search.study_name}
+    marker = out / "search.json"
+    if marker.is_file():
+        try:
+            old = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != ident:
+            raise UserError(f"--output {out} holds the search {old} (see {marker}); choose another --output, "
+                            "or the same --storage and --study-name to continue it")
+    else:
+        write_json_atomic(marker, ident)
+
+
+def _check_inputs(study: Study, search, dims: list[Dimension], out: Path) -> None:
+    """The trainer's and the classifier's checks on the first trial's settings, before anything is written."""
+    from classify.model import check_backbone, normalize_weights
+
+    from .train import plan
+
+    first = {d.name: d.choices[0] if d.choices else (int(d.low) if d.integer else d.low) for d in dims}
+    s = _trial_settings(study, search, first, out / TRIALS_DIR / "check")
+    plan(s.lora, s.data)
+    check_backbone(study.classify.backbone)
+    normalize_weights(study.classify.weights)
+
+
+def _create_study(url: str, search, single: bool):
+    import optuna
+
+    storage = open_storage(url)
+    seed = (search.seed * 1_000_003 + os.getpid()) % 2**32  # several processes must not draw the same startup trials
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
+                                         n_startup_trials=max(2, min(10, search.trials // 3)))
+    if not single:
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=max(2, min(10, search.trials // 3)))
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=search.pruner_startup_trials, n_warmup_steps=0)
+              if single and search.pruner == "median" else optuna.pruners.NopPruner())
+    directions = ["minimize"] if single else ["minimize", "maximize"]
+    study = optuna.create_study(storage=storage, study_name=search.study_name, sampler=sampler, pruner=pruner,
+                                directions=directions, load_if_exists=True)
+    if len(study.directions) != len(directions):
+        raise UserError(f"study {search.study_name} in {url} has {len(study.directions)} objective(s), this search "
+                        f"{len(directions)} (objective {search.objective}); choose another --study-name")
+    return study
+
+
+def run_search(study_or_path, search=None, *, progress: bool = True) -> dict:
+    """Run trials until `search.trials` are COMPLETE in the storage (with any other processes); write the outputs.
+
+    study_or_path: a `Study` (flags applied) or a study-file path; search: its `search`
+    section (default: the study's). Returns {"complete", "pruned", "failed", "best", "outputs"}.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    study = study_or_path if isinstance(study_or_path, Study) else load_study(study_or_path)
+    search = search or study.search
+    if not search.output:
+        raise UserError("--output is missing: give the search folder (search.output)")
+    if not study.data.data:
+        raise UserError("--data is missing: give the data folder (data.data)")
+    if not study.lora.model:
+        raise UserError("--model is missing: give the base model (lora.model)")
+    if study.lora.per == "all":
+        raise UserError("lora.per all: the search trains and scores one class at a time; use per class or cell_line_class")
+    dims = search_space(search)
+    if not dims:
+        raise UserError("the search space is empty: give at least one of search." + ", search.".join(SPACE_KEYS))
+    out = Path(search.output)
+    url = storage_url(search, out)
+    images = fold_images(study.data, search.fold)
+    _check_inputs(study, search, dims, out)
+    _check_output(out, study, search, url)
+    single = search.objective == "realism"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ostudy = _create_study(url, search, single)
+    scorer = RealismScorer(study.classify, images, out / "feature_cache")
+    host, pid = socket.gethostname(), os.getpid()
+    while True:
+        fail_stale_trials(ostudy, out)
+        states = [t.state for t in ostudy.get_trials(deepcopy=False)]
+        done, running = states.count(TrialState.COMPLETE), states.count(TrialState.RUNNING)
+        if done >= search.trials:
+            break
+        if done + running >= search.trials:
+            time.sleep(POLL_SECONDS)  # the other processes' trials may complete the N, or fail
+            continue
+        trial = ostudy.ask()
+        for k, v in (("host", host), ("pid", pid), ("pid_start", _process_start(pid)), ("heartbeat", time.time())):
+            trial.set_user_attr(k, v)
+        if _surplus(ostudy, trial.number, search.trials):  # another process asked at the same moment
+            trial.set_user_attr("note", "surplus: N trials were already complete or running when it started; not run")
+            ostudy.tell(trial, state=TrialState.FAIL)
+            continue
+        log.info("trial %d started (%d of %d complete, %d running elsewhere)", trial.number, done, search.trials, running)
+        try:
+            with _Heartbeat(trial):
+                value = run_trial(trial, study, search, scorer, out, dims, single)
+        except optuna.TrialPruned as err:
+            ostudy.tell(trial, state=TrialState.PRUNED)
+            shutil.rmtree(out / TRIALS_DIR / str(trial.number), ignore_errors=True)  # ours: pruned trials keep no files
+            log.info("trial %d pruned (%s)", trial.number, err)
+            continue
+        except BaseException:
+            ostudy.tell(trial, state=TrialState.FAIL)
+            raise
+        ostudy.tell(trial, value)
+        log.info("trial %d complete: %s", trial.number, value)
+    from .search_report import write_outputs
+
+    outputs = write_outputs(ostudy, study, search, out, images)
+    trials = ostudy.get_trials(deepcopy=False)
+    count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    best = outputs.get("best_params")
+    log.info("%d complete, %d pruned, %d failed trial(s); best parameters %s; wrote %s", count[TrialState.COMPLETE],
+             count[TrialState.PRUNED], count[TrialState.FAIL], best, ", ".join(str(p) for p in outputs["files"]))
+    return {"complete": count[TrialState.COMPLETE], "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
+            "best": best, "outputs": [str(p) for p in outputs["files"]]}
+
+
+def _surplus(ostudy, number: int, n: int) -> bool:
+    """Whether N trials numbered before `number` are already COMPLETE or RUNNING (so this one would exceed N)."""
+    from optuna.trial import TrialState
+
+    busy = (TrialState.COMPLETE, TrialState.RUNNING)
+    return sum(t.number < number and t.state in busy for t in ostudy.get_trials(deepcopy=False)) >= n
+
+
+def best_study(study: Study, params: dict) -> Study:
+    """The study with the best parameters: the whole-study settings of the user, only the searched keys changed."""
+    return trial_study(study, params)
+
+
+__all__ = ["run_search", "search_space", "parse_dimension", "class_objective", "fold_images", "fail_stale_trials",
+           "best_study", "write_trial_study", "Dimension"]

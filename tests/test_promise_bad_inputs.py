@@ -1,0 +1,158 @@
+"""Promise: bad input gets one clear line naming the file, key or value, exit status 2, no traceback, nothing written.
+
+One table of bad inputs across the commands, run in-process (fast); each case checks the exit status,
+that stderr is one line holding the expected words, and that no file under the test's root changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def w(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("bad")
+    data = root / "data"
+    rng = np.random.default_rng(0)
+    for label in ("round", "flat"):
+        (data / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(data / label / f"{i}.png")
+    (root / "notes.txt").write_text("mine\n")
+    (root / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    (root / "model.ckpt").write_bytes(b"not really a pickle")
+    (root / "split_str.json").write_text('{"version": 1, "folds": [{"train": "round/0.png", "test": ["flat/0.png"]}]}')
+    (root / "dup.yaml").write_text("lora:\n  rank: 4\n  rank: 8\n")
+    (root / "list.yaml").write_text("- a\n- b\n")
+    (root / "notyaml.yaml").write_text("lora: [unclosed\n")
+    (root / "unknown.yaml").write_text("lora:\n  epoch: 3\n")
+    return {"root": root, "data": data, "model": tiny_model}
+
+
+def _data_variant(w, name: str, csv: str | None = None, extra=None) -> Path:
+    """A copy of DATA with a labels.csv or an extra file, under the root."""
+    import shutil
+
+    d = w["root"] / name
+    if not d.exists():
+        shutil.copytree(w["data"], d)
+        if csv is not None:
+            (d / "labels.csv").write_text(csv)
+        if extra:
+            extra(d)
+    return d
+
+
+def _empty_class(d: Path) -> None:
+    (d / "empty").mkdir()
+
+
+def _corrupt_image(d: Path) -> None:
+    (d / "round" / "broken.png").write_bytes(b"\x89PNG broken")
+
+
+LORA = lambda w, *a: ("lora", ["train", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(w["root"] / "out"),
+                                "--resolution", "32", "--epochs", "1", *a])
+GEN = lambda w, *a: ("generate", ["--model", str(w["model"]), "--data", str(w["data"]), "--output", str(w["root"] / "gen"), "--count", "1",
+                                  "--size", "32", "32", "--steps", "2", *a])
+CLS = lambda w, cmd, *a: ("classify", [cmd, "--data", str(w["data"]), *a])
+
+CASES = {
+    "lora: output equal to data": (lambda w: ("lora", ["train", "--model", str(w["model"]), "--data", str(w["data"]), "--output",
+                                                       str(w["data"])]), "inside the data folder"),
+    "lora: NaN learning rate": (lambda w: LORA(w, "--unet-lr", "nan"), "--unet-lr"),
+    "lora: negative rank": (lambda w: LORA(w, "--rank", "-4"), "--rank"),
+    "lora: resolution not a multiple of 8": (lambda w: LORA(w, "--resolution", "30"), "--resolution"),
+    "lora: missing model": (lambda w: ("lora", ["train", "--model", str(w["root"] / "nope"), "--data", str(w["data"]), "--output",
+                                                str(w["root"] / "out")]), "nope"),
+    "lora: pickle model unasked": (lambda w: ("lora", ["train", "--model", str(w["root"] / "model.ckpt"), "--data", str(w["data"]),
+                                                       "--output", str(w["root"] / "out")]), "pickle"),
+    "lora: fold without split": (lambda w: LORA(w, "--fold", "0"), "--split"),
+    "lora: unknown class": (lambda w: LORA(w, "--classes", "oval"), "oval"),
+    "lora: output is a file": (lambda w: ("lora", ["train", "--model", str(w["model"]), "--data", str(w["data"]), "--output",
+                                                   str(w["root"] / "notes.txt")]), "notes.txt"),
+    "lora: split whose train is a string": (lambda w: LORA(w, "--split", str(w["root"] / "split_str.json"), "--fold", "0"), "split_str.json"),
+    "lora: label escaping the folder": (lambda w: ("lora", ["train", "--model", str(w["model"]), "--output", str(w["root"] / "out"), "--data",
+                                                            str(_data_variant(w, "d_trav", "file,label\nround/0.png,../../escaped\n"))]),
+                                        "folder name"),
+    "lora: labels.csv entry outside": (lambda w: ("lora", ["train", "--model", str(w["model"]), "--output", str(w["root"] / "out"), "--data",
+                                                           str(_data_variant(w, "d_abs", "file,label\n/etc/passwd,round\n"))]),
+                                       "outside the data folder"),
+    "lora: empty class folder": (lambda w: ("lora", ["train", "--model", str(w["model"]), "--output", str(w["root"] / "out"), "--data",
+                                                     str(_data_variant(w, "d_empty", None, _empty_class))]), "holds no images"),
+    "lora: corrupt image": (lambda w: ("lora", ["train", "--model", str(w["model"]), "--output", str(w["root"] / "out"), "--data",
+                                                str(_data_variant(w, "d_corrupt", None, _corrupt_image))]), "broken.png"),
+    "lora: duplicate YAML key": (lambda w: LORA(w, "--config", str(w["root"] / "dup.yaml")), "written twice"),
+    "lora: unknown YAML key": (lambda w: LORA(w, "--config", str(w["root"] / "unknown.yaml")), "lora.epoch"),
+    "lora: YAML list": (lambda w: LORA(w, "--config", str(w["root"] / "list.yaml")), "mapping"),
+    "lora: invalid YAML": (lambda w: LORA(w, "--config", str(w["root"] / "notyaml.yaml")), "not valid YAML"),
+    "generate: NaN LoRA weight": (lambda w: GEN(w, "--lora-weights", "nan"), "--lora-weights"),
+    "generate: strength above 1": (lambda w: GEN(w, "--strength", "1.5"), "--strength"),
+    "generate: zero steps": (lambda w: GEN(w, "--steps", "0"), "--steps"),
+    "generate: negative cfg": (lambda w: GEN(w, "--cfg", "-2"), "--cfg"),
+    "generate: size not a multiple of 8": (lambda w: GEN(w, "--size", "30", "30"), "--size"),
+    "generate: unknown sampler": (lambda w: GEN(w, "--sampler", "Heun++"), "Heun++"),
+    "generate: missing LoRA folder": (lambda w: GEN(w, "--lora", str(w["root"] / "no-lora")), "no-lora"),
+    "generate: LoRA file with a bad header": (lambda w: GEN(w, "--lora", str(w["root"] / "bad.safetensors")), "bad.safetensors"),
+    "generate: output inside data": (lambda w: ("generate", ["--model", str(w["model"]), "--data", str(w["data"]), "--output",
+                                                             str(w["data"] / "syn"), "--count", "1", "--lora", str(w["root"] / "bad.safetensors")]),
+                                    "inside the data folder"),
+    "classify split: replaces a file": (lambda w: CLS(w, "split", "--output", str(w["root"] / "notes.txt"), "--folds", "2"), "--overwrite"),
+    "classify split: one fold": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--folds", "1"), "--folds"),
+    "classify split: unknown group column": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--group-by", "donor"), "donor"),
+    "classify split: bad regex": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--group-by", "regex:(["), "regex"),
+    "classify cv: output equal to data": (lambda w: CLS(w, "cv", "--output", str(w["data"]), "--weights", "none"), "inside the data folder"),
+    "classify cv: unknown mix": (lambda w: CLS(w, "cv", "--output", str(w["root"] / "cv"), "--mixes", "real+x", "--weights", "none", "--folds", "2"),
+                               "real+x"),
+    "classify cv: split whose train is a string": (lambda w: CLS(w, "cv", "--output", str(w["root"] / "cv"), "--split",
+                                                                 str(w["root"] / "split_str.json"), "--weights", "none"), "split_str.json"),
+    "classify cv: missing weights file": (lambda w: CLS(w, "cv", "--output", str(w["root"] / "cv"), "--weights",
+                                                        str(w["root"] / "no.weights.h5")), "no.weights.h5"),
+    "classify realism: no synthetic folder": (lambda w: CLS(w, "realism", "--output", str(w["root"] / "re")), "--synthetic"),
+    "classify calibrate: wrong suffix": (lambda w: CLS(w, "calibrate-weights", "--output", str(w["root"] / "w.h5")), ".weights.h5"),
+    "classify: data folder missing": (lambda w: ("classify", ["split", "--data", str(w["root"] / "nodata"), "--output",
+                                                              str(w["root"] / "s.json")]), "nodata"),
+    "classify: labels.csv without label column": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--data",
+                                                                str(_data_variant(w, "d_nolabel", "file,klass\nround/0.png,round\n"))),
+                                                  "label"),
+}
+
+
+def _main(package: str):
+    if package == "lora":
+        from lora.__main__ import main
+    elif package == "generate":
+        from generate.__main__ import main
+    else:
+        from classify.__main__ import main
+    return main
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_writes_nothing(w, case, capsys):
+    build, needle = CASES[case]
+    package, argv = build(w)
+    before = _checksums(w["root"])
+    with pytest.raises(SystemExit) as exit_info:
+        _main(package)(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert exit_info.value.code == 2, f"{case}: exit {exit_info.value.code}\n{err}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"{case}: not one line:\n{err}"
+    assert needle in lines[0], f"{case}: {lines[0]!r} does not name {needle!r}"
+    after = _checksums(w["root"])
+    assert {k: v for k, v in after.items() if before.get(k) != v} == {}, f"{case} wrote files"

@@ -1,0 +1,119 @@
+"""Promise: nothing the user owns is lost and nothing escapes its folder, whatever output location a command is given.
+
+A matrix of output locations (equal to DATA, inside DATA, an existing file, an existing foreign folder)
+for every command: the command either writes only its own new files under OUT or refuses with one line
+and exit status 2; in every case nothing inside DATA changes and nothing outside OUT changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1", "USE_TF": "0"}
+
+
+def tree_checksums(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` (symlinks followed), plus empty folders."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel_dir = Path(dirpath).relative_to(folder)
+        if not dirnames and not filenames:
+            out[str(rel_dir) + "/"] = "dir"
+        for name in filenames:
+            p = Path(dirpath) / name
+            out[str(rel_dir / name)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run(*argv, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model):
+    """DATA (2 classes x 4 images), a trained LoRA folder and a synthetic tree, under one root."""
+    root = tmp_path_factory.mktemp("promise")
+    data = root / "data"
+    rng = np.random.default_rng(0)
+    for label in ("round", "flat"):
+        (data / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(data / label / f"{label} {i}.png")
+    lora = root / "made" / "lora"
+    r = run("lora", "train", "--model", tiny_model, "--data", data, "--output", lora, "--resolution", 32, "--epochs", 1,
+            "--rank", 2, "--alpha", 2, "--validation-images", 0, "--repeats", 1)
+    assert r.returncode == 0, r.stderr
+    syn = root / "made" / "synthetic"
+    r = run("generate", "--model", tiny_model, "--lora", lora, "--data", data, "--output", syn, "--count", 2, "--size", 32, 32,
+            "--steps", 2, "--lora-weights", 1.0, "--seed", 0, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return {"root": root, "data": data, "lora": lora, "syn": syn, "model": tiny_model}
+
+
+CLS = ("--backbone", "EfficientNetB0", "--image-size", 32, "--weights", "none", "--no-progress")
+COMMANDS = {
+    "lora train": lambda w, out: ("lora", "train", "--model", w["model"], "--data", w["data"], "--output", out, "--resolution", 32,
+                                  "--epochs", 1, "--rank", 2, "--validation-images", 0, "--repeats", 1),
+    "generate": lambda w, out: ("generate", "--model", w["model"], "--lora", w["lora"], "--data", w["data"], "--output", out,
+                                "--count", 1, "--size", 32, 32, "--steps", 2, "--lora-weights", 1.0, "--seed", 1, "--no-progress"),
+    "classify split": lambda w, out: ("classify", "split", "--data", w["data"], "--folds", 2, "--output", out / "split.json"
+                                      if out.is_dir() or not out.exists() else out),
+    "classify cv": lambda w, out: ("classify", "cv", "--data", w["data"], "--output", out, "--folds", 2, "--epochs", 1,
+                                   "--mixes", "real", *CLS),
+    "classify realism": lambda w, out: ("classify", "realism", "--data", w["data"], "--synthetic", w["syn"], "--output", out, *CLS),
+    "classify calibrate-weights": lambda w, out: ("classify", "calibrate-weights", "--data", w["data"], "--backbone", "EfficientNetB0",
+                                                  "--image-size", 32, "--max-images", 4, "--output",
+                                                  out / "b0.weights.h5" if out.is_dir() or not out.exists() else out),
+    "classify blind-test": lambda w, out: ("classify", "blind-test", "--data", w["data"], "--synthetic", w["syn"], "--output", out,
+                                           "--per-class", 1, "--size", 32),
+}
+LOCATIONS = ("equal to DATA", "inside DATA", "an existing file", "a foreign folder")
+
+
+def _location(w, where: str, command: str) -> Path:
+    root, data = w["root"], w["data"]
+    if where == "equal to DATA":
+        return data
+    if where == "inside DATA":
+        return data / "round"  # an existing class folder: the worst place to write
+    if where == "an existing file":
+        f = root / "user" / f"notes {command}.txt"
+        f.parent.mkdir(exist_ok=True)
+        f.write_text("the user's own notes\n")
+        return f
+    foreign = root / "foreign" / command.replace(" ", "_")
+    # A folder the user owns, holding files and folders named like the command's outputs would be.
+    for rel in ("notes.txt", "round/mine.txt", "flat/mine.txt", "w1.0/round/mine.txt", "split.json", "report.md",
+                "b0.weights.h5", "blind_test.html"):
+        (foreign / rel).parent.mkdir(parents=True, exist_ok=True)
+        (foreign / rel).write_text(f"user file {rel}\n")
+    return foreign
+
+
+@pytest.mark.parametrize("where", LOCATIONS)
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_outputs_never_touch_what_the_user_owns(world, command, where):
+    out = _location(world, where, command)
+    before = tree_checksums(world["root"])
+    r = run(*COMMANDS[command](world, out))
+    after = tree_checksums(world["root"])
+    assert "Traceback" not in r.stderr, r.stderr
+    if where != "a foreign folder":
+        assert r.returncode == 2, f"{command} with output {where}: exit {r.returncode}\n{r.stderr}"
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert after == before, f"{command} changed files although it refused"
+        return
+    assert r.returncode in (0, 2), r.stderr
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert not changed, f"{command} changed or removed files it did not write: {sorted(changed)[:5]}"
+    out_rel = str(out.relative_to(world["root"]))
+    added = {k for k in after if k not in before}
+    assert all(k.startswith(out_rel + "/") for k in added), f"{command} wrote outside OUT: {sorted(added)[:5]}"

@@ -1,0 +1,284 @@
+"""`lora search`: an Optuna search of LoRA parameters scored by realism on a fold's test images.
+
+Tiny Stable Diffusion, a small copy of ../shared/data/pbc3 (2 classes x 4 images at 32 px,
+2 folds), 1 epoch, 2 images per class, EfficientNetB0 at 32 px with random weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prompts.config import load_study
+from prompts.errors import UserError
+
+from .conftest import ROOT, shared_data
+
+CLASSES = 2  # of pbc3's 3: each class costs a LoRA, a generation and a score per trial
+PER_CLASS = 4  # images per class in the small copy: 2 train, 2 test per fold
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def small_pbc3(tmp_path_factory) -> Path:
+    """2 classes x 4 images of pbc3, resized to 32 px, with a 2-fold split file."""
+    from PIL import Image
+
+    from classify.folds import make_split
+    from prompts.dataset import read_dataset
+    from prompts.splits import write_split
+
+    src = shared_data("pbc3")
+    root = tmp_path_factory.mktemp("pbc3") / "data"
+    for cls_dir in sorted(p for p in src.iterdir() if p.is_dir())[:CLASSES]:
+        (root / cls_dir.name).mkdir(parents=True)
+        for path in sorted(cls_dir.iterdir())[:PER_CLASS]:
+            with Image.open(path) as im:
+                im.convert("RGB").resize((SIZE, SIZE)).save(root / cls_dir.name / f"{path.stem}.png")
+    write_split(root.parent / "folds.json", make_split(read_dataset(root), n_splits=2, seed=0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def b0_weights(small_pbc3) -> Path:
+    """EfficientNetB0 at 32 px, random weights with BatchNorm statistics calibrated on the images (features that vary)."""
+    from classify.model import write_calibrated_weights
+    from classify.pixels import load_pixels
+
+    paths = sorted(small_pbc3.rglob("*.png"))
+    return write_calibrated_weights("EfficientNetB0", SIZE, load_pixels(paths, SIZE), small_pbc3.parent / "b0.weights.h5")
+
+
+def write_study(tmp: Path, data: Path, model: Path, weights: Path, trials: int = 4, extra: str = "") -> Path:
+    path = tmp / "study.yaml"
+    path.write_text(f"""
+data: {{data: {data}, split: {data.parent / 'folds.json'}}}
+lora: {{model: {model}, repeats: 1, epochs: 1, batch_size: 2, resolution: {SIZE}}}
+generate: {{steps: 2, size: [{SIZE}, {SIZE}], batch_size: 2}}
+classify: {{backbone: EfficientNetB0, weights: {weights}, image_size: {SIZE}, batch_size: 8, cache_dir: {tmp / 'cache'}}}
+search:
+  output: {tmp / 'search'}
+  trials: {trials}
+  images_per_class: 2
+  rank: [2, 4]
+  alpha_ratio: [1.0]
+  unet_lr: "1e-4..1e-2 log"
+  text_encoder_lr: [0.0, 1.0e-4]
+  epochs: [1]
+  network: [attention]
+  lora_weight: [0.8, 1.0]
+{extra}""")
+    return path
+
+
+# --------------------------------------------------------------------------- the search space (no model)
+
+def test_space_entries_are_lists_ranges_or_empty():
+    from lora.search import parse_dimension
+
+    assert parse_dimension("rank", [4, 8]).choices == (4, 8)
+    assert parse_dimension("rank", "4,8,16").choices == (4, 8, 16)
+    d = parse_dimension("unet_lr", "1e-5..1e-3 log")
+    assert (d.low, d.high, d.log, d.integer) == (1e-5, 1e-3, True, False)
+    d = parse_dimension("epochs", "5..20 step 5")
+    assert (d.low, d.high, d.step, d.integer) == (5, 20, 5, True)
+    assert parse_dimension("network", []) is None
+    for key, bad, words in (("rank", "8..4", "LOW must be below HIGH"), ("unet_lr", "0..1e-3 log", "LOW above 0"),
+                            ("epochs", "1..2.5", "integer"), ("unet_lr", "1e-5...", "not a range"),
+                            ("network", "a..b", "not a range"), ("rank", ["x"], "not a number")):
+        with pytest.raises(UserError, match=words):
+            parse_dimension(key, bad)
+
+
+def test_unknown_network_preset_is_named():
+    from lora.search import search_space
+    from prompts.schema.search import SearchSection
+
+    with pytest.raises(UserError, match="'locon' is not a network preset"):
+        search_space(SearchSection(network=["kohya", "locon"]))
+
+
+def test_objective_is_zero_for_indistinguishable_and_grows_with_either_term():
+    import math
+
+    from lora.search import class_objective
+
+    assert class_objective(0.0, 0.5) == 0
+    assert class_objective(-0.02, 0.5) == 0  # unbiased KID dips below 0 by chance: clamped
+    assert class_objective(0.3, 0.5) == pytest.approx(math.log1p(0.3))
+    assert class_objective(0.0, 1.0) == pytest.approx(1.0)  # always told apart
+    assert class_objective(0.0, 0.25) == pytest.approx(0.5)  # below chance is no better than above it
+    assert class_objective(0.2, float("nan")) == pytest.approx(math.log1p(0.2))
+    assert class_objective(0.1, 0.6) < class_objective(0.2, 0.6) < class_objective(0.2, 0.7)
+
+
+def test_trial_parameters_map_onto_the_study():
+    from lora.search import trial_study
+
+    s = trial_study(load_study(None), {"rank": 16, "alpha_ratio": 0.5, "unet_lr": 1e-4, "epochs": 3, "lora_weight": 0.7,
+                                       "network": "attention"})
+    assert (s.lora.rank, s.lora.alpha, s.lora.unet_lr, s.lora.epochs, s.lora.network) == (16, 8.0, 1e-4, 3, "attention")
+    assert s.generate.lora_weights == [0.7]
+
+
+def test_search_needs_a_split(tmp_path, class_data):
+    from lora.search import run_search
+
+    study = tmp_path / "s.yaml"
+    study.write_text(f"data: {{data: {class_data}}}\nlora: {{model: tiny}}\nsearch: {{output: {tmp_path / 'out'}}}\n")
+    with pytest.raises(UserError, match="needs a split file"):
+        run_search(study)
+    assert not (tmp_path / "out" / "trials").exists()
+
+
+# --------------------------------------------------------------------------- real searches on the tiny model
+
+def _run(study_path: Path, **kw):
+    from lora.search import run_search
+
+    return run_search(study_path, **kw)
+
+
+def _trials(out: Path, name: str = "lora-search"):
+    import optuna
+
+    from lora.search import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(str(out / "search.journal"))).get_trials()
+
+
+@pytest.mark.slow
+def test_four_trials_complete_and_best_study_validates(small_pbc3, tiny_model, b0_weights, tmp_path):
+    from optuna.trial import TrialState
+
+    from prompts.dataset import read_dataset
+    from prompts.splits import read_split
+
+    result = _run(write_study(tmp_path, small_pbc3, tiny_model, b0_weights))
+    out = tmp_path / "search"
+    trials = _trials(out)
+    assert result["complete"] == 4 == sum(t.state == TrialState.COMPLETE for t in trials)
+    best = load_study(out / "best_study.yaml")
+    assert best.lora.rank == result["best"]["rank"] and best.generate.lora_weights == [result["best"]["lora_weight"]]
+    assert best.lora.unet_lr == pytest.approx(result["best"]["unet_lr"])
+    page = (out / "search.html").read_text()
+    assert "data:image/png;base64," in page and "Optimisation history" in page and "<script" not in page
+    assert (out / "trials.csv").read_text().count("\n") == len(trials) + 1
+
+    # the objective never sees a training image; the LoRAs never see a test image
+    ds = read_dataset(small_pbc3)
+    fold = read_split(small_pbc3.parent / "folds.json", ds).folds[0]
+    train = {str(small_pbc3 / p) for p in fold.train}
+    test = {str(small_pbc3 / p) for p in fold.test}
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
+        scores = json.loads((out / "trials" / str(t.number) / "realism.json").read_text())
+        for row in scores["classes"]:
+            assert row["real_images"] and set(row["real_images"]) <= test and not set(row["real_images"]) & train
+            assert len(row["synthetic_images"]) == 2
+            assert all(str(out / "trials" / str(t.number) / row["class"] / "images") in p for p in row["synthetic_images"])
+        import yaml
+
+        for cfg in (out / "trials" / str(t.number)).rglob("lora/**/config.yaml"):
+            images = {str(small_pbc3 / p) for p in yaml.safe_load(cfg.read_text())["group"]["images"]}
+            assert images and images <= train
+
+
+def _cli(study: Path) -> list[str]:
+    return [sys.executable, "-m", "lora", "search", "--config", str(study), "--no-progress"]
+
+
+def _env() -> dict:
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", USE_TF="0")
+
+
+def _check_trials(out: Path, n: int):
+    """n COMPLETE trials, each number once, and a folder for exactly the complete ones (failed/pruned: removed)."""
+    from optuna.trial import TrialState
+
+    trials = _trials(out)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    complete = sorted(t.number for t in trials if t.state == TrialState.COMPLETE)
+    assert len(complete) == n, [(t.number, t.state.name, t.user_attrs.get("note")) for t in trials]
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sorted(int(p.name) for p in (out / "trials").iterdir()) == complete
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials if t.state == TrialState.COMPLETE}) == n
+    return trials
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_to_n_complete_trials(small_pbc3, tiny_model, b0_weights, tmp_path):
+    from optuna.trial import TrialState
+
+    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, extra="  pruner: none")
+    out = tmp_path / "search"
+    proc = subprocess.Popen(_cli(study), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "trials" / "1" / "study.yaml").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    time.sleep(3)  # inside trial 2 (number 1): training or generating
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = {t.number: t.state for t in _trials(out)}
+    assert killed[0] == TrialState.COMPLETE and killed[1] == TrialState.RUNNING
+
+    done = subprocess.run(_cli(study), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "trial 1: its process" in done.stderr and "marked FAIL" in done.stderr
+    trials = _check_trials(out, 4)
+    assert trials[1].state == TrialState.FAIL
+    assert load_study(out / "best_study.yaml").lora.rank in (2, 4)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_storage_finish_n_trials_together(small_pbc3, tiny_model, b0_weights, tmp_path):
+    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, trials=2, extra="  pruner: none")
+    out = tmp_path / "search"
+    procs = [subprocess.Popen(_cli(study), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    trials = _check_trials(out, 2)
+    pids = {t.user_attrs["pid"] for t in trials if t.state.name == "COMPLETE"}
+    assert pids == {p.pid for p in procs}, "both processes ran trials"
+
+
+@pytest.mark.slow
+def test_two_objectives_add_the_downstream_macro_f1(small_pbc3, tiny_model, b0_weights, tmp_path):
+    extra = "  objective: realism+f1\n  f1_folds: [1]\n  f1_mix: real+50\n"
+    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, trials=1, extra=extra)
+    text = study.read_text().replace("cache_dir:", "epochs: 2, augment: false, cache_dir:")
+    study.write_text(text)
+    result = _run(study)
+    out = tmp_path / "search"
+    (t,) = _trials(out)
+    assert result["complete"] == 1 and len(t.values) == 2 and 0 <= t.values[1] <= 1
+    assert t.user_attrs["macro_f1"] == t.values[1]
+    # the F1 folds' LoRAs are trained on their own fold's training images (fold 1 of the split is fold_0 there)
+    assert sorted(p.name for p in (out / "trials" / "0" / "f1" / "lora").iterdir()) == ["fold_0"]
+    assert "Pareto front" in (out / "search.html").read_text()
+    load_study(out / "best_study.yaml")
+
+
+def test_cli_flags_reach_the_search_and_bad_values_are_one_line(tmp_path, class_data):
+    study = tmp_path / "s.yaml"
+    study.write_text(f"data: {{data: {class_data}}}\nlora: {{model: {tmp_path / 'm'}}}\n")
+    done = subprocess.run([*_cli(study), "--output", str(tmp_path / "out"), "--rank", "8..4"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "search.rank: '8..4': LOW must be below HIGH" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+    done = subprocess.run([*_cli(study), "--output", str(tmp_path / "out"), "--split", str(tmp_path / "none.json")], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "none.json does not exist" in done.stderr and not (tmp_path / "out").exists()
+    done = subprocess.run([*_cli(study), "--output", str(tmp_path / "out"), "--trials", "0"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--trials" in done.stderr and "at least 1" in done.stderr
