@@ -39,16 +39,15 @@ def build_model(out: Path, sd15: bool) -> Path:
 
     from lora.tiny import write_tiny_tokenizer
 
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tiny_tokenizer(Path(tmp))
+        tok = CLIPTokenizer.from_pretrained(tmp)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    if sd15:  # SD 1.5's configs (unet 860 M, VAE 84 M, CLIP ViT-L/14 text 123 M parameters)
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            sample_size=512)
-        text = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                              max_position_embeddings=77, projection_dim=768, bos_token_id=512, eos_token_id=513,
-                              pad_token_id=513, vocab_size=49408)
+    if sd15:  # SD 1.5's configs (unet 860 M, VAE 84 M, CLIP ViT-L/14 text 123 M parameters), the one copy in lora.model
+        from lora.model import build_sd15
+
+        unet, text_model, vae = build_sd15("cpu", vae=True, **ids)  # the tiny tokenizer's ids fit
     else:  # about 1/10 of SD 1.5's U-Net compute per pixel: big enough that sampling, not bookkeeping, dominates
         unet = UNet2DConditionModel(sample_size=16, cross_attention_dim=384, attention_head_dim=8,
                                     block_out_channels=(96, 192, 384), layers_per_block=1,
@@ -58,42 +57,34 @@ def build_model(out: Path, sd15: bool) -> Path:
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             norm_num_groups=32, sample_size=128)
         text = CLIPTextConfig(hidden_size=384, intermediate_size=1536, num_attention_heads=6, num_hidden_layers=6,
-                              max_position_embeddings=77, projection_dim=384, bos_token_id=512, eos_token_id=513,
-                              pad_token_id=513, vocab_size=514)
+                              max_position_embeddings=77, projection_dim=384, vocab_size=len(tok), **ids)
+        text_model = CLIPTextModel(text)
     sched = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                             steps_offset=1)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tiny_tokenizer(Path(tmp))
-        tok = CLIPTokenizer.from_pretrained(tmp)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=CLIPTextModel(text), tokenizer=tok, scheduler=sched,
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_model, tokenizer=tok, scheduler=sched,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
     return out
 
 
-def build_lora(model: Path, folder: Path, rank: int = 8) -> Path:
-    """A random rank-8 LoRA (U-Net attention + text encoder), saved as `lora train` does."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from transformers import CLIPTextModel
+def build_lora(model: Path, folder: Path, rank: int = 8, network: str = "attention") -> Path:
+    """A random LoRA (B drawn, not zero) on U-Net and text encoder, written by the trainer's own writer."""
+    from types import SimpleNamespace
 
-    unet = UNet2DConditionModel.from_pretrained(model / "unet")
-    te = CLIPTextModel.from_pretrained(model / "text_encoder")
-    ucfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])
-    tcfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
-    unet.add_adapter(ucfg)
-    te.add_adapter(tcfg)
-    for m in (unet, te):
-        for name, p in m.named_parameters():
-            if "lora_B" in name:
-                p.data = torch.randn_like(p) * 0.01
-    StableDiffusionPipeline.save_lora_weights(
-        folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
-        text_encoder_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(te)),
-        unet_lora_adapter_metadata=ucfg.to_dict(), text_encoder_lora_adapter_metadata=tcfg.to_dict())
-    return folder / "pytorch_lora_weights.safetensors"
+    from lora.formats import from_peft, write_diffusers
+    from lora.model import load_pipeline
+    from lora.train import add_lora
+
+    pipe = load_pipeline(model)
+    add_lora(pipe.unet, pipe.text_encoder, SimpleNamespace(seed=0, rank=rank, alpha=float(rank), unet_lr=1e-4, text_encoder_lr=1e-4,
+                                                         network=network, conv_dim=0, conv_alpha=None))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in (pipe.unet, pipe.text_encoder):
+            for name, p in m.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+    return write_diffusers(from_peft(pipe.unet, pipe.text_encoder), folder)
 
 
 def sync(device):
@@ -159,7 +150,6 @@ def ours(model: Path, lora: Path, a, fused: bool, out: Path) -> float:
 
     gs.sample_batch = timed
     try:
-        t0 = time.perf_counter()
         generate(all_jobs, s, out.parent / "data", PartialState())  # txt2img reads no data; OUT may not be the data
         t1 = time.perf_counter()
     finally:

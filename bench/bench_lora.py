@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -72,9 +73,9 @@ def build_model(kind: str, out: Path) -> Path:
 
 def trainer_step_times(model: Path, data: Path, out: Path, args, cache: bool, precision: str) -> dict:
     """Run `lora.train.run` on one group; its stats.json holds the wall time of every loop iteration."""
+    from lora.train import run
     from prompts.schema.data import DataSection
     from prompts.schema.lora import LoraSection
-    from lora.train import run
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = LoraSection(model=str(model), output=str(out), epochs=1, repeats=args.steps * args.batch_size // args.images,
@@ -296,9 +297,9 @@ def example_step_times(model: Path, data: Path, args) -> dict:
 
 def example_trainer_step_times(model: Path, data: Path, out: Path, args) -> dict:
     """`lora train` at the example's settings: U-Net only, attention modules, rank = alpha, no flips, clipping on."""
+    from lora.train import run
     from prompts.schema.data import DataSection
     from prompts.schema.lora import LoraSection
-    from lora.train import run
 
     shutil.rmtree(out, ignore_errors=True)
     cfg = LoraSection(model=str(model), output=str(out), epochs=1, repeats=max(1, args.steps * args.batch_size // args.images),
@@ -311,9 +312,15 @@ def example_trainer_step_times(model: Path, data: Path, out: Path, args) -> dict
 
 
 def compare_with_example(args, tmp: Path, argv) -> str:
-    """Alternating rounds of the example loop and `lora train` on the tiny model; markdown of medians and their ratio."""
+    """Alternating rounds of the example loop and `lora train` on the tiny model; markdown of both figures and ratios.
+
+    Two figures per loop and round: CPU milliseconds per step, from the process CPU time of a long
+    and a short run (their difference divided by the difference in steps: start-up and model loading
+    cancel out; other programs on a shared machine barely move it), and the median wall time of a step.
+    """
     import datetime
     import statistics
+    from types import SimpleNamespace
 
     from accelerate.state import AcceleratorState
 
@@ -322,25 +329,37 @@ def compare_with_example(args, tmp: Path, argv) -> str:
 
     model = write_tiny_model(tmp / "tiny")
     data = write_demo_dataset(tmp / "edata", per_class={"good": args.images}, cell_lines=["A549"], size=args.resolution)
-    loops = {"diffusers example loop": lambda: example_step_times(model, data, args),
-             "lora train": lambda: example_trainer_step_times(model, data, tmp / "eout", args)}
-    medians: dict[str, list[float]] = {name: [] for name in loops}
+    short = max(4, args.steps // 6)
+
+    def measure(fn, steps):
+        AcceleratorState._reset_state(True)
+        t = time.process_time()
+        walls = fn(SimpleNamespace(**{**vars(args), "steps": steps}))["step_seconds"]
+        return time.process_time() - t, walls
+
+    loops = {"diffusers example loop": lambda a: example_step_times(model, data, a),
+             "lora train": lambda a: example_trainer_step_times(model, data, tmp / "eout", a)}
+    cpu: dict[str, list[float]] = {name: [] for name in loops}
+    wall: dict[str, list[float]] = {name: [] for name in loops}
     for _ in range(args.rounds):
         for name, fn in loops.items():  # alternate, so that slow phases of the machine hit both loops
-            AcceleratorState._reset_state(True)
-            medians[name].append(statistics.median(fn()["step_seconds"]))
-    sps = {name: 1.0 / statistics.median(m) for name, m in medians.items()}
-    ratios = [e / o for e, o in zip(medians["diffusers example loop"], medians["lora train"])]
-    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else [])]).strip()
+            c_short, _ = measure(fn, short)
+            c_long, walls = measure(fn, args.steps)
+            cpu[name].append((c_long - c_short) / (args.steps - short))
+            wall[name].append(statistics.median(walls))
+    ex, ours = "diffusers example loop", "lora train"
+    cpu_ratio = statistics.median(e / o for e, o in zip(cpu[ex], cpu[ours]))
+    wall_ratio = statistics.median(e / o for e, o in zip(wall[ex], wall[ours]))
+    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else sys.argv[1:])]).strip()
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     lines = [f"Command: `{cmd}`. Measured {datetime.date.today()} on CPU, {torch.get_num_threads()} torch threads{load}; "
              f"tiny model, {args.resolution} px, batch {args.batch_size}, U-Net-only LoRA rank {args.example_rank} "
-             f"(to_q/k/v/out.0), {args.steps} steps x {args.rounds} alternating rounds; per round the median step time.", "",
-             "| loop | steps/s (median of round medians) | round medians, ms |", "| --- | ---: | --- |"]
-    for name, m in medians.items():
-        lines.append(f"| {name} | {sps[name]:.2f} | {', '.join(f'{1000 * x:.1f}' for x in m)} |")
-    lines += ["", f"- `lora train` / example, steps/s: **{statistics.median(ratios):.3f}** (median of the per-round ratios; "
-              f"rounds {', '.join(f'{r:.2f}' for r in ratios)})."]
+             f"(to_q/k/v/out.0), {args.steps} and {short} steps x {args.rounds} alternating rounds.", "",
+             "| loop | CPU ms per step (median of rounds) | wall ms per step (median of rounds) |", "| --- | ---: | ---: |"]
+    for name in loops:
+        lines.append(f"| {name} | {1000 * statistics.median(cpu[name]):.1f} | {1000 * statistics.median(wall[name]):.1f} |")
+    lines += ["", f"- `lora train` steps/s over the example's, median of the per-round ratios: **{cpu_ratio:.3f}** by CPU time, "
+              f"{wall_ratio:.3f} by wall time (rounds, CPU: {', '.join(f'{e / o:.2f}' for e, o in zip(cpu[ex], cpu[ours]))})."]
     return "\n".join(lines)
 
 
@@ -351,10 +370,10 @@ def compare_presets(args, tmp: Path, argv) -> str:
 
     from accelerate.state import AcceleratorState
 
+    from lora.train import run
     from prompts.demo import write_demo_dataset
     from prompts.schema.data import DataSection
     from prompts.schema.lora import LoraSection
-    from lora.train import run
 
     model = build_model("sd15" if args.sd15 else "small", tmp / "pmodel")
     data = write_demo_dataset(tmp / "pdata", per_class={"good": args.images}, cell_lines=["A549"], size=args.resolution)
@@ -376,7 +395,7 @@ def compare_presets(args, tmp: Path, argv) -> str:
 
             kohya = folder / "good.safetensors"
             sizes[name] = (len(read_lora(kohya).modules), kohya.stat().st_size, (folder / "pytorch_lora_weights.safetensors").stat().st_size)
-    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else [])]).strip()
+    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else sys.argv[1:])]).strip()
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
     base = 1.0 / statistics.median(times["attention"])
     lines = [f"Command: `{cmd}`. Measured {datetime.date.today()} on {device}; "

@@ -18,7 +18,7 @@ COMMANDS = {
     "cv": ("cross-validate the classifier over real + synthetic mixes and write reports", ("data", "split", "skip_bad_images"),
            None),
     "realism": ("KID and a two-sample classifier test, real vs synthetic, per class and LoRA weight",
-                ("data", "split", "skip_bad_images"), ("output", "synthetic", *MODEL_KEYS)),
+                ("data", "split", "skip_bad_images"), ("output", "synthetic", *MODEL_KEYS, "overwrite")),
     "calibrate-weights": ("offline smoke stand-in for ImageNet weights: random weights, batch-norm statistics calibrated on DATA",
                           ("data", "skip_bad_images"), ("output", "backbone", "image_size", "seed")),
 }
@@ -34,7 +34,7 @@ def parser():
         p = sub.add_parser(name, help=help_text, description=help_text + ". Flags override --config.")
         add_config_flag(p)
         add_section_flags(p, SECTIONS["data"], data_keys)
-        add_section_flags(p, SECTIONS["classify"], classify_keys, exclude=("overwrite",) if name == "cv" else ())
+        add_section_flags(p, SECTIONS["classify"], classify_keys)
         _run_flags(p)
         if name == "calibrate-weights":
             p.add_argument("--max-images", type=int, default=64, help="images used for the statistics (default: 64)")
@@ -167,8 +167,15 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
 def cmd_realism(data, cls, progress: bool) -> int:
     from .realism import run_realism, write_realism
 
+    from pathlib import Path
+
+    from prompts.guard import check_new_file
+    from prompts.layout import REALISM_JSON, REALISM_MD
+
     if not cls.synthetic:
         raise UserError("no synthetic folder: pass --synthetic DIR")
+    for name in (REALISM_JSON, REALISM_MD):  # a finished realism report is replaced only when asked
+        check_new_file(Path(cls.output) / name, overwrite=cls.overwrite, data=data.data)
     result = run_realism(data, cls, progress)
     paths = write_realism(result, cls.output)
     log.info("wrote %s", ", ".join(str(p) for p in paths))

@@ -81,6 +81,9 @@ def normalize_weights(weights: str | None) -> str | None:
         return None
     if str(weights).lower() == "imagenet":
         return "imagenet"
+    if str(weights).lower() == "calibrated":  # a study-file keyword the workflow turns into a file
+        raise UserError("--weights calibrated: the workflow builds that file; outside it, write one with "
+                        "`python -m classify calibrate-weights --data DATA --output FILE.weights.h5` and pass --weights FILE.weights.h5")
     if not Path(weights).is_file():
         raise UserError(f"--weights {weights}: no such file; pass imagenet, none, or the path of an EfficientNet weights file (.h5/.weights.h5)")
     return str(weights)

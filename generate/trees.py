@@ -14,7 +14,8 @@ Parts (one per setting, so that a refusal names exactly what changed):
   those that choose *which* images a tree holds, not how each one looks (`SELECTION`): image i of a
   group has the same seed, prompt and start image whatever the count, the classes or the other
   weights, so a re-run that asks for more images, other classes or another weight fills the same
-  trees in. The sampler is recorded by its canonical name.
+  trees in (`per` picks the groups, whose LoRAs `loras` records). The sampler is recorded by its
+  canonical name.
 - `weight`: the tree's LoRA weight; `model`: the base model's content (`fingerprint.model_part`);
   `loras`: {LoRA name: sha256 of its file} of the LoRAs the tree's images use;
 - `templates`, `split`, `prompts_file`: the files' content (None when not used);
@@ -43,9 +44,10 @@ from .plan import Job, tree_of
 
 log = logging.getLogger("generate")
 
-# generate settings that choose which images a tree holds (or which trees), not how any image looks
+# generate settings that choose which images a tree holds (or which trees), not how any image looks;
+# `per` chooses the groups, whose LoRAs the `loras` part records ('auto' and the mode it resolves to are one thing)
 SELECTION = frozenset({"lora_weights", "fold", "classes", "cell_lines", "count", "fraction", "balance", "batch_size",
-                       "overwrite", "output"})
+                       "overwrite", "output", "per"})
 
 
 @dataclass

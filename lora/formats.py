@@ -369,7 +369,11 @@ def a1111_short_hash(path: str | os.PathLike) -> str:
     sibling = kohya_sibling(path)
     if sibling is not None:
         return a1111_short_hash(sibling)
-    return kohya_hashes(kohya_state(read_lora(path)), {})[0][:12]
+    try:
+        lora = read_lora(path)
+    except UserError:  # keys of another diffusers layout (legacy `lora.down`, ...): the file's own addnet hash,
+        return addnet_hash(path)[:12]  # what A1111 would show for it; whether it loads is for the loader to say
+    return kohya_hashes(kohya_state(lora), {})[0][:12]
 
 
 def lora_file_sha256(path: str | os.PathLike) -> dict[str, str]:

@@ -70,6 +70,7 @@ TRIAL_SCORES = "realism.json"  # OUT/trials/<n>/realism.json: image lists and sc
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0  # a RUNNING trial of another host without a heartbeat this long is failed
 POLL_SECONDS = 5.0  # wait between looks while the other processes' trials fill the N
+DIVERGED_IN_A_ROW = 5  # this many diverged trials in a row stop the search: the space itself is at fault
 
 
 # --------------------------------------------------------------------------- the search space
@@ -179,8 +180,9 @@ def trial_study(study: Study, params: dict) -> Study:
 # --------------------------------------------------------------------------- storage and stale trials
 
 def storage_url(search, out: Path) -> str:
-    """The storage of the search: the given URL or journal path, default OUT/search.journal."""
-    return search.storage or str(out / STORAGE_FILE)
+    """The storage of the search: the given URL, or a journal path (absolute), default OUT/search.journal."""
+    spec = search.storage or str(out / STORAGE_FILE)
+    return spec if "://" in spec else str(Path(spec).resolve())
 
 
 def open_storage(spec: str):
@@ -393,15 +395,17 @@ def _trial_settings(study: Study, search, params: dict, folder: Path) -> Study:
     return s
 
 
-def _generate_class(study_file: Path, label: str, lora: Path, images: Path) -> None:
-    """`python -m generate --config STUDY --classes LABEL --lora LORA --output IMAGES` in this process."""
+def _generate(study_file: Path, *flags: str, progress: bool = False) -> None:
+    """`python -m generate --config STUDY FLAGS` in this process."""
     from generate.__main__ import main as generate_main
 
     try:
-        generate_main(["--config", str(study_file), "--classes", label, "--lora", str(lora), "--output", str(images)])
+        generate_main(["--config", str(study_file), *flags, *([] if progress else ["--no-progress"])])
     except SystemExit as err:
+        if err.code == 1:  # images came out NaN or black: what a diverged LoRA makes
+            raise TrialDiverged(f"generate made NaN or black images (its message is above): {' '.join(flags)}") from None
         if err.code not in (0, None):
-            raise RuntimeError(f"generate failed for class {label} (exit status {err.code}; its message is above)") from None
+            raise RuntimeError(f"generate {' '.join(flags)} failed (exit status {err.code}; its message is above)") from None
 
 
 def _synthetic_images(s: Study, images: Path, label: str) -> list[Path]:
@@ -411,11 +415,29 @@ def _synthetic_images(s: Study, images: Path, label: str) -> list[Path]:
     return sorted(p for p in tree.rglob("*.png") if p.parent.name == label)
 
 
-def run_trial(trial, study: Study, search, scorer: RealismScorer, out: Path, dims: list[Dimension], single: bool):
+class TrialDiverged(Exception):
+    """The trainer stopped because the loss or the LoRA weights stopped being finite: a result of the trial's parameters."""
+
+
+DIVERGED = "no LoRA was written for it"  # in lora.train's one line for a diverged run (diverged_message)
+
+
+def _train(cfg, data_section) -> None:
+    """lora.train.run; a diverged run (too high a learning rate) is the trial's outcome, not bad input."""
+    from .train import run
+
+    try:
+        run(cfg, data_section)
+    except UserError as err:
+        if DIVERGED not in str(err):
+            raise
+        raise TrialDiverged(str(err)) from None
+
+
+def run_trial(trial, study: Study, search, scorer: RealismScorer, out: Path, dims: list[Dimension], single: bool,
+              progress: bool = False):
     """Train, generate and score class by class; returns the objective (or (objective, F1))."""
     import optuna
-
-    from .train import run as train_run
 
     params = {d.name: d.suggest(trial) for d in dims}
     folder = out / TRIALS_DIR / str(trial.number)
@@ -427,8 +449,9 @@ def run_trial(trial, study: Study, search, scorer: RealismScorer, out: Path, dim
     for step, label in enumerate(scorer.images.test):
         cfg = copy.deepcopy(s.lora)  # each class its own LoRA and image folders (a folder's fingerprint covers its inputs)
         cfg.classes, cfg.output = [label], str(folder / label / "lora")
-        train_run(cfg, s.data)
-        _generate_class(folder / TRIAL_STUDY, label, folder / label / "lora", folder / label / "images")
+        _train(cfg, s.data)
+        _generate(folder / TRIAL_STUDY, "--classes", label, "--lora", str(folder / label / "lora"),
+                  "--output", str(folder / label / "images"), progress=progress)
         rows.append(scorer.score(label, _synthetic_images(s, folder / label / "images", label)))
         write_json_atomic(folder / TRIAL_SCORES, {"trial": trial.number, "fold": search.fold, "params": params, "classes": rows})
         running = sum(r["objective"] for r in rows) / len(rows)
@@ -441,12 +464,12 @@ def run_trial(trial, study: Study, search, scorer: RealismScorer, out: Path, dim
     value = sum(r["objective"] for r in rows) / len(rows)
     trial.set_user_attr("kid", {r["class"]: r["kid"] for r in rows})
     trial.set_user_attr("c2st", {r["class"]: r["c2st_accuracy"] for r in rows})
-    f1 = None if single else downstream_f1(s, search, folder)
+    f1 = None if single else downstream_f1(s, search, folder, progress)
     trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
     return value if single else (value, f1)
 
 
-def downstream_f1(s: Study, search, folder: Path) -> float:
+def downstream_f1(s: Study, search, folder: Path, progress: bool = False) -> float:
     """The second objective: CV macro F1 of the mix `search.f1_mix` over the folds `search.f1_folds`.
 
     Each of those folds gets its own LoRAs (trained on its training images) and synthetic images,
@@ -457,8 +480,6 @@ def downstream_f1(s: Study, search, folder: Path) -> float:
     from classify.mixes import parse_mixes
     from prompts.dataset import read_dataset
     from prompts.splits import Fold, read_split, write_split
-
-    from .train import run as train_run
 
     sub = folder / "f1"
     (mix,) = parse_mixes([search.f1_mix])
@@ -471,20 +492,14 @@ def downstream_f1(s: Study, search, folder: Path) -> float:
     f = copy.deepcopy(s)
     f.data.split = str(sub / "split.json")
     f.lora.output, f.lora.fold = str(sub / "lora"), "all"
-    train_run(f.lora, f.data)
+    _train(f.lora, f.data)
     g = f.generate
     g.lora, g.output, g.fold, g.count = f.lora.output, str(sub / "images"), "all", None
     g.fraction, g.balance = [mix.percent / 100 if mix.kind == "plus" else 1.0], mix.kind == "balance"
     write_trial_study(f, sub / TRIAL_STUDY)
-    from generate.__main__ import main as generate_main
-
-    try:
-        generate_main(["--config", str(sub / TRIAL_STUDY)])
-    except SystemExit as err:
-        if err.code not in (0, None):
-            raise RuntimeError(f"generate failed for the F1 folds (exit status {err.code}; its message is above)") from None
+    _generate(sub / TRIAL_STUDY, progress=progress)
     f.classify.output, f.classify.synthetic, f.classify.mixes = str(sub / "cv"), g.output, [search.f1_mix]
-    summary = run_cv(f.data, f.classify, progress=False)
+    summary = run_cv(f.data, f.classify, progress=progress)
     rows = [r for rows in summary["tables"].values() for r in rows if r["mix"] == mix.name]
     return float(rows[0]["metrics"]["f1"]["mean"])
 
@@ -528,14 +543,17 @@ def _check_inputs(study: Study, search, dims: list[Dimension], out: Path) -> Non
 
 
 def _create_study(url: str, search, single: bool):
+    import warnings
+
     import optuna
 
     storage = open_storage(url)
     seed = (search.seed * 1_000_003 + os.getpid()) % 2**32  # several processes must not draw the same startup trials
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
-                                         n_startup_trials=max(2, min(10, search.trials // 3)))
-    if not single:
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=max(2, min(10, search.trials // 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar and multivariate
+        # constant_liar: RUNNING trials of other processes count as bad, so processes do not crowd one spot
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=single,
+                                             n_startup_trials=max(2, min(10, search.trials // 3)))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=search.pruner_startup_trials, n_warmup_steps=0)
               if single and search.pruner == "median" else optuna.pruners.NopPruner())
     directions = ["minimize"] if single else ["minimize", "maximize"]
@@ -579,6 +597,7 @@ def run_search(study_or_path, search=None, *, progress: bool = True) -> dict:
     ostudy = _create_study(url, search, single)
     scorer = RealismScorer(study.classify, images, out / "feature_cache")
     host, pid = socket.gethostname(), os.getpid()
+    diverged = 0
     while True:
         fail_stale_trials(ostudy, out)
         states = [t.state for t in ostudy.get_trials(deepcopy=False)]
@@ -598,16 +617,28 @@ def run_search(study_or_path, search=None, *, progress: bool = True) -> dict:
         log.info("trial %d started (%d of %d complete, %d running elsewhere)", trial.number, done, search.trials, running)
         try:
             with _Heartbeat(trial):
-                value = run_trial(trial, study, search, scorer, out, dims, single)
+                value = run_trial(trial, study, search, scorer, out, dims, single, progress)
         except optuna.TrialPruned as err:
             ostudy.tell(trial, state=TrialState.PRUNED)
             shutil.rmtree(out / TRIALS_DIR / str(trial.number), ignore_errors=True)  # ours: pruned trials keep no files
             log.info("trial %d pruned (%s)", trial.number, err)
             continue
+        except TrialDiverged as err:  # the trial's parameters are at fault, not the input: the search goes on
+            trial.set_user_attr("note", str(err))
+            ostudy.tell(trial, state=TrialState.FAIL)
+            shutil.rmtree(out / TRIALS_DIR / str(trial.number), ignore_errors=True)
+            log.warning("trial %d failed: %s", trial.number, err)
+            diverged += 1
+            if diverged >= DIVERGED_IN_A_ROW:
+                raise UserError(f"{diverged} trials in a row diverged (the last: {err}); narrow the search's learning-rate "
+                                "ranges (search.unet_lr, search.text_encoder_lr) and run again: the search resumes") from None
+            continue
         except BaseException:
             ostudy.tell(trial, state=TrialState.FAIL)
+            shutil.rmtree(out / TRIALS_DIR / str(trial.number), ignore_errors=True)
             raise
         ostudy.tell(trial, value)
+        diverged = 0
         log.info("trial %d complete: %s", trial.number, value)
     from .search_report import write_outputs
 

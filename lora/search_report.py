@@ -95,6 +95,7 @@ def optuna_plots(ostudy) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" notices of slice plots
     from optuna.visualization import matplotlib as ovm
 
     two = len(ostudy.directions) == 2

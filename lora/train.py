@@ -107,10 +107,11 @@ def plan(cfg, data_cfg, resume: str | None = None) -> list[Job]:
 
     check_model(cfg.model, cfg.allow_pickle)
     dataset = read_dataset(data_cfg.data, check_images=True, skip_bad_images=data_cfg.skip_bad_images)
+    templates = load_templates(data_cfg.templates)
+    templates.check_classes(dataset.classes)
     dataset = dataset.select(classes=cfg.classes or None, cell_lines=cfg.cell_lines or None)
     if cfg.per == "cell_line_class" and not dataset.cell_lines:
         raise UserError(f"--per cell_line_class: {dataset.root} has no cell lines; use DATA/<cell_line>/<class>/ or a cell_line column")
-    templates = load_templates(data_cfg.templates)
     parts: list[tuple[int | None, Dataset]] = [(None, dataset)]
     if data_cfg.split:
         if cfg.fold is None:
@@ -225,6 +226,10 @@ def _check_group_folder(job: Job, overwrite: bool) -> bool:
     return False
 
 
+class Diverged(UserError):
+    """The loss or the LoRA weights stopped being finite numbers (a learning rate far too high); nothing was written."""
+
+
 def diverged_message(job: Job, cfg, what: str, update: int, total_updates: int) -> str:
     """The one line for a run whose loss or weights stopped being finite numbers."""
     lrs = f"--unet-lr {cfg.unet_lr:g}" + (f", --text-encoder-lr {cfg.text_encoder_lr:g}" if cfg.text_encoder_lr > 0 else "")
@@ -335,6 +340,10 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
     models = [unet, text_encoder] if train_te else [unet]
     hooks = _register_lora_hooks(accelerator, models)
     lora_params = [p for grp in param_groups for p in grp["params"]]
+    # accelerate's optimizer wrapper looks packages up and inspects signatures on every step; without an fp16
+    # grad scaler it only forwards to the torch optimizer, so the loop calls that directly
+    torch_optimizer = optimizer.optimizer if accelerator.scaler is None and hasattr(optimizer, "optimizer") else optimizer
+    epoch_cache: dict[int, list[list[int]]] = {}  # this process's batches of each epoch
 
     # 2. the images (and their latents, once, when caching), the captions' token ids
     images = D.load_images(job.dataset, cfg.resolution)
@@ -375,7 +384,10 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
             step_seconds.append(t_now - t_prev)
             t_prev = t_now
         epoch, k = divmod(step, steps_per_epoch)
-        batch = D.epoch_batches(D.epoch_order(n_images, cfg.repeats, epoch, cfg.seed), cfg.batch_size, P, rank)[k]
+        if epoch not in epoch_cache:
+            epoch_cache.clear()
+            epoch_cache[epoch] = D.epoch_batches(D.epoch_order(n_images, cfg.repeats, epoch, cfg.seed), cfg.batch_size, P, rank)
+        batch = epoch_cache[epoch][k]
         g = step_generator(cfg.seed, step, rank)
         flips = D.flip_flags(len(batch), g) if cfg.random_flip else torch.zeros(len(batch), 2, dtype=torch.bool)
         sync = (step + 1) % accum == 0 or step + 1 == total_steps
@@ -417,26 +429,27 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
                 torch.nn.utils.clip_grad_norm_(lora_params, cfg.max_grad_norm, foreach=True)
             else:
                 accelerator.clip_grad_norm_(lora_params, cfg.max_grad_norm)
-        optimizer.step()
+        torch_optimizer.step()
         lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        torch_optimizer.zero_grad(set_to_none=True)
         update += 1
         mean_loss = accelerator.reduce(torch.tensor(loss_sum / loss_n, device=device), reduction="mean").item()
         loss_sum, loss_n = 0.0, 0
         if not math.isfinite(mean_loss):  # the same reduced value on every process: all stop together
-            raise UserError(diverged_message(job, cfg, f"the training loss became {mean_loss}", update, total_updates))
+            raise Diverged(diverged_message(job, cfg, f"the training loss became {mean_loss}", update, total_updates))
         lrs = lr_scheduler.get_last_lr()
         rows.append({"update": update, "epoch": epoch, "loss": f"{mean_loss:.6f}", "lr_unet": f"{lrs[0]:.3e}",
                      "lr_text_encoder": f"{lrs[1]:.3e}" if train_te else ""})
         if tracker is not None:
-            tracker.log({"loss": mean_loss, "lr/unet": lrs[0]}, step=update)
+            tracker.writer.add_scalar("loss", mean_loss, update)  # not tracker.log: it flushes the file every update
+            tracker.writer.add_scalar("lr/unet", lrs[0], update)
         if update % 10 == 0 or update == total_updates:
             info("%s: update %d/%d  loss %.4f", job.group, update, total_updates, mean_loss)
         if cfg.checkpointing_steps and update % cfg.checkpointing_steps == 0 and update < total_updates:
             _save_checkpoint(accelerator, job, cfg, update, rows)
 
     if not all(torch.isfinite(p).all() for grp in param_groups for p in grp["params"]):
-        raise UserError(diverged_message(job, cfg, "the LoRA weights stopped being finite numbers", update, total_updates))
+        raise Diverged(diverged_message(job, cfg, "the LoRA weights stopped being finite numbers", update, total_updates))
     t_end = time.perf_counter()
     if step > first_step:
         step_seconds.append(t_end - t_prev)

@@ -16,6 +16,7 @@ from .templates import load_templates
 def show(data: str, templates: str | None, per: str) -> str:
     dataset = read_dataset(data)
     tpl = load_templates(templates)
+    tpl.check_classes(dataset.classes)
     if per == "cell_line_class":
         counts = Counter((r.label, r.cell_line) for r in dataset.records)
     else:

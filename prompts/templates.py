@@ -84,7 +84,8 @@ class Templates:
     def for_group(self, label: str, cell_line: str | None = None) -> GroupPrompt:
         values = self.fields(label, cell_line)
         text = self.prompt.format(**values)
-        return GroupPrompt(values["group"], label, cell_line, values["trigger"], text, self.negative_prompt)
+        negative = fill_fields(self.negative_prompt, values)  # the same fields as everywhere else
+        return GroupPrompt(values["group"], label, cell_line, values["trigger"], text, negative)
 
     def check_classes(self, classes) -> None:
         """A class key of the user's templates file that matches no class of the data is a typo: one line naming the known classes."""

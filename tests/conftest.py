@@ -35,8 +35,9 @@ def demo_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def class_data(tmp_path_factory) -> Path:
     """DATA/<class>/<image>: 2 classes x 6 grayscale 64x64 PNGs."""
-    from prompts.demo import micrograph
     import numpy as np
+
+    from prompts.demo import micrograph
 
     root = tmp_path_factory.mktemp("classdata") / "data"
     for label in ("good", "bad"):
@@ -53,3 +54,14 @@ def tiny_model(tmp_path_factory) -> Path:
     from lora.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def class_loras(tiny_model, tmp_path_factory) -> Path:
+    """LORA/good/ and LORA/bad/ for the tiny model (class_data's classes)."""
+    root = tmp_path_factory.mktemp("loras") / "lora"
+    from .lora_fixtures import make_lora
+
+    for i, label in enumerate(("good", "bad")):
+        make_lora(tiny_model, root / label, seed=i + 1)
+    return root

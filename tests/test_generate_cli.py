@@ -17,7 +17,6 @@ from PIL import Image
 from generate.__main__ import main as generate_main
 
 from .conftest import ROOT
-from .test_generate import class_loras  # noqa: F401  (fixture)
 from .test_generate_run import one_thread  # noqa: F401  (autouse fixture)
 
 torch = pytest.importorskip("torch")

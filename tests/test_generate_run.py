@@ -12,7 +12,7 @@ from PIL import Image
 from generate.__main__ import main
 from prompts.splits import Fold, Split, write_split
 
-from .test_generate import class_loras, make_lora  # noqa: F401  (fixture)
+from .lora_fixtures import make_lora
 
 torch = pytest.importorskip("torch")
 STEPS = "8"

@@ -14,7 +14,13 @@ pytest.importorskip("peft")
 
 import lora  # noqa: E402,F401
 from lora.formats import (  # noqa: E402
-    from_peft, kohya_name, network_args, network_modules, read_lora, write_diffusers, write_kohya,
+    from_peft,
+    kohya_name,
+    network_args,
+    network_modules,
+    read_lora,
+    write_diffusers,
+    write_kohya,
 )
 
 # SD 1.5's transformer blocks (diffusers names): 2 per down level 0-2, 1 in the middle, 3 per up level 1-3.

@@ -10,8 +10,16 @@ import lora  # noqa: E402,F401
 from lora import data as D  # noqa: E402
 from lora.__main__ import main  # noqa: E402
 from lora.formats import (  # noqa: E402
-    DIFFUSERS_WEIGHT_NAME, LoraModule, LoraWeights, deltas, from_peft, kohya_name, module_from_kohya, read_lora,
-    write_diffusers, write_kohya,
+    DIFFUSERS_WEIGHT_NAME,
+    LoraModule,
+    LoraWeights,
+    deltas,
+    from_peft,
+    kohya_name,
+    module_from_kohya,
+    read_lora,
+    write_diffusers,
+    write_kohya,
 )
 
 

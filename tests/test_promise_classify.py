@@ -359,9 +359,7 @@ def test_cv_run_records_its_fingerprint_and_says_what_changed(data, tmp_path, ca
     one_error(changed, capsys, "settings.epochs", "--overwrite")
     png(data / "good" / "good_0.png", seed=99)  # a data image changed on disk
     one_error(argv, capsys, "data changed", "--overwrite")
-    study = tmp_path / "study.yaml"  # the study-file spelling of --overwrite
-    study.write_text("classify:\n  overwrite: true\n")
-    code, err = run_main([*changed, "--config", study], capsys)
+    code, err = run_main([*changed, "--overwrite"], capsys)
     assert code == 0, err
     again = json.loads(results.read_text())
     assert again["settings"]["epochs"] == 2 and again["timing"]["runs_trained"] == 2

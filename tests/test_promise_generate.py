@@ -30,7 +30,7 @@ from prompts.layout import FINGERPRINT_FILE, LORA_DIFFUSERS_FILE, weight_dir_nam
 from prompts.splits import Fold, Split, write_split
 
 from .conftest import ROOT
-from .test_generate import make_lora
+from .lora_fixtures import make_lora
 
 torch = pytest.importorskip("torch")
 SIZE, STEPS = "32", "2"

@@ -92,7 +92,7 @@ def _location(w, where: str, command: str) -> Path:
     foreign = root / "foreign" / command.replace(" ", "_")
     # A folder the user owns, holding files and folders named like the command's outputs would be.
     for rel in ("notes.txt", "round/mine.txt", "flat/mine.txt", "w1.0/round/mine.txt", "split.json", "report.md",
-                "b0.weights.h5", "blind_test.html"):
+                "b0.weights.h5", "blind_test.html", "realism.json", "key.json"):
         (foreign / rel).parent.mkdir(parents=True, exist_ok=True)
         (foreign / rel).write_text(f"user file {rel}\n")
     return foreign

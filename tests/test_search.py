@@ -137,6 +137,41 @@ def test_search_needs_a_split(tmp_path, class_data):
     assert not (tmp_path / "out" / "trials").exists()
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_stale_trials_of_gone_processes_are_failed_and_live_ones_kept(tmp_path, kind):
+    import socket
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from lora.search import STALE_SECONDS, fail_stale_trials, open_storage
+
+    url = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+    now, host = time.time(), socket.gethostname()
+    attrs = [{"host": host, "pid": int(gone)},  # this host, process gone
+             {"host": host, "pid": os.getpid()},  # this host, alive
+             {"host": "elsewhere", "pid": 1, "heartbeat": now - STALE_SECONDS - 1},  # silent too long
+             {"host": "elsewhere", "pid": 1, "heartbeat": now}]  # beating
+    for a in attrs:
+        t = study.ask()
+        for k, v in a.items():
+            t.set_user_attr(k, v)
+        (tmp_path / "trials" / str(t.number)).mkdir(parents=True)
+    assert fail_stale_trials(study, tmp_path) == [0, 2]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
+    assert sorted(p.name for p in (tmp_path / "trials").iterdir()) == ["1", "3"]
+    assert fail_stale_trials(study, tmp_path) == []  # once only
+
+
+def test_bad_storage_url_is_one_line(tmp_path):
+    from lora.search import open_storage
+
+    with pytest.raises(UserError, match="--storage nosuchdb://x: Optuna cannot open it"):
+        open_storage("nosuchdb://x")
+
+
 # --------------------------------------------------------------------------- real searches on the tiny model
 
 def _run(study_path: Path, **kw):
@@ -151,44 +186,6 @@ def _trials(out: Path, name: str = "lora-search"):
     from lora.search import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(str(out / "search.journal"))).get_trials()
-
-
-@pytest.mark.slow
-def test_four_trials_complete_and_best_study_validates(small_pbc3, tiny_model, b0_weights, tmp_path):
-    from optuna.trial import TrialState
-
-    from prompts.dataset import read_dataset
-    from prompts.splits import read_split
-
-    result = _run(write_study(tmp_path, small_pbc3, tiny_model, b0_weights))
-    out = tmp_path / "search"
-    trials = _trials(out)
-    assert result["complete"] == 4 == sum(t.state == TrialState.COMPLETE for t in trials)
-    best = load_study(out / "best_study.yaml")
-    assert best.lora.rank == result["best"]["rank"] and best.generate.lora_weights == [result["best"]["lora_weight"]]
-    assert best.lora.unet_lr == pytest.approx(result["best"]["unet_lr"])
-    page = (out / "search.html").read_text()
-    assert "data:image/png;base64," in page and "Optimisation history" in page and "<script" not in page
-    assert (out / "trials.csv").read_text().count("\n") == len(trials) + 1
-
-    # the objective never sees a training image; the LoRAs never see a test image
-    ds = read_dataset(small_pbc3)
-    fold = read_split(small_pbc3.parent / "folds.json", ds).folds[0]
-    train = {str(small_pbc3 / p) for p in fold.train}
-    test = {str(small_pbc3 / p) for p in fold.test}
-    for t in trials:
-        if t.state != TrialState.COMPLETE:
-            continue
-        scores = json.loads((out / "trials" / str(t.number) / "realism.json").read_text())
-        for row in scores["classes"]:
-            assert row["real_images"] and set(row["real_images"]) <= test and not set(row["real_images"]) & train
-            assert len(row["synthetic_images"]) == 2
-            assert all(str(out / "trials" / str(t.number) / row["class"] / "images") in p for p in row["synthetic_images"])
-        import yaml
-
-        for cfg in (out / "trials" / str(t.number)).rglob("lora/**/config.yaml"):
-            images = {str(small_pbc3 / p) for p in yaml.safe_load(cfg.read_text())["group"]["images"]}
-            assert images and images <= train
 
 
 def _cli(study: Path) -> list[str]:
@@ -215,41 +212,78 @@ def _check_trials(out: Path, n: int):
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_to_n_complete_trials(small_pbc3, tiny_model, b0_weights, tmp_path):
+def test_search_killed_in_trial_2_resumes_to_4_complete_trials(small_pbc3, tiny_model, b0_weights, tmp_path, caplog):
+    """kill -9 during trial 2, re-run: 4 complete trials, none twice; best_study.yaml validates; image lists are clean."""
     from optuna.trial import TrialState
 
-    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, extra="  pruner: none")
+    from prompts.dataset import read_dataset
+    from prompts.splits import read_split
+
+    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights)
     out = tmp_path / "search"
     proc = subprocess.Popen(_cli(study), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not (out / "trials" / "1" / "study.yaml").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
-    time.sleep(3)  # inside trial 2 (number 1): training or generating
+    time.sleep(2)  # inside trial 2 (number 1): training or generating
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     killed = {t.number: t.state for t in _trials(out)}
     assert killed[0] == TrialState.COMPLETE and killed[1] == TrialState.RUNNING
 
-    done = subprocess.run(_cli(study), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "trial 1: its process" in done.stderr and "marked FAIL" in done.stderr
+    with caplog.at_level("INFO", logger="lora.search"):
+        result = _run(study)  # the same search again, in this process
+    assert "trial 1: its process" in caplog.text and "marked FAIL" in caplog.text
     trials = _check_trials(out, 4)
-    assert trials[1].state == TrialState.FAIL
-    assert load_study(out / "best_study.yaml").lora.rank in (2, 4)
+    assert trials[1].state == TrialState.FAIL and result["complete"] == 4
+
+    best = load_study(out / "best_study.yaml")
+    assert best.lora.rank == result["best"]["rank"] and best.generate.lora_weights == [result["best"]["lora_weight"]]
+    assert best.lora.unet_lr == pytest.approx(result["best"]["unet_lr"])
+    page = (out / "search.html").read_text()
+    assert "data:image/png;base64," in page and "Optimisation history" in page and "<script" not in page
+    assert (out / "trials.csv").read_text().count("\n") == len(trials) + 1
+
+    # the objective never sees a training image; the LoRAs never see a test image
+    ds = read_dataset(small_pbc3)
+    fold = read_split(small_pbc3.parent / "folds.json", ds).folds[0]
+    train = {str(small_pbc3 / p) for p in fold.train}
+    test = {str(small_pbc3 / p) for p in fold.test}
+    import yaml
+
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            continue
+        scores = json.loads((out / "trials" / str(t.number) / "realism.json").read_text())
+        assert [row["class"] for row in scores["classes"]] == ds.classes
+        for row in scores["classes"]:
+            assert row["real_images"] and set(row["real_images"]) <= test and not set(row["real_images"]) & train
+            assert len(row["synthetic_images"]) == 2
+            assert all(str(out / "trials" / str(t.number) / row["class"] / "images") in p for p in row["synthetic_images"])
+        configs = list((out / "trials" / str(t.number)).rglob("lora/**/config.yaml"))
+        assert len(configs) == len(ds.classes)
+        for cfg in configs:
+            images = {str(small_pbc3 / p) for p in yaml.safe_load(cfg.read_text())["group"]["images"]}
+            assert images and images <= train
 
 
 @pytest.mark.slow
 def test_two_processes_on_one_storage_finish_n_trials_together(small_pbc3, tiny_model, b0_weights, tmp_path):
-    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, trials=2, extra="  pruner: none")
+    """A second process (a subprocess) and this one share the journal file and finish 3 complete trials together."""
+    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, trials=3, extra="  pruner: none")
     out = tmp_path / "search"
-    procs = [subprocess.Popen(_cli(study), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    trials = _check_trials(out, 2)
+    other = subprocess.Popen(_cli(study), cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (out / "trials" / "0").exists() and time.time() < deadline and other.poll() is None:
+        time.sleep(0.2)  # the other process has started its first trial
+    assert other.poll() is None, other.communicate()[0][-3000:]
+    _run(study)
+    log = other.communicate(timeout=600)[0]
+    assert other.returncode == 0, log[-3000:]
+    trials = _check_trials(out, 3)
     pids = {t.user_attrs["pid"] for t in trials if t.state.name == "COMPLETE"}
-    assert pids == {p.pid for p in procs}, "both processes ran trials"
+    assert pids == {other.pid, os.getpid()}, "both processes ran trials"
 
 
 @pytest.mark.slow
@@ -262,11 +296,26 @@ def test_two_objectives_add_the_downstream_macro_f1(small_pbc3, tiny_model, b0_w
     out = tmp_path / "search"
     (t,) = _trials(out)
     assert result["complete"] == 1 and len(t.values) == 2 and 0 <= t.values[1] <= 1
-    assert t.user_attrs["macro_f1"] == t.values[1]
     # the F1 folds' LoRAs are trained on their own fold's training images (fold 1 of the split is fold_0 there)
     assert sorted(p.name for p in (out / "trials" / "0" / "f1" / "lora").iterdir()) == ["fold_0"]
     assert "Pareto front" in (out / "search.html").read_text()
     load_study(out / "best_study.yaml")
+
+
+@pytest.mark.slow
+def test_diverged_trials_fail_and_too_many_in_a_row_stop_with_one_line(small_pbc3, tiny_model, b0_weights, tmp_path):
+    from optuna.trial import TrialState
+
+    from lora.search import DIVERGED_IN_A_ROW
+
+    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, trials=1, extra="  pruner: none")
+    study.write_text(study.read_text().replace('unet_lr: "1e-4..1e-2 log"', "unet_lr: [1.0e+4]").replace("epochs: [1]", "epochs: [3]"))
+    with pytest.raises(UserError, match=f"{DIVERGED_IN_A_ROW} trials in a row diverged .* narrow the search's learning-rate"):
+        _run(study)
+    trials = _trials(tmp_path / "search")
+    assert [t.state for t in trials] == [TrialState.FAIL] * DIVERGED_IN_A_ROW
+    assert all("no LoRA was written" in t.user_attrs["note"] for t in trials)
+    assert not list((tmp_path / "search" / "trials").iterdir())
 
 
 def test_cli_flags_reach_the_search_and_bad_values_are_one_line(tmp_path, class_data):

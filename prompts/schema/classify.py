@@ -39,4 +39,4 @@ class ClassifySection:
     fine_tune_lr: float = opt(1e-5, "second-phase learning rate", gt=0)
     realism: str | None = opt(None, "realism.json written by `classify realism` (or its folder), added to the CV report", path=True)
     blind: str | None = opt(None, "folder of `classify blind-score`, added to the CV report", path=True)
-    overwrite: bool = opt(False, "replace an existing output file (split); recompute a CV run in OUT whose inputs changed (cv)", result=False)
+    overwrite: bool = opt(False, "replace an existing split file or realism report; recompute a CV run in OUT whose inputs changed (cv)", result=False)

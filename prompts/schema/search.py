@@ -42,7 +42,7 @@ class SearchSection:
     f1_folds: list[int] = opt([0], "with objective realism+f1: the folds whose CV macro F1 is the second objective")
     f1_mix: str = opt("real+50", "with objective realism+f1: the training mix whose macro F1 is measured")
     pruner: Literal["median", "none"] = opt("median", "Optuna's median pruner on the running per-class objective, or none")
-    pruner_startup_trials: int = opt(3, "complete trials before the median pruner may prune", ge=0)
+    pruner_startup_trials: int = opt(5, "complete trials before the median pruner may prune (Optuna's default)", ge=0)
     seed: int = opt(0, "seed of the TPE sampler (mixed with the process id when several processes share a storage) and of the images")
     # the search space
     rank: str | list[int] = opt([4, 8, 16, 32], "LoRA rank: a list, a range 'LOW..HIGH', or [] to keep lora.rank")
