@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install system lint test bench demo clean
+.PHONY: install system lint test bench demo study clean
 
 install: $(STAMP)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ROOMS = ("lora", "generate", "classify")
+ROOMS = ("lora", "generate", "classify", "search", "workflow")
 
 
 def main(argv=None) -> None:

@@ -387,7 +387,7 @@ def compare_presets(args, tmp: Path, argv) -> str:
             shutil.rmtree(out, ignore_errors=True)
             cfg = LoraSection(model=str(model), output=str(out), epochs=1, repeats=max(1, args.steps * args.batch_size // args.images),
                               batch_size=args.batch_size, resolution=args.resolution, validation_images=0, random_flip=False,
-                              network=network, conv_dim=conv_dim, mixed_precision=args.precision[0] if args.precision else "no")
+                              network=network, conv_dim=conv_dim, mixed_precision=args.precision[0] if args.precision else ("fp16" if args.device == "cuda" else "no"))
             (folder,) = run(cfg, DataSection(data=str(data)))
             stats = json.loads((folder / "stats.json").read_text())
             times[name].append(statistics.median(stats["step_seconds"][1:]))

@@ -12,6 +12,7 @@ import sys
 from prompts.cli import Parser, add_config_flag, add_section_flags, read_settings
 from prompts.errors import UserError, run_cli, setup_logging
 
+
 @run_cli
 def main(argv=None):
     from prompts.schema.data import DataSection

@@ -419,18 +419,13 @@ class TrialDiverged(Exception):
     """The trainer stopped because the loss or the LoRA weights stopped being finite: a result of the trial's parameters."""
 
 
-DIVERGED = "no LoRA was written for it"  # in lora.train's one line for a diverged run (diverged_message)
-
-
 def _train(cfg, data_section) -> None:
     """lora.train.run; a diverged run (too high a learning rate) is the trial's outcome, not bad input."""
-    from .train import run
+    from .train import Diverged, run
 
     try:
         run(cfg, data_section)
-    except UserError as err:
-        if DIVERGED not in str(err):
-            raise
+    except Diverged as err:
         raise TrialDiverged(str(err)) from None
 
 

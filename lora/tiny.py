@@ -109,10 +109,10 @@ def write_tiny_tokenizer(folder: Path) -> int:
 
 def build_tiny_pipeline(seed: int = 0):
     """A `StableDiffusionPipeline` with tiny random components (8x VAE, 2-level U-Net)."""
+    import tempfile
+
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         vocab_size = write_tiny_tokenizer(Path(tmp))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
-from .dataset import read_dataset
 from .cli import Parser
+from .dataset import read_dataset
 from .errors import UserError, run_cli
 from .templates import load_templates
 

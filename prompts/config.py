@@ -194,7 +194,7 @@ def _resolve_paths(study: Study) -> Study:
 
 
 def _resolve(value, base: Path, f):
-    if (isinstance(value, str) and value and value not in KEYWORDS and not os.path.isabs(value)
+    if (isinstance(value, str) and value and value not in KEYWORDS and not os.path.isabs(value) and "://" not in value
             and not _looks_like_hub_id(value, f)):
         return str(base / value)
     return value

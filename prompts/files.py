@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def temp_dir_beside(target: str | os.PathLike, prefix: str) -> Path:
     return tmp
 
 
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+
+
 def _unique_key_loader():
     """yaml.SafeLoader that refuses a key written twice in one mapping (YAML would keep the last silently)."""
     import yaml
@@ -96,6 +100,9 @@ def _unique_key_loader():
         return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
     UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    # YAML 1.1 reads 1e-4 (no dot) as a string; learning rates are written that way, so read it as a number.
+    UniqueKeyLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789"))
     return UniqueKeyLoader
 
 

@@ -267,3 +267,19 @@ def test_decompression_bomb_is_one_line_and_skippable(tmp_path, monkeypatch):
         read_dataset(data, check_images=True)
     ds = read_dataset(data, skip_bad_images=True)
     assert [r.path for r in ds.records] == ["a/x.png"]
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-4 as text; a learning rate written that way must still be a number."""
+    study = tmp_path / "s.yaml"
+    study.write_text("lora:\n  unet_lr: 1e-4\n  text_encoder_lr: 5E-5\ngenerate:\n  lora_weights: [1, 8e-1]\n")
+    s = load_study(study)
+    assert s.lora.unet_lr == 1e-4 and s.lora.text_encoder_lr == 5e-5 and s.generate.lora_weights == [1.0, 0.8]
+
+
+def test_storage_urls_are_not_paths(tmp_path):
+    study = tmp_path / "s.yaml"
+    study.write_text("search:\n  storage: sqlite:///search.db\n")
+    assert load_study(study).search.storage == "sqlite:///search.db"
+    study.write_text("search:\n  storage: runs/search.journal\n")
+    assert load_study(study).search.storage == str(tmp_path / "runs" / "search.journal")

@@ -31,7 +31,7 @@ class SearchSection:
                              required=("lora search",))
     trials: int = opt(20, "COMPLETE trials to reach, counted over every process that shares the storage", ge=1)
     storage: str | None = opt(
-        None, "Optuna storage: an RDB URL (sqlite:///FILE, postgresql://...) or a journal file; default OUT/search.journal"
+        None, "Optuna storage: an RDB URL (sqlite:///FILE, postgresql://...) or a journal file; default OUT/search.journal", path=True
     )
     study_name: str = opt("lora-search", "name of the Optuna study in the storage (several searches can share one storage)")
     fold: int = opt(0, "the split's fold whose training images train the LoRAs and whose test images score them", ge=0)
