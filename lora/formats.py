@@ -103,18 +103,22 @@ NETWORKS = ("kohya", "attention")
 def _kohya_children(model, blocks: tuple[str, ...]) -> dict[str, str]:
     """{module path: 'linear' | 'conv1x1' | 'conv'} of every Linear/Conv2d inside a block of the given classes.
 
-    The rule of sd-scripts' `create_modules`: the class name is compared, not the type.
+    The rule of sd-scripts' `create_modules` (blocks by class name). A model that already carries
+    peft adapters gives the same answer: a wrapped layer counts by its `base_layer`, LoRA factors not at all.
     """
     found = {}
     for name, block in model.named_modules():
         if block.__class__.__name__ not in blocks:
             continue
         for child_name, child in block.named_modules():
-            kind = child.__class__.__name__
-            if kind == "Linear":
-                found[f"{name}.{child_name}"] = "linear"
-            elif kind == "Conv2d":
-                found[f"{name}.{child_name}"] = "conv1x1" if tuple(child.kernel_size) == (1, 1) else "conv"
+            parts = child_name.split(".")
+            if any(p.startswith("lora_") for p in parts):
+                continue
+            path = f"{name}.{child_name.removesuffix('.base_layer')}"
+            if isinstance(child, torch.nn.Linear):
+                found[path] = "linear"
+            elif isinstance(child, torch.nn.Conv2d):
+                found[path] = "conv1x1" if tuple(child.kernel_size) == (1, 1) else "conv"
     return found
 
 

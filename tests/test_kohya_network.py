@@ -161,3 +161,16 @@ def test_trained_kohya_file_records_the_preset(tiny_model, class_data, tmp_path)
     pipe = load_pipeline(tiny_model)
     want = names(network_modules(pipe.unet, pipe.text_encoder, "kohya", conv_dim=2))
     assert {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys} == want
+
+
+def test_module_list_is_the_same_on_an_adapted_model(tiny_model):
+    from types import SimpleNamespace
+
+    from lora.model import load_pipeline
+    from lora.train import add_lora
+
+    pipe = load_pipeline(tiny_model)
+    before = network_modules(pipe.unet, pipe.text_encoder, "kohya", conv_dim=2)
+    add_lora(pipe.unet, pipe.text_encoder, SimpleNamespace(seed=0, rank=2, alpha=2.0, unet_lr=1e-4, text_encoder_lr=1e-4,
+                                                         network="kohya", conv_dim=2, conv_alpha=None))
+    assert network_modules(pipe.unet, pipe.text_encoder, "kohya", conv_dim=2) == before
