@@ -92,7 +92,6 @@ def main(argv=None) -> None:
     import logging
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    import numpy as np
 
     from classify.model import write_calibrated_weights
     from classify.pixels import load_pixels

@@ -165,12 +165,12 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
 
 
 def cmd_realism(data, cls, progress: bool) -> int:
-    from .realism import run_realism, write_realism
-
     from pathlib import Path
 
     from prompts.guard import check_new_file
     from prompts.layout import REALISM_JSON, REALISM_MD
+
+    from .realism import run_realism, write_realism
 
     if not cls.synthetic:
         raise UserError("no synthetic folder: pass --synthetic DIR")

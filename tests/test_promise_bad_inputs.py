@@ -5,22 +5,13 @@ that stderr is one line holding the expected words, and that no file under the t
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-
-def _checksums(folder: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            p = Path(dirpath) / name
-            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
+from .helpers import tree_checksums as _checksums
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ from PIL import Image
 
 from tests.conftest import ROOT
 
+from .helpers import tree_checksums as checksums
+
 pytest.importorskip("keras")
 pytest.importorskip("sklearn")
 
@@ -59,10 +61,6 @@ def one_error(argv, capsys, *must) -> str:
     return err[0]
 
 
-def checksums(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` (what must not change)."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def png(path: Path, seed: int) -> Path:

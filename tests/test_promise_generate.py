@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from prompts.layout import FINGERPRINT_FILE, LORA_DIFFUSERS_FILE, weight_dir_nam
 from prompts.splits import Fold, Split, write_split
 
 from .conftest import ROOT
+from .helpers import tree_checksums
 from .lora_fixtures import make_lora
 
 torch = pytest.importorskip("torch")
@@ -47,10 +47,6 @@ def one_thread():
 # ---------------------------------------------------------------- helpers
 
 
-def tree_checksums(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` (what must not change)."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def run(*args) -> int:

@@ -33,6 +33,7 @@ import pytest
 from PIL import Image
 
 from .conftest import ROOT
+from .helpers import tree_checksums
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -54,16 +55,6 @@ CV_FLAGS = ["--backbone", "EfficientNetB0", "--image-size", "32", "--weights", "
 
 # --------------------------------------------------------------------------- helpers
 
-def tree_checksums(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` (hidden ones too), plus empty folders."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        rel = Path(dirpath).relative_to(folder)
-        if not dirnames and not filenames:
-            out[f"{rel}/"] = "dir"
-        for name in filenames:
-            out[str(rel / name)] = hashlib.sha256((Path(dirpath) / name).read_bytes()).hexdigest()
-    return out
 
 
 def leftovers(out: Path, skip: str | None = None) -> list[str]:

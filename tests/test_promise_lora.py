@@ -25,6 +25,7 @@ from lora.formats import read_lora  # noqa: E402
 from prompts import layout  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402
+from .helpers import tree_checksums  # noqa: E402
 
 FAST = ["--resolution", "32", "--epochs", "1", "--repeats", "1", "--validation-images", "0", "--classes", "bad"]
 # 6 images x 2 repeats x 2 epochs / batch 2 = 12 steps, 6 updates of 2 steps; a checkpoint every 2 updates; the
@@ -34,16 +35,6 @@ RESUMABLE = ["--epochs", "2", "--repeats", "2", "--checkpointing-steps", "2", "-
              "--min-snr-gamma", "5", "--noise-offset", "0.05"]
 
 
-def tree_checksums(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` (hidden ones too), plus empty folders."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        rel = Path(dirpath).relative_to(folder)
-        if not dirnames and not filenames:
-            out[f"{rel}/"] = "dir"
-        for name in filenames:
-            out[str(rel / name)] = hashlib.sha256((Path(dirpath) / name).read_bytes()).hexdigest()
-    return out
 
 
 def args(model, data, out, *flags) -> list[str]:

@@ -6,7 +6,6 @@ and exit status 2; in every case nothing inside DATA changes and nothing outside
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -16,21 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .helpers import tree_checksums
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1", "USE_TF": "0"}
 
 
-def tree_checksums(folder: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` (symlinks followed), plus empty folders."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        rel_dir = Path(dirpath).relative_to(folder)
-        if not dirnames and not filenames:
-            out[str(rel_dir) + "/"] = "dir"
-        for name in filenames:
-            p = Path(dirpath) / name
-            out[str(rel_dir / name)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def run(*argv, cwd=ROOT):
