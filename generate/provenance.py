@@ -173,16 +173,28 @@ def scan(out: Path) -> tuple[dict[str, dict], list[str]]:
     return found, foreign
 
 
-def remove_stale_temporaries(out: Path) -> int:
+STALE_AFTER_S = 600  # a temporary file is renamed into place within seconds; an older one was left by a killed run
+
+
+def remove_stale_temporaries(out: Path, now: float | None = None) -> int:
     """Delete our own temporary files (`.NAME.*.tmp.png`, `.manifest.*.tmp.jsonl`, `.fingerprint.*.tmp.json`) left by a
-    killed run; returns how many."""
+    killed run; returns how many. Only files untouched for STALE_AFTER_S seconds: another run writing into the same
+    folder at this moment (several workflow jobs, or a second `generate`) keeps its own."""
+    import time
+
+    now = time.time() if now is None else now
     n = 0
     for dirpath, _, filenames in os.walk(out):
         for name in filenames:
             if name.startswith(".") and (name.endswith(".tmp.png") or (name.startswith(".manifest.") and name.endswith(".tmp.jsonl"))
                                          or (name.startswith(".fingerprint.") and name.endswith(".tmp.json"))):
-                os.unlink(Path(dirpath) / name)
-                n += 1
+                path = Path(dirpath) / name
+                try:
+                    if now - path.stat().st_mtime >= STALE_AFTER_S:
+                        path.unlink()
+                        n += 1
+                except FileNotFoundError:  # renamed into place by its run meanwhile
+                    pass
     return n
 
 

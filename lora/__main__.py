@@ -24,7 +24,9 @@ def main(argv=None):
     p = sub.add_parser("train", help="train one LoRA per group (class, cell line x class, or all)",
                        description="Train LoRAs; flags override the `lora` and `data` sections of --config.")
     add_config_flag(p)
-    p.add_argument("--resume", metavar="latest|PATH", help="continue from the latest checkpoint of each group, or from a checkpoint folder")
+    p.add_argument("--resume", metavar="latest|auto|PATH",
+                   help="continue from the latest checkpoint of each group (also what a plain re-run does), or from a "
+                   "checkpoint folder; auto: start a group over when its checkpoints were made from other inputs")
     p.add_argument("-v", "--verbose", action="store_true")
     add_section_flags(p, DataSection)
     add_section_flags(p, LoraSection)

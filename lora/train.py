@@ -74,6 +74,7 @@ class Job:
     fingerprint: dict = field(default_factory=dict)  # what determines this LoRA (job_fingerprint)
     finished: bool = False  # out_dir already holds this very LoRA (equal fingerprint): nothing to do
     checkpoints: list[Path] = field(default_factory=list)  # checkpoints to continue from, newest first
+    restart: bool = False  # --resume auto found checkpoints of other inputs: the group starts over (drops its own work)
 
 
 # --------------------------------------------------------------------------- planning (all checks, no writes)
@@ -132,7 +133,7 @@ def plan(cfg, data_cfg, resume: str | None = None) -> list[Job]:
         if wanted:
             where = layout.fold_name(fold) if fold is not None else "the data"
             raise UserError(f"class {sorted(wanted)[0]} has no training images in {where}; drop it from --classes")
-    if resume not in (None, "latest") and len(jobs) != 1:
+    if resume not in (None, "latest", "auto") and len(jobs) != 1:
         raise UserError(f"--resume {resume}: a checkpoint path resumes one group; select it with --classes/--fold, or use --resume latest")
     for job in jobs:
         job.fingerprint = job_fingerprint(job, cfg, data_cfg)
@@ -357,10 +358,10 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
             text_states = text_encoder(token_ids)[0]  # [n_unique, 77, dim], fixed
 
     # 3. resume: LoRA weights, optimizer state and the update count from a checkpoint (fingerprints checked in plan())
-    if cfg.overwrite and job.work_dir.exists() and accelerator.is_main_process:
-        shutil.rmtree(job.work_dir)  # --overwrite starts over: this group's own checkpoints and logs go
+    if (cfg.overwrite or job.restart) and job.work_dir.exists() and accelerator.is_main_process:
+        shutil.rmtree(job.work_dir)  # starting over: this group's own checkpoints and logs go
     accelerator.wait_for_everyone()
-    update, rows, ckpt = _load_checkpoint(job, accelerator, optimizer, named=resume not in (None, "latest"))
+    update, rows, ckpt = _load_checkpoint(job, accelerator, optimizer, named=resume not in (None, "latest", "auto"))
     if ckpt is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": intended here
@@ -579,9 +580,10 @@ def _resumable_checkpoints(job: Job, resume: str | None) -> list[Path]:
 
     Without --resume and with --resume latest: the group's complete checkpoints in OUT/.work/. One whose
     fingerprint cannot be read is passed over, saying so; one made from other inputs stops the run, since
-    only the user can say whether to restore those inputs or to start over (--overwrite).
+    only the user can say whether to restore those inputs or to start over (--overwrite). With --resume auto
+    (the workflow's choice: a changed study file is the user's decision) the group starts over instead, saying so.
     """
-    if resume not in (None, "latest"):
+    if resume not in (None, "latest", "auto"):
         ckpt = Path(resume)
         if _read_state(ckpt) is None:
             raise UserError(f"--resume {ckpt}: not a complete checkpoint of `lora train` (no readable {STATE_FILE}); "
@@ -599,6 +601,10 @@ def _resumable_checkpoints(job: Job, resume: str | None) -> list[Path]:
                         STATE_FILE, layout.FINGERPRINT_FILE)
             continue
         changes = describe_changes(recorded, job.fingerprint)
+        if changes and resume == "auto":
+            log.warning("%s: checkpoint %s was made from other inputs (%s); starting the group over", job_name(job), ckpt, changes)
+            job.restart = True
+            return []
         if changes:
             raise UserError(f"checkpoint {ckpt} was made from other inputs ({changes}); run with the inputs it was "
                             f"made from to continue it, or pass --overwrite to start {job_name(job)} over (drops its checkpoints)")

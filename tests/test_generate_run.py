@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -147,14 +148,18 @@ def test_resume_makes_only_what_is_missing(tiny_model, class_loras, class_data, 
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     victim = out / "w1.0/good/good_00001.png"
     victim.unlink()
-    (out / "w1.0/good/.good_00001.abcd.tmp.png").write_bytes(b"half a png")  # left by a killed run
+    stale, fresh = out / "w1.0/good/.good_00001.abcd.tmp.png", out / "w1.0/good/.good_00000.efgh.tmp.png"
+    stale.write_bytes(b"half a png")  # left by a killed run 11 minutes ago
+    os.utime(stale, (stale.stat().st_mtime - 660,) * 2)
+    fresh.write_bytes(b"being written")  # another run writing into the same folder right now: kept
     with open(out / "manifest.jsonl", "a") as f:
         f.write('{"file": "w1.0/good/go')  # a line cut short by a kill
     capsys.readouterr()
     assert run(*args) == 0
     assert "3 were there, 1 made" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == t for p, t in first.items() if p != victim)
-    assert victim.is_file() and not list(out.rglob(".*.tmp.png"))
+    assert victim.is_file() and list(out.rglob(".*.tmp.png")) == [fresh]
+    fresh.unlink()
     assert sorted(r["file"] for r in manifest(out)) == sorted(p.relative_to(out).as_posix() for p in first)
     # other settings over existing images: refused, nothing changed; --overwrite replaces
     assert run(*args, "--steps", "9") == 2

@@ -223,7 +223,10 @@ def test_changed_inputs_block_a_stale_resume_and_keep_the_checkpoints(capsys, ti
     Image.open(image).rotate(90).save(image)
     assert "images" in refused()
     image.write_bytes(original)
-    # back to the same inputs: the plain re-run continues; with --overwrite it starts over, dropping the checkpoints
+    # back to the same inputs: the plain re-run continues; with --overwrite (or --resume auto, the workflow's way, when
+    # the inputs changed) the group starts over, dropping its own checkpoints
+    assert train(*args(tiny_model, data, out, *RESUMABLE, *inputs, "--rank", "4", "--resume", "auto")) == 0
+    assert not (work / "fold_0" / "bad" / "checkpoints" / "checkpoint-4").exists()
     assert train(*args(tiny_model, data, out, *RESUMABLE, *inputs, "--rank", "4", "--overwrite")) == 0
     assert not work.exists()
     recorded = json.loads((out / "fold_0" / "bad" / layout.FINGERPRINT_FILE).read_text())

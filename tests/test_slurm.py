@@ -57,7 +57,7 @@ def test_the_study_on_slurm_gives_the_local_report(slurm_cluster, tmp_path_facto
         shutil.copy(local / name, folder / name)
     shutil.copytree(local / "data", folder / "data")
     # The profile as written, with this node's sizes: no GPU, 6 GB, 2 CPUs.
-    small = [f"{rule}:mem_mb=1500" for rule in ("tiny_model", "split", "calibrate_weights", "lora", "generate")]
+    small = [f"{rule}:mem_mb=1500" for rule in ("tiny_model", "split", "calibrate_weights", "lora", "generate", "synthetic_manifest")]
     small += [f"{rule}:gpu=0" for rule in GPU_RULES] + ["realism:mem_mb=2500", "cv:mem_mb=2500"]
     res = snakemake(
         folder, "--profile", str(PROFILE), "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
@@ -68,7 +68,8 @@ def test_the_study_on_slurm_gives_the_local_report(slurm_cluster, tmp_path_facto
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     log = res.stdout + res.stderr
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: .*?/rule_(\w+)/", log)
-    assert sorted(set(submitted)) == sorted(["tiny_model", "split", "calibrate_weights", "lora", "generate", "realism", "cv"])
+    assert sorted(set(submitted)) == sorted(["tiny_model", "split", "calibrate_weights", "lora", "generate", "synthetic_manifest",
+                                             "realism", "cv"])
     assert submitted.count("lora") == 6 and submitted.count("generate") == 4
     out, ref = folder / "out", local / "out"
     assert (out / "folds.json").read_text().replace(str(folder), "") == (ref / "folds.json").read_text().replace(str(local), "")

@@ -161,7 +161,7 @@ def _change_image(path: Path) -> None:
 
 # rank: the LoRAs and everything after them; epochs (classify): the CV only; an image or the
 # templates: all of it (an image changes the split and the calibrated weights too).
-AFTER_LORA = {"lora": 6, "generate": 4, "realism": 1, "cv": 1, "all": 1}
+AFTER_LORA = {"lora": 6, "generate": 4, "synthetic_manifest": 1, "realism": 1, "cv": 1, "all": 1}
 CHANGES = {
     "nothing": (None, {}),
     "lora.rank": ("study", AFTER_LORA),

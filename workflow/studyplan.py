@@ -88,15 +88,16 @@ class Plan:
     def synthetic_dir(self, fold, weight_dir: str) -> str:
         return str(layout.fold_root(self.synthetic_root, int(fold)) / weight_dir)
 
+    def staging_dir(self, fold, weight_dir: str) -> Path:
+        """A generation job's own output root; its finished tree is renamed into `synthetic_dir`."""
+        return self.out / ".generate" / f"{layout.fold_name(int(fold))}_{weight_dir}"
+
     @property
     def weight_dirs(self) -> list[str]:
         return [layout.weight_dir_name(w) for w in self.weights]
 
     def all_synthetic_dirs(self) -> list[str]:
         return [self.synthetic_dir(k, w) for k in self.folds for w in self.weight_dirs]
-
-    def all_lora_dirs(self) -> list[str]:
-        return [d for k in self.folds for d in self.lora_dirs(k)]
 
     def group(self, name: str) -> dict:
         return next(g for g in self.groups if g["group"] == name)

@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VARIANT=${1:-leakage_free}
-CONFIG=study.yaml; [ "$VARIANT" = leakage_free ] && CONFIG=study_leakage_free.yaml
+if [ "$VARIANT" = leakage_free ]; then  # per-fold LoRAs: the whole-study workflow, one job per fold and class
+  cd ../.. && exec snakemake --cores all --configfile examples/organ_on_chip/study_leakage_free.yaml
+fi
+CONFIG=study.yaml  # the original protocol: one LoRA per class on all images (the report flags the leak)
 
 python -m classify split --config "$CONFIG"                 # folds.json / folds_grouped.json
 python -m lora train --config "$CONFIG"  # one LoRA per class (per fold when lora.fold: all)
