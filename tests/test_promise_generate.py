@@ -171,7 +171,7 @@ def test_a_folder_of_the_users_is_filled_around_its_files_never_over_them(tiny_m
     # otherwise the run fills the folder in and leaves the user's files as they were
     assert run(*base) == 0
     after = tree_checksums(out)
-    assert all(after[k] == v for k, v in theirs.items())
+    assert all(after[k] == v for k, v in theirs.items() if not k.endswith("/"))  # its empty folders now hold images
     assert sorted(k for k in after if k.endswith(".png")) == ["fold_0/w1.0/bad/bad_00000.png", "fold_0/w1.0/good/good_00000.png"]
     assert tree_checksums(data) == before
 
