@@ -193,6 +193,7 @@ class Runner:
         settings = {k: v for k, v in fingerprint.settings_part(self.cls).items() if k not in _JOB_FREE}
         return fingerprint.digest({
             "settings": settings, "model": self.key, "mix": self.job_mix(job), "classes": self.classes,
+            "metrics": stats.METRICS_VERSION,
             "train": [(it.key, it.label, it.source) for it in job.train],
             "test": [(it.key, it.label) for it in job.test],
         })
@@ -382,7 +383,8 @@ def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jo
     parts = {f"settings.{k}": v for k, v in settings.items()}
     w = normalize_weights(cls.weights)
     weights = fingerprint.file_sha256(w) if w not in (None, "imagenet") else w
-    return fingerprint.make(**parts, weights=weights, model=runner.key, data=data, split=folds, synthetic=synthetic)
+    return fingerprint.make(**parts, weights=weights, model=runner.key, data=data, split=folds, synthetic=synthetic,
+                            metrics=stats.METRICS_VERSION)
 
 
 def check_reuse(out: Path, current: dict, overwrite: bool) -> None:

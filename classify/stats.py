@@ -36,6 +36,9 @@ from sklearn.metrics import (
 )
 
 METRICS = ["accuracy", "balanced_accuracy", "precision", "recall", "f1"]
+# Version of how fold metrics are computed; part of every CV fingerprint, so results saved under an older rule
+# are recomputed, not reused. 2: macro averages over the classes present in the fold's truth.
+METRICS_VERSION = 2
 LABELS = {
     "accuracy": "accuracy",
     "balanced_accuracy": "balanced acc.",
