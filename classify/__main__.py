@@ -38,17 +38,17 @@ def parser():
         _run_flags(p)
         if name == "calibrate-weights":
             p.add_argument("--max-images", type=int, default=64, help="images used for the statistics (default: 64)")
-    if "blind" in SECTIONS:
-        blind = SECTIONS["blind"]
-        p = sub.add_parser("blind-test", help="write a self-contained page for a blind real-or-synthetic test by experts")
-        add_config_flag(p)
-        add_section_flags(p, SECTIONS["data"], ("data", "skip_bad_images"))
-        add_section_flags(p, blind, exclude=("key", "answers"))
-        _run_flags(p)
-        p = sub.add_parser("blind-score", help="score the raters' answers.json files of a blind test")
-        add_config_flag(p)
-        add_section_flags(p, blind, ("key", "answers", "output"))
-        _run_flags(p)
+    # the blind test's two subcommands, from the `blind` section
+    blind = SECTIONS["blind"]
+    p = sub.add_parser("blind-test", help="write a self-contained page for a blind real-or-synthetic test by experts")
+    add_config_flag(p)
+    add_section_flags(p, SECTIONS["data"], ("data", "skip_bad_images"))
+    add_section_flags(p, blind, exclude=("key", "answers"))
+    _run_flags(p)
+    p = sub.add_parser("blind-score", help="score the raters' answers.json files of a blind test")
+    add_config_flag(p)
+    add_section_flags(p, blind, ("key", "answers", "output"))
+    _run_flags(p)
     return ap
 
 

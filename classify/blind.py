@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 import logging
 import math
 import secrets
@@ -50,7 +49,7 @@ from statistics import NormalDist
 import numpy as np
 
 from prompts.errors import UserError
-from prompts.files import sha256_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
+from prompts.files import read_json_mapping, sha256_bytes, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 BLIND_HTML = "blind_test.html"
 KEY_FILE = "key.json"
@@ -417,7 +416,7 @@ def blind_test(data_section, blind_section) -> list[Path]:
 
 def read_key(path) -> dict:
     path = Path(path)
-    obj = _read_json(path, "key file", "pass the key.json written by `classify blind-test`")
+    obj = read_json_mapping(path, "key file", "pass the key.json written by `classify blind-test`")
     if obj.get("format") != KEY_FORMAT or not isinstance(obj.get("images"), list):
         raise UserError(f"key file {path} is not a key written by `classify blind-test` (format {obj.get('format')!r})")
     return obj
@@ -426,7 +425,7 @@ def read_key(path) -> dict:
 def read_answers(path, key: dict) -> dict:
     """One rater's answers.json, checked against the key: same test, known ids, known calls."""
     path = Path(path)
-    obj = _read_json(path, "answers file", "pass the answers.json a rater downloaded from blind_test.html")
+    obj = read_json_mapping(path, "answers file", "pass the answers.json a rater downloaded from blind_test.html")
     if obj.get("format") != ANSWERS_FORMAT or not isinstance(obj.get("answers"), list):
         raise UserError(f"answers file {path} is not an answers.json downloaded from a blind-test page")
     if obj.get("test_id") != key["test_id"]:
@@ -440,18 +439,6 @@ def read_answers(path, key: dict) -> dict:
             raise UserError(f"answers file {path}: image id {a.get('id') if isinstance(a, dict) else a!r} is not in the key")
         if a.get("call") not in (REAL, SYNTHETIC, SKIP):
             raise UserError(f"answers file {path}: call {a.get('call')!r} for image {a['id']} must be real, synthetic or skip")
-    return obj
-
-
-def _read_json(path: Path, what: str, hint: str) -> dict:
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; {hint}")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{what} {path} is not valid JSON ({err}); {hint}") from None
-    if not isinstance(obj, dict):
-        raise UserError(f"{what} {path} must hold a JSON object; {hint}")
     return obj
 
 
@@ -686,7 +673,7 @@ def load_blind_summary(folder) -> BlindSummary:
     path = Path(folder)
     if path.is_dir():
         path = path / SCORES_JSON
-    obj = _read_json(path, "blind-test scores", "run `python -m classify blind-score` into that folder first")
+    obj = read_json_mapping(path, "blind-test scores", "run `python -m classify blind-score` into that folder first")
     if obj.get("format") != SCORES_FORMAT:
         raise UserError(f"{path} is not written by `classify blind-score` (format {obj.get('format')!r})")
     return summary_from_scores(obj)

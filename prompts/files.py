@@ -130,3 +130,19 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, hint: str = "") -> dic
     if not isinstance(raw, dict):
         raise UserError(f"{what} {path} must be a mapping of keys, got {type(raw).__name__}")
     return raw
+
+
+def read_json_mapping(path: str | os.PathLike, what: str, hint: str) -> dict:
+    """A JSON file that must hold an object; errors name `what`, the file and `hint` (what to do)."""
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist; {hint}")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} {path} is not valid JSON ({err}); {hint}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path} must hold a JSON object; {hint}")
+    return obj

@@ -8,14 +8,13 @@ its fold number. Its output folder is `fold_<K>` (`prompts.layout.fold_name`).
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .dataset import Dataset
 from .errors import UserError
-from .files import write_json_atomic
+from .files import read_json_mapping, write_json_atomic
 from .layout import fold_name
 
 SPLIT_VERSION = 1
@@ -82,13 +81,8 @@ def read_split(path: str | os.PathLike, dataset: Dataset | None = None) -> Split
     Every problem is a UserError naming the file and the key (e.g. `folds[2].train`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"split file {path} does not exist; write one with `python -m classify split`")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"split file {path} is not valid JSON: {err}") from None
-    if not isinstance(raw, dict) or raw.get("version") != SPLIT_VERSION or not isinstance(raw.get("folds"), list):
+    raw = read_json_mapping(path, "split file", "write one with `python -m classify split`")
+    if raw.get("version") != SPLIT_VERSION or not isinstance(raw.get("folds"), list):
         raise UserError(f"split file {path} is not a version-{SPLIT_VERSION} split file; write one with `python -m classify split`")
     if not raw["folds"]:
         raise UserError(f"split file {path}: 'folds' is empty; write one with `python -m classify split`")

@@ -6,13 +6,12 @@ README), `path` (resolved relative to the study file), `result` (changes the res
 and workflow re-runs follow it), numeric bounds and the commands that require them
 (`prompts/schema/_field.py`).
 """
-import importlib
-import importlib.util
-
+from .blind import BlindSection
 from .classify import ClassifySection
 from .data import DataSection
 from .generate import GenerateSection
 from .lora import LoraSection
+from .search import SearchSection
 from .study import StudySection
 
 SECTIONS = {
@@ -21,11 +20,9 @@ SECTIONS = {
     "lora": LoraSection,
     "generate": GenerateSection,
     "classify": ClassifySection,
+    "blind": BlindSection,
+    "search": SearchSection,
 }
 
-# Sections of the blind test and the parameter search, when present.
-for _name, _cls in (("blind", "BlindSection"), ("search", "SearchSection")):
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        SECTIONS[_name] = getattr(importlib.import_module(f"{__name__}.{_name}"), _cls)
-
-__all__ = ["SECTIONS", "DataSection", "LoraSection", "GenerateSection", "ClassifySection", "StudySection"]
+__all__ = ["SECTIONS", "DataSection", "LoraSection", "GenerateSection", "ClassifySection", "StudySection", "BlindSection",
+           "SearchSection"]
