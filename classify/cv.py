@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import stats
 from prompts import fingerprint
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
@@ -32,7 +33,6 @@ from prompts.guard import check_output_dir
 from prompts.layout import FINGERPRINT_FILE, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
 from prompts.splits import Fold, Split, read_split, write_split
 
-from . import stats
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir
 from .folds import make_split
 from .mixes import Item, Mix, build_training_set, counts, parse_mixes, subsample_minority

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import stats
+from analysis.stats import LABELS, METRICS
 from prompts import layout
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
 
-from . import stats
 from .cv import REAL_TREE
-from .stats import LABELS, METRICS
 from .tables import Cell, Figure, Heading, Row, Table, Text, attempt, render_html, render_markdown
 
 TITLE = "Cross-validation report"

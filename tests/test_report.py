@@ -3,7 +3,7 @@ absent classes, constant classifiers, the blind-test hook.
 
 The results fed to the report come from the real `classify.cv.summarize` over hand-made runs: real data, a
 real split and real synthetic trees, with predictions chosen per fold (so the numbers are known), and
-`classify.stats.fold_metrics` computing each fold's metrics. No Keras training: these tests are fast.
+`analysis.stats.fold_metrics` computing each fold's metrics. No Keras training: these tests are fast.
 """
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def make_results(inputs, errors=ERRORS, mixes=MIXES, drop_test=None, settings=No
 
     drop_test: (fold, class) whose test images the runs leave out (a class absent from that fold's truth);
     constant: (tree, mix) whose classifier predicts class 0 for every image."""
+    from analysis.stats import fold_metrics
     from classify.cv import summarize
     from classify.mixes import parse_mixes
-    from classify.stats import fold_metrics
     from prompts.schema.classify import ClassifySection
 
     dataset, split, syn, _ = inputs
