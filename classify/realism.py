@@ -77,6 +77,18 @@ def c2st(x: np.ndarray, y: np.ndarray, keys_x=None, keys_y=None, folds: int = 5,
     return float(scores.mean()), float(scores.std())
 
 
+def realism_scores(x: np.ndarray, y: np.ndarray, keys_x: list[str], keys_y: list[str], seed: int = 0) -> dict:
+    """The realism of synthetic features y (m, F) against real features x (n, F), as the report measures it.
+
+    keys_x/keys_y: the images' content hashes (copies stay in one C2ST fold, and are counted).
+    Returns {"kid", "kid_std", "c2st_accuracy", "c2st_std", "n_copies"}. The one definition of the
+    realism scores: `classify realism` and the parameter search (`study.search`) both call it.
+    """
+    k, ks = kid(x, y, seed=seed)
+    acc, accs = c2st(x, y, keys_x, keys_y, seed=seed)
+    return {"kid": k, "kid_std": ks, "c2st_accuracy": acc, "c2st_std": accs, "n_copies": len(set(keys_y) & set(keys_x))}
+
+
 def run_realism(data_section, cls, progress: bool = True) -> dict:
     """KID and C2ST per (LoRA weight, class) on frozen-base features (shared with the CV feature cache)."""
     from .model import build_base, check_backbone, import_keras, model_key, normalize_weights
@@ -115,10 +127,8 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
                 continue
             kx, ky = keys(sets[("real", c)]), keys(sets[(w, c)])
             x, y = feats[[row[k] for k in kx]], feats[[row[k] for k in ky]]
-            k, ks = kid(x, y, seed=cls.seed)
-            acc, accs = c2st(x, y, kx, ky, seed=cls.seed)
-            rows.append({"weight": w[1:], "class": c, "n_real": len(x), "n_synthetic": len(y), "kid": k, "kid_std": ks,
-                         "c2st_accuracy": acc, "c2st_std": accs, "n_copies": len(set(ky) & set(kx))})
+            rows.append({"weight": w[1:], "class": c, "n_real": len(x), "n_synthetic": len(y),
+                         **realism_scores(x, y, kx, ky, seed=cls.seed)})
     note = (f"Features: {cls.backbone} ({cls.weights}) at {cls.image_size} px, frozen, global average pooling — the "
             "classifier's own view of the images. KID: 0 = same distribution (×1e3 shown). Two-sample classifier: "
             "logistic regression, 5-fold CV on equal numbers of real and synthetic images; 0.5 = indistinguishable, 1.0 = "

@@ -9,7 +9,6 @@ import logging
 import secrets
 import sys
 from functools import partial
-from pathlib import Path
 
 from prompts.cli import Parser, add_config_flag, add_section_flags, read_settings
 from prompts.errors import UserError, run_cli, setup_logging
@@ -113,12 +112,9 @@ def main(argv=None):
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from generate.sample import Settings, check_settings, generate
+    from generate.sample import Settings, generate
 
-    settings = check_settings(Settings(
-        model=g.model, output=Path(g.output or "."), sampler=g.sampler, steps=g.steps, cfg=g.cfg, width=g.size[0],
-        height=g.size[-1], batch_size=g.batch_size, fuse=g.fuse, dtype=g.dtype, allow_pickle=g.allow_pickle,
-        model_config=g.model_config, overwrite=g.overwrite, seeded=g.seed is not None, progress=not args.no_progress))
+    settings = Settings.from_section(g, progress=not args.no_progress)
     state = PartialState(cpu=cpu_processes())
     run_seed = [g.seed if g.seed is not None else secrets.randbits(32)]
     if state.num_processes > 1:

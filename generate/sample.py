@@ -63,6 +63,18 @@ class Settings:
     run_seed: int = 0
     progress: bool = True
 
+    @classmethod
+    def from_section(cls, g, progress: bool = True) -> "Settings":
+        """The sampling settings of a validated `generate` section (g.size: [W] or [W, H])."""
+        return check_settings(cls(
+            model=g.model, output=Path(g.output or "."), sampler=g.sampler, steps=g.steps, cfg=g.cfg, width=g.size[0],
+            height=g.size[-1], batch_size=g.batch_size, fuse=g.fuse, dtype=g.dtype, allow_pickle=g.allow_pickle,
+            model_config=g.model_config, overwrite=g.overwrite, seeded=g.seed is not None, progress=progress))
+
+
+class BadImages(UserError):
+    """Images came out NaN or all black (not saved): a diverged LoRA or an fp16 VAE overflow."""
+
 
 # ---------------------------------------------------------------- model
 
@@ -385,7 +397,7 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None, inputs: 
         prov.rebuild_manifest(s.output, records)
         counts["made_all"] = sum(j.file in records for j in jobs) - counts["existing"]
     if failed:
-        raise UserError(
+        raise BadImages(
             f"{len(failed)} image(s) came out NaN or all black and were not saved (e.g. {failed[0].file}, "
             f"seed {failed[0].seed}); with fp16 this is the VAE overflowing: re-run with --dtype fp32 or bf16, "
             "which makes only the missing images"

@@ -22,6 +22,10 @@ def main(argv=None):
     add_config_flag(p)
     add_section_flags(p, SECTIONS["data"])
     add_section_flags(p, SECTIONS["search"])
+    m = p.add_argument_group("stand-ins (the workflow passes the files it built)")
+    m.add_argument("--model", help="a model for the trials in place of the study's `lora.model: tiny` (or any base model); "
+                   "the best study keeps the study file's name")
+    m.add_argument("--weights", help="a classifier weights file in place of the study's `classify.weights: calibrated`")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -31,7 +35,7 @@ def main(argv=None):
         from study.search import run_search
 
         study = read_settings(args, "study search", ("data", "search"))
-        run_search(study, study.search, progress=not args.no_progress)
+        run_search(study, study.search, model=args.model, weights=args.weights, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ The objective of a class, lower is better, 0 when real and synthetic cannot be t
 
     objective_c = log(1 + max(KID_c, 0)) + 2 |C2ST_c - 0.5|
 
-KID is computed on *standardised* features: minus the mean of the fold's real test
-images, divided by one number, their root-mean-square deviation. Raw pooled features
-have no common scale (random or calibrated stand-in weights give KIDs from 1e-13 to
-1e18) and the cubic kernel turns their scale into the KID's; one scale for all features
-keeps the geometry (a per-feature standard deviation from a few test images would blow
-up near-constant features). The page shows, per class, KID_ref: the KID between the
+KID and C2ST are `classify.realism.realism_scores`, the very function `classify realism`
+writes the report's realism table with: the search picks its setting on the measure the
+report shows (a test scores the same images through both paths).
+The page shows, per class, KID_ref: the KID between the
 class's test images and the other classes' test images, the size of a real difference.
 KID is unbiased and dips below 0 by chance (or when images are copied), hence the clamp;
 log(1 + x) equals x near 0 and keeps far-off trials (noise images) on a readable scale.
@@ -51,8 +49,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from prompts.config import Study, as_dict, dump_yaml, load_study
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
@@ -63,7 +59,9 @@ log = logging.getLogger("study.search")
 STORAGE_FILE = "search.journal"
 TRIALS_DIR = "trials"
 HTML_FILE = "search.html"
-BEST_FILE = "best_study.yaml"
+BEST_DIR = "best"  # OUT/best/: the best trial's settings as a study of its own (study.yaml; its outputs beside it)
+BEST_FILE = f"{BEST_DIR}/study.yaml"
+TINY_MODEL_DIR = "models/tiny-sd"  # OUT/models/tiny-sd: the tiny model of `lora.model: tiny` outside the workflow
 TABLE_FILE = "trials.csv"
 TRIAL_STUDY = "study.yaml"  # OUT/trials/<n>/study.yaml: the study file of the trial (its exact settings)
 TRIAL_SCORES = "realism.json"  # OUT/trials/<n>/realism.json: image lists and scores per class
@@ -314,7 +312,7 @@ class RealismScorer:
 
     Features: the classify section's frozen backbone (global average pooling), cached on disk by
     image content (`classify.features`), so each real test image is seen by the backbone once;
-    centred on the fold's real test images and divided by their root-mean-square deviation.
+    scores: `classify.realism.realism_scores`, as in the report.
     """
 
     def __init__(self, cls, images: FoldImages, cache_dir: Path):
@@ -325,24 +323,17 @@ class RealismScorer:
         self.cache = FeatureCache(cls.cache_dir or cache_dir, model_key(cls.backbone, cls.weights, cls.image_size, cls.seed))
         self.extractor = Extractor(lambda: build_base(cls.backbone, cls.weights, cls.image_size, seed=cls.seed),
                                    cls.image_size, cls.batch_size, cls.seed)
-        real = self._raw([p for ps in images.test.values() for p in ps])
-        self.mean = real.mean(axis=0)
-        self.scale = float(np.sqrt(((real - self.mean) ** 2).mean())) or 1.0  # one number: keeps the geometry
         self.kid_ref = {c: self._kid_ref(c) for c in images.test}
 
     def features(self, paths: list[Path]):
-        """(len(paths), F) standardised features, in the order of `paths`."""
-        return (self._raw(paths) - self.mean) / self.scale
-
-    def _raw(self, paths: list[Path]):
         """(len(paths), F) frozen features, in the order of `paths`."""
         from classify.features import PLAIN, ImageTable, compute_features
-        from prompts.files import sha256_file
+        from prompts.fingerprint import file_sha256
 
         table = ImageTable.from_paths(paths)
         feats = compute_features(table, [PLAIN], self.cache, self.extractor, progress=False)[PLAIN]
         row = table.row()
-        return feats[[row[sha256_file(p)] for p in paths]]
+        return feats[[row[file_sha256(p)] for p in paths]]
 
     def _kid_ref(self, label: str) -> float:
         from classify.realism import kid
@@ -354,8 +345,8 @@ class RealismScorer:
 
     def score(self, label: str, synthetic: list[Path]) -> dict:
         """Scores of one class's synthetic images, with the image lists they were computed on."""
-        from classify.realism import c2st, kid
-        from prompts.files import sha256_file
+        from classify.realism import realism_scores
+        from prompts.fingerprint import file_sha256
 
         real = self.images.test[label]
         leaked = set(map(str, real)) & {str(p) for ps in self.images.train.values() for p in ps}
@@ -364,11 +355,12 @@ class RealismScorer:
         if len(real) < 2 or len(synthetic) < 2:
             raise UserError(f"class {label}: fold {self.images.fold} has {len(real)} test image(s) and the trial made "
                             f"{len(synthetic)}; the scores need at least 2 of each (more test images, or a larger images_per_class)")
-        x, y = self.features(real), self.features(synthetic)
-        k, _ = kid(x, y, seed=self.cls.seed)
-        acc, _ = c2st(x, y, [sha256_file(p) for p in real], [sha256_file(p) for p in synthetic], seed=self.cls.seed)
-        return {"class": label, "kid": k, "kid_ref": self.kid_ref[label], "c2st_accuracy": acc, "objective": class_objective(k, acc),
-                "real_images": [str(p) for p in real], "synthetic_images": [str(p) for p in synthetic]}
+        scores = realism_scores(self.features(real), self.features(synthetic), [file_sha256(p) for p in real],
+                                [file_sha256(p) for p in synthetic], seed=self.cls.seed)
+        return {"class": label, "kid": scores["kid"], "kid_ref": self.kid_ref[label], "c2st_accuracy": scores["c2st_accuracy"],
+                "objective": class_objective(scores["kid"], scores["c2st_accuracy"]), "n_real": len(real),
+                "n_synthetic": len(synthetic), "real_images": [str(p) for p in real],
+                "synthetic_images": [str(p) for p in synthetic]}
 
 
 # --------------------------------------------------------------------------- one trial
@@ -395,17 +387,22 @@ def _trial_settings(study: Study, search, params: dict, folder: Path) -> Study:
     return s
 
 
-def _generate(study_file: Path, *flags: str, progress: bool = False) -> None:
-    """`python -m generate --config STUDY FLAGS` in this process."""
-    from generate.__main__ import main as generate_main
+def _generate(s: Study, progress: bool = False) -> None:
+    """Sample the images the study's `generate` section plans (generate's Python API, in this process).
 
+    Images that come out NaN or black (`generate.sample.BadImages`) are what a diverged LoRA makes:
+    the trial's outcome (TrialDiverged), not bad input. Any other UserError stops the search.
+    """
+    from generate.__main__ import plan_jobs
+    from generate.sample import BadImages, Settings, generate
+
+    g = s.generate
+    settings = dataclasses.replace(Settings.from_section(g, progress=progress), run_seed=g.seed)
+    dataset, jobs, inputs = plan_jobs(g, s.data, g.seed, settings.sampler)
     try:
-        generate_main(["--config", str(study_file), *flags, *([] if progress else ["--no-progress"])])
-    except SystemExit as err:
-        if err.code == 1:  # images came out NaN or black: what a diverged LoRA makes
-            raise TrialDiverged(f"generate made NaN or black images (its message is above): {' '.join(flags)}") from None
-        if err.code not in (0, None):
-            raise RuntimeError(f"generate {' '.join(flags)} failed (exit status {err.code}; its message is above)") from None
+        generate(jobs, settings, dataset.root, None, inputs)
+    except BadImages as err:
+        raise TrialDiverged(f"generate: {err}") from None
 
 
 def _synthetic_images(s: Study, images: Path, label: str) -> list[Path]:
@@ -445,8 +442,9 @@ def run_trial(trial, study: Study, search, scorer: RealismScorer, out: Path, dim
         cfg = copy.deepcopy(s.lora)  # each class its own LoRA and image folders (a folder's fingerprint covers its inputs)
         cfg.classes, cfg.output = [label], str(folder / label / "lora")
         _train(cfg, s.data)
-        _generate(folder / TRIAL_STUDY, "--classes", label, "--lora", str(folder / label / "lora"),
-                  "--output", str(folder / label / "images"), progress=progress)
+        gs = copy.deepcopy(s)
+        gs.generate.classes, gs.generate.lora, gs.generate.output = [label], cfg.output, str(folder / label / "images")
+        _generate(gs, progress=progress)
         rows.append(scorer.score(label, _synthetic_images(s, folder / label / "images", label)))
         write_json_atomic(folder / TRIAL_SCORES, {"trial": trial.number, "fold": search.fold, "params": params, "classes": rows})
         running = sum(r["objective"] for r in rows) / len(rows)
@@ -492,7 +490,7 @@ def downstream_f1(s: Study, search, folder: Path, progress: bool = False) -> flo
     g.lora, g.output, g.fold, g.count = f.lora.output, str(sub / "images"), "all", None
     g.fraction, g.balance = [mix.percent / 100 if mix.kind == "plus" else 1.0], mix.kind == "balance"
     write_trial_study(f, sub / TRIAL_STUDY)
-    _generate(sub / TRIAL_STUDY, progress=progress)
+    _generate(f, progress=progress)
     f.classify.output, f.classify.synthetic, f.classify.mixes = str(sub / "cv"), g.output, [search.f1_mix]
     summary = run_cv(f.data, f.classify, progress=progress)
     rows = [r for rows in summary["tables"].values() for r in rows if r["mix"] == mix.name]
@@ -559,17 +557,36 @@ def _create_study(url: str, search, single: bool):
     return study
 
 
-def run_search(study_or_path, search=None, *, progress: bool = True) -> dict:
+def run_search(study_or_path, search=None, *, model: str | None = None, weights: str | None = None,
+               progress: bool = True) -> dict:
     """Run trials until `search.trials` are COMPLETE in the storage (with any other processes); write the outputs.
 
     study_or_path: a `Study` (flags applied) or a study-file path; search: its `search`
-    section (default: the study's). Returns {"complete", "pruned", "failed", "best", "outputs"}.
+    section (default: the study's). model / weights: files that stand for the study's
+    `lora.model: tiny` / `classify.weights: calibrated` (the workflow passes the ones it built;
+    without them `tiny` is written to OUT/models/tiny-sd). The best study keeps the names.
+    Returns {"complete", "pruned", "failed", "best", "outputs"}.
     """
+    study = study_or_path if isinstance(study_or_path, Study) else load_study(study_or_path)
+    search = search or study.search
+    return _search(study, search, model, weights, progress)
+
+
+def _stand_ins(study: Study, out: Path, model: str | None, weights: str | None) -> Study:
+    """The study the trials run: `tiny` and `calibrated` replaced by the given files (tiny: OUT/models/tiny-sd)."""
+    work = copy.deepcopy(study)
+    for section in (work.lora, work.generate):
+        if section.model == "tiny":
+            section.model = model or str(out / TINY_MODEL_DIR)
+    if work.classify.weights == "calibrated" and weights:
+        work.classify.weights = weights
+    return work
+
+
+def _search(study: Study, search, model: str | None, weights: str | None, progress: bool) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    study = study_or_path if isinstance(study_or_path, Study) else load_study(study_or_path)
-    search = search or study.search
     if not search.output:
         raise UserError("--output is missing: give the search folder (search.output)")
     if not study.data.data:
@@ -584,6 +601,12 @@ def run_search(study_or_path, search=None, *, progress: bool = True) -> dict:
     out = Path(search.output)
     url = storage_url(search, out)
     images = fold_images(study.data, search.fold)
+    user_study, study = study, _stand_ins(study, out, model, weights)
+    if study.lora.model == str(out / TINY_MODEL_DIR):  # written into OUT once OUT is known to be ours
+        _check_output(out, study, search, url)
+        from diffusion.tiny import write_tiny_model
+
+        write_tiny_model(out / TINY_MODEL_DIR)  # kept when there (every worker makes the same, atomically)
     _check_inputs(study, search, dims, out)
     _check_output(out, study, search, url)
     single = search.objective == "realism"
@@ -636,7 +659,7 @@ def run_search(study_or_path, search=None, *, progress: bool = True) -> dict:
         log.info("trial %d complete: %s", trial.number, value)
     from .search_report import write_outputs
 
-    outputs = write_outputs(ostudy, study, search, out, images)
+    outputs = write_outputs(ostudy, user_study, search, out, images, scorer.kid_ref)
     trials = ostudy.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     best = outputs.get("best_params")
@@ -654,9 +677,15 @@ def _surplus(ostudy, number: int, n: int) -> bool:
     return sum(t.number < number and t.state in busy for t in ostudy.get_trials(deepcopy=False)) >= n
 
 
-def best_study(study: Study, params: dict) -> Study:
-    """The study with the best parameters: the whole-study settings of the user, only the searched keys changed."""
-    return trial_study(study, params)
+def best_study(study: Study, params: dict, folder: Path) -> Study:
+    """The study with the best parameters, a study of its own with its outputs in `folder` (never the default study's).
+
+    The whole-study settings of the user, only the searched keys changed; `tiny`/`calibrated` stay names;
+    the split stays the search's (the same folds as the default study, so the two compare fold by fold).
+    """
+    s = trial_study(study, params)
+    s.study.output = str(Path(folder).resolve())
+    return s
 
 
 __all__ = ["run_search", "search_space", "parse_dimension", "class_objective", "fold_images", "fail_stale_trials",

@@ -1,13 +1,15 @@
-"""Outputs of `study search`: OUT/search.html (one self-contained file), OUT/trials.csv, OUT/best_study.yaml.
+"""Outputs of `study search`: OUT/search.html (one self-contained file), OUT/trials.csv, OUT/best/study.yaml.
 
-The page holds Optuna's plots (matplotlib, embedded as PNG), the table of trials and,
-for the best trials, their scored synthetic images beside the fold's real test images.
+The page (Jinja2 template study/templates/search.html.j2, autoescaped) holds Optuna's plots
+(matplotlib, embedded as PNG), the per-class scores, the table of trials and, for the best
+trials, their scored synthetic images beside the fold's real test images. It says what it
+cannot claim: a smoke banner for stand-in weights, importances only from MIN_TRIALS_FOR_IMPORTANCE
+complete trials, a warning for a class scored on fewer than FEW_TEST_IMAGES test images.
 """
 from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
 import logging
@@ -21,6 +23,8 @@ log = logging.getLogger("study.search")
 THUMB_PX = 96  # thumbnails in the page
 THUMBS_PER_CLASS = 4  # synthetic and real images shown per class and best trial
 BEST_SHOWN = 3  # best trials shown with their images
+MIN_TRIALS_FOR_IMPORTANCE = 10  # fewer complete trials: fANOVA importances and contours are noise
+FEW_TEST_IMAGES = 20  # a class scored on fewer test images than this gets a warning (KID and C2ST are noisy)
 
 
 # --------------------------------------------------------------------------- the best trials
@@ -37,10 +41,10 @@ def ranked_trials(ostudy) -> list:
 
 
 def write_best_study(study, params: dict, path: Path) -> Path:
-    """The user's study with the best parameters (validated by reading it back)."""
+    """The user's study with the best parameters, its outputs in path's folder (validated by reading it back)."""
     from .search import best_study, write_trial_study
 
-    write_trial_study(best_study(study, params), path)
+    write_trial_study(best_study(study, params, path.parent), path)
     return path
 
 
@@ -82,16 +86,20 @@ def write_table(rows: list[dict], path: Path) -> Path:
 # --------------------------------------------------------------------------- the page
 
 def _png(fig) -> str:
+    """A matplotlib figure as base64 PNG (closed). Kept here until the shared encoder (analysis/) is merged."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
 def optuna_plots(ostudy) -> list[tuple[str, str]]:
-    """(title, base64 PNG) of Optuna's matplotlib plots that apply to this study (others are skipped)."""
+    """(title, base64 PNG) of Optuna's matplotlib plots that apply to this study (others are skipped).
+
+    Importances, slices' ranking and contours need MIN_TRIALS_FOR_IMPORTANCE complete trials.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,10 +116,10 @@ def optuna_plots(ostudy) -> list[tuple[str, str]]:
         plots.append(("Intermediate values (running objective per class; pruned trials stop early)",
                       lambda: ovm.plot_intermediate_values(ostudy)))
     if n_complete >= 2:
+        plots.append(("Slice plots", lambda: _slice(ostudy, ovm, kw)))
+    if n_complete >= MIN_TRIALS_FOR_IMPORTANCE:
         plots += [("Parameter importances (fANOVA)", lambda: ovm.plot_param_importances(ostudy, **kw)),
-                  ("Slice plots", lambda: ovm.plot_slice(ostudy, **kw))]
-    if n_complete >= 3:
-        plots.append(("Contour of the two most important parameters", lambda: _contour(ostudy, ovm, kw)))
+                  ("Contour of the two most important parameters", lambda: _contour(ostudy, ovm, kw))]
     out = []
     for title, make in plots:
         try:
@@ -123,6 +131,20 @@ def optuna_plots(ostudy) -> list[tuple[str, str]]:
         except Exception as err:  # a plot that does not apply (one parameter, constant values, ...)
             log.info("plot %r skipped: %s", title, err)
     return out
+
+
+def _slice(ostudy, ovm, kw):
+    """Slice plots at most 3 per row (Optuna draws all in one row, far wider than a page)."""
+    ax = ovm.plot_slice(ostudy, **kw)
+    axes = list(ax.flat) if hasattr(ax, "flat") else [ax]
+    fig = axes[0].figure
+    if len(axes) > 3:
+        cols, rows = 3, -(-len(axes) // 3)
+        for i, a in enumerate(axes):
+            a.set_subplotspec(fig.add_gridspec(rows, cols)[i // cols, i % cols])
+        fig.set_size_inches(12, 3.2 * rows)
+        fig.tight_layout()
+    return ax
 
 
 def _contour(ostudy, ovm, kw):
@@ -146,63 +168,76 @@ def _thumb(path) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _img(path, title: str) -> str:
-    return f'<img src="data:image/png;base64,{_thumb(path)}" title="{html.escape(title)}" width="{THUMB_PX}">'
-
-
-def images_html(trials, out: Path) -> str:
-    """Per best trial and class: its synthetic images, then the fold's real test images they were scored against."""
+def image_trials(trials, out: Path) -> list[dict]:
+    """Per best trial and class: its synthetic images and the fold's real test images they were scored against."""
     from .search import TRIAL_SCORES, TRIALS_DIR
 
-    parts = []
+    shown = []
     for t in trials[:BEST_SHOWN]:
         scores_file = out / TRIALS_DIR / str(t.number) / TRIAL_SCORES
         if not scores_file.is_file():
             continue
-        scores = json.loads(scores_file.read_text())
-        parts.append(f"<h3>Trial {t.number}</h3><p>{html.escape(_params_text(t.params))}</p>")
-        parts.append("<table><tr><th>class</th><th>synthetic (scored)</th><th>real test images</th></tr>")
-        for row in scores["classes"]:
-            syn = "".join(_img(p, Path(p).name) for p in row["synthetic_images"][:THUMBS_PER_CLASS])
-            real = "".join(_img(p, Path(p).name) for p in row["real_images"][:THUMBS_PER_CLASS])
-            label = (f"{html.escape(row['class'])}<br><small>KID {row['kid']:.3g} / ref {row['kid_ref']:.3g}<br>"
-                     f"C2ST {row['c2st_accuracy']:.2f}</small>")
-            parts.append(f"<tr><td>{label}</td><td>{syn}</td><td>{real}</td></tr>")
-        parts.append("</table>")
-    return "\n".join(parts)
+        classes = [{"label": row["class"], "kid": _num(row["kid"]), "kid_ref": _num(row["kid_ref"]),
+                    "c2st": _num(row["c2st_accuracy"]),
+                    "synthetic": [(_thumb(p), Path(p).name) for p in row["synthetic_images"][:THUMBS_PER_CLASS]],
+                    "real": [(_thumb(p), Path(p).name) for p in row["real_images"][:THUMBS_PER_CLASS]]}
+                   for row in json.loads(scores_file.read_text())["classes"]]
+        shown.append({"number": t.number, "params": _params_text(t.params), "classes": classes})
+    return shown
 
 
 def _params_text(params: dict) -> str:
     return ", ".join(f"{k} = {v:.3g}" if isinstance(v, float) else f"{k} = {v}" for k, v in params.items())
 
 
-def table_html(rows: list[dict]) -> str:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows)
-    return f"<table class='trials'><tr>{head}</tr>{body}</table>"
+def class_rows(ranked, images, kid_ref: dict) -> list[dict]:
+    """One row per (complete trial, class), best trial first: test images, KID, KID_ref, C2ST, the class's objective."""
+    from .search import class_objective
+
+    rows = []
+    for t in ranked:
+        kids, accs = t.user_attrs.get("kid") or {}, t.user_attrs.get("c2st") or {}
+        for label, k in kids.items():
+            acc = accs.get(label, float("nan"))
+            rows.append({"trial": t.number, "label": label, "n_test": len(images.test.get(label, [])), "kid": _num(k),
+                         "kid_ref": _num(kid_ref.get(label)), "c2st": _num(acc), "objective": _num(class_objective(k, acc))})
+    return rows
 
 
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>LoRA parameter search: {name}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}} img{{margin:1px;image-rendering:pixelated}}
-figure{{display:inline-block;margin:0 1em 1em 0}}</style></head><body>
-<h1>LoRA parameter search: {name}</h1>
-<p>{summary}</p>
-<p><b>Objective</b> (lower is better, 0 = indistinguishable), per class, averaged over classes:
-log(1 + max(KID, 0)) + 2 |C2ST &minus; 0.5|. KID and the two-sample classifier accuracy (C2ST) compare
-the trial's synthetic images with fold {fold}'s <i>test</i> images, which no LoRA saw, on the classifier's frozen
-features ({backbone}, {weights}, {size} px), centred on the test images and divided by their root-mean-square deviation;
-for scale, KID<sub>ref</sub> is the KID between the class's test images and the other classes' test images.</p>
-<h2>Best parameters</h2><p>{best}</p><p>Written to <code>{best_file}</code>.</p>
-<h2>Plots</h2>{plots}
-<h2>Trials</h2>{table}
-<h2>Images of the best trials beside real test images</h2>{images}
-</body></html>"""
+def smoke_reason(study) -> str | None:
+    """Why the scores are a smoke test (tiny model, stand-in or random classifier weights), or None."""
+    from classify.model import is_stand_in_weights
+
+    reasons = []
+    if "tiny" in (study.lora.model, study.generate.model) or Path(str(study.lora.model)).name == "tiny-sd":
+        reasons.append("the tiny random Stable Diffusion (lora.model: tiny)")
+    w = str(study.classify.weights)
+    if w in ("calibrated", "none") or (w != "imagenet" and Path(w).is_file() and is_stand_in_weights(w)):
+        reasons.append(f"classifier weights {w if w in ('calibrated', 'none') else 'calibrated (a stand-in file)'}, "
+                       "not ImageNet")
+    return " and ".join(reasons) or None
 
 
-def write_outputs(ostudy, study, search, out: Path, images) -> dict:
-    """trials.csv, best_study.yaml (when a trial is complete) and search.html; returns {'files', 'best_params'}."""
+def few_images_warnings(images) -> list[str]:
+    """A line per class whose score rests on fewer than FEW_TEST_IMAGES test images."""
+    return [f"Class {label}: its scores rest on {len(paths)} test image(s) of fold {images.fold} (fewer than "
+            f"{FEW_TEST_IMAGES}); its KID and C2ST are noisy, and so is the ranking of trials by it."
+            for label, paths in images.test.items() if len(paths) < FEW_TEST_IMAGES]
+
+
+TRIAL_KEYS_FIRST = ("trial", "state", "objective", "macro_f1", "seconds")
+
+
+def _render(template: str, **values) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("study", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(template).render(**values)
+
+
+def write_outputs(ostudy, study, search, out: Path, images, kid_ref: dict | None = None) -> dict:
+    """trials.csv, best/study.yaml (when a trial is complete) and search.html; returns {'files', 'best_params'}."""
     from optuna.trial import TrialState
 
     from .search import BEST_FILE, HTML_FILE, TABLE_FILE
@@ -214,19 +249,27 @@ def write_outputs(ostudy, study, search, out: Path, images) -> dict:
     if best_params is not None:
         files.append(write_best_study(study, best_params, out / BEST_FILE))
     states = [t.state for t in ostudy.get_trials(deepcopy=False)]
-    summary = (f"{states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} pruned, "
-               f"{states.count(TrialState.FAIL)} failed trial(s); study <code>{html.escape(search.study_name)}</code> in "
-               f"<code>{html.escape(str(search.storage or out / 'search.journal'))}</code>.")
+    n_complete = states.count(TrialState.COMPLETE)
+    summary = (f"{n_complete} complete, {states.count(TrialState.PRUNED)} pruned, "
+               f"{states.count(TrialState.FAIL)} failed trial(s).")
     best = "none yet"
     if ranked:
         vals = ", ".join(f"{v:.4g}" for v in ranked[0].values)
-        best = f"trial {ranked[0].number} (objective {vals}): {html.escape(_params_text(best_params))}"
-    plots = "".join(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(t)}</figcaption></figure>"
-                    for t, b64 in optuna_plots(ostudy)) if ranked else "<p>No complete trial yet.</p>"
+        best = f"trial {ranked[0].number} (objective {vals}): {_params_text(best_params)}"
+    importance_note = None
+    if ranked and n_complete < MIN_TRIALS_FOR_IMPORTANCE:
+        importance_note = (f"Parameter importances and contours need at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials "
+                           f"(there are {n_complete}); with fewer they rank noise, so they are not shown.")
+    param_keys = sorted({k for t in ostudy.get_trials(deepcopy=False) for k in t.params})
+    trial_keys = [k for k in TRIAL_KEYS_FIRST if any(k in r for r in rows)] + param_keys
     cls = study.classify
-    page = PAGE.format(name=html.escape(search.study_name), summary=summary, fold=search.fold, backbone=html.escape(cls.backbone),
-                       weights=html.escape(str(cls.weights)), size=cls.image_size, best=best, best_file=BEST_FILE, plots=plots,
-                       table=table_html(rows), images=images_html(ranked, out))
+    page = _render(
+        "search.html.j2", name=search.study_name, summary=summary, storage=str(search.storage or out / "search.journal"),
+        fold=search.fold, backbone=cls.backbone, weights=str(cls.weights), size=cls.image_size, best=best,
+        best_file=str(out / BEST_FILE) if best_params is not None else None, smoke=smoke_reason(study),
+        warnings=few_images_warnings(images), plots=optuna_plots(ostudy) if ranked else [], importance_note=importance_note,
+        class_rows=class_rows(ranked, images, kid_ref or {}), trial_keys=trial_keys, trial_rows=rows, table_file=TABLE_FILE,
+        image_trials=image_trials(ranked, out), thumb=THUMB_PX)
     write_text_atomic(out / HTML_FILE, page)
     files.append(out / HTML_FILE)
     return {"files": files, "best_params": best_params}

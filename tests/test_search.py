@@ -331,3 +331,55 @@ def test_cli_flags_reach_the_search_and_bad_values_are_one_line(tmp_path, class_
     done = subprocess.run([*_cli(study), "--output", str(tmp_path / "out"), "--trials", "0"], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--trials" in done.stderr and "at least 1" in done.stderr
+
+
+def test_a_trial_whose_images_come_out_nan_fails_and_the_search_goes_on(small_pbc3, tiny_model, b0_weights, tmp_path):
+    """Trial 0 samples at LoRA weight 1e30 (its images overflow to NaN: generate raises BadImages); trial 1 completes."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from study.search import open_storage
+
+    study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, trials=1, extra="  pruner: none")
+    study.write_text(study.read_text().replace("lora_weight: [0.8, 1.0]", "lora_weight: [1.0e+30, 1.0]")
+                     .replace("rank: [2, 4]", "rank: [2]").replace("text_encoder_lr: [0.0, 1.0e-4]", "text_encoder_lr: [0.0]")
+                     .replace('unet_lr: "1e-4..1e-2 log"', "unet_lr: [1.0e-3]"))
+    url = str(tmp_path / "search" / "search.journal")
+    ostudy = optuna.create_study(storage=open_storage(url), study_name="lora-search")
+    ostudy.enqueue_trial({"lora_weight": 1.0e30})
+    ostudy.enqueue_trial({"lora_weight": 1.0})
+    result = _run(study, progress=False)
+    trials = _trials(tmp_path / "search")
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], [t.user_attrs.get("note") for t in trials]
+    assert "NaN or all black" in trials[0].user_attrs["note"] and result["complete"] == 1
+    assert sorted(p.name for p in (tmp_path / "search" / "trials").iterdir()) == ["1"]
+
+
+def test_the_search_and_the_realism_report_score_the_same_images_alike(small_pbc3, b0_weights, tmp_path):
+    """One class's real test images against 'synthetic' ones (the other fold's images): the search's scorer and
+    `classify realism` (the report's table) give the same KID and C2ST."""
+    from classify.realism import run_realism
+    from prompts.config import load_study
+    from study.search import RealismScorer, fold_images
+
+    study = load_study(write_study(tmp_path, small_pbc3, tmp_path / "unused", b0_weights))
+    images = fold_images(study.data, 0)
+    label = sorted(images.test)[0]
+    fake = images.train[label]  # stand-ins for synthetic images: real images of the class the scorer never compares
+    # a synthetic tree classify realism reads: OUT/fold_0/w1.0/<class>/<image>, with the real data = the test images
+    real_root, syn_root = tmp_path / "real", tmp_path / "syn"
+    (real_root / label).mkdir(parents=True)
+    for p in images.test[label]:
+        (real_root / label / p.name).write_bytes(p.read_bytes())
+    tree = syn_root / "w1.0" / label
+    tree.mkdir(parents=True)
+    for p in fake:
+        (tree / p.name).write_bytes(p.read_bytes())
+    scorer = RealismScorer(study.classify, images, tmp_path / "features")
+    row = scorer.score(label, fake)
+    cls = study.classify
+    cls.synthetic, cls.output = str(syn_root), str(tmp_path / "realism")
+    study.data.data = str(real_root)
+    (report_row,) = run_realism(study.data, cls, progress=False)["rows"]
+    assert row["kid"] == pytest.approx(report_row["kid"], rel=1e-9)
+    assert row["c2st_accuracy"] == pytest.approx(report_row["c2st_accuracy"], rel=1e-9)
