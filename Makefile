@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install system lint test bench demo study clean
+.PHONY: install system lint test bench demo study search clean
 
 install: $(STAMP)
 
@@ -44,6 +44,16 @@ demo: install
 study: install
 	@test -n "$(CONFIG)" || { echo "error: give the study file: make study CONFIG=my_study.yaml" >&2; exit 2; }
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+
+# The parameter search as workflow jobs (search.workers at once), then the best settings as a study of
+# their own (SEARCH/best/, a second invocation: the same SNAKEMAKE_ARGS, e.g. a SLURM profile), then
+# OUT/comparison.html; see README "Search".
+search: install
+	@test -n "$(CONFIG)" || { echo "error: give the study file: make search CONFIG=my_study.yaml" >&2; exit 2; }
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS) all search
+	best="$$($(BIN)/python -m study best-study --config $(CONFIG))" && \
+	  $(BIN)/snakemake -s $(CURDIR)/workflow/Snakefile --cores $(CORES) --configfile "$$best" --directory "$$(dirname "$$best")" $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS) compare
 
 clean:
 	rm -rf $(VENV) demo

@@ -677,6 +677,13 @@ def _surplus(ostudy, number: int, n: int) -> bool:
     return sum(t.number < number and t.state in busy for t in ostudy.get_trials(deepcopy=False)) >= n
 
 
+def workflow_search_dir(study: Study, out: Path | None = None) -> Path:
+    """The workflow's search folder: search.output when given (relative to the study file), else OUT/search."""
+    if study.search.output:
+        return Path(study.search.output).resolve()
+    return Path(out or study.study.output).resolve() / "search"
+
+
 def best_study(study: Study, params: dict, folder: Path) -> Study:
     """The study with the best parameters, a study of its own with its outputs in `folder` (never the default study's).
 

@@ -140,10 +140,12 @@ def _slice(ostudy, ovm, kw):
     fig = axes[0].figure
     if len(axes) > 3:
         cols, rows = 3, -(-len(axes) // 3)
+        grid = fig.add_gridspec(rows, cols + 1, width_ratios=[1] * cols + [0.06], wspace=0.35, hspace=0.45)
         for i, a in enumerate(axes):
-            a.set_subplotspec(fig.add_gridspec(rows, cols)[i // cols, i % cols])
+            a.set_subplotspec(grid[i // cols, i % cols])
+        for bar in [a for a in fig.axes if a not in axes]:  # the trial-number colour bar: its own column
+            bar.set_subplotspec(grid[:, cols])
         fig.set_size_inches(12, 3.2 * rows)
-        fig.tight_layout()
     return ax
 
 
