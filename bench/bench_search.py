@@ -2,6 +2,13 @@
 
     .venv/bin/python -m bench.bench_search                           # CPU: tiny model, pbc3 (or demo) images at 32 px
     .venv/bin/python -m bench.bench_search --sd15 --resolution 512   # GPU: SD 1.5 architecture (random weights) at 512
+    .venv/bin/python -m bench.bench_search --workers 2               # complete trials per hour with 1 and with 2 workers
+
+`--workers K`: the same search (pruner none, N complete trials) run twice, side by side in one
+run: by 1 worker process, then by K worker processes sharing one journal storage, exactly as the
+workflow's `search_worker` jobs run (`python -m study search`, one thread each). Reported: wall
+time (process start to the last exit, imports and model loading included), complete trials per
+hour, and the speed-up K workers / 1 worker (section `<!-- bench:workers -->`).
 
 Two searches of the same space, the same data and the same seeds run one after the
 other in this process (so the TPE sampler draws the same startup trials): one with
@@ -54,14 +61,14 @@ def small_data(out: Path, per_class: int, size: int) -> Path:
     return data
 
 
-def study_text(data: Path, model: Path, weights: str, args, out: Path, pruner: str) -> str:
+def study_text(data: Path, model: Path, weights: str, args, out: Path, pruner: str, name: str | None = None) -> str:
     return f"""
 data: {{data: {data}, split: {data.parent / 'folds.json'}}}
 lora: {{model: {model}, repeats: {args.repeats}, epochs: 1, batch_size: 2, resolution: {args.resolution}, validation_images: 0}}
 generate: {{steps: {args.steps}, size: [{args.resolution}, {args.resolution}], batch_size: {args.images}}}
 classify: {{backbone: EfficientNetB0, weights: {weights}, image_size: {args.image_size}, batch_size: 16, cache_dir: {out / 'cache'}}}
 search:
-  output: {out / pruner}
+  output: {out / (name or pruner)}
   trials: {args.trials}
   images_per_class: {args.images}
   pruner: {pruner}
@@ -104,6 +111,79 @@ def time_to(run: dict, target: float) -> float:
     return min(ends) - run["t0"]
 
 
+def run_workers(study: Path, k: int) -> dict:
+    """k `python -m study search` processes on one storage (one thread each); wall time until the last exits."""
+    import subprocess
+    import sys
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from prompts.config import load_study
+    from study.search import open_storage
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "study", "search", "--config", str(study), "--no-progress"]
+    t0 = time.time()
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(k)]
+    errors = [p.communicate()[1] for p in procs]
+    wall = time.time() - t0
+    for p, err in zip(procs, errors):
+        if p.returncode != 0:
+            raise RuntimeError(f"a worker failed (exit {p.returncode}): {err[-2000:]}")
+    s = load_study(study).search
+    trials = optuna.load_study(study_name=s.study_name, storage=open_storage(str(Path(s.output) / "search.journal"))).get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    return {"wall": wall, "complete": len(done), "pids": len({t.user_attrs.get("pid") for t in done}),
+            "trial_s": sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done) / len(done)}
+
+
+def workers_report(args, runs: dict[int, dict], model: Path) -> str:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {device}, {platform.python_version()}; "
+        f"{'the tiny model' if not (args.sd15 or args.model) else model}, 3 classes x {args.per_class} images, {args.resolution} px, "
+        f"{args.images} images per class per trial, pruner none; {args.trials} complete trials per search; each worker one "
+        "process with one thread (OMP_NUM_THREADS=1), as the workflow's `search_worker` jobs.",
+        "",
+        "| workers | wall s | complete | workers that completed trials | mean s per trial | complete trials / h |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for k, r in runs.items():
+        lines.append(f"| {k} | {r['wall']:.0f} | {r['complete']} | {r['pids']} | {r['trial_s']:.0f} | {3600 * r['complete'] / r['wall']:.0f} |")
+    ks = sorted(runs)
+    lines += ["", f"Speed-up, {ks[-1]} workers / 1 worker: {(runs[ks[-1]]['complete'] / runs[ks[-1]]['wall']) / (runs[1]['complete'] / runs[1]['wall']):.2f}x "
+              "(complete trials per hour)."]
+    return "\n".join(lines)
+
+
+def main_workers(args) -> int:
+    from classify.model import write_calibrated_weights
+    from classify.pixels import load_pixels
+    from diffusion.tiny import write_tiny_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_search_workers."))
+    try:
+        data = small_data(tmp, args.per_class, args.resolution)
+        model = Path(args.model) if args.model else write_tiny_model(tmp / "tiny")
+        weights = write_calibrated_weights("EfficientNetB0", args.image_size,
+                                           load_pixels(sorted(data.rglob("*.png")), args.image_size), tmp / "b0.weights.h5")
+        runs = {}
+        for k in (1, args.workers):
+            study = tmp / f"workers{k}.yaml"
+            study.write_text(study_text(data, model, str(weights), args, tmp, "none", name=f"workers{k}"))
+            runs[k] = run_workers(study, k)
+        text = workers_report(args, runs, model)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(text)
+    if args.md:
+        write_section(Path(args.md), "workers", text)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=8, help="complete trials per search (default 8)")
@@ -117,7 +197,12 @@ def main(argv=None) -> int:
     ap.add_argument("--sd15", action="store_true", help="SD 1.5's architecture with random weights instead of the tiny model")
     ap.add_argument("--model", help="a diffusers folder to use instead (e.g. real SD 1.5)")
     ap.add_argument("--md", default=str(ROOT / "bench" / "search.md"), help="markdown file to update ('' = none)")
+    ap.add_argument("--workers", type=int, default=0, help="measure 1 worker against this many (processes on one storage)")
     args = ap.parse_args(argv)
+    if args.workers:
+        if args.workers < 2:
+            ap.error("--workers: give 2 or more (it is compared with 1)")
+        return main_workers(args)
 
     from classify.model import write_calibrated_weights
     from classify.pixels import load_pixels

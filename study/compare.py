@@ -68,17 +68,29 @@ def _run_row(r: dict) -> dict:
         except (TypeError, ValueError):
             return float("nan")
 
-    return {"tree": r["tree"], "mix": r["mix"], "fold": int(r["fold"]), "n_train": num(r.get("n_train")),
+    return {"tree": r["tree"], "mix": r["mix"], "fold": int(r["fold"]), "repeat": int(r.get("repeat") or 0), "n_train": num(r.get("n_train")),
             "n_test": num(r.get("n_test")), METRIC: num(r.get(METRIC))}
 
 
-def verdict_rows(res: StudyResult, exclude_fold: int | None) -> list[dict]:
-    """Per (tree, mix): mean/sd of the metric and the verdict vs real (paired by fold), folds other than exclude_fold."""
+def held_out(runs: list[dict], search_fold: int | None) -> list[dict]:
+    """The runs on folds the search never looked at: the search fold's repeat, every fold but the search fold.
+
+    Other CV repeats re-partition the same images, so their test sets hold the search fold's test images.
+    """
+    if search_fold is None:
+        return runs
+    repeat = next((r["repeat"] for r in runs if r["fold"] == search_fold), None)
+    return [r for r in runs if r["fold"] != search_fold and (repeat is None or r["repeat"] == repeat)]
+
+
+def verdict_rows(res: StudyResult, search_fold: int | None) -> list[dict]:
+    """Per (tree, mix): mean/sd of the metric and the verdict vs real (paired by fold); held-out folds only when
+    search_fold is given (`held_out`), every fold when None."""
     import numpy as np
 
     from analysis.verdicts import decide_family
 
-    runs = [r for r in res.runs if r["fold"] != exclude_fold]
+    runs = held_out(res.runs, search_fold)
     real = {r["fold"]: r[METRIC] for r in runs if r["mix"] == REAL}
     if not real:
         return []
@@ -178,11 +190,11 @@ def build(default_file: Path, best_file: Path, search_dir: Path | None) -> dict:
     every = verdict_rows(default, None) + verdict_rows(best, None)
     head = [r for r in heldout if r["study"] == "best" and r["mix"] != REAL]
     lead = (f"The search chose its setting on fold {fold}'s test images; on that fold the best study is optimistic, so the "
-            "verdicts on the held-out folds are the answer. ")
+            "verdicts on the held-out folds (that fold's CV repeat, every other fold) are the answer. ")
     n_held = max((r["folds"] for r in head), default=0)
     if head and n_held < 2:
         lead += (f"Only {n_held} held-out fold: a difference without a spread, so no held-out verdict can be more than "
-                 "inconclusive; run more folds (classify.folds) or CV repeats. ")
+                 "inconclusive; run more folds (classify.folds). ")
     lead += ("Best study, held-out folds: " + "; ".join(f"{r['mix']} ({r['tree']}) {r['verdict']}" for r in head) + "."
              if head else "No held-out fold is left (a study of one fold): only the optimistic numbers exist.")
     return {"smoke": smoke_reason(default.study) or smoke_reason(best.study), "lead": lead, "fold": fold,

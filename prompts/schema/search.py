@@ -27,7 +27,7 @@ SPACE_KEYS = ("rank", "alpha_ratio", "unet_lr", "text_encoder_lr", "epochs", "ne
 
 @dataclass
 class SearchSection:
-    output: str | None = opt(None, "search folder: OUT/search.journal, OUT/trials/<n>/, OUT/search.html, OUT/best_study.yaml", path=True,
+    output: str | None = opt(None, "search folder: OUT/search.journal, OUT/trials/<n>/, OUT/search.html, OUT/best/study.yaml (workflow default: study.output/search)", path=True,
                              required=("study search",))
     trials: int = opt(20, "COMPLETE trials to reach, counted over every process that shares the storage", ge=1)
     storage: str | None = opt(
