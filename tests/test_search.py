@@ -238,7 +238,7 @@ def test_search_killed_in_trial_2_resumes_to_4_complete_trials(small_pbc3, tiny_
     trials = _check_trials(out, 4)
     assert trials[1].state == TrialState.FAIL and result["complete"] == 4
 
-    best = load_study(out / "best_study.yaml")
+    best = load_study(out / "best" / "study.yaml")
     assert best.lora.rank == result["best"]["rank"] and best.generate.lora_weights == [result["best"]["lora_weight"]]
     assert best.lora.unet_lr == pytest.approx(result["best"]["unet_lr"])
     page = (out / "search.html").read_text()
@@ -299,7 +299,7 @@ def test_two_objectives_add_the_downstream_macro_f1(small_pbc3, tiny_model, b0_w
     # the F1 folds' LoRAs are trained on their own fold's training images (fold 1 of the split is fold_0 there)
     assert sorted(p.name for p in (out / "trials" / "0" / "f1" / "lora").iterdir()) == ["fold_0"]
     assert "Pareto front" in (out / "search.html").read_text()
-    load_study(out / "best_study.yaml")
+    load_study(out / "best" / "study.yaml")
 
 
 @pytest.mark.slow
@@ -383,3 +383,81 @@ def test_the_search_and_the_realism_report_score_the_same_images_alike(small_pbc
     (report_row,) = run_realism(study.data, cls, progress=False)["rows"]
     assert row["kid"] == pytest.approx(report_row["kid"], rel=1e-9)
     assert row["c2st_accuracy"] == pytest.approx(report_row["c2st_accuracy"], rel=1e-9)
+
+
+# --------------------------------------------------------------------------- the page and the comparison (no model)
+
+def _fake_search(n_complete: int, tmp_path: Path):
+    """An Optuna study with n_complete trials of two parameters and per-class scores (no training)."""
+    import optuna
+
+    from study.search import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ostudy = optuna.create_study(storage=open_storage(str(tmp_path / "s.journal")), study_name="lora-search",
+                                 sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(n_complete):
+        t = ostudy.ask()
+        rank, lr = t.suggest_categorical("rank", [2, 4, 8]), t.suggest_float("unet_lr", 1e-5, 1e-3, log=True)
+        t.set_user_attr("kid", {"good": rank * 0.01, "bad<i>": lr * 100})
+        t.set_user_attr("c2st", {"good": 0.6, "bad<i>": 0.7})
+        ostudy.tell(t, rank * 0.01 + lr * 100)
+    return ostudy
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_the_search_page_says_what_it_cannot_claim(tmp_path, n):
+    from study.search import FoldImages
+    from study.search_report import write_outputs
+
+    study = load_study(None)
+    study.lora.model, study.classify.weights, study.search.output = "tiny", "calibrated", str(tmp_path)
+    images = FoldImages(0, {}, {"good": [tmp_path / f"g{i}.png" for i in range(25)], "bad<i>": [tmp_path / "b.png"] * 4})
+    result = write_outputs(_fake_search(n, tmp_path), study, study.search, tmp_path, images)
+    page = (tmp_path / "search.html").read_text()
+    assert 'id="smoke"' in page and "tiny random Stable Diffusion" in page and "calibrated" in page
+    assert ("Parameter importances (fANOVA)" in page) == (n >= 10) and ('id="importance-note"' in page) == (n < 10)
+    assert "Class bad&lt;i&gt;: its scores rest on 4 test image(s)" in page and "Class good:" not in page  # autoescaped
+    assert "<i>bad" not in page
+    assert page.count("<tr><td class=\"num\">") == 2 * n  # per-class rows: every complete trial x class
+    best = load_study(tmp_path / "best" / "study.yaml")
+    assert best.study.output == str((tmp_path / "best").resolve()) and best.lora.model == "tiny"
+    assert best.lora.rank == result["best_params"]["rank"]
+
+
+def _fake_study_outputs(folder: Path, f1_by_fold: dict[str, list[float]], weight: str, lora_rank: int) -> Path:
+    """A study file and the folds.csv / realism.json its workflow would have written (2 folds, mixes real and real+50)."""
+    out = folder / "out"
+    (out / "report").mkdir(parents=True)
+    (out / "realism").mkdir(parents=True)
+    lines = ["tree,mix,fold,repeat,n_train,n_test,synthetic_fraction,leaky,accuracy,balanced_accuracy,precision,recall,f1"]
+    for mix, values in f1_by_fold.items():
+        tree = "real" if mix == "real" else f"w{weight}"
+        lines += [f"{tree},{mix},{k},0,80,20,0,False,0,0,0,0,{v}" for k, v in enumerate(values)]
+    (out / "report" / "folds.csv").write_text("\n".join(lines) + "\n")
+    (out / "realism" / "realism.json").write_text(json.dumps({"rows": [
+        {"weight": weight, "class": "good", "kid": 0.5, "c2st_accuracy": 0.9}, {"weight": weight, "class": "bad", "kid": 0.3,
+                                                                                 "c2st_accuracy": 0.7}]}))
+    study = folder / "study.yaml"
+    study.write_text(f"study: {{output: out}}\nlora: {{model: tiny, rank: {lora_rank}}}\ngenerate: {{lora_weights: [{weight}]}}\n"
+                     "classify: {folds: 5}\nsearch: {fold: 0}\n")
+    return study
+
+
+def test_the_comparison_sets_both_studies_side_by_side_and_answers_on_held_out_folds(tmp_path):
+    from study.compare import write_comparison
+
+    real = [0.70, 0.71, 0.69, 0.72, 0.70]
+    default = _fake_study_outputs(tmp_path / "default", {"real": real, "real+50": [0.70, 0.71, 0.69, 0.72, 0.70]}, "1.0", 4)
+    # the best study: far better on the search's fold 0 only (the winner's curse), the same elsewhere
+    best = _fake_study_outputs(tmp_path / "best", {"real": real, "real+50": [0.95, 0.71, 0.69, 0.72, 0.70]}, "0.8", 8)
+    page, md = write_comparison(default, best, None, tmp_path / "comparison")
+    text = md.read_text()
+    assert "| lora.rank | 4 | 8 |" in text and "| generate.lora_weights | [1.0] | [0.8] |" in text
+    held = text.split("## Macro F1 and verdicts vs real: held-out")[1].split("## Macro F1 and verdicts vs real: every fold")[0]
+    assert "| best | w0.8 | real+50 | 4 | 0.705" in held and "| default | w1.0 | real+50 | 4 |" in held
+    assert "equivalent" in held  # identical on the held-out folds
+    every = text.split("## Macro F1 and verdicts vs real: every fold")[1]
+    assert "| best | w0.8 | real+50 | 5 | 0.754" in every
+    assert "| best | 0.8 | 2 | 0.4000 | 0.800 |" in text  # realism: mean KID and two-sample accuracy
+    assert 'id="smoke"' in page.read_text() and "<script" not in page.read_text()
