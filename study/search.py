@@ -4,7 +4,8 @@ One trial = one set of parameters (rank, alpha/rank, learning rates, epochs, net
 preset, sampling weight), class by class on one fold of the split:
 
 1. train the class's LoRA on the fold's *training* images (`lora.train.run`);
-2. generate M images of the class (`python -m generate`, in process);
+2. generate M images of the class (generate's Python API, in process; images that come out
+   NaN or black raise `generate.sample.BadImages`: the trial is marked FAIL, the search goes on);
 3. score them against the fold's *test* images of the class, never seen by the LoRA,
    on the classifier's frozen features (`classify.realism`: KID and the two-sample
    classifier test), and report the running mean to the pruner.
@@ -15,9 +16,9 @@ The objective of a class, lower is better, 0 when real and synthetic cannot be t
 
 KID and C2ST are `classify.realism.realism_scores`, the very function `classify realism`
 writes the report's realism table with: the search picks its setting on the measure the
-report shows (a test scores the same images through both paths).
-The page shows, per class, KID_ref: the KID between the
-class's test images and the other classes' test images, the size of a real difference.
+report shows (a test scores the same images through both paths). The page shows, per class,
+KID_ref: the KID between the class's test images and the other classes' test images, the
+size of a real difference.
 KID is unbiased and dips below 0 by chance (or when images are copied), hence the clamp;
 log(1 + x) equals x near 0 and keeps far-off trials (noise images) on a readable scale.
 The two-sample accuracy lies in [0.5, 1] when its classifier works, so 2 |acc - 0.5|
