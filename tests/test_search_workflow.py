@@ -147,10 +147,10 @@ def test_search_workers_run_as_slurm_jobs(slurm_env, tmp_path):
     folder = _study_folder(tmp_path)
     rules = ("tiny_model", "split", "calibrate_weights", "search_worker", "search_report")
     res = snakemake(
-        folder, "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--jobs", "4", "--slurm-status-command", "squeue",
+        folder, "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--jobs", "4", "search", "--slurm-status-command", "squeue",
         "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "10",
         "--set-resources", *[f"{r}:mem_mb=1500" for r in rules], "search_worker:gpu=0", "search_report:gpu=0",
-        "--set-threads", "search_worker=1", "search_report=1", "calibrate_weights=1", "search",
+        "--set-threads", "search_worker=1", "search_report=1", "calibrate_weights=1",
         env=slurm_env, timeout=2400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: .*?/rule_(\w+)/", res.stdout + res.stderr)
