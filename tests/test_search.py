@@ -461,3 +461,34 @@ def test_the_comparison_sets_both_studies_side_by_side_and_answers_on_held_out_f
     assert "| best | w0.8 | real+50 | 5 | 0.754" in every
     assert "| best | 0.8 | 2 | 0.4000 | 0.800 |" in text  # realism: mean KID and two-sample accuracy
     assert 'id="smoke"' in page.read_text() and "<script" not in page.read_text()
+
+
+def test_the_search_and_comparison_pages_fit_1280_px_in_a_browser(tmp_path):
+    """Headless Chromium at a 1280 px viewport: no horizontal scrolling of the page (wide tables scroll in their box)."""
+    from .test_blind import CHROMEDRIVER, CHROMIUM, _browser
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} are needed (Debian packages chromium, chromium-driver)")
+    pytest.importorskip("selenium")
+    from study.compare import write_comparison
+    from study.search import FoldImages
+    from study.search_report import write_outputs
+
+    study = load_study(None)
+    study.search.output = str(tmp_path / "search")
+    many = {f"class_with_a_long_name_{i}": [tmp_path / "x.png"] * 30 for i in range(8)}
+    write_outputs(_fake_search(12, tmp_path), study, study.search, tmp_path / "search", FoldImages(0, {}, many))
+    real = [0.70, 0.71, 0.69, 0.72, 0.70]
+    page, _ = write_comparison(_fake_study_outputs(tmp_path / "d", {"real": real, "real+50": real}, "1.0", 4),
+                               _fake_study_outputs(tmp_path / "b", {"real": real, "real+50": real}, "0.8", 8), None,
+                               tmp_path / "comparison")
+    driver = _browser(tmp_path / "profile", tmp_path / "downloads")
+    try:
+        for html in (tmp_path / "search" / "search.html", page):
+            driver.get(html.as_uri())
+            width = driver.execute_script("return document.documentElement.scrollWidth")
+            widest = driver.execute_script("return Math.max(0, ...[...document.querySelectorAll('img, table, figure')]"
+                                           ".filter(e => !e.closest('.wide')).map(e => e.getBoundingClientRect().right))")
+            assert width <= 1280 and widest <= 1280, (html.name, width, widest)
+    finally:
+        driver.quit()
