@@ -50,10 +50,10 @@ study: install
 # OUT/comparison.html; see README "Search".
 search: install
 	@test -n "$(CONFIG)" || { echo "error: give the study file: make search CONFIG=my_study.yaml" >&2; exit 2; }
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS) all search
+	$(BIN)/snakemake --cores $(CORES) all search --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 	best="$$($(BIN)/python -m study best-study --config $(CONFIG))" && \
 	  $(BIN)/snakemake -s $(CURDIR)/workflow/Snakefile --cores $(CORES) --configfile "$$best" --directory "$$(dirname "$$best")" $(SNAKEMAKE_ARGS)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS) compare
+	$(BIN)/snakemake --cores $(CORES) compare --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 clean:
 	rm -rf $(VENV) demo

@@ -1,4 +1,4 @@
-# The parameter search as Snakemake jobs (`snakemake --configfile study.yaml search`; README "Search").
+# The parameter search as Snakemake jobs (`snakemake --cores all search --configfile study.yaml`; README "Search as part of the study").
 #
 # search.workers trial workers run at once, each a job with its own core or GPU slot, all sharing
 # one Optuna storage (search.storage: a journal file by default, an RDB URL on a cluster); each runs
@@ -6,7 +6,7 @@
 # RUNNING trial that the others mark FAIL (its process is gone); Snakemake retries the worker.
 # `search_report` then writes SEARCH/search.html, SEARCH/trials.csv and SEARCH/best/study.yaml:
 # the best settings as a study of its own (outputs in SEARCH/best/, the same folds), run with
-# `snakemake --configfile SEARCH/best/study.yaml --directory SEARCH/best` (`make search` does),
+# `snakemake --directory SEARCH/best --configfile SEARCH/best/study.yaml` (`make search` does),
 # after which `compare` writes OUT/comparison.html and .md.
 from prompts.config import load_study  # noqa: E402
 from prompts.fingerprint import digest, settings_part  # noqa: E402
