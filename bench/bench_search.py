@@ -125,7 +125,11 @@ def run_workers(study: Path, k: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "study", "search", "--config", str(study), "--no-progress"]
     t0 = time.time()
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(k)]
+    import torch
+
+    gpus = torch.cuda.device_count()  # with GPUs each worker gets its own (round robin), as prompts.slots pins them
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, **({"CUDA_VISIBLE_DEVICES": str(i % gpus)} if gpus else {})},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(k)]
     errors = [p.communicate()[1] for p in procs]
     wall = time.time() - t0
     for p, err in zip(procs, errors):
@@ -144,7 +148,7 @@ def workers_report(args, runs: dict[int, dict], model: Path) -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {device}, {platform.python_version()}; "
-        f"{'the tiny model' if not (args.sd15 or args.model) else model}, 3 classes x {args.per_class} images, {args.resolution} px, "
+        f"{'the random-weight SD 1.5 architecture' if args.sd15 else ('the tiny model' if not args.model else model)}, 3 classes x {args.per_class} images, {args.resolution} px, "
         f"{args.images} images per class per trial, pruner none; {args.trials} complete trials per search; each worker one "
         "process with one thread (OMP_NUM_THREADS=1), as the workflow's `search_worker` jobs.",
         "",
@@ -167,7 +171,14 @@ def main_workers(args) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_search_workers."))
     try:
         data = small_data(tmp, args.per_class, args.resolution)
-        model = Path(args.model) if args.model else write_tiny_model(tmp / "tiny")
+        if args.model:
+            model = Path(args.model)
+        elif args.sd15:
+            from bench.bench_lora import build_model
+
+            model = build_model("sd15", tmp / "sd15")
+        else:
+            model = write_tiny_model(tmp / "tiny")
         weights = write_calibrated_weights("EfficientNetB0", args.image_size,
                                            load_pixels(sorted(data.rglob("*.png")), args.image_size), tmp / "b0.weights.h5")
         runs = {}
