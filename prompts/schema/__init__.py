@@ -1,7 +1,7 @@
 """One schema for the study YAML file: one dataclass per section.
 
 Each room owns its section's file (`lora.py`, `generate.py`, `classify.py`, `blind.py`,
-`search.py`); `data.py` and `study.py` are shared. Fields carry `help` (documented in the
+`search.py`, `segment.py`); `data.py` and `study.py` are shared. Fields carry `help` (documented in the
 README), `path` (resolved relative to the study file), `result` (changes the result: fingerprints
 and workflow re-runs follow it), numeric bounds and the commands that require them
 (`prompts/schema/_field.py`).
@@ -12,6 +12,7 @@ from .data import DataSection
 from .generate import GenerateSection
 from .lora import LoraSection
 from .search import SearchSection
+from .segment import SegmentSection
 from .study import StudySection
 
 SECTIONS = {
@@ -22,7 +23,8 @@ SECTIONS = {
     "classify": ClassifySection,
     "blind": BlindSection,
     "search": SearchSection,
+    "segment": SegmentSection,
 }
 
 __all__ = ["SECTIONS", "DataSection", "LoraSection", "GenerateSection", "ClassifySection", "StudySection", "BlindSection",
-           "SearchSection"]
+           "SearchSection", "SegmentSection"]
