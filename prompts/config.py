@@ -137,6 +137,7 @@ class Study:
     blind: typing.Any = None
     search: typing.Any = None
     segment: typing.Any = None
+    controlnet: typing.Any = None
     path: Path | None = None
 
 
