@@ -222,6 +222,8 @@ class FoldPlan:
     controlnet: Path
     lora: Path | None
     jobs: list[PairJob]
+    train: list[Pair]
+    data_root: Path
 
 
 def plan(cfg, data_cfg) -> list[FoldPlan]:
@@ -249,8 +251,37 @@ def plan(cfg, data_cfg) -> list[FoldPlan]:
         lora = resolve_lora(cfg.lora, fold)
         if lora is not None:
             check_no_test_files(fp.read(lora.parent / layout.FINGERPRINT_FILE), test, root, f"LoRA {lora}")
-        plans.append(FoldPlan(fold, cn, lora, plan_conditions(cfg, fold, train)))
+        plans.append(FoldPlan(fold, cn, lora, plan_conditions(cfg, fold, train), train, root))
     return plans
+
+
+def tree_fingerprint(fold_plan: FoldPlan, tree: str, recs: list[dict]) -> dict:
+    """The record of one tree (SYN/[fold_<k>/]<tree>/fingerprint.json): what its pairs were made from.
+
+    `images` and `masks`: {data-relative path: sha256} of every data file behind the tree: the ControlNet's
+    (and LoRA's) training images and masks, and the training masks its conditions were made from. `segment cv`
+    checks them against the fold's test pairs, by path and by content.
+    """
+    cn = fp.read(fold_plan.controlnet / layout.FINGERPRINT_FILE) or {}
+    images, masks = dict(cn.get("images") or {}), dict(cn.get("masks") or {})
+    if fold_plan.lora is not None:
+        lora = fp.read(fold_plan.lora.parent / layout.FINGERPRINT_FILE) or {}
+        images.update(lora.get("images") or {})
+    by_name = {p.name: p for p in fold_plan.train}
+    used = sorted({n for r in recs for n in r["sources"]})
+    masks.update(fp.files_part([by_name[n].mask.relative_to(fold_plan.data_root) for n in used], root=fold_plan.data_root))
+    parts = fp.make(controlnet=recs[0]["controlnet_sha256"] if recs else None, pairs=[[r["file"], r["mask_sha256"], r["seed"]] for r in recs],
+                    settings={k: recs[0].get(k) for k in _SAME if k not in ("seed", "mask_sha256", "sources")} if recs else None)
+    return {**parts, "fold": fold_plan.fold, "tree": tree, "images": dict(sorted(images.items())), "masks": dict(sorted(masks.items()))}
+
+
+def write_tree_fingerprints(out: Path, fold_plan: FoldPlan, recs: list[dict]) -> None:
+    """Each tree's record, before its pairs (an equal record is left untouched)."""
+    for tree in sorted({r["tree"] for r in recs}):
+        rec = tree_fingerprint(fold_plan, tree, [r for r in recs if r["tree"] == tree])
+        path = out / layout.fold_root(Path(), fold_plan.fold) / tree / layout.FINGERPRINT_FILE
+        if fp.read(path) != rec:
+            fp.write(path, rec)
 
 
 def load_pipe(cfg, controlnet: Path, lora: Path | None, device: torch.device):
@@ -290,25 +321,27 @@ def run(cfg, data_cfg, progress: bool = False) -> Path:
     plans = plan(cfg, data_cfg)
     cfg = dataclasses.replace(cfg, sampler=canonical_sampler(cfg.sampler))
     out = Path(cfg.synthetic)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mhash = model_hash(cfg.model)
-    total = sum(len(p.jobs) for p in plans)
-    bar = _progress(total, progress)
-    for fp_ in plans:
-        cn_sha = fp.file_sha256(fp_.controlnet / "diffusion_pytorch_model.safetensors")
-        lora_sha = fp.file_sha256(fp_.lora) if fp_.lora else None
-        recs = [pair_record(j, cfg, model_hash=mhash, controlnet=fp_.controlnet, controlnet_sha=cn_sha, lora=fp_.lora,
-                            lora_sha=lora_sha, sampler=cfg.sampler) for j in fp_.jobs]
-        todo = [(j, r) for j, r in zip(fp_.jobs, recs) if not existing_state(out, r, cfg.overwrite)]
+    work = []  # (fold plan, records, pairs to make): every existing file checked before anything is written
+    for fold_plan in plans:
+        cn_sha = fp.file_sha256(fold_plan.controlnet / "diffusion_pytorch_model.safetensors")
+        lora_sha = fp.file_sha256(fold_plan.lora) if fold_plan.lora else None
+        recs = [pair_record(j, cfg, model_hash=mhash, controlnet=fold_plan.controlnet, controlnet_sha=cn_sha, lora=fold_plan.lora,
+                            lora_sha=lora_sha, sampler=cfg.sampler) for j in fold_plan.jobs]
+        work.append((fold_plan, recs, [(j, r) for j, r in zip(fold_plan.jobs, recs) if not existing_state(out, r, cfg.overwrite)]))
+    out.mkdir(parents=True, exist_ok=True)
+    bar = _progress(sum(len(p.jobs) for p in plans), progress)
+    for fold_plan, recs, todo in work:
+        write_tree_fingerprints(out, fold_plan, recs)
         bar.update(len(recs) - len(todo))
         if not todo:
             continue
-        pipe = load_pipe(cfg, fp_.controlnet, fp_.lora, device)
+        pipe = load_pipe(cfg, fold_plan.controlnet, fold_plan.lora, device)
         for job, rec in todo:
             image = sample(pipe, cfg, job)
-            if not np.isfinite(np.asarray(image, np.float32)).all():
-                raise UserError(f"{rec['file']}: the image is not finite (NaN); use --dtype fp32 or bf16")
+            if not np.asarray(image).any():  # diffusers turns NaN latents (fp16 overflow) into an all-black image
+                raise UserError(f"{rec['file']}: the image came out all black (NaN in the model's output); use --dtype fp32 or bf16")
             save_pair(image, out, rec, job.mask)
             bar.update(1)
         del pipe

@@ -141,9 +141,25 @@ def test_generate_writes_pairs_with_masks_manifest_and_a1111_provenance(trained,
         assert set(r["sources"]) <= {f"images/blob_{i:03d}.png" for i in range(4)}
     dense = [r for r in lines if r["tree"] == "density12.0"]
     assert all(abs(r["density_reached"] - 12.0) * 64 * 64 / 10_000 <= 1.0 for r in dense)
+    # each tree records the data files behind it (what `segment cv` checks against a fold's test pairs)
+    tree_rec = json.loads((syn / "density12.0" / "fingerprint.json").read_text())
+    assert tree_rec["images"] == json.loads((trained / "fingerprint.json").read_text())["images"]
+    assert set(tree_rec["masks"]) == {f"masks/blob_{i:03d}.png" for i in range(4)}
+    from prompts.pairs import read_pairs
+
+    assert [p.name for p in read_pairs(syn / "aug")] == ["images/syn_00000.png", "images/syn_00001.png"]
     mtimes = {p: p.stat().st_mtime_ns for p in syn.rglob("*.png")}
     main(argv)  # a re-run makes nothing again
     assert {p: p.stat().st_mtime_ns for p in syn.rglob("*.png")} == mtimes
+    # a run killed between a mask and its image: the re-run makes that pair, and the manifest has one line per pair
+    (syn / lines[0]["file"]).unlink()
+    (syn / "manifest.jsonl").write_text((syn / "manifest.jsonl").read_text() + '{"file": "aug/ima')
+    main(argv)
+    assert (syn / lines[0]["file"]).is_file()
+    assert [json.loads(x)["file"] for x in (syn / "manifest.jsonl").read_text().splitlines()] == [r["file"] for r in lines]
+    with pytest.raises(SystemExit) as err:  # other settings: refused, nothing replaced
+        main([*argv, "--cfg", "3"])
+    assert err.value.code == 2
 
 
 def _split(path: Path, train: list[str], test: list[str]) -> Path:
@@ -204,3 +220,41 @@ def test_bad_pairs_are_one_line_each_and_exit_status_2(tiny_model, tmp_path, cap
     assert any("images/a.png: image is 8x8 px but its mask masks/a.png is 8x4 px" in ln for ln in text)
     assert any("images/b.png: no mask" in ln for ln in text)
     assert not (tmp_path / "cn").exists()
+
+
+def test_per_class_pairs_fill_the_class_into_the_prompt(tiny_model, trained, tmp_path):
+    from controlnet.sample import plan_conditions
+    from prompts.pairs import read_pairs
+
+    for label in ("hela", "u2os"):
+        make_blob_pairs(tmp_path / "data" / label, n=2, size=64, seed=len(label))
+    pairs = read_pairs(tmp_path / "data")
+    assert {p.label for p in pairs} == {"hela", "u2os"}
+    c, _ = _settings(tiny_model, tmp_path / "data", trained.parent, size=64, count=4, densities=[6.0],
+                     prompt="a microscopy image of {class} cells")
+    jobs = plan_conditions(c, None, pairs)
+    assert [(j.tree, j.label) for j in jobs] == [("aug", "hela"), ("aug", "u2os")] * 2 + [("density6.0", "hela"), ("density6.0", "u2os")] * 2
+    for j in jobs:  # a condition uses masks of its own class only
+        assert all(s.startswith(j.label + "/") for s in j.sources)
+    assert jobs[0].stem == "hela_00000"
+
+
+def test_controlnet_beside_a_class_lora_and_the_loras_leak_refusal(tiny_model, blobs, tmp_path):
+    """A LoRA fused into the U-Net for training; a LoRA whose record lists a test image of the fold is refused."""
+    from controlnet.train import plan, run
+    from prompts import fingerprint as fpr
+    from tests.lora_fixtures import make_lora
+
+    lora_dir = tmp_path / "lora" / "fold_0" / "cells"
+    make_lora(tiny_model, lora_dir, seed=3)
+    names = [f"images/blob_{i:03d}.png" for i in range(4)]
+    c, d = _settings(tiny_model, blobs, tmp_path / "cn", lora=str(tmp_path / "lora"), epochs=1)
+    d.split = str(_split(tmp_path / "split.json", names[1:], names[:1]))
+    (folder,) = run(c, d)
+    import yaml
+
+    assert yaml.safe_load((folder / "config.yaml").read_text())["lora"] == str(lora_dir / "pytorch_lora_weights.safetensors")
+    assert json.loads((folder / "fingerprint.json").read_text())["parts"]["lora"] != fpr.digest(None)
+    fpr.write(lora_dir / "fingerprint.json", {"version": 1, "parts": {}, "images": {"x/renamed.jpg": sha256_file(blobs / names[0])}})
+    with pytest.raises(UserError, match=r"LoRA .* was trained on 1 test file\(s\) of this fold"):
+        plan(c, d)
