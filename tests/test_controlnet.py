@@ -258,3 +258,16 @@ def test_controlnet_beside_a_class_lora_and_the_loras_leak_refusal(tiny_model, b
     fpr.write(lora_dir / "fingerprint.json", {"version": 1, "parts": {}, "images": {"x/renamed.jpg": sha256_file(blobs / names[0])}})
     with pytest.raises(UserError, match=r"LoRA .* was trained on 1 test file\(s\) of this fold"):
         plan(c, d)
+
+
+def test_cli_shows_each_commands_own_flags_and_needs_a_model(capsys, tmp_path, blobs):
+    from controlnet.__main__ import main
+
+    for cmd, has, lacks in (("train", "--learning-rate", "--densities"), ("generate", "--densities", "--learning-rate")):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr().out
+        assert has in text and lacks not in text
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--data", str(blobs), "--output", str(tmp_path / "cn")])
+    assert err.value.code == 2 and "--model is missing" in capsys.readouterr().err
