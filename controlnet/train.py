@@ -386,8 +386,26 @@ def train_one(job: Job, cfg, device: torch.device | None = None) -> Path:
     return job.out_dir
 
 
+STALE_AFTER_S = 600  # a folder is renamed into place within seconds of its start; an older one was left by a killed run
+
+
+def remove_stale_temporaries(out_dir: Path, now: float | None = None) -> int:
+    """Delete our own temporary folders (`.controlnet.tmp-*`) beside `out_dir` left by a killed run; returns how many.
+
+    Only those untouched for STALE_AFTER_S seconds: another run writing beside it at this moment keeps its own.
+    """
+    now = time.time() if now is None else now
+    n = 0
+    for tmp in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        if tmp.is_dir() and not tmp.is_symlink() and now - tmp.stat().st_mtime >= STALE_AFTER_S:
+            shutil.rmtree(tmp, ignore_errors=True)
+            n += 1
+    return n
+
+
 def _write(job: Job, cfg, controlnet, rows: list[dict], stats: dict) -> None:
     """Build the ControlNet folder beside its place and rename it in (a killed run leaves no half folder)."""
+    remove_stale_temporaries(job.out_dir)
     tmp = temp_dir_beside(job.out_dir, prefix=f".{job.out_dir.name}.tmp-")
     try:
         controlnet.save_pretrained(tmp, safe_serialization=True)

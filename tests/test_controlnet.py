@@ -50,7 +50,11 @@ def test_trained_controlnet_loads_in_diffusers_and_records_every_training_file(t
 
     net = ControlNetModel.from_pretrained(trained, use_safetensors=True)
     assert net.config.conditioning_channels == 3
-    assert (trained / "diffusion_pytorch_model.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(trained / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert "controlnet_cond_embedding.conv_in.weight" in keys  # the key ComfyUI and sd-webui-controlnet detect diffusers files by
     rec = json.loads((trained / "fingerprint.json").read_text())
     images = sorted((blobs / "images").glob("*.png"))
     assert rec["images"] == {f"images/{p.name}": sha256_file(p) for p in images}
@@ -271,3 +275,19 @@ def test_cli_shows_each_commands_own_flags_and_needs_a_model(capsys, tmp_path, b
     with pytest.raises(SystemExit) as err:
         main(["train", "--data", str(blobs), "--output", str(tmp_path / "cn")])
     assert err.value.code == 2 and "--model is missing" in capsys.readouterr().err
+
+
+def test_a_killed_runs_temporary_folder_is_removed_only_when_stale(tmp_path):
+    import os
+
+    from controlnet.train import STALE_AFTER_S, remove_stale_temporaries
+
+    out = tmp_path / "cn" / "controlnet"
+    old, fresh, foreign = tmp_path / "cn" / ".controlnet.tmp-a1", tmp_path / "cn" / ".controlnet.tmp-b2", tmp_path / "cn" / "keep"
+    for d in (old, fresh, foreign):
+        d.mkdir(parents=True)
+    past = old.stat().st_mtime - STALE_AFTER_S - 1
+    os.utime(old, (past, past))
+    os.utime(foreign, (past, past))
+    assert remove_stale_temporaries(out) == 1
+    assert not old.exists() and fresh.is_dir() and foreign.is_dir()
