@@ -139,10 +139,7 @@ def build_unet(backbone: str = "MobileNetV2", weights: str | None = "none", imag
     skips = [enc.get_layer(n).output for n in _SKIPS[name]]
     feature = keras.Model(enc.input, skips, name=f"{name}_encoder")
     inp = keras.Input((size, size, 3), name="pixels")
-    x = inp
-    if name == "MobileNetV2":  # MobileNetV2 expects -1..1; EfficientNet rescales 0..255 itself
-        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(x)
-    *skip_maps, x = feature(x)
+    *skip_maps, x = feature(_input_range(keras, name, inp))
     widths = (64, 32, 16, 8) if w == "tiny" else (256, 128, 64, 32)
     init = keras.initializers.HeNormal(seed=seed)
     for i, (skip, width) in enumerate(zip(reversed(skip_maps), widths)):
@@ -157,6 +154,25 @@ def build_unet(backbone: str = "MobileNetV2", weights: str | None = "none", imag
     out = keras.layers.Conv2D(N_CLASSES, 1, activation="softmax", name="classes",
                               kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
     return keras.Model(inp, out, name=f"unet_{name}")
+
+
+def _input_range(keras, name: str, x):
+    """MobileNetV2 expects -1..1; EfficientNet rescales 0..255 itself."""
+    if name == "MobileNetV2":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(x)
+    return x
+
+
+def build_feature_model(backbone: str, weights: str | None, image_size: int, seed: int = 0):
+    """The encoder alone, globally average-pooled: (batch, S, S, 3) float 0..255 -> (batch, F) (realism features)."""
+    keras = import_keras()
+    name = check_backbone(backbone)
+    size = check_image_size(image_size)
+    keras.utils.set_random_seed(seed)
+    enc = _encoder(keras, name, normalize_weights(weights), size)
+    inp = keras.Input((size, size, 3), name="pixels")
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(enc(_input_range(keras, name, inp)))
+    return keras.Model(inp, pooled, name=f"{name}_features")
 
 
 def compile_unet(model, learning_rate: float = 1e-3) -> None:
@@ -266,15 +282,12 @@ class Trainer:
 
     def train(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, seed: int, augment_on: bool = True) -> list[float]:
         """Train from the initial weights on x (n, S, S, 3) float32 0..255, y (n, S, S) uint8 -> loss per epoch."""
-        import keras
-
-        self.reset()
-        keras.utils.set_random_seed(seed)
+        self.reset()  # the network has no random layers: numpy's rng (order, augmentation) is all the randomness
         rng = np.random.default_rng(seed)
         losses = []
         for _ in range(epochs):
             xe, ye = augment(x, y, rng) if augment_on else (x, y)
-            order = rng.permutation(len(xe))
+            order = _fill_batches(rng.permutation(len(xe)), batch_size)
             h = self.model.fit(xe[order], ye[order], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
             losses.append(float(h.history["loss"][-1]))
         self.recalibrate_batchnorm(x, rng)
@@ -303,4 +316,16 @@ class Trainer:
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """(n, S, S, 3) -> (n, S, S, 3) class probabilities."""
-        return self.model.predict(x, batch_size=batch_size, verbose=0)
+        order = _fill_batches(np.arange(len(x)), batch_size)
+        return self.model.predict(x[order], batch_size=batch_size, verbose=0)[: len(x)]
+
+
+def _fill_batches(order: np.ndarray, batch_size: int) -> np.ndarray:
+    """`order` wrapped around until its length is a multiple of batch_size.
+
+    Every batch then has the same shape, so the compiled training and prediction functions are
+    traced once for all runs instead of again for each run's smaller last batch (seconds each).
+    """
+    n = len(order)
+    extra = (-n) % batch_size
+    return np.concatenate([order, np.resize(order, extra)]) if extra else order
