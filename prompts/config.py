@@ -136,6 +136,8 @@ class Study:
     classify: typing.Any
     blind: typing.Any = None
     search: typing.Any = None
+    segment: typing.Any = None
+    controlnet: typing.Any = None
     path: Path | None = None
 
 
