@@ -53,6 +53,7 @@ class Plan:
     calibrated: bool
     digests: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    task: str = "classification"  # study.task; a segmentation study is a `study.segmentation.SegPlan`
 
     # ------------------------------------------------------------------ output paths
     @property
@@ -136,6 +137,10 @@ def load(study_file) -> Plan:
     if errors:
         _fail(errors)
     study = load_study(study_file)
+    if study.study.task == "segmentation":
+        from study.segmentation import load_or_exit
+
+        return load_or_exit(study, study_file)
     try:
         return _resolve(study, study_file, read_dataset)
     except UserError as err:

@@ -1,0 +1,145 @@
+"""The segmentation study through Snakemake (`study.task: segmentation`): end to end on the tiny model.
+
+Pairs: blob scenes and, when ../shared/data is present, real pbc3 blood-cell images with thresholded
+masks (Otsu + connected components). One small study (2 folds, 64 px, 2 sampling steps, 2 U-Net
+epochs, trees `aug` and `density3.0`) runs once per module through the GPU slots; the checks then
+read its outputs: the report with verdicts, the fold ControlNets' training files against the folds'
+test pairs (by path and sha256), and which rules a changed setting re-runs (dry runs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, SHARED_DATA
+
+pytest.importorskip("snakemake")
+pytest.importorskip("torch")
+
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+STUDY = """\
+study: {{output: out, task: segmentation}}
+data: {{data: data}}
+controlnet: {{model: tiny, resolution: 64, batch_size: 2, epochs: 1, learning_rate: 0.001, count: 2, densities: [3.0],
+             steps: {steps}, size: 64}}
+segment: {{folds: 2, weights: tiny, image_size: 64, epochs: {epochs}, batch_size: 4, mixes: [real, real+50], overlays: 1}}
+"""
+TREES = ("aug", "density3.0")
+
+
+def snakemake(folder: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`snakemake -s workflow/Snakefile --configfile study.yaml ARGS` in `folder`; jobs import this tree."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--configfile", "study.yaml", *args]
+    return subprocess.run(cmd, cwd=folder, env=full_env, capture_output=True, text=True, timeout=1200)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """{rule: jobs} from the 'Job stats' table of a dry run ({} when there is nothing to do)."""
+    if "Nothing to be done" in output:
+        return {}
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+\d+", output, re.S)
+    assert m, output[-3000:]
+    return {name: int(n) for name, n in (line.split() for line in m.group(1).strip().splitlines())}
+
+
+def write_pairs(data: Path) -> Path:
+    """4 blob scenes, and 4 pbc3 images with thresholded masks when the shared data is there (64 px)."""
+    from prompts.blobs import make_blob_pairs, write_threshold_pairs
+
+    make_blob_pairs(data, n=4, size=64, seed=0)
+    pbc3 = SHARED_DATA / "pbc3"
+    if pbc3.is_dir():
+        images = sorted((pbc3 / "neutrophil").glob("*.jpg"))[:2] + sorted((pbc3 / "lymphocyte").glob("*.jpg"))[:2]
+        write_threshold_pairs(images, data, size=64)
+    return data
+
+
+def write_study(folder: Path, steps: int = 2, epochs: int = 2) -> None:
+    (folder / "study.yaml").write_text(STUDY.format(steps=steps, epochs=epochs))
+
+
+@pytest.fixture(scope="module")
+def seg_study(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("seg-study")
+    write_pairs(folder / "data")
+    write_study(folder)
+    res = snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": "0,1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_workflow_runs_the_segmentation_study_to_a_report_with_verdicts(seg_study):
+    out = seg_study / "out"
+    assert (out / "report" / "report.html").is_file() and (out / "realism" / "realism.json").is_file()
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["task"] == "segmentation" and results["n_folds"] == 2
+    assert sorted(results["tables"]) == sorted(TREES)
+    verdicts = [row["verdict"]["word"] for rows in results["tables"].values() for row in rows if row["uses_synthetic"]]
+    assert len(verdicts) == len(TREES) and set(verdicts) <= {"helps", "hurts", "equivalent", "inconclusive"}
+    report = (out / "report" / "report.md").read_text()
+    assert "Realism of the synthetic pairs" in report and "overlays/" in report
+    # Each fold has its trees, each with its pairs and masks; the manifest lists every pair once.
+    manifest = [json.loads(line) for line in (out / "synthetic" / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 2 * len(TREES) * 2 and len({r["file"] for r in manifest}) == len(manifest)
+    for rec in manifest:
+        assert (out / "synthetic" / rec["file"]).is_file() and (out / "synthetic" / rec["mask"]).is_file()
+    # GPU jobs went through the slots (fake devices here): each was pinned to one of them.
+    for log in (out / "logs" / "controlnet").glob("*.log"):
+        assert re.search(r"gpu slots: CUDA_VISIBLE_DEVICES=[01]\b", log.read_text()), log
+
+
+def test_no_test_pair_reached_a_folds_controlnet_or_its_synthetic_pairs(seg_study):
+    """Each fold's ControlNet saw exactly its training pairs, and no test file, by path or by sha256."""
+    out, data = seg_study / "out", seg_study / "data"
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["folds"]) == 2
+    for fold in split["folds"]:
+        k = fold["fold"]
+        test_files = [Path(p) for name in fold["test"] for p in (data / name, data / "masks" / Path(name).name)]
+        assert all(p.is_file() for p in test_files)
+        test_paths = {p.relative_to(data).as_posix() for p in test_files}
+        test_hashes = {_sha256(p) for p in test_files}
+        record = json.loads((out / "controlnet" / f"fold_{k}" / "controlnet" / "fingerprint.json").read_text())
+        assert sorted(record["images"]) == sorted(fold["train"])
+        for tree in TREES:
+            tree_record = json.loads((out / "synthetic" / f"fold_{k}" / tree / "fingerprint.json").read_text())
+            for seen in (record, tree_record):
+                files = {**seen["images"], **seen["masks"]}
+                assert files and not set(files) & test_paths
+                assert not set(files.values()) & test_hashes
+                for rel, sha in files.items():  # the recorded hashes are the data files' own
+                    assert _sha256(data / rel) == sha
+
+
+def test_a_changed_setting_reruns_only_the_rules_that_read_it(seg_study):
+    assert job_counts(snakemake(seg_study, "-n").stdout) == {}
+    try:
+        write_study(seg_study, epochs=3)  # segment.epochs: the U-Nets only
+        assert job_counts(snakemake(seg_study, "-n").stdout) == {"seg_realism": 1, "seg_cv": 1, "all": 1}
+        write_study(seg_study, steps=3)  # controlnet.steps: the pairs and everything after, not the ControlNets
+        counts = job_counts(snakemake(seg_study, "-n").stdout)
+        assert counts == {"pairs": 2, "pairs_manifest": 1, "seg_realism": 1, "seg_cv": 1, "all": 1}, counts
+    finally:
+        write_study(seg_study)
+
+
+def test_a_segmentation_study_without_pairs_is_one_line(tmp_path, class_data):
+    (tmp_path / "study.yaml").write_text(f"study: {{output: out, task: segmentation}}\ndata: {{data: {class_data}}}\n"
+                                         "controlnet: {model: tiny}\n")
+    res = snakemake(tmp_path, "--cores", "1", "-n")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "error:" in res.stderr and not (tmp_path / "out").exists()
