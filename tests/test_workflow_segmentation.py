@@ -143,3 +143,17 @@ def test_a_segmentation_study_without_pairs_is_one_line(tmp_path, class_data):
     res = snakemake(tmp_path, "--cores", "1", "-n")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "error:" in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_slurm_profile_sizes_every_segmentation_rule():
+    """Each rule of segmentation.smk has its SLURM size; exactly the rules asking for a GPU get one."""
+    import yaml
+
+    text = (ROOT / "workflow" / "rules" / "segmentation.smk").read_text()
+    profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    blocks = re.split(r"^\s*rule (\w+):", text, flags=re.M)[1:]
+    rules = dict(zip(blocks[::2], blocks[1::2]))
+    assert {"pairs_split", "controlnet", "pairs", "pairs_manifest", "seg_realism", "seg_cv", "tiny_model"} == set(rules)
+    for name, body in rules.items():
+        assert profile[name]["mem_mb"] > 0 and profile[name]["runtime"] > 0, name
+        assert profile[name].get("gpu", 0) == (1 if "gpu=1" in body else 0), name
