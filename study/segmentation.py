@@ -114,6 +114,11 @@ class SegPlan:
         """A pairs job's own --synthetic root; its finished trees are renamed into SYN/fold_<k>/."""
         return self.out / ".pairs" / layout.fold_name(int(fold))
 
+    @property
+    def aside_root(self) -> Path:
+        """Where synthetic trees of earlier settings go (a tree no longer planned would still be read by `segment cv`)."""
+        return self.out / ".aside"
+
     def staged_tree_dir(self, fold, tree: str) -> str:
         """Where the pairs job of `fold` writes `tree` in its staging root (renamed to `tree_dir` when finished)."""
         return str(layout.fold_root(self.staging_dir(fold), int(fold)) / tree)
@@ -209,6 +214,37 @@ def write_pairs_split(data_cfg, seg, output) -> Path:
     return output
 
 
+# ---------------------------------------------------------------------- `set-aside`: trees of earlier settings
+
+
+def set_aside_stale_trees(plan: SegPlan, fold: int, stamp: str) -> list[Path]:
+    """Move SYN/fold_<k>/<tree>/ folders of trees the study no longer plans to OUT/.aside/<stamp>/fold_<k>/.
+
+    `segment cv` reads every tree under SYN, so a tree of earlier settings (another density) would
+    enter the CV. Only folders `controlnet generate` wrote (their fingerprint.json names the tree) are
+    moved; anything else there is a UserError naming it. Returns the new places.
+    """
+    from prompts import fingerprint
+    from prompts.errors import UserError
+
+    fold_dir = layout.fold_root(plan.synthetic_root, int(fold))
+    if not fold_dir.is_dir():
+        return []
+    moved = []
+    for child in sorted(fold_dir.iterdir()):
+        if child.name in plan.trees or child.name.startswith("."):
+            continue
+        record = fingerprint.read(child / layout.FINGERPRINT_FILE) if child.is_dir() else None
+        if not record or record.get("tree") != child.name:
+            raise UserError(f"{child} is not a tree of synthetic pairs the workflow wrote and `segment cv` would read it; "
+                            f"move it out of {fold_dir}")
+        target = plan.aside_root / stamp / layout.fold_name(int(fold)) / child.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        child.rename(target)
+        moved.append(target)
+    return moved
+
+
 @run_cli
 def main(argv=None):
     from prompts.cli import Parser, add_config_flag, add_section_flags, read_settings
@@ -224,8 +260,26 @@ def main(argv=None):
     add_section_flags(p, SECTIONS["segment"], keys=SPLIT_KEYS)
     p.add_argument("--output", required=True, help="the split file to write (JSON)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p = sub.add_parser("set-aside", help="move a fold's synthetic trees that the study no longer plans out of OUT/synthetic/",
+                       description="Trees of earlier settings (e.g. another density) go to OUT/.aside/, so `segment cv` reads only "
+                       "the planned trees.")
+    add_config_flag(p)
+    p.add_argument("--fold", type=int, required=True, help="the fold index K")
+    p.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    if args.command == "set-aside":
+        import time
+
+        from prompts.config import load_study
+        from prompts.errors import UserError
+
+        if not args.config:
+            raise UserError("--config is missing: give the study file")
+        study_file = Path(args.config).resolve()
+        for path in set_aside_stale_trees(resolve(load_study(study_file), study_file), args.fold, time.strftime("%Y%m%d-%H%M%S")):
+            print(f"moved aside: {path}")
+        return
     study = read_settings(args, "segment split", ("data", "segment"))
     print(write_pairs_split(study.data, study.segment, args.output))
 

@@ -157,3 +157,24 @@ def test_the_slurm_profile_sizes_every_segmentation_rule():
     for name, body in rules.items():
         assert profile[name]["mem_mb"] > 0 and profile[name]["runtime"] > 0, name
         assert profile[name].get("gpu", 0) == (1 if "gpu=1" in body else 0), name
+
+
+def test_trees_of_earlier_settings_are_moved_aside_and_foreign_folders_refused(tmp_path):
+    """`segment cv` reads every tree under SYN: a tree the study no longer plans leaves it; a folder we did not write stops the run."""
+    from prompts import fingerprint
+    from prompts.errors import UserError
+    from study.segmentation import SegPlan, set_aside_stale_trees
+
+    plan = SegPlan(study_file=tmp_path / "study.yaml", out=tmp_path / "out", data=tmp_path / "data", pair_files=[],
+                   split=tmp_path / "out" / "split.json", split_given=False, folds=[0], trees=["aug"], model="tiny", tiny_model=True)
+    fold = plan.synthetic_root / "fold_0"
+    for tree in ("aug", "density9.0"):
+        (fold / tree / "images").mkdir(parents=True)
+        fingerprint.write(fold / tree / "fingerprint.json", {"fold": 0, "tree": tree})
+    (moved,) = set_aside_stale_trees(plan, 0, "t1")
+    assert moved == plan.aside_root / "t1" / "fold_0" / "density9.0" and (moved / "images").is_dir()
+    assert sorted(p.name for p in fold.iterdir()) == ["aug"]
+    (fold / "mine").mkdir()
+    with pytest.raises(UserError, match="mine"):
+        set_aside_stale_trees(plan, 0, "t2")
+    assert (fold / "mine").is_dir()

@@ -87,7 +87,8 @@ rule pairs:
         # --overwrite: the staging root is this job's own; pairs left there by a killed run of other settings are remade.
         ENV + GPU + "{PY} -m controlnet generate --config {STUDY} --model {SEG_MODEL} --split {input.split} "
         "--fold {wildcards.fold} --output {CN_ROOT} --synthetic {params.stage} --overwrite --no-progress" + LOGGED + "; "
-        "{params.move} && rm -r {params.stage}"
+        "{params.move} && rm -r {params.stage} && "
+        "{PY} -m study.segmentation set-aside --config {STUDY} --fold {wildcards.fold} >> {log} 2>&1"
 
 
 rule pairs_manifest:
