@@ -74,7 +74,7 @@ def tree_title(tree: str) -> str:
 
 
 def _tiny_models(synthetic: str | None) -> list[str]:
-    """Base models named in the synthetic folder's manifests whose folder holds the tiny-model marker."""
+    """Base models named in the synthetic folder's manifests that are the tiny model (`tiny`, or a folder with its marker)."""
     if not synthetic:
         return []
     models = set()
@@ -88,8 +88,8 @@ def _tiny_models(synthetic: str | None) -> list[str]:
                 models.add(json.loads(line).get("model"))
             except (json.JSONDecodeError, AttributeError):
                 continue
-    return sorted(m for m in models if isinstance(m, str) and m and any(
-        (base / m / layout.TINY_MODEL_MARKER).is_file() for base in (Path.cwd(), Path(synthetic).resolve().parent)))
+    return sorted(m for m in models if isinstance(m, str) and m and (m == "tiny" or any(
+        (base / m / layout.TINY_MODEL_MARKER).is_file() for base in (Path.cwd(), Path(synthetic).resolve().parent))))
 
 
 def smoke_reasons(results: dict) -> list[str]:

@@ -131,7 +131,7 @@ def test_cv_end_to_end_with_a_synthetic_mix_and_resume(blobs, tmp_path):
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 6 and csv_lines[0].startswith("tree,mix,fold,repeat,ap50")
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
-    assert "Smoke run" in md and "tiny" in md
+    assert "Smoke run" in md and "`tiny` smoke model" in md and "tiny random Stable Diffusion" in md
     assert "adding synthetic pairs" in md
     assert md.count("overlays/") == 3 * 2 and page.count("data:image/png;base64,") == 3 * 2
     for run in results["runs"]:
@@ -212,6 +212,7 @@ def test_cv_refuses_a_synthetic_pair_that_is_a_test_pair(blobs, tmp_path, capsys
     (["--weights", "missing.weights.h5"], ["--weights missing.weights.h5", "no such file"]),
     (["--folds", "20"], ["fewer than --folds 20"]),
     (["--margin", "-1"], ["--margin"]),
+    (["--realism", "nope.json"], ["--realism nope.json", "segment realism"]),
 ])
 def test_cv_bad_inputs_are_one_line(blobs, tmp_path, capsys, extra, words):
     argv = ["cv", "--data", str(blobs), "--output", str(tmp_path / "out"), "--weights", "tiny", "--image-size", str(SIZE),
