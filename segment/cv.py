@@ -378,5 +378,5 @@ def _add_verdicts(tables: dict, n_train: float, n_test: float, k_folds: int, mar
         v = r["vs_real"][PRIMARY]
         v["p_holm"] = ph
         lo, hi = v["ci"]
-        verd = verdict(v["diff_mean"], v["diff_std"], v["j"], lo, hi, ph, margin, n_train, n_test, k_folds)
+        verd = verdict(v["diff_mean"], v["diff_std"], v["j"], lo, hi, ph, margin, n_train, n_test, k_folds, len(family))
         r["verdict"] = {"word": verd.word, "repeats_needed": verd.repeats_needed, "text": verd.text()}

@@ -130,7 +130,8 @@ def answer(results: dict, tree: str) -> str:
     text = f"{head} {words[best['verdict']['word']]} (best mix {best['mix']}: {effect})"
     if best["verdict"]["word"] == "inconclusive":
         need = best["verdict"]["repeats_needed"]
-        text += (f"; about {need} CV repeats of {results['n_splits']} folds would settle it at this spread" if need
+        text += (f"; about {need} CV repeats in all ({results['repeats']} run) of {results['n_splits']} folds would settle it "
+                 "at this spread" if need
                  else "; more CV repeats would not settle it at this spread (the corrected variance has a floor)")
     text += "."
     hurts = [r for r in rows if r["verdict"]["word"] == "hurts" and r is not best]

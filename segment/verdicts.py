@@ -38,11 +38,11 @@ class Verdict:
             return self.word
         if self.repeats_needed is None:
             return "inconclusive (more repeats would not settle it)"
-        return f"inconclusive (about {self.repeats_needed} repeats needed)"
+        return f"inconclusive (about {self.repeats_needed} repeats in all needed)"
 
 
 def verdict(diff: float, std: float, j: int, lo: float, hi: float, p_holm: float, margin: float,
-            n_train: float, n_test: float, k_folds: int) -> Verdict:
+            n_train: float, n_test: float, k_folds: int, family: int = 1) -> Verdict:
     """The verdict for one mix (see the module docstring); `untested` with fewer than 2 folds."""
     if j < 2 or not all(map(math.isfinite, (diff, lo, hi))):
         return Verdict("untested")
@@ -50,16 +50,18 @@ def verdict(diff: float, std: float, j: int, lo: float, hi: float, p_holm: float
         return Verdict("helps" if diff > 0 else "hurts")
     if -margin < lo and hi < margin:
         return Verdict("equivalent")
-    return Verdict("inconclusive", repeats_needed(diff, std, margin, n_train, n_test, k_folds))
+    done = max(1, j // max(1, k_folds))
+    return Verdict("inconclusive", repeats_needed(diff, std, margin, n_train, n_test, k_folds, family, done))
 
 
-def repeats_needed(diff: float, std: float, margin: float, n_train: float, n_test: float, k_folds: int) -> int | None:
-    """Smallest number of CV repeats whose folds would settle the question at this spread, or None."""
-    if std == 0:
-        return 1
-    for r in range(1, MAX_REPEATS + 1):
+def repeats_needed(diff: float, std: float, margin: float, n_train: float, n_test: float, k_folds: int,
+                   family: int = 1, done: int = 1) -> int | None:
+    """Smallest number of CV repeats in all (more than `done`) that would settle the question at this spread, or None."""
+    for r in range(done + 1, MAX_REPEATS + 1):
         j = r * k_folds
-        half = sps.t.ppf(0.5 + LEVEL / 2, df=j - 1) * corrected_se(std, j, n_train, n_test)
-        if half < abs(diff) or abs(diff) + half < margin:
+        se = corrected_se(std, j, n_train, n_test)
+        significant = sps.t.ppf(1 - ALPHA / (2 * max(1, family)), df=j - 1) * se < abs(diff)
+        equivalent = abs(diff) + sps.t.ppf(0.5 + LEVEL / 2, df=j - 1) * se < margin
+        if significant or equivalent:
             return r
     return None
