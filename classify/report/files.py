@@ -36,9 +36,13 @@ def study_flags(res: CVResults, smoke: list[str]) -> list[str]:
     return sorted(set(res.flags) | ({SMOKE} if smoke else set()))
 
 
-def results_csv(res: CVResults, smoke: list[str] | None = None) -> str:
+def results_csv(results, smoke: list[str] | None = None) -> str:
     """One row per table row: metrics (mean, std), differences against `real` with corrected p, and the verdict
-    columns (macro F1): 95 % CI, Holm p, verdict, delta, repeats to settle it, flags, study flags."""
+    columns (macro F1): 95 % CI, Holm p, verdict, delta, repeats to settle it, flags, study flags.
+
+    smoke: the smoke-run reasons (None: found now)."""
+    res = as_results(results)
+    smoke = smoke_reasons(res) if smoke is None else smoke
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     head = ["table", "mix", "n_folds", "synthetic_fraction"]
