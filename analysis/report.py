@@ -89,9 +89,9 @@ def repeats_text(v: Verdict, key: str, current: int = 1) -> str:
     if v.pairs < 2:
         return "needs at least 2 folds"
     if v.repeats_needed is None:
-        return "more repeats would not settle it at this spread"
+        return "not by more repeats at this spread"
     if v.repeats_needed <= current:
-        return f"p < {v.alpha:g} before the Holm adjustment only: more repeats (`{key}`) or fewer mixes would settle it"
+        return f"p < {v.alpha:g} only before the Holm adjustment: more repeats (`{key}`) or fewer mixes"
     return f"about {v.repeats_needed} CV repeats (`{key}: {v.repeats_needed}`)"
 
 
@@ -103,7 +103,7 @@ def verdict_table(verdicts: dict[str, Verdict], metric: str, repeats_key: str, c
     for name, v in verdicts.items():
         rows.append([Cell(name), Cell(verdict_word(v), bold=v.word in (HELPS, HURTS)), Cell(f"{v.mean_diff:+.3f}"),
                      Cell(fmt_ci(v.ci_low, v.ci_high)), Cell(fmt_ci(v.tost_low, v.tost_high)), Cell(fmt_p(v.p)),
-                     Cell(fmt_p(v.p_holm)), Cell(repeats_text(v, repeats_key, current_repeats) or "—")])
+                     Cell(fmt_p(v.p_holm)), Cell(repeats_text(v, repeats_key, current_repeats) or "—", wrap=True)])
     return Table(columns, rows, caption=caption)
 
 

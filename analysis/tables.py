@@ -35,6 +35,7 @@ class Cell:
     shade: float | None = None
     images: list[str] = field(default_factory=list)
     title: str = ""  # tooltip (HTML)
+    wrap: bool = False  # long prose: the cell wraps instead of widening the table (HTML)
 
 
 @dataclass

@@ -469,7 +469,7 @@ def test_did_not_help_is_stated_only_with_evidence(inputs):
 
 def test_delta_is_a_study_key_that_moves_the_verdict(inputs):
     """A wide δ turns the w0.8 mixes equivalent; δ is in the schema (result-changing), and the CV runs ignore it."""
-    from classify.cv import REPORT_ONLY, _JOB_FREE
+    from classify.cv import _JOB_FREE, REPORT_ONLY
     from prompts.schema.classify import ClassifySection
 
     field = ClassifySection.__dataclass_fields__["delta"]
@@ -649,3 +649,55 @@ def test_one_encoder_round_trips_pixels(tmp_path):
     Image.fromarray(arr).save(tmp_path / "x.png")
     with Image.open(io.BytesIO(base64.b64decode(thumbnail_uri(tmp_path / "x.png", 12).split(",", 1)[1]))) as im:
         assert im.size == (12, 8)
+
+
+# ---------------------------------------------------------------- the report in a real browser at 1280 px
+
+
+def test_report_reads_in_headless_chromium_at_1280px(inputs, tmp_path):
+    """The whole report (figures, flags, verdict tables, realism) opens in Chromium at 1280 px: no page-wide sideways
+    scroll, the answer and the verdicts visible, every figure decoded. REPORT_SCREENSHOT=path keeps a screenshot."""
+    import os
+    import shutil
+
+    from tests.test_blind import CHROMEDRIVER, CHROMIUM, _browser
+
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} are needed (Debian packages chromium, chromium-driver)")
+    pytest.importorskip("selenium")
+    from selenium.webdriver.common.by import By
+
+    from classify.report import write_reports
+
+    realism = tmp_path / "realism.json"
+    realism.write_text(json.dumps({"note": "Features: test.", "rows": [
+        {"weight": w, "class": c, "n_real": 10, "n_synthetic": 3, "kid": 0.002, "kid_std": 0.001, "c2st_accuracy": 0.8,
+         "c2st_std": 0.1, "n_copies": 0} for w in ("1.0", "0.8") for c in CLASSES_N]}))
+    res = make_results(inputs, near=("w0.8", "synthetic"), settings={"realism": str(realism)})
+    out = tmp_path / "study" / "report"
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "dropped.json").write_text(json.dumps({"dropped": [{"path": "synthetic/w1.2", "reason": "earlier settings"}]}))
+    write_reports(res, out)
+    driver = _browser(tmp_path / "profile", tmp_path / "downloads")
+    try:
+        driver.get((out / "report.html").as_uri())
+        assert driver.title == "Cross-validation report"
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 1280, f"the page scrolls sideways: {width} px"
+        answer = driver.find_elements(By.CSS_SELECTOR, "p.answer")[0]
+        assert answer.is_displayed() and answer.rect["y"] < 800 and "helps" in answer.text  # in the first screen
+        assert any("Dropped from this study" in p.text for p in driver.find_elements(By.CSS_SELECTOR, "p.warn"))
+        images = driver.find_elements(By.CSS_SELECTOR, "figure img, td.images img")
+        assert images and all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im)
+                              for im in images)
+        verdicts = [t for t in driver.find_elements(By.TAG_NAME, "table") if t.text.startswith("comparison verdict")]
+        assert len(verdicts) == 2 and all(t.is_displayed() for t in verdicts)
+        for t in verdicts:  # the verdict tables fit the page: no sideways scroll inside them either
+            box = t.find_element(By.XPATH, "..")
+            assert driver.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", box), t.text[:80]
+        if os.environ.get("REPORT_SCREENSHOT"):
+            driver.save_screenshot(os.environ["REPORT_SCREENSHOT"])
+            driver.execute_script("window.scrollTo(0, document.querySelector('h2').offsetTop + 600)")
+            driver.save_screenshot(os.environ["REPORT_SCREENSHOT"].replace(".png", "_tables.png"))
+    finally:
+        driver.quit()
