@@ -701,3 +701,12 @@ def test_report_reads_in_headless_chromium_at_1280px(inputs, tmp_path):
             driver.save_screenshot(os.environ["REPORT_SCREENSHOT"].replace(".png", "_tables.png"))
     finally:
         driver.quit()
+
+
+def test_cv_help_lists_delta_and_dropped(capsys):
+    from classify.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["cv", "--help"])
+    text = capsys.readouterr().out
+    assert exc.value.code == 0 and "--delta X" in text and "--dropped FILE" in text and "(default: 0.02)" in text
