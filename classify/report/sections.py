@@ -16,7 +16,7 @@ from ..results import NEAR_CONSTANT_FLAG, SINGLE_CLASS, CVResults
 from .published import published_for
 from .text import ALPHA, LEVEL, REPEATS_KEY, TABLE_METRICS, shown_path
 
-FLAG_LABELS = {SINGLE_CLASS: " (one class predicted)", NEAR_CONSTANT_FLAG: " (nearly one class predicted)"}
+FLAG_LABELS = {SINGLE_CLASS: "one class predicted", NEAR_CONSTANT_FLAG: "nearly one class predicted"}
 
 
 def metrics_table(res: CVResults, tree: str) -> Table:
@@ -27,9 +27,12 @@ def metrics_table(res: CVResults, tree: str) -> Table:
     columns = ["mix"] + [LABELS[m] for m in TABLE_METRICS] + ["synthetic share"]
     if published:
         columns.append("published acc. / prec. / rec.")
+    flagged = any(f in FLAG_LABELS for r in rows for f in r.flags)
+    if flagged:  # its own column: the mix cell stays the mix's name
+        columns.append("warning")
     out = []
     for r in rows:
-        cells = [Cell(r.mix + "".join(FLAG_LABELS.get(f, "") for f in r.flags))]
+        cells = [Cell(r.mix)]
         for m in TABLE_METRICS:
             v = r.metrics[m]
             cells.append(Cell(fmt(v.mean, v.std), bold=bool(r.folds) and best[m] is not None and v.mean == best[m]))
@@ -37,6 +40,8 @@ def metrics_table(res: CVResults, tree: str) -> Table:
         if published:
             pub = published.get(r.mix, {})
             cells.append(Cell(" / ".join(f"{pub[m]:.3f}" if m in pub else "—" for m in ("accuracy", "precision", "recall"))))
+        if flagged:
+            cells.append(Cell("; ".join(FLAG_LABELS[f] for f in r.flags if f in FLAG_LABELS), wrap=True))
         out.append(cells)
     return Table(columns, out, caption="Mean ± standard deviation over folds; precision, recall and F1 are macro "
                                        "averages; the best mean per column is bold.")
