@@ -11,6 +11,7 @@ from analysis import stats
 from analysis.report import fmt, fmt_ci, fmt_p, scaled_span, verdict_table
 from analysis.stats import LABELS
 from analysis.tables import Cell, Heading, Table, Text, render_markdown
+from prompts import layout
 
 from ..results import NEAR_CONSTANT_FLAG, SINGLE_CLASS, CVResults
 from .published import published_for
@@ -139,19 +140,22 @@ def _kid(r: dict, scale: float) -> str:
 
 
 def blind_source(folder) -> str:
-    """Which blind test the report adds: its scores folder, the key it was scored with, the test id."""
+    """Which blind test the report adds: its scores file and, unless the scores' own notes name it (`blind-score`
+    records the key it scored against), the key beside them and the test id."""
     path = Path(folder)
-    scores = path if path.is_file() else path / "blind_scores.json"
+    scores = path if path.is_file() else path / layout.BLIND_SCORES_JSON
     try:
         obj = json.loads(scores.read_text())
     except (OSError, json.JSONDecodeError):
         obj = {}
-    key = obj.get("key") or (str(scores.parent / "key.json") if (scores.parent / "key.json").is_file() else None)
-    parts = [f"scores `{shown_path(scores)}`"]
-    parts.append(f"key `{shown_path(key)}`" if key else "key: not recorded beside the scores")
+    text = f"Blind-test scores: `{shown_path(scores)}`"
+    if isinstance(obj.get("key"), dict):  # the summary's notes name the key, its test id and hash
+        return text + "."
+    key = scores.parent / layout.BLIND_KEY_FILE
+    parts = [f"key `{shown_path(key)}`" if key.is_file() else "key: not recorded with the scores"]
     if obj.get("test_id"):
         parts.append(f"test id `{obj['test_id']}`")
-    return "Blind test used: " + ", ".join(parts) + "."
+    return f"{text}; {', '.join(parts)}."
 
 
 def blind_blocks(blind, folder=None) -> list:
