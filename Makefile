@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first: a range that admits newer releases would otherwise pull the CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+	# compat mode: the repository root goes on sys.path, so every top-level package is importable as it is.
+	$(BIN)/pip install -q -e ".[dev]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # Debian packages for the browser and SLURM tests (skipped without root/apt-get).
@@ -22,6 +23,8 @@ system:
 
 lint: install
 	$(BIN)/ruff check .
+	# the layers contract (pyproject.toml [tool.importlinter]): no upward or circular import between rooms
+	$(BIN)/lint-imports
 
 test: install system lint
 	$(BIN)/python -m pytest -q tests

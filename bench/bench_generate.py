@@ -37,15 +37,15 @@ def build_model(out: Path, sd15: bool) -> Path:
     from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from lora.tiny import write_tiny_tokenizer
+    from diffusion.tiny import write_tiny_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tiny_tokenizer(Path(tmp))
         tok = CLIPTokenizer.from_pretrained(tmp)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    if sd15:  # SD 1.5's configs (unet 860 M, VAE 84 M, CLIP ViT-L/14 text 123 M parameters), the one copy in lora.model
-        from lora.model import build_sd15
+    if sd15:  # SD 1.5's configs (unet 860 M, VAE 84 M, CLIP ViT-L/14 text 123 M parameters), the one copy in diffusion.model
+        from diffusion.model import build_sd15
 
         unet, text_model, vae = build_sd15("cpu", vae=True, **ids)  # the tiny tokenizer's ids fit
     else:  # about 1/10 of SD 1.5's U-Net compute per pixel: big enough that sampling, not bookkeeping, dominates
@@ -71,8 +71,8 @@ def build_lora(model: Path, folder: Path, rank: int = 8, network: str = "attenti
     """A random LoRA (B drawn, not zero) on U-Net and text encoder, written by the trainer's own writer."""
     from types import SimpleNamespace
 
-    from lora.formats import from_peft, write_diffusers
-    from lora.model import load_pipeline
+    from diffusion.formats import from_peft, write_diffusers
+    from diffusion.model import load_pipeline
     from lora.train import add_lora
 
     pipe = load_pipeline(model)
@@ -232,6 +232,8 @@ def main(argv=None):
         flops = flops_per_image(model, a)
         rate = matmul_rate(a, 8192 if gpu else 1024)
         floor = rate / flops
+        print(f"compute per image {flops / 1e9:.1f} GFLOP; matmul rate {rate / 1e9:.1f} GFLOP/s; floor {floor:.3f} img/s",
+              file=sys.stderr, flush=True)  # early, so that a run cut short still has it
         rows = []
         for batch in batches:
             a.batch = batch

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import lora  # noqa: E402,F401
-from lora.model import SD15_UNET_CONFIG, SD15_VAE_CONFIG, build_sd15  # noqa: E402
+from diffusion.model import SD15_UNET_CONFIG, SD15_VAE_CONFIG, build_sd15  # noqa: E402
 
 # A small SD-like model (SD 1.5's layout at a quarter of its width, one layer per block): enough compute
 # per step on a CPU for the overhead to mean something, with the VAE a similar share of the step as in SD.
@@ -54,7 +55,7 @@ def build_model(kind: str, out: Path) -> Path:
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from lora.tiny import build_tiny_pipeline
+    from diffusion.tiny import build_tiny_pipeline
 
     tiny = build_tiny_pipeline(0)  # its tokenizer and (SD 1.5's) scheduler config
     torch.manual_seed(0)
@@ -91,8 +92,8 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
     """The floor: the same passes with nothing around them. Returns the wall time of each step after the first."""
     from types import SimpleNamespace
 
+    from diffusion.model import load_pipeline
     from lora.data import load_images, pixel_batch
-    from lora.model import load_pipeline
     from lora.train import add_lora
     from prompts.dataset import read_dataset
 
@@ -208,7 +209,7 @@ def example_step_times(model: Path, data: Path, args) -> dict:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     accelerator = Accelerator(mixed_precision="no", cpu=args.device == "cpu")
     pipe = load_pipeline(model)
@@ -324,7 +325,7 @@ def compare_with_example(args, tmp: Path, argv) -> str:
 
     from accelerate.state import AcceleratorState
 
-    from lora.tiny import write_tiny_model
+    from diffusion.tiny import write_tiny_model
     from prompts.demo import write_demo_dataset
 
     model = write_tiny_model(tmp / "tiny")
@@ -391,7 +392,7 @@ def compare_presets(args, tmp: Path, argv) -> str:
             (folder,) = run(cfg, DataSection(data=str(data)))
             stats = json.loads((folder / "stats.json").read_text())
             times[name].append(statistics.median(stats["step_seconds"][1:]))
-            from lora.formats import read_lora
+            from diffusion.formats import read_lora
 
             kohya = folder / "good.safetensors"
             sizes[name] = (len(read_lora(kohya).modules), kohya.stat().st_size, (folder / "pytorch_lora_weights.safetensors").stat().st_size)
@@ -471,6 +472,9 @@ def main(argv=None) -> None:
                     if torch.cuda.is_available():
                         torch.cuda.reset_peak_memory_stats()
                     r = fn()
+                    mem = f", peak GPU {r['peak_gpu_memory_gib']:.2f} GiB" if r["peak_gpu_memory_gib"] else ""
+                    print(f"{precision} {name}: median step {1000 * statistics.median(r['step_seconds']):.1f} ms{mem}",
+                          file=sys.stderr, flush=True)  # progress, and a figure even if the run is cut short
                     pooled[name]["step_seconds"] += r["step_seconds"]
                     pooled[name]["peak_gpu_memory_gib"] = r["peak_gpu_memory_gib"]
             sps = {name: steps_per_second(r["step_seconds"], args.quantile) for name, r in pooled.items()}

@@ -1,4 +1,4 @@
-"""`lora search`: trials per hour, and what the median pruner saves, measured side by side in one process.
+"""`study search`: trials per hour, and what the median pruner saves, measured side by side in one process.
 
     .venv/bin/python -m bench.bench_search                           # CPU: tiny model, pbc3 (or demo) images at 32 px
     .venv/bin/python -m bench.bench_search --sd15 --resolution 512   # GPU: SD 1.5 architecture (random weights) at 512
@@ -81,8 +81,8 @@ def run_one(study: Path) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from lora.search import open_storage, run_search
     from prompts.config import load_study
+    from study.search import open_storage, run_search
 
     t0 = time.time()
     result = run_search(study)
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
 
     from classify.model import write_calibrated_weights
     from classify.pixels import load_pixels
-    from lora.tiny import write_tiny_model
+    from diffusion.tiny import write_tiny_model
     from prompts.errors import setup_logging
 
     setup_logging()
@@ -184,7 +184,7 @@ def write_section(path: Path, key: str, text: str) -> None:
     from prompts.files import write_text_atomic
 
     start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    old = path.read_text() if path.is_file() else "# `lora search` benchmark\n\nWritten by `python -m bench.bench_search`.\n"
+    old = path.read_text() if path.is_file() else "# `study search` benchmark\n\nWritten by `python -m bench.bench_search`.\n"
     block = f"{start}\n{text}\n{end}"
     if start in old and end in old:
         head, rest = old.split(start, 1)

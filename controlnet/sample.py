@@ -228,8 +228,8 @@ class FoldPlan:
 
 def plan(cfg, data_cfg) -> list[FoldPlan]:
     """Check every input and make every condition, before anything is written or any model loaded."""
-    from generate.samplers import canonical_sampler
-    from lora.model import check_model
+    from diffusion.model import check_model
+    from diffusion.samplers import canonical_sampler
 
     if not data_cfg.data:
         raise UserError("--data is missing: give the folder of image–mask pairs the ControlNets were trained on")
@@ -289,8 +289,8 @@ def load_pipe(cfg, controlnet: Path, lora: Path | None, device: torch.device):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
     from diffusers.utils import logging as dlog
 
-    from generate.samplers import make_scheduler
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
+    from diffusion.samplers import make_scheduler
 
     dlog.set_verbosity_error()
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.dtype)
@@ -315,8 +315,8 @@ def sample(pipe, cfg, job: PairJob) -> Image.Image:
 
 def run(cfg, data_cfg, progress: bool = False) -> Path:
     """Make every planned pair that SYN does not hold yet; returns SYN (its manifest rebuilt)."""
-    from generate.samplers import canonical_sampler
-    from lora.model import model_hash
+    from diffusion.model import model_hash
+    from diffusion.samplers import canonical_sampler
 
     plans = plan(cfg, data_cfg)
     cfg = dataclasses.replace(cfg, sampler=canonical_sampler(cfg.sampler))

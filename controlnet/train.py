@@ -161,7 +161,7 @@ def plan(cfg, data_cfg) -> list[Job]:
         raise UserError(f"--resolution {cfg.resolution}: must be a multiple of 8 (the VAE downsamples by 8)")
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise UserError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or no")
-    from lora.model import check_model
+    from diffusion.model import check_model
 
     check_model(cfg.model, cfg.allow_pickle)
     jobs = []
@@ -269,7 +269,7 @@ def load_base(cfg):
     """The frozen base pipeline on `device` (a LoRA fused into the U-Net when given), progress bars off."""
     from diffusers.utils import logging as dlog
 
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     dlog.set_verbosity_error()
     pipe = load_pipeline(cfg.model, torch_dtype=torch.float32, allow_pickle=cfg.allow_pickle, config=cfg.model_config)

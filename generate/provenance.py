@@ -32,8 +32,8 @@ VERSION = "cellsynth generate 0.1"
 
 def lora_hash(path: str | os.PathLike) -> str:
     """AUTOMATIC1111's LoRA short hash ("Lora hashes", civitai): 12 hex digits, of the kohya file (the one A1111 loads)
-    even when `path` is the diffusers file beside it; see `lora.formats.a1111_short_hash`."""
-    from lora.formats import a1111_short_hash
+    even when `path` is the diffusers file beside it; see `diffusion.formats.a1111_short_hash`."""
+    from diffusion.formats import a1111_short_hash
 
     return a1111_short_hash(path)
 
@@ -46,7 +46,7 @@ def lora_sha256(path: str) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=64)
 def _lora_sha256(path: str, size: int, mtime_ns: int) -> dict[str, str]:
-    from lora.formats import lora_file_sha256
+    from diffusion.formats import lora_file_sha256
 
     return lora_file_sha256(path)
 

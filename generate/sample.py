@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffusion.samplers import canonical_sampler, make_scheduler
 from prompts.errors import UserError
 from prompts.guard import check_output_dir, is_inside
 from prompts.images import is_grayscale, load_image
@@ -37,7 +38,6 @@ from prompts.images import is_grayscale, load_image
 from . import provenance as prov
 from . import trees
 from .plan import Job, batches, share, tree_dir
-from .samplers import canonical_sampler, make_scheduler
 
 log = logging.getLogger("generate")
 
@@ -82,7 +82,7 @@ def load_pipe(s: Settings, device: torch.device):
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
@@ -311,7 +311,7 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None, inputs: 
     """
     from accelerate import PartialState
 
-    from lora.model import model_hash
+    from diffusion.model import model_hash
 
     state = state or PartialState()
     s = check_settings(s)

@@ -31,17 +31,6 @@ def main(argv=None):
     add_section_flags(p, DataSection)
     add_section_flags(p, LoraSection)
 
-    from prompts.schema import SECTIONS
-
-    p = sub.add_parser("search", help="search LoRA parameters for realism with Optuna (resumable, shareable across machines)",
-                       description="Each trial trains the LoRAs of one fold's training images, generates images and scores "
-                       "their realism against that fold's test images. Flags override the `search` section of --config.")
-    add_config_flag(p)
-    add_section_flags(p, SECTIONS["data"])
-    add_section_flags(p, SECTIONS["search"])
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true")
-
     p = sub.add_parser("convert", help="convert a LoRA between diffusers and kohya/A1111 formats (deltas preserved)")
     p.add_argument("input", help="LoRA .safetensors file (either format), or a folder holding pytorch_lora_weights.safetensors")
     p.add_argument("output", help="kohya: a .safetensors file; diffusers: a folder (or a .safetensors path)")
@@ -58,22 +47,19 @@ def main(argv=None):
     p.add_argument("output", help=".safetensors file to write")
     p.add_argument("--overwrite", action="store_true")
 
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given[:1] == ["search"]:  # the search is orchestration: it lives above lora
+        raise UserError("`lora search` moved: run `python -m study search` with the same flags")
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     if args.command == "train":
         return _train(args, sys.argv[1:] if argv is None else list(argv))
     if args.command == "convert":
         return _convert(args)
-    if args.command == "search":
-        from .search import run_search
-
-        study = read_settings(args, "lora search", ("data", "search"))
-        run_search(study, study.search, progress=not args.no_progress)
-        return None
     if args.command == "single-file":
         return _single_file(args)
     if args.command == "tiny-model":
-        from .tiny import write_tiny_model
+        from diffusion.tiny import write_tiny_model
 
         out = write_tiny_model(args.output, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote tiny Stable Diffusion (random weights, a smoke model) to {out}")
@@ -143,7 +129,7 @@ def _relaunch(n: int, argv: list[str]) -> int:
 def _convert(args) -> None:
     from pathlib import Path
 
-    from .formats import DIFFUSERS_WEIGHT_NAME, convert
+    from diffusion.formats import DIFFUSERS_WEIGHT_NAME, convert
 
     dst = Path(args.output)
     target = dst if args.to == "kohya" or dst.suffix == ".safetensors" else dst / DIFFUSERS_WEIGHT_NAME
@@ -155,8 +141,8 @@ def _convert(args) -> None:
 def _single_file(args) -> None:
     from pathlib import Path
 
-    from .ldm import write_single_file
-    from .model import load_pipeline
+    from diffusion.ldm import write_single_file
+    from diffusion.model import load_pipeline
 
     out = Path(args.output)
     if out.suffix != ".safetensors":

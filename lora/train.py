@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from diffusion.formats import from_peft, network_args, write_diffusers, write_kohya
 from prompts import fingerprint as fp
 from prompts import layout
 from prompts.config import as_dict, dump_yaml
@@ -50,7 +51,6 @@ from prompts.splits import read_split
 from prompts.templates import DEFAULT_TEMPLATES, load_templates
 
 from . import data as D
-from .formats import from_peft, network_args, write_diffusers, write_kohya
 
 log = logging.getLogger("lora")
 
@@ -104,7 +104,7 @@ def plan(cfg, data_cfg, resume: str | None = None) -> list[Job]:
 
         if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available():
             raise UserError("--optimizer adamw8bit needs the bitsandbytes package and a CUDA GPU; use --optimizer adamw")
-    from .model import check_model
+    from diffusion.model import check_model
 
     check_model(cfg.model, cfg.allow_pickle)
     dataset = read_dataset(data_cfg.data, check_images=True, skip_bad_images=data_cfg.skip_bad_images)
@@ -248,7 +248,7 @@ def step_generator(seed: int, step: int, process: int) -> torch.Generator:
 
 def add_lora(unet, text_encoder, cfg) -> list[dict]:
     """Add peft LoRA adapters (rank, alpha) and return the optimizer's parameter groups (fp32 LoRA params)."""
-    from .formats import network_modules, peft_config
+    from diffusion.formats import network_modules, peft_config
 
     torch.manual_seed(cfg.seed)  # LoRA init (A: Kaiming-uniform, B: zeros)
     train_te = cfg.text_encoder_lr > 0
@@ -300,7 +300,7 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import compute_snr
 
-    from .model import load_pipeline
+    from diffusion.model import load_pipeline
 
     info = log.info if accelerator.is_main_process else (lambda *a: None)  # log once, not once per process
     device = accelerator.device
@@ -694,7 +694,7 @@ def _tracker(folder: Path):
 
 def kohya_metadata(job: Job, cfg, lora, n_images: int) -> dict[str, str]:
     """kohya sd-scripts' `ss_*` training metadata (all values strings)."""
-    from .model import model_hash
+    from diffusion.model import model_hash
 
     tags = Counter(t.strip() for c in job.captions for t in c.split(",") if t.strip())
     return {

@@ -37,6 +37,13 @@ REALISM_JSON = "realism.json"
 REALISM_MD = "realism.md"
 RUNS_DIR = "runs"
 TINY_MODEL_MARKER = "cellsynth_tiny_model.txt"  # in the tiny random Stable Diffusion's folder: a smoke model
+# The blind test (`classify blind-test` writes the page and key, `blind-score` the scores).
+BLIND_PAGE_HTML = "blind_test.html"
+BLIND_KEY_FILE = "key.json"
+BLIND_ANSWERS_FILE = "answers.json"  # the name the page downloads
+BLIND_SCORES_JSON = "blind_scores.json"
+BLIND_SCORES_CSV = "blind_scores.csv"
+BLIND_SUMMARY_MD = "blind_summary.md"
 
 _FOLD = re.compile(r"^fold_(\d+)$")
 _MAX_NAME_BYTES = 200  # file systems allow 255; leave room for suffixes

@@ -51,7 +51,7 @@ def class_data(tmp_path_factory) -> Path:
 def tiny_model(tmp_path_factory) -> Path:
     """The tiny random Stable Diffusion in diffusers layout (needs torch)."""
     pytest.importorskip("torch")
-    from lora.tiny import write_tiny_model
+    from diffusion.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny-sd")
 

@@ -306,7 +306,7 @@ def test_augmented_views_are_cached_reproducible_and_distinct(demo_data, weights
 def test_corrected_ttest_is_more_conservative_than_the_plain_one():
     from scipy import stats as sps
 
-    from classify.stats import corrected_ttest, wilcoxon_floor
+    from analysis.stats import corrected_ttest, wilcoxon_floor
 
     d = np.array([0.02, 0.03, 0.01, 0.04, 0.02])
     t, p = corrected_ttest(d, n_train=80, n_test=20)

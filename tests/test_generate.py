@@ -196,7 +196,7 @@ def _k_diffusion_sigmas(alphas_cumprod: np.ndarray, n: int) -> np.ndarray:
 
 
 def test_euler_a_noise_levels_match_a1111(tiny_model):
-    from generate.samplers import canonical_sampler, make_scheduler
+    from diffusion.samplers import canonical_sampler, make_scheduler
 
     config = json.loads((tiny_model / "scheduler" / "scheduler_config.json").read_text())
     for steps, rtol in ((20, 1.5e-5), (30, 5e-5)):  # diffusers interpolates sigma linearly, k-diffusion in log

@@ -270,7 +270,7 @@ def test_bad_input_one_line_exit_2_nothing_written(case, flags, message, tiny_mo
 
 
 def test_every_sampler_name_samples(tiny_model, class_loras, class_data, tmp_path):
-    from generate.samplers import SAMPLERS
+    from diffusion.samplers import SAMPLERS
 
     for i, name in enumerate(SAMPLERS):
         out = tmp_path / f"s{i}"

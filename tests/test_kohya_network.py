@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 import lora  # noqa: E402,F401
-from lora.formats import (  # noqa: E402
+from diffusion.formats import (  # noqa: E402
     from_peft,
     kohya_name,
     network_args,
@@ -44,7 +44,7 @@ def expected(unet_inner, te_inner):
 
 @pytest.fixture(scope="module")
 def sd15():
-    from lora.model import build_sd15
+    from diffusion.model import build_sd15
 
     unet, text, _ = build_sd15("meta")
     return unet, text
@@ -93,7 +93,7 @@ def random_lora(model, network, conv_dim=0, conv_alpha=None, rank=4, alpha=2.0):
     """A LoRA of the preset on the tiny model with random (non-zero) A and B."""
     from types import SimpleNamespace
 
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
     from lora.train import add_lora
 
     pipe = load_pipeline(model)
@@ -119,8 +119,8 @@ def weights(pipe):
 def test_both_files_reload_at_the_trained_scale_per_preset(tiny_model, tmp_path, network, conv_dim, conv_alpha):
     """diffusers loads either file and changes exactly the preset's layers by alpha/rank * B @ A (convs at their own
     rank and alpha); diffusers -> kohya -> diffusers keeps every delta bit for bit."""
+    from diffusion.model import load_pipeline
     from lora.__main__ import main
-    from lora.model import load_pipeline
 
     lw, kinds = random_lora(tiny_model, network, conv_dim, conv_alpha)
     assert set(lw.modules) == set(kinds)
@@ -150,8 +150,8 @@ def test_trained_kohya_file_records_the_preset(tiny_model, class_data, tmp_path)
     """A real (short) training run with LoCon: the kohya file holds exactly the preset's keys and says so."""
     from safetensors import safe_open
 
+    from diffusion.model import load_pipeline
     from lora.__main__ import main
-    from lora.model import load_pipeline
 
     main(["train", "--model", str(tiny_model), "--data", str(class_data), "--output", str(tmp_path / "out"), "--classes", "good",
           "--resolution", "64", "--epochs", "1", "--repeats", "1", "--validation-images", "0", "--conv-dim", "2"])
@@ -166,7 +166,7 @@ def test_trained_kohya_file_records_the_preset(tiny_model, class_data, tmp_path)
 def test_module_list_is_the_same_on_an_adapted_model(tiny_model):
     from types import SimpleNamespace
 
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
     from lora.train import add_lora
 
     pipe = load_pipeline(tiny_model)

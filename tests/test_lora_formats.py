@@ -7,9 +7,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 import lora  # noqa: E402,F401
-from lora import data as D  # noqa: E402
-from lora.__main__ import main  # noqa: E402
-from lora.formats import (  # noqa: E402
+from diffusion.formats import (  # noqa: E402
     DIFFUSERS_WEIGHT_NAME,
     LoraModule,
     LoraWeights,
@@ -21,6 +19,8 @@ from lora.formats import (  # noqa: E402
     write_diffusers,
     write_kohya,
 )
+from lora import data as D  # noqa: E402
+from lora.__main__ import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def random_lora(tiny_model):
     """A peft LoRA on the tiny model's U-Net and text encoder with random (non-zero) A and B, rank 4, alpha 1."""
     from types import SimpleNamespace
 
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
     from lora.train import add_lora
 
     pipe = load_pipeline(tiny_model)
@@ -79,7 +79,7 @@ def test_diffusers_kohya_diffusers_preserves_deltas(random_lora, tmp_path):
 
 def test_mixed_ranks_and_alphas_survive_diffusers_reload(random_lora, tiny_model, tmp_path):
     """Per-module rank and alpha (as in kohya files from other tools) reload in diffusers at their own scale."""
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     mods = dict(random_lora.modules)
     key = next(k for k in mods if k[0] == "unet")
@@ -185,8 +185,8 @@ def test_png_lora_hash_is_a1111_short_hash_of_the_kohya_file(random_lora, tiny_m
 
     from PIL import Image
 
+    from diffusion.formats import a1111_short_hash
     from generate.__main__ import main as generate_main
-    from lora.formats import a1111_short_hash
 
     folder = tmp_path / "loras" / "good"
     write_diffusers(random_lora, folder)
@@ -219,7 +219,7 @@ def test_bad_lora_header_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(UserError) as err:
         read_lora(bad)
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
-    from lora.formats import a1111_short_hash
+    from diffusion.formats import a1111_short_hash
 
     with pytest.raises(UserError, match="not a readable safetensors LoRA file"):
         a1111_short_hash(bad)

@@ -15,8 +15,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 import lora  # noqa: E402,F401  (sets USE_TF=0)
+from diffusion.formats import DIFFUSERS_WEIGHT_NAME, deltas, read_lora  # noqa: E402
 from lora.__main__ import main  # noqa: E402
-from lora.formats import DIFFUSERS_WEIGHT_NAME, deltas, read_lora  # noqa: E402
 
 from .conftest import ROOT, shared_data  # noqa: E402
 
@@ -86,7 +86,7 @@ def test_kohya_file_metadata(trained):
 
 
 def test_weight_zero_reproduces_base_and_one_differs(trained, tiny_model):
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     pipe = load_pipeline(tiny_model)
     base = pipe_image(pipe)
@@ -99,7 +99,7 @@ def test_weight_zero_reproduces_base_and_one_differs(trained, tiny_model):
 
 def test_alpha_not_rank_reloads_at_trained_scale(trained, tiny_model):
     """Fusing the reloaded LoRA changes each weight by exactly alpha/rank * up @ down (rank 4, alpha 2)."""
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     pipe = load_pipeline(tiny_model)
     before = {**{("unet", k): v.clone() for k, v in pipe.unet.state_dict().items()},
@@ -118,7 +118,7 @@ def test_alpha_not_rank_reloads_at_trained_scale(trained, tiny_model):
 
 
 def test_kohya_file_loads_in_diffusers_like_the_diffusers_file(trained, tiny_model):
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     images = []
     for source in (trained / "bad" / DIFFUSERS_WEIGHT_NAME, trained / "bad" / "bad.safetensors"):
@@ -160,7 +160,7 @@ def fixed_batch_loss(pipe, folder: Path, data: Path, label: str) -> float:
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch(tiny_model, class_data, tmp_path):
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     out = tmp_path / "out"
     assert train(tiny_model, class_data, out, "--classes", "bad", "--epochs", "10", "--unet-lr", "1e-3", "--no-random-flip") == 0
@@ -257,7 +257,7 @@ def test_cache_latents_with_flips_trains(tiny_model, class_data, tmp_path):
 
 def test_single_file_checkpoint_model(tiny_model, class_data, tmp_path):
     """A single-file LDM-layout .safetensors (written by `python -m lora single-file`) trains offline with --model-config."""
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     ckpt = tmp_path / "tiny.safetensors"
     main(["single-file", str(tiny_model), str(ckpt)])

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import lora  # noqa: E402,F401  (sets USE_TF=0)
+from diffusion.formats import read_lora  # noqa: E402
 from lora.__main__ import main  # noqa: E402
-from lora.formats import read_lora  # noqa: E402
 from prompts import layout  # noqa: E402
 
 from .conftest import ROOT  # noqa: E402

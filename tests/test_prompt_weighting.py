@@ -41,7 +41,7 @@ def test_parse_matches_a1111(prompt, expected):
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model):
-    from lora.model import load_pipeline
+    from diffusion.model import load_pipeline
 
     pipe = load_pipeline(tiny_model)
     # the tiny CLIP's final layer norm has a zero bias, so its hidden states average ~0; a trained CLIP's do not

@@ -1,4 +1,4 @@
-"""`lora search`: an Optuna search of LoRA parameters scored by realism on a fold's test images.
+"""`study search`: an Optuna search of LoRA parameters scored by realism on a fold's test images.
 
 Tiny Stable Diffusion, a small copy of ../shared/data/pbc3 (2 classes x 4 images at 32 px,
 2 folds), 1 epoch, 2 images per class, EfficientNetB0 at 32 px with random weights.
@@ -80,7 +80,7 @@ search:
 # --------------------------------------------------------------------------- the search space (no model)
 
 def test_space_entries_are_lists_ranges_or_empty():
-    from lora.search import parse_dimension
+    from study.search import parse_dimension
 
     assert parse_dimension("rank", [4, 8]).choices == (4, 8)
     assert parse_dimension("rank", "4,8,16").choices == (4, 8, 16)
@@ -97,8 +97,8 @@ def test_space_entries_are_lists_ranges_or_empty():
 
 
 def test_unknown_network_preset_is_named():
-    from lora.search import search_space
     from prompts.schema.search import SearchSection
+    from study.search import search_space
 
     with pytest.raises(UserError, match="'locon' is not a network preset"):
         search_space(SearchSection(network=["kohya", "locon"]))
@@ -107,7 +107,7 @@ def test_unknown_network_preset_is_named():
 def test_objective_is_zero_for_indistinguishable_and_grows_with_either_term():
     import math
 
-    from lora.search import class_objective
+    from study.search import class_objective
 
     assert class_objective(0.0, 0.5) == 0
     assert class_objective(-0.02, 0.5) == 0  # unbiased KID dips below 0 by chance: clamped
@@ -119,7 +119,7 @@ def test_objective_is_zero_for_indistinguishable_and_grows_with_either_term():
 
 
 def test_trial_parameters_map_onto_the_study():
-    from lora.search import trial_study
+    from study.search import trial_study
 
     s = trial_study(load_study(None), {"rank": 16, "alpha_ratio": 0.5, "unet_lr": 1e-4, "epochs": 3, "lora_weight": 0.7,
                                        "network": "attention"})
@@ -128,7 +128,7 @@ def test_trial_parameters_map_onto_the_study():
 
 
 def test_search_needs_a_split(tmp_path, class_data):
-    from lora.search import run_search
+    from study.search import run_search
 
     study = tmp_path / "s.yaml"
     study.write_text(f"data: {{data: {class_data}}}\nlora: {{model: tiny}}\nsearch: {{output: {tmp_path / 'out'}}}\n")
@@ -144,7 +144,7 @@ def test_stale_trials_of_gone_processes_are_failed_and_live_ones_kept(tmp_path, 
     import optuna
     from optuna.trial import TrialState
 
-    from lora.search import STALE_SECONDS, fail_stale_trials, open_storage
+    from study.search import STALE_SECONDS, fail_stale_trials, open_storage
 
     url = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
     study = optuna.create_study(storage=open_storage(url), study_name="s")
@@ -166,7 +166,7 @@ def test_stale_trials_of_gone_processes_are_failed_and_live_ones_kept(tmp_path, 
 
 
 def test_bad_storage_url_is_one_line(tmp_path):
-    from lora.search import open_storage
+    from study.search import open_storage
 
     with pytest.raises(UserError, match="--storage nosuchdb://x: Optuna cannot open it"):
         open_storage("nosuchdb://x")
@@ -175,7 +175,7 @@ def test_bad_storage_url_is_one_line(tmp_path):
 # --------------------------------------------------------------------------- real searches on the tiny model
 
 def _run(study_path: Path, **kw):
-    from lora.search import run_search
+    from study.search import run_search
 
     return run_search(study_path, **kw)
 
@@ -183,13 +183,13 @@ def _run(study_path: Path, **kw):
 def _trials(out: Path, name: str = "lora-search"):
     import optuna
 
-    from lora.search import open_storage
+    from study.search import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(str(out / "search.journal"))).get_trials()
 
 
 def _cli(study: Path) -> list[str]:
-    return [sys.executable, "-m", "lora", "search", "--config", str(study), "--no-progress"]
+    return [sys.executable, "-m", "study", "search", "--config", str(study), "--no-progress"]
 
 
 def _env() -> dict:
@@ -232,7 +232,7 @@ def test_search_killed_in_trial_2_resumes_to_4_complete_trials(small_pbc3, tiny_
     killed = {t.number: t.state for t in _trials(out)}
     assert killed[0] == TrialState.COMPLETE and killed[1] == TrialState.RUNNING
 
-    with caplog.at_level("INFO", logger="lora.search"):
+    with caplog.at_level("INFO", logger="study.search"):
         result = _run(study)  # the same search again, in this process
     assert "trial 1: its process" in caplog.text and "marked FAIL" in caplog.text
     trials = _check_trials(out, 4)
@@ -306,7 +306,7 @@ def test_two_objectives_add_the_downstream_macro_f1(small_pbc3, tiny_model, b0_w
 def test_diverged_trials_fail_and_too_many_in_a_row_stop_with_one_line(small_pbc3, tiny_model, b0_weights, tmp_path):
     from optuna.trial import TrialState
 
-    from lora.search import DIVERGED_IN_A_ROW
+    from study.search import DIVERGED_IN_A_ROW
 
     study = write_study(tmp_path, small_pbc3, tiny_model, b0_weights, trials=1, extra="  pruner: none")
     study.write_text(study.read_text().replace('unet_lr: "1e-4..1e-2 log"', "unet_lr: [1.0e+4]").replace("epochs: [1]", "epochs: [3]"))

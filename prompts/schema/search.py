@@ -1,4 +1,4 @@
-"""The `search` section: an Optuna search of LoRA parameters scored by realism (`python -m lora search`).
+"""The `search` section: an Optuna search of LoRA parameters scored by realism (`python -m study search`).
 
 Each search-space key is a list (Optuna draws one of its values), a range
 written as a string, or empty (not searched: the study's `lora`/`generate`
@@ -28,7 +28,7 @@ SPACE_KEYS = ("rank", "alpha_ratio", "unet_lr", "text_encoder_lr", "epochs", "ne
 @dataclass
 class SearchSection:
     output: str | None = opt(None, "search folder: OUT/search.journal, OUT/trials/<n>/, OUT/search.html, OUT/best_study.yaml", path=True,
-                             required=("lora search",))
+                             required=("study search",))
     trials: int = opt(20, "COMPLETE trials to reach, counted over every process that shares the storage", ge=1)
     storage: str | None = opt(
         None, "Optuna storage: an RDB URL (sqlite:///FILE, postgresql://...) or a journal file; default OUT/search.journal", path=True

@@ -1,4 +1,4 @@
-"""Outputs of `lora search`: OUT/search.html (one self-contained file), OUT/trials.csv, OUT/best_study.yaml.
+"""Outputs of `study search`: OUT/search.html (one self-contained file), OUT/trials.csv, OUT/best_study.yaml.
 
 The page holds Optuna's plots (matplotlib, embedded as PNG), the table of trials and,
 for the best trials, their scored synthetic images beside the fold's real test images.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prompts.files import write_text_atomic
 
-log = logging.getLogger("lora.search")
+log = logging.getLogger("study.search")
 THUMB_PX = 96  # thumbnails in the page
 THUMBS_PER_CLASS = 4  # synthetic and real images shown per class and best trial
 BEST_SHOWN = 3  # best trials shown with their images

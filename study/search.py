@@ -1,4 +1,4 @@
-"""`python -m lora search`: search LoRA parameters for realism with Optuna (TPE sampler, median pruner).
+"""`python -m study search`: search LoRA parameters for realism with Optuna (TPE sampler, median pruner).
 
 One trial = one set of parameters (rank, alpha/rank, learning rates, epochs, network
 preset, sampling weight), class by class on one fold of the split:
@@ -58,7 +58,7 @@ from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
 from prompts.schema.search import SPACE_KEYS
 
-log = logging.getLogger("lora.search")
+log = logging.getLogger("study.search")
 
 STORAGE_FILE = "search.journal"
 TRIALS_DIR = "trials"
@@ -421,7 +421,7 @@ class TrialDiverged(Exception):
 
 def _train(cfg, data_section) -> None:
     """lora.train.run; a diverged run (too high a learning rate) is the trial's outcome, not bad input."""
-    from .train import Diverged, run
+    from lora.train import Diverged, run
 
     try:
         run(cfg, data_section)
@@ -527,8 +527,7 @@ def _check_output(out: Path, study: Study, search, url: str) -> None:
 def _check_inputs(study: Study, search, dims: list[Dimension], out: Path) -> None:
     """The trainer's and the classifier's checks on the first trial's settings, before anything is written."""
     from classify.model import check_backbone, normalize_weights
-
-    from .train import plan
+    from lora.train import plan
 
     first = {d.name: d.choices[0] if d.choices else (int(d.low) if d.integer else d.low) for d in dims}
     s = _trial_settings(study, search, first, out / TRIALS_DIR / "check")

@@ -1,0 +1,40 @@
+# The folds and one LoRA per (fold, group).
+
+
+if not P.split_given:
+
+    rule split:
+        """The folds (written once; every LoRA, image tree and CV run of fold k follows it)."""
+        input:
+            P.images,
+        output:
+            SPLIT,
+        params:
+            settings=P.digests["split"],
+        log:
+            LOGS / "split.log",
+        threads: 1
+        shell:
+            ENV + "{PY} -m classify split --config {STUDY} --output {output} --no-progress" + LOGGED
+
+
+rule lora:
+    """One LoRA: fold {fold}'s training images of one group; resumes from its checkpoint after a kill."""
+    input:
+        images=P.images,
+        templates=str(P.templates),
+        split=SPLIT,
+        model=MODEL_INPUT,
+    output:
+        directory(str(P.lora_root) + "/fold_{fold}/{group}"),
+    params:
+        settings=P.digests["lora"],
+        select=lambda wc: P.lora_flags(wc.group),
+    log:
+        str(LOGS) + "/lora/fold_{fold}/{group}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        ENV + GPU + "{PY} -m lora train --config {STUDY} --model {LORA_MODEL} --split {input.split} "
+        "--fold {wildcards.fold} {params.select} --output {LORA_ROOT} --resume auto" + LOGGED
