@@ -91,20 +91,3 @@ def test_targets_and_instances_round_trip():
     m = matching(labels, pred, thresh=0.9)
     assert (m.tp, m.fp, m.fn) == (3, 0, 0)
 
-
-def test_verdicts():
-    from segment.verdicts import repeats_needed, verdict
-
-    # significant after Holm: helps / hurts by the sign
-    assert verdict(0.05, 0.01, 5, 0.03, 0.07, 0.01, 0.02, 80, 20, 5).word == "helps"
-    assert verdict(-0.05, 0.01, 5, -0.07, -0.03, 0.01, 0.02, 80, 20, 5).word == "hurts"
-    # not significant, interval inside +-margin: equivalent; wider: inconclusive with repeats to run
-    assert verdict(0.001, 0.005, 5, -0.01, 0.012, 0.8, 0.02, 80, 20, 5).word == "equivalent"
-    # d = 0.03, sd 0.02, 5 folds, n_test/n_train = 1/4: the half-width t(4) * sqrt(1/5 + 1/4) * 0.02 = 0.037 > d;
-    # with 2 repeats t(9) * sqrt(1/10 + 1/4) * 0.02 = 0.027 < d
-    v = verdict(0.03, 0.02, 5, -0.007, 0.067, 0.1, 0.02, 80, 20, 5)
-    assert (v.word, v.repeats_needed) == ("inconclusive", 2)
-    assert verdict(0.03, 0.04, 1, float("nan"), float("nan"), float("nan"), 0.02, 80, 20, 5).word == "untested"
-    # a larger family (Holm) asks for at least as many repeats; a tiny effect at a large spread: never settled
-    assert repeats_needed(0.03, 0.02, 0.02, 80, 20, 5, family=4) > repeats_needed(0.03, 0.02, 0.02, 80, 20, 5, family=1)
-    assert repeats_needed(0.03, 0.04, 0.02, 80, 20, 5) is None  # the corrected se never falls below 0.5 * 0.04
