@@ -59,7 +59,7 @@ def lora_times(model: Path, data: Path, out: Path, args) -> list[float]:
 
 def prepare(tmp: Path, args) -> tuple[Path, Path, Path]:
     """(model folder, pairs folder, class folder of the same images for the LoRA)."""
-    from lora.tiny import write_tiny_model
+    from diffusion.tiny import write_tiny_model
     from prompts.blobs import make_blob_pairs
 
     model = write_tiny_model(tmp / "tiny") if args.model == "tiny" else build_model(args.model, tmp / args.model)

@@ -36,6 +36,9 @@ def parser():
         add_section_flags(p, SECTIONS["data"], data_keys)
         add_section_flags(p, SECTIONS["classify"], classify_keys)
         _run_flags(p)
+        if name == "cv":  # the workflow's record of outputs of earlier settings, shown in the report
+            p.add_argument("--dropped", metavar="FILE", help="dropped-outputs record (JSON) the report lists under "
+                           "\"Dropped from this study\" (default: dropped.json beside OUTPUT, when present)")
         if name == "calibrate-weights":
             p.add_argument("--max-images", type=int, default=64, help="images used for the statistics (default: 64)")
     # the blind test's two subcommands, from the `blind` section
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
     if args.command == "split":
         return cmd_split(data, cls)
     if args.command == "cv":
-        return cmd_cv(data, cls, args.progress)
+        return cmd_cv(data, cls, args.progress, args.dropped)
     if args.command == "calibrate-weights":
         return cmd_calibrate(data, cls, args.max_images)
     if args.command == "blind-test":
@@ -107,13 +110,13 @@ def cmd_split(data, cls) -> int:
     return 0
 
 
-def cmd_cv(data, cls, progress: bool) -> int:
+def cmd_cv(data, cls, progress: bool, dropped: str | None = None) -> int:
     from .cv import run_cv
     from .report import report_inputs, write_reports
 
-    report_inputs(cls.realism, cls.blind)  # a bad --realism or --blind stops now, not after the CV
+    report_inputs(cls.realism, cls.blind, dropped)  # a bad --realism, --blind or --dropped stops now, not after the CV
     results = run_cv(data, cls, progress)
-    paths = write_reports(results, cls.output)
+    paths = write_reports(results, cls.output, dropped)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import stats
 from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.files import write_json_atomic
@@ -34,10 +35,9 @@ from prompts.guard import check_output_dir
 from prompts.layout import FINGERPRINT_FILE, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE, fold_name
 from prompts.splits import Fold, Split, read_split, write_split
 
-from . import metrics, stats
+from . import metrics
 from .mixes import Mix, PairItem, parse_mixes, training_set
 from .synthetic import LeakError, SyntheticPairs, check_provenance, read_synthetic, tree_record
-from .verdicts import LEVEL, verdict
 
 log = logging.getLogger(__name__)
 REAL_TREE = "real"  # tree name of mixes that use no synthetic pairs
@@ -219,7 +219,7 @@ class Runner:
 
 
 # settings that reach a job only through its pairs (or not at all)
-_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "weights", "margin", "overlays", "realism", "synthetic", "output"})
+_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "weights", "delta", "overlays", "realism", "synthetic", "output"})
 _OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, RUNS_DIR, OVERLAYS_DIR)
 SMOKE_WARNING = ("segment.weights is {w}: the U-Net's encoder starts from random weights{narrow}; with few pairs its "
                  "scores and p-values are a smoke test, not an answer; use --weights imagenet or an encoder weights file")
@@ -283,7 +283,7 @@ def run_fingerprint(items: dict[str, PairItem], split: Split, syn: SyntheticPair
     """What determines a CV run's results: settings, initial network, data pairs, split, synthetic trees."""
     from .model import weights_id
 
-    settings = {k: v for k, v in fingerprint.settings_part(seg).items() if k not in ("weights", "realism", "output")}
+    settings = {k: v for k, v in fingerprint.settings_part(seg).items() if k not in ("weights", "realism", "output", "delta")}
     parts = {f"settings.{k}": v for k, v in settings.items()}
     data = sorted((p, it.key) for p, it in items.items())
     folds = [[f.repeat, f.fold, list(f.train), list(f.test)] for f in split.folds]
@@ -350,15 +350,16 @@ def summarize(results: list[dict], dataset, split: Split, mixes: list[Mix], syn,
                     diffs = [runs[k]["metrics"][m] - real_runs[k]["metrics"][m] for k in common]
                     tval, p = stats.corrected_ttest(diffs, n_train, n_test)
                     dm, ds = stats.mean_std(diffs)
-                    lo, hi = stats.corrected_interval(dm, ds, len(diffs), n_train, n_test, LEVEL)
-                    row["vs_real"][m] = {"diff_mean": dm, "diff_std": ds, "t": tval, "p": p, "ci": [lo, hi], "j": len(diffs)}
+                    lo, hi = stats.corrected_interval(dm, ds, len(diffs), n_train, n_test, 0.95)
+                    row["vs_real"][m] = {"diff_mean": dm, "diff_std": ds, "t": tval, "p": p, "ci": [lo, hi], "j": len(diffs),
+                                         "diffs": diffs}
             row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
             row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
             row["shortfall"] = int(sum(runs[k].get("shortfall", 0) for k in folds))
             row["overlays"] = next((runs[k].get("overlays", []) for k in folds if runs[k].get("overlays")), [])
             rows.append(row)
         tables[t] = rows
-    _add_verdicts(tables, n_train, n_test, split.n_splits, seg.margin)
+    _add_verdicts(tables, n_train, n_test, split.n_splits, seg.delta)
     return {
         "version": 1, "task": "segmentation", "data": str(dataset.root),
         "split": str(split.path) if split.path else None, "group_by": split.group_by,
@@ -370,13 +371,19 @@ def summarize(results: list[dict], dataset, split: Split, mixes: list[Mix], syn,
     }
 
 
-def _add_verdicts(tables: dict, n_train: float, n_test: float, k_folds: int, margin: float) -> None:
-    """Holm over every synthetic mix of every tree on the primary metric; a verdict per row (in place)."""
-    family = [r for rows in tables.values() for r in rows if r["uses_synthetic"] and PRIMARY in r["vs_real"]]
-    ps = [r["vs_real"][PRIMARY]["p"] for r in family]
-    for r, ph in zip(family, stats.holm(ps)):
-        v = r["vs_real"][PRIMARY]
-        v["p_holm"] = ph
-        lo, hi = v["ci"]
-        verd = verdict(v["diff_mean"], v["diff_std"], v["j"], lo, hi, ph, margin, n_train, n_test, k_folds)
-        r["verdict"] = {"word": verd.word, "repeats_needed": verd.repeats_needed, "text": verd.text()}
+def _add_verdicts(tables: dict, n_train: float, n_test: float, k_folds: int, delta: float) -> None:
+    """One Holm family over every synthetic mix of every tree on the primary metric; a verdict per row (in place).
+
+    The rule is `analysis.verdicts` (shared with `classify cv`): equivalent within ±delta by TOST first, then
+    helps / hurts by the Holm-adjusted corrected t-test, else inconclusive with the CV repeats that would settle it.
+    """
+    from analysis.verdicts import decide_family
+
+    family = {f"{r['tree']}/{r['mix']}": r for rows in tables.values() for r in rows
+              if r["uses_synthetic"] and PRIMARY in r["vs_real"]}
+    verdicts = decide_family({k: r["vs_real"][PRIMARY]["diffs"] for k, r in family.items()}, n_train, n_test,
+                             delta=delta, folds=k_folds)
+    for key, v in verdicts.items():
+        r = family[key]
+        r["vs_real"][PRIMARY]["p_holm"] = v.p_holm
+        r["verdict"] = dataclasses.asdict(v)

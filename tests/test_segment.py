@@ -131,9 +131,10 @@ def test_cv_end_to_end_with_a_synthetic_mix_and_resume(blobs, tmp_path):
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + 6 and csv_lines[0].startswith("tree,mix,fold,repeat,ap50")
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
-    assert "Smoke run" in md and "tiny" in md
+    assert "Smoke run" in md and "`tiny` smoke model" in md and "tiny random Stable Diffusion" in md
     assert "adding synthetic pairs" in md
-    assert md.count("overlays/") == 3 * 2 and page.count("data:image/png;base64,") == 3 * 2
+    assert page.count("data:image/png;base64,") == 3 * 2  # 2 overlays for each of the 3 (tree, mix) runs of the first fold
+    assert "Verdicts" in md and "one Holm family" in md
     for run in results["runs"]:
         for p in run["overlays"]:
             assert (out / p).is_file()
@@ -211,7 +212,8 @@ def test_cv_refuses_a_synthetic_pair_that_is_a_test_pair(blobs, tmp_path, capsys
     (["--backbone", "ResNet50"], ["--backbone ResNet50"]),
     (["--weights", "missing.weights.h5"], ["--weights missing.weights.h5", "no such file"]),
     (["--folds", "20"], ["fewer than --folds 20"]),
-    (["--margin", "-1"], ["--margin"]),
+    (["--delta", "-1"], ["--delta"]),
+    (["--realism", "nope.json"], ["--realism nope.json", "segment realism"]),
 ])
 def test_cv_bad_inputs_are_one_line(blobs, tmp_path, capsys, extra, words):
     argv = ["cv", "--data", str(blobs), "--output", str(tmp_path / "out"), "--weights", "tiny", "--image-size", str(SIZE),
@@ -240,3 +242,27 @@ def test_realism_writes_kid_c2st_and_mask_consistency(blobs, tmp_path):
     assert 0.0 <= row["mask_iou"] <= 1.0 and 0.0 <= row["mask_ap50"] <= 1.0
     assert row["c2st_accuracy"] is not None and 0.0 <= row["c2st_accuracy"] <= 1.0
     assert "mask AP50" in (out / "realism.md").read_text()
+
+
+def test_cv_on_pairs_from_per_fold_controlnets(blobs, tiny_model, tmp_path, caplog):
+    """The real chain on the tiny model: a ControlNet per fold, its pairs (trees aug and density12.0), the CV
+    checks each tree's record against the fold's test pairs and trains on them."""
+    import logging
+
+    from controlnet.__main__ import main as controlnet
+
+    split_path, split = _split(blobs, tmp_path / "split.json")
+    common = ["--data", str(blobs), "--split", str(split_path), "--model", str(tiny_model), "--output", str(tmp_path / "cn")]
+    controlnet(["train", *common, "--resolution", str(SIZE), "--batch-size", "2", "--epochs", "1"])
+    controlnet(["generate", *common, "--synthetic", str(tmp_path / "syn"), "--size", str(SIZE), "--count", "2",
+                "--densities", "12", "--steps", "2", "--no-progress"])
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        assert _cv(["--data", str(blobs), "--split", str(split_path), "--synthetic", str(tmp_path / "syn"), "--output", str(out),
+                    "--mixes", "real,synthetic", "--weights", "tiny", "--image-size", str(SIZE), "--epochs", "1",
+                    "--batch-size", "4", "--overlays", "1"]) == 0
+    assert not [r for r in caplog.records if "no record" in r.getMessage()]  # every tree's provenance was checked
+    results = json.loads((out / "results.json").read_text())
+    assert {(r["tree"], r["mix"]) for r in results["runs"]} == {("real", "real"), ("aug", "synthetic"), ("density12.0", "synthetic")}
+    assert not any(r["leaky"] for r in results["runs"])
+    assert "tiny random Stable Diffusion" in (out / "report.md").read_text()

@@ -90,3 +90,4 @@ def test_targets_and_instances_round_trip():
     assert pred.max() == 3
     m = matching(labels, pred, thresh=0.9)
     assert (m.tp, m.fp, m.fn) == (3, 0, 0)
+

@@ -16,7 +16,6 @@ S synthetic, 1-3 confidence (optional, before R/S), K skip, U back. The last ans
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import secrets
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
+from analysis.encode import data_uri
 from prompts.errors import UserError
 from prompts.files import sha256_bytes, write_bytes_atomic, write_json_atomic
 
@@ -103,10 +103,6 @@ def equal_lengths(encoded: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return out
 
 
-def data_uri(mime: str, data: bytes) -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
 def render_page(test_id: str, images: list[dict], size: int) -> str:
     """The page's HTML. images: [{"id": opaque id, "src": data URI}] in the page's default order; size: pixels."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -158,7 +154,7 @@ def blind_test(data_section, blind_section) -> list[Path]:
     weights = choose_weights(syn, b.lora_weights)
     items = draw_items(dataset, syn, weights, b.per_class, b.seed)
     encoded = [encode_image(it.path, b.size, b.image_format, b.jpeg_quality) for it in items]
-    images = [{"id": it.id, "src": data_uri(mime, data)} for it, (mime, data) in zip(items, equal_lengths(encoded))]
+    images = [{"id": it.id, "src": data_uri(data, mime)} for it, (mime, data) in zip(items, equal_lengths(encoded))]
 
     test_id = secrets.token_hex(8)  # unique per page, so two tests never share a browser's saved progress
     page = render_page(test_id, images, b.size).encode("utf-8")

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 from ._field import opt
 
 ALL = ("lora train", "generate", "classify split", "classify cv", "classify realism", "classify calibrate-weights",
-       "classify blind-test", "study search", "generate --dry-run",
-       "segment cv", "segment realism")
+       "classify blind-test", "study search", "generate --dry-run", "segment cv", "segment realism")
 
 
 @dataclass

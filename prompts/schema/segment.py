@@ -26,7 +26,8 @@ class SegmentSection:
     learning_rate: float = opt(1e-3, "Adam learning rate", gt=0)
     augment: bool = opt(True, "random flips and 90-degree rotations of image and mask together")
     min_size: int = opt(4, "interior seeds smaller than this many pixels are dropped before the watershed", ge=1)
-    margin: float = opt(0.02, "equivalence margin on AP50: a mix whose 95 % interval lies within +-margin of real is equivalent", gt=0)
+    delta: float = opt(0.02, "margin of practical equivalence on AP50: a mix whose TOST interval against `real` lies within "
+                       "±delta is reported as equivalent (report only: runs are reused)", gt=0, lt=1)
     overlays: int = opt(3, "test images per mix drawn with predicted and true outlines in the report (first fold)", ge=0)
     realism: str | None = opt(None, "realism.json written by `segment realism` (or its folder), added to the CV report", path=True)
     overwrite: bool = opt(False, "recompute a CV run in OUT whose inputs changed; replace a realism report", result=False)
