@@ -91,7 +91,8 @@ def test_the_workflow_runs_the_segmentation_study_to_a_report_with_verdicts(seg_
     verdicts = [row["verdict"]["word"] for rows in results["tables"].values() for row in rows if row["uses_synthetic"]]
     assert len(verdicts) == len(TREES) and set(verdicts) <= {"helps", "hurts", "equivalent", "inconclusive"}
     report = (out / "report" / "report.md").read_text()
-    assert "Realism of the synthetic pairs" in report and "overlays/" in report
+    assert "Realism of the synthetic pairs" in report and "outlines" in report
+    assert any((out / "report" / "overlays").rglob("*.png"))
     # Each fold has its trees, each with its pairs and masks; the manifest lists every pair once.
     manifest = [json.loads(line) for line in (out / "synthetic" / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == 2 * len(TREES) * 2 and len({r["file"] for r in manifest}) == len(manifest)
