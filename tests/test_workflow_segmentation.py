@@ -143,7 +143,9 @@ def test_a_segmentation_study_without_pairs_is_one_line(tmp_path, class_data):
                                          "controlnet: {model: tiny}\n")
     res = snakemake(tmp_path, "--cores", "1", "-n")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
-    assert "error:" in res.stderr and not (tmp_path / "out").exists()
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "image–mask pairs" in errors[0] and str(class_data) in errors[0], res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_slurm_profile_sizes_every_segmentation_rule():
