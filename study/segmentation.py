@@ -29,6 +29,7 @@ TASK = "segmentation"
 # segment keys read by `segment realism` and by the split (the CV reads the whole section).
 SPLIT_KEYS = ("folds", "repeats", "group_by", "seed")
 REALISM_KEYS = ("backbone", "weights", "image_size", "epochs", "batch_size", "learning_rate", "augment", "min_size", "seed")
+UNET_WEIGHT_KEYWORDS = ("imagenet", "none", "tiny")  # segment.weights values that name no file
 # controlnet keys set per job by the workflow (paths and the fold): never part of a digest.
 JOB_KEYS = ("output", "synthetic", "fold", "overwrite")
 
@@ -51,6 +52,7 @@ class SegPlan:
     trees: list[str]  # synthetic trees per fold: `aug`, `density<X>`
     model: str  # the ControlNet's base model (the tiny one under OUT/models/ for `tiny`)
     tiny_model: bool
+    unet_weights: list[str] = field(default_factory=list)  # segment.weights when it is a file: an input of realism and CV
     digests: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     task: str = TASK
@@ -158,7 +160,8 @@ def resolve(study, study_file: Path) -> SegPlan:
     plan = SegPlan(study_file=study_file, out=out, data=data,
                    pair_files=sorted({str(p) for pair in pairs for p in (pair.image, pair.mask)}),
                    split=split, split_given=split_given, folds=list(range(n_folds)), trees=list(dict.fromkeys(trees)),
-                   model=model, tiny_model=tiny)
+                   model=model, tiny_model=tiny,
+                   unet_weights=[] if seg.weights in UNET_WEIGHT_KEYWORDS else [str(Path(seg.weights).resolve())])
     plan.digests = digests(study, model_name)
     if seg.weights == "none":
         plan.warnings.append(f"{study_file}: segment.weights is none: the U-Net encoder starts from random weights; "

@@ -181,3 +181,24 @@ def test_trees_of_earlier_settings_are_moved_aside_and_foreign_folders_refused(t
     with pytest.raises(UserError, match="mine"):
         set_aside_stale_trees(plan, 0, "t2")
     assert (fold / "mine").is_dir()
+
+
+def test_a_given_split_file_sets_the_folds_and_is_never_written(tmp_path):
+    """`data.split`: the user's folds (written here by the workflow's own split command) drive every per-fold job."""
+    from prompts.blobs import make_blob_pairs
+
+    make_blob_pairs(tmp_path / "data", n=6, size=32, seed=1)
+    (tmp_path / "study.yaml").write_text("study: {output: out, task: segmentation}\ndata: {data: data, split: folds.json}\n"
+                                         "controlnet: {model: tiny}\nsegment: {folds: 3, weights: tiny}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "study.segmentation", "split", "--config", "study.yaml", "--output", "folds.json"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    split = json.loads((tmp_path / "folds.json").read_text())
+    assert len(split["folds"]) == 3 and sorted(n for f in split["folds"] for n in f["test"]) == [f"images/blob_{i:03d}.png" for i in range(6)]
+    before = (tmp_path / "folds.json").read_bytes()
+    res = snakemake(tmp_path, "-n")
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    assert "pairs_split" not in counts and counts["controlnet"] == 3 and counts["pairs"] == 3, counts
+    assert (tmp_path / "folds.json").read_bytes() == before

@@ -7,7 +7,8 @@
 CN_ROOT = quote(P.controlnet_root)
 SEG_MODEL = quote(P.model)
 TREES = P.trees
-SEG_REPORT_INPUTS = dict(trees=P.all_tree_dirs(), manifest=str(P.manifest), split=SPLIT, pairs=P.pair_files)
+SEG_REPORT_INPUTS = dict(trees=P.all_tree_dirs(), manifest=str(P.manifest), split=SPLIT, pairs=P.pair_files,
+                         weights=P.unet_weights)
 
 
 if P.tiny_model:
