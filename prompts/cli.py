@@ -113,4 +113,8 @@ def read_settings(args, command: str, sections: tuple[str, ...]) -> Study:
     if study.generate.model is None and study.lora.model is not None:
         study.generate.model = study.lora.model  # one base model for the study unless generate names another
     check_required(study, command)
+    from .images import set_reading
+    from .normalize import from_section
+
+    set_reading(from_section(study.data))  # one reading rule for every image this command decodes
     return study
