@@ -384,7 +384,7 @@ def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jo
     w = normalize_weights(cls.weights)
     weights = fingerprint.file_sha256(w) if w not in (None, "imagenet") else w
     return fingerprint.make(**parts, weights=weights, model=runner.key, data=data, split=folds, synthetic=synthetic,
-                            metrics=stats.METRICS_VERSION)
+                            metrics=stats.METRICS_VERSION, reading=fingerprint.reading_part())
 
 
 def check_reuse(out: Path, current: dict, overwrite: bool) -> None:

@@ -365,3 +365,56 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
+
+
+# --------------------------------------------------------------------------- content keys
+
+def reads_as_is(path: str | os.PathLike) -> bool:
+    """True when the reading rule cannot change this image: an 8-bit file Pillow decodes (the header says)."""
+    base = Path(file_of(path))
+    if base != Path(path) or not _uses_pillow(base):
+        return False
+    try:
+        with Image.open(base) as im:
+            return im.mode not in _HIGH_BIT_MODES
+    except Exception:
+        return True  # undecodable: the decoder names it; the key does not matter
+
+
+def content_key(path: str | os.PathLike, reading: Reading | None = None) -> str:
+    """A key of the pixels `load_image` gives: the file's sha256 for 8-bit images (as before the reading rule),
+    else the sha256 of the file's hash and the rule, so a changed rule never reuses pixels read under the old one."""
+    from .fingerprint import digest, file_sha256
+
+    key = file_sha256(path)
+    if reads_as_is(path):
+        return key
+    import hashlib
+
+    return hashlib.sha256(f"{key}|{digest((reading or current_reading()).record())}".encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- what a file holds (`prompts show`)
+
+_MODE_DTYPE = {"1": "bool", "L": "uint8", "LA": "uint8", "P": "uint8", "RGB": "uint8", "RGBA": "uint8", "CMYK": "uint8",
+               "YCbCr": "uint8", "I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I;16N": "uint16", "I": "int32", "F": "float32"}
+
+
+def describe_image(path: str | os.PathLike) -> dict:
+    """What an image name holds, from its header: format, dtype, channels (names), shape (str).
+
+    shape: 'HxW' for Pillow files; 'T x C x Z x Y x X' of the scene for lab files."""
+    base = Path(file_of(path))
+    if base == Path(path) and _uses_pillow(base):
+        with Image.open(base) as im:
+            return {"format": im.format or base.suffix.lstrip(".").upper(), "dtype": _MODE_DTYPE.get(im.mode, im.mode),
+                    "channels": "gray" if im.mode in _GRAY_MODES else "RGB", "shape": f"{im.height}x{im.width}"}
+    _, scene, _ = split_name(path)
+    img, _ = _open_scene(base, scene)
+    d = img.dims
+    names = ", ".join(str(c) for c in (img.channel_names or [])) or f"{d.C}"
+    fmt = "OME-Zarr" if base.suffix.lower() == ZARR_SUFFIX else ("OME-TIFF" if base.name.lower().endswith((".ome.tif", ".ome.tiff"))
+                                                                or img.reader.__class__.__module__.startswith("bioio_ome_tiff")
+                                                                else base.suffix.lstrip(".").upper())
+    shape = f"T{d.T} C{d.C} Z{d.Z} {d.Y}x{d.X}" + (f" S{d.S}" if "S" in d.order and d.S > 1 else "")
+    return {"format": fmt, "dtype": str(img.dtype), "channels": names, "shape": shape}
