@@ -92,7 +92,7 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     trained on (the tree's fingerprint.json); trees without that record are named in one
     warning. Shared trees stand in knowingly and are flagged as leaky in the report.
     """
-    h = fingerprint.file_sha256  # content hashes, memoised per (path, size, mtime)
+    from prompts.images import content_key as h  # content hashes (memoised), with the reading rule for >8-bit images
     rec = dataset.by_path()
     classes = dataset.classes
     trees = syn.weights if syn and any(m.uses_synthetic for m in mixes) else []

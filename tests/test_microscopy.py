@@ -335,6 +335,7 @@ def test_bad_reading_keys_in_the_study_file(tmp_path):
 
 # --------------------------------------------------------------------------- the tools end to end
 
+@pytest.mark.slow
 def test_split_lora_generate_and_cv_on_lab_files(lab_data, tiny_model, tmp_path):
     pytest.importorskip("keras")
     pytest.importorskip("diffusers")
