@@ -191,8 +191,9 @@ def main(argv=None):
     if args.sheet_images < 1:
         raise UserError(f"--sheet-images {args.sheet_images}: must be at least 1")
     dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images)
-    from .images import current_reading
+    from .images import current_reading, fit_reading, set_reading
 
+    set_reading(fit_reading([dataset.abspath(r) for r in dataset.records]))  # percentile-dataset: over every image shown
     reading_text = describe_reading(dataset, current_reading(), args.sheet_images)
     if args.sheet:
         write_sheet(args.sheet, dataset, args.sheet_images, args.overwrite)

@@ -114,7 +114,9 @@ def read_settings(args, command: str, sections: tuple[str, ...]) -> Study:
         study.generate.model = study.lora.model  # one base model for the study unless generate names another
     check_required(study, command)
     from .images import set_reading
-    from .normalize import from_section
+    from .normalize import check_supported, from_section
 
-    set_reading(from_section(study.data))  # one reading rule for every image this command decodes
+    reading = from_section(study.data)
+    check_supported(reading, command, study.generate.init_images)
+    set_reading(reading)  # one reading rule for every image this command decodes
     return study

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
-from .images import IMAGE_SUFFIXES, ZARR_SUFFIX, file_of, image_names, is_image_file, load_image
+from .images import IMAGE_SUFFIXES, ZARR_SUFFIX, check_decodes, file_of, image_names, is_image_file
 from .layout import GROUP_SEP, check_name
 
 
@@ -250,7 +250,7 @@ def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_ba
         good = []
         for r in records:
             try:
-                load_image(root / r.path)
+                check_decodes(root / r.path)
                 good.append(r)
             except UserError:
                 if not skip_bad_images:

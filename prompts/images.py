@@ -280,6 +280,17 @@ def load_image(path: str | os.PathLike, reading: Reading | None = None) -> Image
     return compose([to_8bit(p, reading, c, f"{path}: ") for c, p in enumerate(planes)])
 
 
+def check_decodes(path: str | os.PathLike) -> None:
+    """Decode an image name once under the process's rule (a UserError names what is wrong). percentile-dataset
+    levels are fitted later, per fold, so the check reads such images with min-max instead."""
+    reading = current_reading()
+    if reading.normalize == "percentile-dataset" and reading.levels is None:
+        from dataclasses import replace
+
+        reading = replace(reading, normalize="minmax")
+    load_image(path, reading)
+
+
 def fit_reading(paths, reading: Reading | None = None) -> Reading:
     """For percentile-dataset: `reading` with the percentiles over every pixel of `paths` (per output channel).
 

@@ -184,5 +184,19 @@ def fit_levels(planes_per_image, low: float, high: float) -> tuple:
     return tuple(levels)
 
 
+# The commands that decode real images without knowing a fold's training set (yet): percentile-dataset
+# would have no levels there, so they refuse it before anything is written.
+_NO_FOLD_LEVELS = ("classify cv", "classify realism", "classify calibrate-weights", "classify blind-test")
+
+
+def check_supported(reading: Reading, command: str, init_images: str = "none") -> None:
+    """One line, before anything is written, when `command` cannot apply `reading` (percentile-dataset)."""
+    if reading.normalize != "percentile-dataset":
+        return
+    if command in _NO_FOLD_LEVELS or (command == "generate" and init_images == "real"):
+        raise UserError(f"data.normalize percentile-dataset is applied by lora train only so far; `{command}` needs "
+                        "percentile (per image), minmax or none")
+
+
 def with_levels(reading: Reading, levels) -> Reading:
     return replace(reading, levels=tuple(tuple(map(float, lv)) for lv in levels))

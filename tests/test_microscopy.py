@@ -373,3 +373,37 @@ classify: {{folds: 2, backbone: EfficientNetB0, weights: none, image_size: 32, e
                 "--cache-dir", tmp_path / "cache", timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert any(cv.rglob("*.json"))
+
+
+def test_percentile_dataset_levels_come_from_the_folds_training_images(lab_data, tiny_model, tmp_path):
+    pytest.importorskip("torch")
+    from lora.train import plan
+    from prompts.config import load_study
+    from prompts.images import fit_reading, set_reading
+    from prompts.normalize import from_section
+    from prompts.splits import read_split
+
+    r = run_cli("-m", "classify", "split", "--data", lab_data, "--output", tmp_path / "split.json", "--folds", 2)
+    assert r.returncode == 0, r.stderr
+    study = tmp_path / "s.yaml"
+    study.write_text(f"data: {{data: {lab_data}, split: {tmp_path / 'split.json'}, normalize: percentile-dataset}}\n"
+                     f"lora: {{model: {tiny_model}, output: {tmp_path / 'out'}, fold: all, per: class}}\n")
+    s = load_study(study)
+    try:
+        set_reading(from_section(s.data))
+        jobs = plan(s.lora, s.data)
+    finally:
+        set_reading(Reading())
+    from prompts.dataset import read_dataset
+
+    ds = read_dataset(lab_data)
+    split = read_split(tmp_path / "split.json", ds)
+    for fold in split.folds:
+        want = fit_reading([ds.abspath(p) for p in fold.train], Reading(normalize="percentile-dataset")).levels
+        fold_jobs = [j for j in jobs if j.fold == fold.index]
+        assert fold_jobs and all(j.reading.levels == want for j in fold_jobs)  # every class of the fold: one set of levels
+        assert all(j.fingerprint["reading"]["levels"] == [list(lv) for lv in want] for j in fold_jobs)
+    assert jobs[0].fingerprint["parts"]["reading"] != [j for j in jobs if j.fold != jobs[0].fold][0].fingerprint["parts"]["reading"]
+    r = run_cli("-m", "classify", "cv", "--data", lab_data, "--split", tmp_path / "split.json", "--output", tmp_path / "cv",
+                "--normalize", "percentile-dataset")
+    assert r.returncode == 2 and "percentile-dataset is applied by lora train only" in r.stderr and not (tmp_path / "cv").exists()
