@@ -156,12 +156,24 @@ def test_real_16bit_brightfield_uses_the_full_range():
     assert np.array_equal(img, scale(raw, *np.percentile(raw, [1, 99.8])))
 
 
+def test_histogram_percentiles_and_lookup_table_equal_numpy_exactly():
+    from prompts.normalize import _scale_values, percentile_levels
+
+    rng = np.random.default_rng(11)
+    for n, top in ((1, 4095), (7, 255), (999, 4095), (5000, 65535), (100_000, 4095)):
+        x = rng.integers(0, top + 1, n).astype(np.uint8 if top == 255 else np.uint16)
+        for q in (0, 1, 2.5, 50, 99.8, 100, float(rng.uniform(0, 100))):
+            assert percentile_levels(x, q, q)[0] == float(np.percentile(x, q)), (n, q)  # the same float, not just close
+        lo, hi = np.percentile(x, [1, 99.8])
+        assert np.array_equal(scale(x, lo, hi), _scale_values(x, lo, hi))
+
+
 def test_dataset_percentiles_pool_every_pixel_exactly():
     rng = np.random.default_rng(5)
     images = [[rng.integers(0, 4096, (17, 13), dtype=np.uint16)] for _ in range(3)]
     pooled = np.concatenate([im[0].ravel() for im in images])
     (lo, hi), = fit_levels(images, 1, 99.8)
-    assert (lo, hi) == pytest.approx(tuple(np.percentile(pooled, [1, 99.8])))
+    assert (lo, hi) == tuple(np.percentile(pooled, [1, 99.8]))
     floats = [[im[0].astype(np.float32) / 4095] for im in images]
     (flo, fhi), = fit_levels(floats, 2, 98)
     assert (flo, fhi) == pytest.approx(tuple(np.percentile(np.concatenate([f[0].ravel() for f in floats]), [2, 98])), rel=1e-6)
