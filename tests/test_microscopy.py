@@ -377,6 +377,7 @@ classify: {{folds: 2, backbone: EfficientNetB0, weights: none, image_size: 32, e
     records = [json.loads(line) for line in (syn / "manifest.jsonl").read_text().splitlines()]
     train0 = set(json.loads(split.read_text())["folds"][0]["train"])
     assert records and all(rec["mode"] == "img2img" and rec["init_image"] in train0 for rec in records)
+    assert all(rec["reading"]["normalize"] == "percentile" for rec in records)  # how the init image was read
     with Image.open(syn / records[0]["file"]) as im:
         assert im.mode in ("RGB", "L") and im.size == (32, 32)  # synthetic images stay 8-bit PNG
 
@@ -419,3 +420,22 @@ def test_percentile_dataset_levels_come_from_the_folds_training_images(lab_data,
     r = run_cli("-m", "classify", "cv", "--data", lab_data, "--split", tmp_path / "split.json", "--output", tmp_path / "cv",
                 "--normalize", "percentile-dataset")
     assert r.returncode == 2 and "percentile-dataset is applied by lora train only" in r.stderr and not (tmp_path / "cv").exists()
+
+
+def test_workflow_plans_a_study_of_lab_files(lab_data, tmp_path):
+    """Snakemake's dry run of a whole study on lab files: the plan reads scenes and zarr folders, tracks the files."""
+    snakemake = Path(sys.executable).parent / "snakemake"
+    if not snakemake.exists():
+        pytest.skip("snakemake is not installed")
+    (tmp_path / "study.yaml").write_text(f"""\
+study: {{output: out}}
+data: {{data: {lab_data}, normalize: percentile, z: middle}}
+lora: {{model: tiny, per: class, epochs: 1, resolution: 64}}
+generate: {{steps: 2, size: [32, 32], lora_weights: [1.0], fraction: [0.5], init_images: real}}
+classify: {{folds: 2, backbone: EfficientNetB0, weights: none, image_size: 32, epochs: 1, mixes: [real, real+50]}}
+""")
+    env = {**ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    r = subprocess.run([str(snakemake), "-s", str(ROOT / "workflow" / "Snakefile"), "--configfile", "study.yaml", "-n"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "lora" in r.stdout and "cv" in r.stdout and not (tmp_path / "out" / "folds.json").exists()
