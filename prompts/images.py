@@ -76,7 +76,9 @@ def image_name(path: str, scene: int | None, t: int | None) -> str:
 # --------------------------------------------------------------------------- which reader
 
 def _uses_pillow(path: Path) -> bool:
-    """Pillow for JPEG/PNG/BMP and for a TIFF that is one plain page (bit-identical to the old reader)."""
+    """Pillow for JPEG/PNG/BMP and for a TIFF that is one plain page Pillow reads (8-bit, or one sample of
+    16/32 bits): bit-identical to the old reader. Other TIFFs (OME, several pages or series, 16-bit RGB,
+    2 or more than 4 samples) go through bioio."""
     suffix = path.suffix.lower()
     if suffix in PILLOW_SUFFIXES:
         return True
@@ -86,7 +88,10 @@ def _uses_pillow(path: Path) -> bool:
         import tifffile
 
         with tifffile.TiffFile(path) as tf:
-            return not tf.is_ome and len(tf.series) == 1 and len(tf.pages) == 1
+            if tf.is_ome or len(tf.series) != 1 or len(tf.pages) != 1:
+                return False
+            page = tf.pages[0]
+            return page.dtype == np.uint8 and page.samplesperpixel in (1, 3, 4) or page.samplesperpixel == 1
     except Exception:  # not a TIFF tifffile can parse: Pillow names the problem
         return True
 

@@ -146,6 +146,18 @@ def test_12bit_in_16_is_not_black_and_rule_none_is_the_old_scaling(tmp_path):
     assert mm.max() == 255 and mm.min() == 0
 
 
+def test_16bit_rgb_tiff_is_normalised_per_channel(tmp_path):
+    from prompts.images import load_image
+
+    rgb = np.moveaxis(blobs(4, channels=3, z=1)[:, 0], 0, -1)  # Y X S, 12-bit values
+    rgb[..., 2] //= 16  # a dim blue channel stays visible after its own stretch
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb, photometric="rgb")
+    img = np.asarray(load_image(tmp_path / "rgb16.tif"))
+    assert img.shape == rgb.shape
+    for c in range(3):
+        assert np.array_equal(img[..., c], scale(rgb[..., c], *np.percentile(rgb[..., c], [1, 99.8])))
+
+
 def test_real_16bit_brightfield_uses_the_full_range():
     from prompts.images import load_image
 
