@@ -382,6 +382,9 @@ classify: {{folds: 2, backbone: EfficientNetB0, weights: none, image_size: 32, e
     fp = json.loads((loras / "fold_0" / "a" / "fingerprint.json").read_text())
     assert fp["reading"]["normalize"] == "percentile" and any("#scene-" in k or ".ome" in k for k in fp["images"])
 
+    again = run_cli("-m", "lora", "train", "--config", study, "--split", split, "--fold", 0, "--output", loras, "--normalize", "minmax")
+    assert again.returncode == 2 and "reading" in again.stderr, again.stderr[-2000:]  # a changed rule is named, not reused
+
     syn = tmp_path / "syn"
     r = run_cli("-m", "generate", "--config", study, "--lora", loras, "--split", split, "--fold", 0, "--output", syn,
                 "--no-progress")
