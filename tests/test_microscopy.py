@@ -274,11 +274,8 @@ def test_reading_rule_is_in_fingerprints_and_the_workflow_digests(lab_data, tmp_
         assert fingerprint.reading_part() != part and fingerprint.reading_part()["normalize"] == "minmax"
     finally:
         set_reading(Reading())
-    sys.path.insert(0, str(ROOT / "workflow"))
-    try:
-        import studyplan
-    finally:
-        sys.path.pop(0)
+    from study import plan as studyplan
+
     study = tmp_path / "study.yaml"
     digests = []
     for rule in ("percentile", "minmax"):
