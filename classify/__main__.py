@@ -12,15 +12,16 @@ log = logging.getLogger("classify")
 
 # The study-file keys each subcommand takes as flags (data section, classify section).
 SPLIT_KEYS = ("output", "folds", "repeats", "group_by", "seed", "overwrite")
+READING = ("normalize", "percentiles", "channels", "z", "t")  # data section: how lab files are read (prompts/normalize.py)
 MODEL_KEYS = ("backbone", "weights", "image_size", "batch_size", "cache_dir", "seed")
 COMMANDS = {
-    "split": ("write a stratified (grouped, repeated) k-fold split file", ("data", "skip_bad_images"), SPLIT_KEYS),
-    "cv": ("cross-validate the classifier over real + synthetic mixes and write reports", ("data", "split", "skip_bad_images"),
+    "split": ("write a stratified (grouped, repeated) k-fold split file", ("data", "skip_bad_images", *READING), SPLIT_KEYS),
+    "cv": ("cross-validate the classifier over real + synthetic mixes and write reports", ("data", "split", "skip_bad_images", *READING),
            None),
     "realism": ("KID and a two-sample classifier test, real vs synthetic, per class and LoRA weight",
-                ("data", "split", "skip_bad_images"), ("output", "synthetic", *MODEL_KEYS, "overwrite")),
+                ("data", "split", "skip_bad_images", *READING), ("output", "synthetic", *MODEL_KEYS, "overwrite")),
     "calibrate-weights": ("offline smoke stand-in for ImageNet weights: random weights, batch-norm statistics calibrated on DATA",
-                          ("data", "skip_bad_images"), ("output", "backbone", "image_size", "seed")),
+                          ("data", "skip_bad_images", *READING), ("output", "backbone", "image_size", "seed")),
 }
 
 
@@ -45,7 +46,7 @@ def parser():
     blind = SECTIONS["blind"]
     p = sub.add_parser("blind-test", help="write a self-contained page for a blind real-or-synthetic test by experts")
     add_config_flag(p)
-    add_section_flags(p, SECTIONS["data"], ("data", "skip_bad_images"))
+    add_section_flags(p, SECTIONS["data"], ("data", "skip_bad_images", *READING))
     add_section_flags(p, blind, exclude=("key", "answers"))
     _run_flags(p)
     p = sub.add_parser("blind-score", help="score the raters' answers.json files of a blind test")

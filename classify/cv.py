@@ -92,7 +92,7 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     trained on (the tree's fingerprint.json); trees without that record are named in one
     warning. Shared trees stand in knowingly and are flagged as leaky in the report.
     """
-    h = fingerprint.file_sha256  # content hashes, memoised per (path, size, mtime)
+    from prompts.images import content_key as h  # content hashes (memoised), with the reading rule for >8-bit images
     rec = dataset.by_path()
     classes = dataset.classes
     trees = syn.weights if syn and any(m.uses_synthetic for m in mixes) else []
@@ -386,7 +386,7 @@ def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jo
     w = normalize_weights(cls.weights)
     weights = fingerprint.file_sha256(w) if w not in (None, "imagenet") else w
     return fingerprint.make(**parts, weights=weights, model=runner.key, data=data, split=folds, synthetic=synthetic,
-                            metrics=stats.METRICS_VERSION)
+                            metrics=stats.METRICS_VERSION, reading=fingerprint.reading_part())
 
 
 def check_reuse(out: Path, current: dict, overwrite: bool) -> None:

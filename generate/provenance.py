@@ -54,8 +54,10 @@ def _lora_sha256(path: str, size: int, mtime_ns: int) -> dict[str, str]:
 
 def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
            lora_hashes: dict[str, str], run_seed: int) -> dict:
-    """The manifest line of one image (JSON-ready). size = (width, height) in pixels."""
-    return {
+    """The manifest line of one image (JSON-ready). size = (width, height) in pixels.
+
+    An img2img image also records `reading`: how its init image was read (the data section's rule)."""
+    rec = {
         "file": job.file,
         "class": job.label,
         "cell_line": job.cell_line,
@@ -82,6 +84,11 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
         "color": "L" if job.gray else "RGB",
         "version": VERSION,
     }
+    if job.init_image:
+        from prompts.fingerprint import reading_part
+
+        rec["reading"] = reading_part()
+    return rec
 
 
 def a1111_parameters(rec: dict) -> str:

@@ -242,6 +242,25 @@ def test_realism_writes_kid_c2st_and_mask_consistency(blobs, tmp_path):
     assert 0.0 <= row["mask_iou"] <= 1.0 and 0.0 <= row["mask_ap50"] <= 1.0
     assert row["c2st_accuracy"] is not None and 0.0 <= row["c2st_accuracy"] <= 1.0
     assert "mask AP50" in (out / "realism.md").read_text()
+    from analysis.tables import render_markdown
+    from segment.report import load_realism, realism_blocks
+
+    assert "| aug | 8 |" in render_markdown(realism_blocks(load_realism(out)))  # what `cv --realism OUT` adds to the report
+
+
+def test_every_segment_key_is_a_flag(capsys):
+    import dataclasses
+
+    from prompts.schema import SECTIONS
+    from segment.__main__ import COMMANDS, main
+
+    for command, (_, _, keys) in COMMANDS.items():
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        for f in dataclasses.fields(SECTIONS["segment"]):
+            if keys is None or f.name in keys:
+                assert "--" + f.name.replace("_", "-") in text, f"segment {command}: no flag for segment.{f.name}"
 
 
 def test_cv_on_pairs_from_per_fold_controlnets(blobs, tiny_model, tmp_path, caplog):
