@@ -23,7 +23,7 @@ from prompts import layout
 from prompts.errors import run_cli, setup_logging
 from prompts.fingerprint import digest, settings_part
 
-from .plan import TINY, _fail, _keys
+from .plan import DATA_KEYS, TINY, _fail, _keys
 
 TASK = "segmentation"
 # segment keys read by `segment realism` and by the split (the CV reads the whole section).
@@ -177,12 +177,13 @@ def digests(study, model_name: str) -> dict[str, str]:
     model = {"model": model_name, "model_config": cn.model_config, "lora": cn.lora}
     train_keys = [k for k in TRAIN_KEYS if k not in JOB_KEYS]
     generate_keys = [k for k in GENERATE_KEYS if k not in JOB_KEYS]
+    data = _keys(study.data, DATA_KEYS)  # the reading rule, as for classification: every step follows it
     return {
-        "split": digest({"segment": _keys(seg, SPLIT_KEYS)}),
-        "controlnet": digest({"controlnet": _keys(cn, train_keys), **model}),
-        "pairs": digest({"controlnet": _keys(cn, generate_keys), **model}),
-        "realism": digest({"segment": _keys(seg, REALISM_KEYS)}),
-        "cv": digest({"segment": settings_part(seg)}),
+        "split": digest({"data": data, "segment": _keys(seg, SPLIT_KEYS)}),
+        "controlnet": digest({"data": data, "controlnet": _keys(cn, train_keys), **model}),
+        "pairs": digest({"data": data, "controlnet": _keys(cn, generate_keys), **model}),
+        "realism": digest({"data": data, "segment": _keys(seg, REALISM_KEYS)}),
+        "cv": digest({"data": data, "segment": settings_part(seg)}),
     }
 
 
