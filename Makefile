@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install system lint test bench demo study search clean
+.PHONY: install system lint test bench demo demo-seg study search clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile examples/quickstart/study.yaml $(SNAKEMAKE_ARGS)
 	@echo "report: $(CURDIR)/demo/report/report.html"
 
+demo-seg: install
+	$(BIN)/python -c "from prompts.blobs import make_blob_pairs; make_blob_pairs('demo-seg/data', n=24, size=128)"
+	$(BIN)/snakemake --cores $(CORES) --configfile examples/segmentation/study.yaml $(SNAKEMAKE_ARGS)
+	@echo "report: $(CURDIR)/demo-seg/report/report.html"
+
 study: install
 	@test -n "$(CONFIG)" || { echo "error: give the study file: make study CONFIG=my_study.yaml" >&2; exit 2; }
 	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
@@ -56,4 +61,4 @@ search: install
 	$(BIN)/snakemake --cores $(CORES) compare --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 clean:
-	rm -rf $(VENV) demo
+	rm -rf $(VENV) demo demo-seg

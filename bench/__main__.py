@@ -1,4 +1,4 @@
-"""`python -m bench [lora|generate|classify|search|workflow ...]`: run the benchmarks, each writes bench/<room>.md.
+"""`python -m bench [lora|generate|classify|search|workflow|decode ...]`: run the benchmarks, each writes bench/<room>.md.
 
 BENCHMARKS.md collects those figures. Every figure is a ratio measured side by side in one
 run (this machine is shared and noisy), never an absolute time checked by a test.
@@ -8,8 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-ROOMS = ("lora", "generate", "classify", "search", "workflow")
-DEFAULT = ("lora", "generate", "classify", "search")  # workflow runs the demo study twice (about half an hour): ask for it
+ROOMS = ("lora", "generate", "classify", "search", "workflow", "decode", "controlnet")
+DEFAULT = ("lora", "generate", "classify", "search", "decode")  # workflow runs the demo study twice (about half an hour): ask for it
 
 
 def main(argv=None) -> None:

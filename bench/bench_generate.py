@@ -232,6 +232,8 @@ def main(argv=None):
         flops = flops_per_image(model, a)
         rate = matmul_rate(a, 8192 if gpu else 1024)
         floor = rate / flops
+        print(f"compute per image {flops / 1e9:.1f} GFLOP; matmul rate {rate / 1e9:.1f} GFLOP/s; floor {floor:.3f} img/s",
+              file=sys.stderr, flush=True)  # early, so that a run cut short still has it
         rows = []
         for batch in batches:
             a.batch = batch

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -471,6 +472,9 @@ def main(argv=None) -> None:
                     if torch.cuda.is_available():
                         torch.cuda.reset_peak_memory_stats()
                     r = fn()
+                    mem = f", peak GPU {r['peak_gpu_memory_gib']:.2f} GiB" if r["peak_gpu_memory_gib"] else ""
+                    print(f"{precision} {name}: median step {1000 * statistics.median(r['step_seconds']):.1f} ms{mem}",
+                          file=sys.stderr, flush=True)  # progress, and a figure even if the run is cut short
                     pooled[name]["step_seconds"] += r["step_seconds"]
                     pooled[name]["peak_gpu_memory_gib"] = r["peak_gpu_memory_gib"]
             sps = {name: steps_per_second(r["step_seconds"], args.quantile) for name, r in pooled.items()}

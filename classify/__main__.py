@@ -12,15 +12,16 @@ log = logging.getLogger("classify")
 
 # The study-file keys each subcommand takes as flags (data section, classify section).
 SPLIT_KEYS = ("output", "folds", "repeats", "group_by", "seed", "overwrite")
+READING = ("normalize", "percentiles", "channels", "z", "t")  # data section: how lab files are read (prompts/normalize.py)
 MODEL_KEYS = ("backbone", "weights", "image_size", "batch_size", "cache_dir", "seed")
 COMMANDS = {
-    "split": ("write a stratified (grouped, repeated) k-fold split file", ("data", "skip_bad_images"), SPLIT_KEYS),
-    "cv": ("cross-validate the classifier over real + synthetic mixes and write reports", ("data", "split", "skip_bad_images"),
+    "split": ("write a stratified (grouped, repeated) k-fold split file", ("data", "skip_bad_images", *READING), SPLIT_KEYS),
+    "cv": ("cross-validate the classifier over real + synthetic mixes and write reports", ("data", "split", "skip_bad_images", *READING),
            None),
     "realism": ("KID and a two-sample classifier test, real vs synthetic, per class and LoRA weight",
-                ("data", "split", "skip_bad_images"), ("output", "synthetic", *MODEL_KEYS, "overwrite")),
+                ("data", "split", "skip_bad_images", *READING), ("output", "synthetic", *MODEL_KEYS, "overwrite")),
     "calibrate-weights": ("offline smoke stand-in for ImageNet weights: random weights, batch-norm statistics calibrated on DATA",
-                          ("data", "skip_bad_images"), ("output", "backbone", "image_size", "seed")),
+                          ("data", "skip_bad_images", *READING), ("output", "backbone", "image_size", "seed")),
 }
 
 
@@ -36,13 +37,16 @@ def parser():
         add_section_flags(p, SECTIONS["data"], data_keys)
         add_section_flags(p, SECTIONS["classify"], classify_keys)
         _run_flags(p)
+        if name == "cv":  # the workflow's record of outputs of earlier settings, shown in the report
+            p.add_argument("--dropped", metavar="FILE", help="dropped-outputs record (JSON) the report lists under "
+                           "\"Dropped from this study\" (default: dropped.json beside OUTPUT, when present)")
         if name == "calibrate-weights":
             p.add_argument("--max-images", type=int, default=64, help="images used for the statistics (default: 64)")
     # the blind test's two subcommands, from the `blind` section
     blind = SECTIONS["blind"]
     p = sub.add_parser("blind-test", help="write a self-contained page for a blind real-or-synthetic test by experts")
     add_config_flag(p)
-    add_section_flags(p, SECTIONS["data"], ("data", "skip_bad_images"))
+    add_section_flags(p, SECTIONS["data"], ("data", "skip_bad_images", *READING))
     add_section_flags(p, blind, exclude=("key", "answers"))
     _run_flags(p)
     p = sub.add_parser("blind-score", help="score the raters' answers.json files of a blind test")
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
     if args.command == "split":
         return cmd_split(data, cls)
     if args.command == "cv":
-        return cmd_cv(data, cls, args.progress)
+        return cmd_cv(data, cls, args.progress, args.dropped)
     if args.command == "calibrate-weights":
         return cmd_calibrate(data, cls, args.max_images)
     if args.command == "blind-test":
@@ -107,13 +111,13 @@ def cmd_split(data, cls) -> int:
     return 0
 
 
-def cmd_cv(data, cls, progress: bool) -> int:
+def cmd_cv(data, cls, progress: bool, dropped: str | None = None) -> int:
     from .cv import run_cv
     from .report import report_inputs, write_reports
 
-    report_inputs(cls.realism, cls.blind)  # a bad --realism or --blind stops now, not after the CV
+    report_inputs(cls.realism, cls.blind, dropped)  # a bad --realism, --blind or --dropped stops now, not after the CV
     results = run_cv(data, cls, progress)
-    paths = write_reports(results, cls.output)
+    paths = write_reports(results, cls.output, dropped)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0
 

@@ -36,10 +36,10 @@ from prompts.splits import Fold, Split, read_split, write_split
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir
 from .folds import make_split
 from .mixes import Item, Mix, build_training_set, counts, parse_mixes, subsample_minority
+from .results import REAL_TREE, annotate
 from .synthetic import SyntheticSet, check_provenance, read_synthetic
 
 log = logging.getLogger(__name__)
-REAL_TREE = "real"  # tree name of mixes that use no synthetic images
 
 
 @dataclass
@@ -92,7 +92,7 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     trained on (the tree's fingerprint.json); trees without that record are named in one
     warning. Shared trees stand in knowingly and are flagged as leaky in the report.
     """
-    h = fingerprint.file_sha256  # content hashes, memoised per (path, size, mtime)
+    from prompts.images import content_key as h  # content hashes (memoised), with the reading rule for >8-bit images
     rec = dataset.by_path()
     classes = dataset.classes
     trees = syn.weights if syn and any(m.uses_synthetic for m in mixes) else []
@@ -351,7 +351,9 @@ WEIGHTS_NONE_WARNING = (
 # what `classify cv` writes into OUT (besides fingerprint.json)
 _OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, "folds.csv", RUNS_DIR)
 # settings that reach a job only through its training and test items (or not at all)
-_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights"})
+_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights", "delta"})
+# settings that change the report only (verdicts): a new value re-writes the report and reuses every run
+REPORT_ONLY = frozenset({"delta"})
 
 
 def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jobs: list[Job], runner, cls) -> dict:
@@ -367,7 +369,7 @@ def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jo
     from .model import normalize_weights
     from .synthetic import tree_record
 
-    settings = {k: v for k, v in fingerprint.settings_part(cls).items() if k != "weights"}
+    settings = {k: v for k, v in fingerprint.settings_part(cls).items() if k != "weights" and k not in REPORT_ONLY}
     data = [(r.path, r.label, fingerprint.file_sha256(dataset.root / r.path)) for r in dataset.records]
     folds = [[f.repeat, f.fold, list(f.train), list(f.test)] for f in split.folds]
     used = sorted({j.synthetic_root for j in jobs if j.synthetic_root})
@@ -384,7 +386,7 @@ def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jo
     w = normalize_weights(cls.weights)
     weights = fingerprint.file_sha256(w) if w not in (None, "imagenet") else w
     return fingerprint.make(**parts, weights=weights, model=runner.key, data=data, split=folds, synthetic=synthetic,
-                            metrics=stats.METRICS_VERSION)
+                            metrics=stats.METRICS_VERSION, reading=fingerprint.reading_part())
 
 
 def check_reuse(out: Path, current: dict, overwrite: bool) -> None:
@@ -421,7 +423,8 @@ def _load_result(path: Path) -> dict | None:
 
 
 def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls) -> dict:
-    """Mean/std over folds per (tree, mix) and the paired comparison with `real` of the same fold."""
+    """Mean/std over folds per (tree, mix), the paired comparison with `real` of the same fold, each mix's verdict
+    and flags, and the study's flags (classify.results; `CVResults.from_dict` gives the typed view)."""
     by = {}
     for r in results:
         by.setdefault((r["tree"], r["mix"]), {})[r["fold"]] = r
@@ -464,7 +467,7 @@ def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[M
             rows.append(row)
         tables[t] = rows
     settings = {k: v for k, v in dataclasses.asdict(cls).items()}
-    return {
+    return annotate({
         "version": 1,
         "data": str(dataset.root),
         "split": str(split.path) if split.path else None,
@@ -482,4 +485,4 @@ def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[M
         "settings": settings,
         "tables": tables,
         "runs": [{k: v for k, v in r.items() if k not in ("probs", "test", "y_true", "y_pred", "losses")} for r in results],
-    }
+    })

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from prompts.files import atomic_path, sha256_bytes
-from prompts.fingerprint import file_sha256
+from prompts.images import content_key
 
 from .pixels import image_to_array
 
@@ -63,7 +63,7 @@ class ImageTable:
         keys, uniq = [], []
         seen = set()
         for p in paths:
-            k = file_sha256(p)  # memoised: the CV plan hashed these already
+            k = content_key(p)  # file sha256 (memoised), with the data section's reading rule for >8-bit images
             if k not in seen:
                 seen.add(k)
                 keys.append(k)

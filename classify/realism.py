@@ -19,8 +19,8 @@ import numpy as np
 from prompts.dataset import read_dataset
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
-from prompts.fingerprint import file_sha256
 from prompts.guard import check_output_dir
+from prompts.images import content_key
 from prompts.layout import REALISM_JSON, REALISM_MD
 
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, compute_features, default_cache_dir
@@ -118,7 +118,7 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
     row = table.row()
 
     def keys(paths):
-        return [file_sha256(p) for p in paths]
+        return [content_key(p) for p in paths]  # the feature table's keys
 
     rows = []
     for w in syn.weights:

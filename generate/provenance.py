@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from diffusion.a1111 import a1111_number, model_name
 from prompts.files import atomic_path, write_text_atomic
 from prompts.layout import MANIFEST_FILE
 
@@ -53,8 +54,10 @@ def _lora_sha256(path: str, size: int, mtime_ns: int) -> dict[str, str]:
 
 def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
            lora_hashes: dict[str, str], run_seed: int) -> dict:
-    """The manifest line of one image (JSON-ready). size = (width, height) in pixels."""
-    return {
+    """The manifest line of one image (JSON-ready). size = (width, height) in pixels.
+
+    An img2img image also records `reading`: how its init image was read (the data section's rule)."""
+    rec = {
         "file": job.file,
         "class": job.label,
         "cell_line": job.cell_line,
@@ -81,37 +84,30 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
         "color": "L" if job.gray else "RGB",
         "version": VERSION,
     }
+    if job.init_image:
+        from prompts.fingerprint import reading_part
 
-
-def _num(x: float) -> str:
-    """A number as A1111 writes it: 7, 0.8, 1e-05."""
-    text = repr(float(x) + 0.0)
-    return text.removesuffix(".0") if float(x).is_integer() else text
-
-
-def model_name(model: str) -> str:
-    """A1111's "Model:" value: the checkpoint's file stem, or the folder / hub repo name."""
-    path = Path(str(model))
-    return path.stem if path.suffix.lower() in (".safetensors", ".ckpt") else path.name
+        rec["reading"] = reading_part()
+    return rec
 
 
 def a1111_parameters(rec: dict) -> str:
     """AUTOMATIC1111's `parameters` text for a manifest record."""
-    tags = "".join(f" <lora:{u['name']}:{_num(u['weight'])}>" for u in rec["loras"])
+    tags = "".join(f" <lora:{u['name']}:{a1111_number(u['weight'])}>" for u in rec["loras"])
     lines = [rec["prompt"] + tags]
     if rec["negative_prompt"]:
         lines.append(f"Negative prompt: {rec['negative_prompt']}")
     fields = [
         f"Steps: {rec['steps']}",
         f"Sampler: {rec['sampler']}",
-        f"CFG scale: {_num(rec['cfg'])}",
+        f"CFG scale: {a1111_number(rec['cfg'])}",
         f"Seed: {rec['seed']}",
         f"Size: {rec['size'][0]}x{rec['size'][1]}",
         f"Model hash: {rec['model_hash']}",
         f"Model: {model_name(rec['model'])}",
     ]
     if rec["mode"] == "img2img":
-        fields.append(f"Denoising strength: {_num(rec['strength'])}")
+        fields.append(f"Denoising strength: {a1111_number(rec['strength'])}")
     if rec["loras"]:
         fields.append('Lora hashes: "' + ", ".join(f"{u['name']}: {u['hash']}" for u in rec["loras"]) + '"')
     fields.append(f"Version: {VERSION}")

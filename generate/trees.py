@@ -162,8 +162,8 @@ def tree_fingerprints(jobs: list[Job], inputs: Inputs) -> dict[str, dict]:
         uses = sorted({(u.name, u.path) for j in tjobs for u in j.loras})
         parts = dict(inputs.settings)
         parts.update(weight=weight, model=model, loras={n: fpr.file_sha256(p) for n, p in uses}, templates=templates,
-                     split=split, prompts_file=prompts_file, data_images=data[fold])
-        fp = dict(fpr.make(**parts), fold=fold, weight=weight, model=str(inputs.model),
+                     split=split, prompts_file=prompts_file, data_images=data[fold], reading=fpr.reading_part())
+        fp = dict(fpr.make(**parts), fold=fold, weight=weight, model=str(inputs.model), reading=parts["reading"],
                   settings=json.loads(json.dumps(inputs.settings, default=str)))  # as it reads back: names values in messages
         records = [lora_record(p) for _, p in uses]
         if uses and all(records):

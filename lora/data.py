@@ -37,11 +37,11 @@ class ImageSet:
         return len(self.images)
 
 
-def load_images(dataset: Dataset, resolution: int) -> ImageSet:
+def load_images(dataset: Dataset, resolution: int, reading=None) -> ImageSet:
     """Decode and resize every record of `dataset` once (kept in memory, uint8, about 3*res^2*4/3 bytes each)."""
     paths, images = [], []
     for record in dataset.records:
-        img = resize_shortest_side(load_image(dataset.abspath(record)), resolution)
+        img = resize_shortest_side(load_image(dataset.abspath(record), reading), resolution)  # reading: None is the study's
         arr = np.asarray(img)
         if arr.ndim == 2:  # grayscale: replicate L into 3 identical channels
             arr = np.repeat(arr[:, :, None], 3, axis=2)

@@ -47,6 +47,7 @@ from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
 from prompts.files import temp_dir_beside, write_text_atomic
 from prompts.guard import check_output_dir
+from prompts.images import fit_reading
 from prompts.splits import read_split
 from prompts.templates import DEFAULT_TEMPLATES, load_templates
 
@@ -75,6 +76,7 @@ class Job:
     finished: bool = False  # out_dir already holds this very LoRA (equal fingerprint): nothing to do
     checkpoints: list[Path] = field(default_factory=list)  # checkpoints to continue from, newest first
     restart: bool = False  # --resume auto found checkpoints of other inputs: the group starts over (drops its own work)
+    reading: object = None  # prompts.normalize.Reading (percentile-dataset: levels of the fold's training images)
 
 
 # --------------------------------------------------------------------------- planning (all checks, no writes)
@@ -110,25 +112,29 @@ def plan(cfg, data_cfg, resume: str | None = None) -> list[Job]:
     dataset = read_dataset(data_cfg.data, check_images=True, skip_bad_images=data_cfg.skip_bad_images)
     templates = load_templates(data_cfg.templates)
     templates.check_classes(dataset.classes)
+    every = dataset  # all classes: percentile-dataset takes its percentiles over the fold's whole training set
     dataset = dataset.select(classes=cfg.classes or None, cell_lines=cfg.cell_lines or None)
     if cfg.per == "cell_line_class" and not dataset.cell_lines:
         raise UserError(f"--per cell_line_class: {dataset.root} has no cell lines; use DATA/<cell_line>/<class>/ or a cell_line column")
     parts: list[tuple[int | None, Dataset]] = [(None, dataset)]
+    train_of: dict[int | None, Dataset] = {None: every}
     if data_cfg.split:
         if cfg.fold is None:
             raise UserError("--split needs --fold K or --fold all")
         split = read_split(data_cfg.split, read_dataset(data_cfg.data, skip_bad_images=data_cfg.skip_bad_images))
         parts = [(f.index, dataset.select(paths=f.train)) for f in split.select(cfg.fold)]
+        train_of = {f.index: every.select(paths=f.train) for f in split.select(cfg.fold)}
     elif cfg.fold is not None:
         raise UserError(f"--fold {cfg.fold} needs --split FILE (a split file from `python -m classify split`)")
     jobs = []
     for fold, part in parts:
+        reading = fit_reading([part.abspath(r) for r in train_of[fold].records])  # changes nothing unless percentile-dataset
         for group, records in _groups(part, cfg.per).items():
             sub = Dataset(part.root, records, part.source)
             prompts = [templates.for_group(r.label, r.cell_line if cfg.per != "class" else None) for r in records]
             jobs.append(Job(group, sub, [p.prompt for p in prompts], prompts[0].negative_prompt,
                             layout.lora_dir(out, fold, group), layout.lora_dir(out / WORK, fold, group), fold,
-                            triggers=dict(sorted({p.group: p.trigger for p in prompts}.items()))))
+                            triggers=dict(sorted({p.group: p.trigger for p in prompts}.items())), reading=reading))
         wanted = set(cfg.classes) - {r.label for r in part.records}
         if wanted:
             where = layout.fold_name(fold) if fold is not None else "the data"
@@ -185,8 +191,8 @@ def job_fingerprint(job: Job, cfg, data_cfg) -> dict:
     parts = fp.make(settings=settings, model=[fp.model_part(cfg.model), fp.model_part(cfg.model_config)],
                     images=images, captions=[job.captions, job.negative_prompt],
                     split=fp.file_sha256(data_cfg.split) if data_cfg.split else None,
-                    templates=fp.file_sha256(data_cfg.templates or DEFAULT_TEMPLATES))
-    return {**parts, "images": images, "triggers": job.triggers, "settings": settings}
+                    templates=fp.file_sha256(data_cfg.templates or DEFAULT_TEMPLATES), reading=fp.reading_part(job.reading))
+    return {**parts, "images": images, "triggers": job.triggers, "settings": settings, "reading": fp.reading_part(job.reading)}
 
 
 def describe_changes(recorded: dict | None, current: dict) -> str:
@@ -347,7 +353,7 @@ def train_group(job: Job, cfg, data_cfg, accelerator, resume: str | None) -> Pat
     epoch_cache: dict[int, list[list[int]]] = {}  # this process's batches of each epoch
 
     # 2. the images (and their latents, once, when caching), the captions' token ids
-    images = D.load_images(job.dataset, cfg.resolution)
+    images = D.load_images(job.dataset, cfg.resolution, job.reading)
     t_cache = time.perf_counter()
     latents_cache = cache_latents(vae, images, cfg.random_flip, cfg.seed, device, weight_dtype) if cfg.cache_latents else None
     cache_seconds = time.perf_counter() - t_cache

@@ -113,4 +113,10 @@ def read_settings(args, command: str, sections: tuple[str, ...]) -> Study:
     if study.generate.model is None and study.lora.model is not None:
         study.generate.model = study.lora.model  # one base model for the study unless generate names another
     check_required(study, command)
+    from .images import set_reading
+    from .normalize import check_supported, from_section
+
+    reading = from_section(study.data)
+    check_supported(reading, command, study.generate.init_images)
+    set_reading(reading)  # one reading rule for every image this command decodes
     return study

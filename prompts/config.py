@@ -136,6 +136,8 @@ class Study:
     classify: typing.Any
     blind: typing.Any = None
     search: typing.Any = None
+    segment: typing.Any = None
+    controlnet: typing.Any = None
     path: Path | None = None
 
 
@@ -148,7 +150,10 @@ def validate_study_file(path: str | os.PathLike) -> list[str]:
     """Every error of a study file, one line each ([] when it is valid)."""
     errors: list[str] = []
     try:
-        _load(path, errors)
+        study = _load(path, errors)
+        from .normalize import from_section
+
+        from_section(study.data)  # the reading rule's keys together (z, t, percentiles)
     except UserError as err:
         errors.append(str(err))
     return errors

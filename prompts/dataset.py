@@ -15,11 +15,11 @@ import csv
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
-from .images import IMAGE_SUFFIXES, is_image_file, load_image
+from .images import IMAGE_SUFFIXES, ZARR_SUFFIX, check_decodes, file_of, image_names, is_image_file
 from .layout import GROUP_SEP, check_name
 
 
@@ -122,7 +122,9 @@ def _scan_folders(root: Path) -> list[Record]:
     for dirpath, dirnames, filenames in _walk(root):
         rel_dir = Path(dirpath).relative_to(root)
         folders.append(rel_dir.parts)
-        for name in sorted(filenames):
+        zarrs = [d for d in dirnames if d.lower().endswith(ZARR_SUFFIX)]  # an OME-Zarr folder is one image file
+        dirnames[:] = [d for d in dirnames if d not in zarrs]
+        for name in sorted(filenames + zarrs):
             if is_image_file(name):
                 found.append((rel_dir.parts, name))
     if not found:
@@ -186,9 +188,10 @@ def _read_labels_csv(root: Path, csv_path: Path) -> list[Record]:
             if rel in seen:
                 raise UserError(f"{csv_path}:{lineno}: {rel} is listed twice")
             seen.add(rel)
-            if not (root / rel).is_file():
-                raise UserError(f"{csv_path}:{lineno}: {rel} does not exist under {root}")
-            if not is_image_file(rel):
+            on_disk = root / file_of(rel)
+            if not (on_disk.is_file() or (on_disk.is_dir() and on_disk.name.lower().endswith(ZARR_SUFFIX))):
+                raise UserError(f"{csv_path}:{lineno}: {file_of(rel)} does not exist under {root}")
+            if not is_image_file(file_of(rel)):
                 raise UserError(f"{csv_path}:{lineno}: {rel} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
             cell_line = (row.get("cell_line") or "").strip() or None
             records.append(
@@ -201,6 +204,18 @@ def _read_labels_csv(root: Path, csv_path: Path) -> list[Record]:
                 )
             )
     return records
+
+
+def _expand_scenes(root: Path, records: list[Record]) -> list[Record]:
+    """One record per image: a multi-scene lab file gives 'file.czi#scene-1', 'file.czi#scene-2', ...
+    (and with data.t each, '#t-K' per time point). Names already carrying a fragment (labels.csv) stay."""
+    out = []
+    for r in records:
+        if file_of(r.path) != r.path:
+            out.append(r)
+            continue
+        out += [replace(r, path=name) for name in image_names(root / r.path, r.path)]
+    return out
 
 
 def _named(check, value, what, csv_path, lineno):
@@ -226,14 +241,16 @@ def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_ba
     else:
         records, source = _scan_folders(root), "folders"
     if not records:
-        raise UserError(f"data folder {root} holds no images ({', '.join(('jpg', 'png', 'tif', 'bmp'))}); expected DATA/<class>/<images>")
+        raise UserError(f"data folder {root} holds no images ({', '.join(('jpg', 'png', 'tif', 'bmp', 'czi', 'nd2', 'lif', 'zarr'))}); "
+                        "expected DATA/<class>/<images>")
+    records = _expand_scenes(root, records)
     records.sort(key=lambda r: r.path)
     skipped: list[str] = []
     if check_images or skip_bad_images:
         good = []
         for r in records:
             try:
-                load_image(root / r.path)
+                check_decodes(root / r.path)
                 good.append(r)
             except UserError:
                 if not skip_bad_images:

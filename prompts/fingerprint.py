@@ -38,6 +38,15 @@ def settings_part(section) -> dict:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata.get("result", True)}
 
 
+def reading_part(reading=None) -> dict:
+    """How real images are read (`data` section: normalisation, channels, planes; fitted levels), as recorded.
+
+    Every fingerprint of an output made from real pixels carries it, so a changed rule re-runs what it affects."""
+    from .images import current_reading
+
+    return (reading or current_reading()).record()
+
+
 # --------------------------------------------------------------------------- file content hashes
 
 def _cache_file() -> Path:
@@ -56,7 +65,17 @@ def file_sha256(path) -> str:
     """sha256 of a file's bytes, cached by (real path, size, mtime) in memory and on disk.
 
     A base model of several GB is hashed once; a changed file (size or mtime) is hashed again.
+    An image name 'file.czi#scene-2' is the file's hash with its fragment; an OME-Zarr folder is the
+    digest of its files' hashes (the same rule as `files_part`).
     """
+    from .images import file_of
+
+    base = file_of(path)
+    if base != str(path):
+        return hashlib.sha256(f"{file_sha256(base)}{str(path)[len(base):]}".encode()).hexdigest()
+    if os.path.isdir(path):
+        files = sorted(f for f in Path(path).rglob("*") if f.is_file())
+        return hashlib.sha256(json.dumps(files_part([f.relative_to(path) for f in files], root=path)).encode()).hexdigest()
     real = os.path.realpath(path)
     st = os.stat(real)
     key = (real, st.st_size, st.st_mtime_ns)

@@ -3,6 +3,9 @@
     LoRAs       LORA_OUT/[fold_<k>/]<group>/pytorch_lora_weights.safetensors   (diffusers/peft keys)
                 LORA_OUT/[fold_<k>/]<group>/<group>.safetensors                 (kohya / AUTOMATIC1111)
     synthetic   SYN/[fold_<k>/]w<weight>/[<cell_line>/]<class>/<name>.png       (+ SYN/manifest.jsonl)
+    ControlNets CN_OUT/[fold_<k>/]controlnet/diffusion_pytorch_model.safetensors + config.json (diffusers)
+    pairs       SYN/[fold_<k>/]<tree>/images/<name>.png + masks/<name>.png (+ SYN/manifest.jsonl);
+                <tree> is `aug` (augmented training masks) or `density<X>` (X cells per 100x100 px)
     CV          OUT/report.md, report.html, results.csv, results.json, split.json, runs/<tree>/<mix>/fold_<k>.json
     realism     OUT/realism.json, realism.md
     any output  fingerprint.json: what determined it (see prompts/fingerprint.py)
@@ -34,6 +37,13 @@ REALISM_JSON = "realism.json"
 REALISM_MD = "realism.md"
 RUNS_DIR = "runs"
 TINY_MODEL_MARKER = "cellsynth_tiny_model.txt"  # in the tiny random Stable Diffusion's folder: a smoke model
+# The blind test (`classify blind-test` writes the page and key, `blind-score` the scores).
+BLIND_PAGE_HTML = "blind_test.html"
+BLIND_KEY_FILE = "key.json"
+BLIND_ANSWERS_FILE = "answers.json"  # the name the page downloads
+BLIND_SCORES_JSON = "blind_scores.json"
+BLIND_SCORES_CSV = "blind_scores.csv"
+BLIND_SUMMARY_MD = "blind_summary.md"
 
 _FOLD = re.compile(r"^fold_(\d+)$")
 _MAX_NAME_BYTES = 200  # file systems allow 255; leave room for suffixes
@@ -129,6 +139,41 @@ def synthetic_class_dir(root, fold: int | None, weight: float, label: str, cell_
     """SYN/[fold_<k>/]w<weight>/[<cell_line>/]<class>."""
     d = fold_root(root, fold) / weight_dir_name(weight)
     return (d / cell_line / label) if cell_line else d / label
+
+
+# --------------------------------------------------------------------------- ControlNets and image–mask pairs
+
+CONTROLNET_DIR = "controlnet"
+AUGMENT_TREE = "aug"
+DENSITY_PREFIX = "density"
+
+
+def controlnet_dir(root, fold: int | None) -> Path:
+    """CN_OUT/[fold_<k>/]controlnet: one diffusers ControlNet folder per fold."""
+    return fold_root(root, fold) / CONTROLNET_DIR
+
+
+def pairs_tree_name(density: float | None) -> str:
+    """`aug` (no density: augmented single training masks) or `density<X>` with X the shortest repr: density2.5."""
+    if density is None:
+        return AUGMENT_TREE
+    d = float(density) + 0.0
+    if not math.isfinite(d) or d <= 0:
+        raise UserError(f"density {density!r} must be a positive number of cells per 100x100 px")
+    return f"{DENSITY_PREFIX}{d!r}"
+
+
+def parse_pairs_tree(name: str) -> float | None | bool:
+    """The density of a tree named by `pairs_tree_name` (None for `aug`), or False when it is no pairs tree."""
+    if name == AUGMENT_TREE:
+        return None
+    if not name.startswith(DENSITY_PREFIX):
+        return False
+    try:
+        d = float(name[len(DENSITY_PREFIX):])
+    except ValueError:
+        return False
+    return d if math.isfinite(d) and d > 0 and name == pairs_tree_name(d) else False
 
 
 # --------------------------------------------------------------------------- fractions of a class

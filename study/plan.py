@@ -26,7 +26,7 @@ from prompts.fingerprint import digest, settings_part
 SPLIT_KEYS = ("folds", "repeats", "group_by", "seed")
 CALIBRATE_KEYS = ("backbone", "image_size", "seed")
 REALISM_KEYS = ("backbone", "weights", "image_size", "seed")
-DATA_KEYS = ("skip_bad_images",)
+DATA_KEYS = ("skip_bad_images", "normalize", "percentiles", "channels", "z", "t")  # the reading rule re-runs every step
 DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "prompts" / "default_templates.yaml"
 
 TINY, CALIBRATED, NONE = "tiny", "calibrated", "none"
@@ -53,6 +53,7 @@ class Plan:
     calibrated: bool
     digests: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    task: str = "classification"  # study.task; a segmentation study is a `study.segmentation.SegPlan`
 
     # ------------------------------------------------------------------ output paths
     @property
@@ -136,6 +137,10 @@ def load(study_file) -> Plan:
     if errors:
         _fail(errors)
     study = load_study(study_file)
+    if study.study.task == "segmentation":
+        from study.segmentation import load_or_exit
+
+        return load_or_exit(study, study_file)
     try:
         return _resolve(study, study_file, read_dataset)
     except UserError as err:
@@ -150,6 +155,7 @@ def _fail(lines: list[str]):
 
 def _resolve(study, study_file: Path, read_dataset) -> Plan:
     from prompts.errors import UserError
+    from prompts.images import file_of
 
     where = f"{study_file}"
     if not study.study.output:
@@ -166,7 +172,7 @@ def _resolve(study, study_file: Path, read_dataset) -> Plan:
     dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images)
     records = dataset.select(classes=study.lora.classes or None, cell_lines=study.lora.cell_lines or None).records
     groups = _groups(records, study.lora.per)
-    images = sorted(str(dataset.abspath(r)) for r in dataset.records)
+    images = sorted({file_of(str(dataset.abspath(r))) for r in dataset.records})  # 'f.czi#scene-2' lives in f.czi
     if (data / "labels.csv").is_file():
         images.append(str(data / "labels.csv"))
     split_given = bool(study.data.split)

@@ -321,6 +321,97 @@ def test_fleiss_for_three_raters_and_answer_errors(study):
     assert not (root / "s2").exists() and not (data / "scores").exists()
 
 
+def test_every_embedded_image_has_one_byte_length_and_unchanged_pixels(study):
+    """Real and synthetic JPEGs differ in size (a cue anyone can read in the page source): all are padded to one."""
+    from PIL import Image
+
+    root, data, syn = study
+    for fmt, out in (("jpeg", root / "out"), ("png", root / "png")):
+        page, key_path = _make(data, syn, out, image_format=fmt, size=48)
+        key = json.loads(key_path.read_text())
+        srcs = [im["src"] for im in _page_data(page.read_text())["images"]]
+        assert len({len(s) for s in srcs}) == 1, fmt  # one length for every data URI
+        for src, k in zip(srcs, key["images"]):
+            raw = base64.b64decode(src.split(",", 1)[1])
+            base = root / ("data" if k["truth"] == "real" else "syn") / k["file"]
+            _, unpadded = blind.encode_image(base, 48, fmt)
+            assert len(raw) > len(unpadded)  # every image carries a pad, none is the "unpadded" one
+            with Image.open(io.BytesIO(raw)) as a, Image.open(io.BytesIO(unpadded)) as b:
+                assert np.array_equal(np.asarray(a), np.asarray(b))  # the pad changes no pixel
+
+
+def test_scores_name_the_key_and_each_raters_coverage(study):
+    root, data, syn = study
+    _, key_path = _make(data, syn, root / "out")
+    key = json.loads(key_path.read_text())
+    full, part = root / "full.json", root / "part.json"
+    full.write_text(json.dumps(_answers(key, "A", lambda im: "real")))
+    answers = _answers(key, "B", lambda im: "synthetic")
+    answers["answers"] = answers["answers"][:5]  # B stopped after 5 of 16
+    part.write_text(json.dumps(answers))
+    blind.blind_score(key_path, [full, part], root / "scores")
+    scores = json.loads((root / "scores" / blind.SCORES_JSON).read_text())
+    cov = {c["rater"]: c for c in scores["coverage"]}
+    assert cov["A"] == {"rater": "A", "answered": 16, "images": 16, "complete": True}
+    assert cov["B"]["answered"] == 5 and not cov["B"]["complete"]
+    summary = blind.load_blind_summary(root / "scores")
+    notes = " ".join(summary.notes)
+    assert "rater B answered 5 of 16 images (31 %): stopped early" in notes
+    assert str(key_path.resolve()) in notes and key["test_id"] in notes
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: a["answers"][0].update(id=[a["answers"][0]["id"]]), "image id .* is not in the key"),
+    (lambda a: a["answers"][0].update(confidence="very"), "confidence 'very' .* must be 1, 2, 3 or null"),
+    (lambda a: a["answers"][0].update(confidence=float("nan")), "confidence nan .* must be 1, 2, 3 or null"),
+    (lambda a: a["answers"][0].update(confidence=True), "confidence True"),
+    (lambda a: a.update(rater=["A", "B"]), r"rater \['A', 'B'\] must be a name"),
+    (lambda a: a["answers"].append("x"), "answer 'x' must be an object"),
+])
+def test_bad_answers_are_one_line_and_write_nothing(study, edit, message):
+    root, data, syn = study
+    _, key_path = _make(data, syn, root / "out")
+    key = json.loads(key_path.read_text())
+    answers = _answers(key, "A", lambda im: "real")
+    edit(answers)
+    bad = root / "bad.json"
+    bad.write_text(json.dumps(answers))
+    with pytest.raises(UserError, match=message):
+        blind.blind_score(key_path, [bad], root / "scores")
+    assert not (root / "scores").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda k: k["images"][0].update(truth="maybe"), "truth 'maybe' must be 'real' or 'synthetic'"),
+    (lambda k: k.pop("test_id"), "has no test id"),
+    (lambda k: k["images"][1].update(id=k["images"][0]["id"]), "distinct string id"),
+    (lambda k: k["images"][0].update(lora_weight="high"), "lora_weight 'high' must be a number"),
+])
+def test_bad_keys_are_one_line(study, edit, message):
+    root, data, syn = study
+    _, key_path = _make(data, syn, root / "out")
+    key = json.loads(key_path.read_text())
+    answers = root / "a.json"
+    answers.write_text(json.dumps(_answers(key, "A", lambda im: "real")))
+    edit(key)
+    bad_key = root / "key.json"
+    bad_key.write_text(json.dumps(key))
+    with pytest.raises(UserError, match=message):
+        blind.blind_score(bad_key, [answers], root / "scores")
+    assert not (root / "scores").exists()
+
+
+def test_fleiss_kappa_matches_statsmodels_and_cohen_matches_sklearn():
+    from sklearn.metrics import cohen_kappa_score
+    from statsmodels.stats.inter_rater import fleiss_kappa
+
+    rng = np.random.default_rng(3)
+    counts = rng.multinomial(4, [0.3, 0.7], size=30)
+    assert blind.fleiss_kappa(counts) == pytest.approx(fleiss_kappa(counts, method="fleiss"))
+    a, b = rng.integers(0, 2, 40).tolist(), rng.integers(0, 2, 40).tolist()
+    assert blind.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+
+
 # --------------------------------------------------------------------------- the page in a real browser
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -53,11 +53,13 @@ def test_group_by_regex_and_errors(demo_data):
     assert group_keys(ds, "cell_line")[0] == ds.records[0].cell_line
 
 
-def test_16bit_tiff_scaled_linearly():
+def test_16bit_tiff_scaled_linearly_under_rule_none():
+    from prompts.normalize import Reading
+
     data = shared_data("brightfield16")
     path = sorted(data.glob("spheroid/*.tif"))[0]
     raw = np.asarray(Image.open(path)).astype(np.float64)
-    img = load_image(path)
+    img = load_image(path, Reading(normalize="none"))  # the default (percentile) is tested in test_microscopy.py
     assert img.mode == "L" and img.size == (1024, 1024)
     assert np.abs(np.asarray(img) - raw * 255 / 65535).max() <= 0.5 + 1e-9
 

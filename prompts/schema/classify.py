@@ -37,6 +37,9 @@ class ClassifySection:
     fine_tune_layers: int = opt(0, "second phase: unfreeze this many top layers of the base, BN frozen (0: off)", ge=0)
     fine_tune_epochs: int = opt(10, "second-phase epochs", ge=0)
     fine_tune_lr: float = opt(1e-5, "second-phase learning rate", gt=0)
+    delta: float = opt(0.02, "margin of practical equivalence on macro F1: a mix whose TOST interval against `real` "
+                       "lies within ±delta is reported as equivalent (report only: runs are reused)", gt=0, lt=1,
+                       result=True)
     realism: str | None = opt(None, "realism.json written by `classify realism` (or its folder), added to the CV report", path=True)
     blind: str | None = opt(None, "folder of `classify blind-score`, added to the CV report", path=True)
     overwrite: bool = opt(False, "replace an existing split file or realism report; recompute a CV run in OUT whose inputs changed (cv)", result=False)

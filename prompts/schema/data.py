@@ -1,16 +1,31 @@
+"""The `data` section: the data folder, and how its lab files are read (normalisation, channels, planes).
+
+The reading keys (`normalize`, `percentiles`, `channels`, `z`, `t`) change the result: every command
+that decodes real images (lora, generate's init images, classify, `prompts show`) applies them the
+same way (`prompts/normalize.py`) and records them in its fingerprint.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ._field import opt
 
 ALL = ("lora train", "generate", "classify split", "classify cv", "classify realism", "classify calibrate-weights",
-       "classify blind-test", "study search", "generate --dry-run")
+       "classify blind-test", "study search", "generate --dry-run", "segment cv", "segment realism")
 
 
 @dataclass
 class DataSection:
-    data: str | None = opt(None, "dataset folder: DATA/<class>/ or DATA/<cell_line>/<class>/, optional labels.csv", path=True, required=ALL)
+    data: str | None = opt(None, "dataset folder: DATA/<class>/ or DATA/<cell_line>/<class>/, optional labels.csv; segmentation: image-mask pairs", path=True, required=ALL)
     templates: str | None = opt(None, "prompt templates YAML (default: prompts/default_templates.yaml)", path=True)
     split: str | None = opt(None, "split file written by `classify split` (fold-aware training, generation and CV)", path=True)
     skip_bad_images: bool = opt(False, "skip images that cannot be decoded, with a warning, instead of stopping")
+    normalize: Literal["percentile", "percentile-dataset", "minmax", "none"] = opt(
+        "percentile", "intensity rule for data of more than 8 bits (8-bit data is taken as is): percentiles per image, "
+        "over the fold's training images, min-max per image, or none (the dtype's full range)")
+    percentiles: list[float] = opt([1.0, 99.8], "low and high percentile of the percentile rules (clipped outside)", ge=0, le=100)
+    channels: list[str | int] = opt([], "channels by OME name or 0-based index: one is grayscale, two or three map to red, green, "
+                                    "blue (default: as stored)")
+    z: str | int = opt("max", "z-stacks: max (maximum projection), middle, or a 0-based plane index")
+    t: str | int = opt(0, "time series: a 0-based time index, or each (one image per time point)")

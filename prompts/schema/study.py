@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ._field import opt
 
@@ -9,3 +10,6 @@ from ._field import opt
 class StudySection:
     output: str | None = opt(None, "folder of the whole study's outputs (the workflow): split, LoRAs, synthetic images, realism, report",
                              path=True, required=("workflow",))
+    task: Literal["classification", "segmentation"] = opt(
+        "classification", "what the workflow studies: classification (LoRAs, images, `classify cv`) or segmentation "
+        "(image-mask pairs: ControlNets, synthetic pairs, `segment cv`)", result=False)

@@ -1,0 +1,287 @@
+"""The one reader of image–mask pairs (segmentation data).
+
+Layouts (detected per folder; a class folder may use either):
+- `DATA/images/<name>.<ext>` + `DATA/masks/<name>.<ext>` (the mask may also be `<name>_mask` or
+  `<name>_masks`, any image extension);
+- Cellpose's `DATA/<name>.tif` + `DATA/<name>_masks.tif` (also `_cp_masks`, and .png/.tiff);
+  Cellpose's side files `_flows`, `_outlines`, `_cp_outlines` are ignored;
+- per class (or cell line): `DATA/<class>/images/` + `DATA/<class>/masks/`, or `DATA/<class>/` with
+  Cellpose names. The class is the folder name (`Pair.label`).
+
+Masks are instance label images: 0 background, 1..N one id per cell, in 8/16/32-bit integer PNG or
+TIFF (float TIFFs whose values are whole numbers are accepted). Every bad pair is one line of the
+`UserError` (a missing mask, a mask without an image, a shape mismatch, a mask that is not integer or
+has several channels), so a user fixes them all in one go; nothing is written before that check.
+
+`Pair.name` is the image's POSIX path relative to DATA: the stable id a split file lists.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError
+from .images import is_image_file
+from .layout import check_name
+
+IMAGES_DIR = "images"
+MASKS_DIR = "masks"
+MASK_SUFFIXES = ("_masks", "_mask", "_cp_masks")  # image stem + one of these = its mask (Cellpose writes _masks / _cp_masks)
+CELLPOSE_SIDE_FILES = ("_flows", "_outlines", "_cp_outlines")
+_TIFF = (".tif", ".tiff")
+_MAX_SHOWN = 20  # error lines shown; the rest are counted
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One image with its instance mask. `name` is the image path relative to the data folder (POSIX)."""
+
+    image: Path
+    mask: Path
+    name: str
+    label: str | None = None
+
+
+# --------------------------------------------------------------------------- masks
+
+def _read_mask_array(path: Path) -> np.ndarray:
+    """The raw mask array as stored (any dtype, any dims); UserError when it cannot be decoded."""
+    try:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            return np.asarray(tifffile.imread(path))
+        with Image.open(path) as im:
+            return np.asarray(im)  # colour masks keep their channels: the caller refuses them, naming the file
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise UserError(f"cannot decode mask {path}: {err.__class__.__name__}: {err}; replace or remove it") from None
+
+
+def _mask_problem(arr: np.ndarray) -> str | None:
+    """Why `arr` is not an instance label image (H, W), or None."""
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        return (f"mask has shape {arr.shape}, not one plane (H, W); save instance labels as one 8/16-bit grayscale "
+                "plane (0 background, 1..N cells)")
+    if arr.dtype == bool:
+        return None
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
+            return "mask is not integer (it holds fractional values); save instance labels 0..N as an 8/16-bit integer image"
+    elif arr.dtype.kind not in "iu":
+        return f"mask has dtype {arr.dtype}, not integer; save instance labels 0..N as an 8/16-bit integer image"
+    if arr.size and arr.min() < 0:
+        return "mask has negative values; instance labels are 0 (background) and 1..N"
+    if arr.size and arr.max() > np.iinfo(np.int32).max:
+        return "mask has labels above 2^31-1; relabel the instances 1..N"
+    return None
+
+
+def load_mask(path: str | os.PathLike) -> np.ndarray:
+    """An instance mask file as int32 (H, W): 0 background, 1..N cells (ids as stored, not renumbered).
+
+    Raises `UserError` naming the file when it is not an integer label image of one plane.
+    """
+    path = Path(path)
+    arr = _read_mask_array(path)
+    problem = _mask_problem(arr)
+    if problem:
+        raise UserError(f"{path}: {problem}")
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return arr.astype(np.int32)
+
+
+def _mask_header(path: Path) -> tuple[tuple[int, ...], str | None]:
+    """(shape, problem) of a mask, reading pixel data only when the dtype alone cannot tell (floats)."""
+    if path.suffix.lower() in _TIFF:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+        except Exception as err:  # tifffile raises many types for broken files
+            return (), f"cannot decode mask: {err.__class__.__name__}: {err}; replace or remove it"
+        if dtype.kind == "f" or len(shape) != 2:
+            arr = _read_mask_array(path)
+            return arr.shape[:2], _mask_problem(arr)
+        if dtype.kind not in "iub":
+            return shape, f"mask has dtype {dtype}, not integer; save instance labels 0..N as an 8/16-bit integer image"
+        return shape, None
+    try:
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        return (), f"cannot decode mask: {err.__class__.__name__}: {err}; replace or remove it"
+    if mode in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return (h, w), None
+    arr = _read_mask_array(path)
+    return arr.shape[:2], _mask_problem(arr)
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image file from its header (PIL, else tifffile for TIFFs PIL cannot open)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            return h, w
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        if path.suffix.lower() in _TIFF:
+            import tifffile
+
+            try:
+                with tifffile.TiffFile(path) as tif:
+                    shape = tif.series[0].shape
+                return tuple(shape[:2]) if len(shape) == 2 or shape[-1] in (1, 3, 4) else tuple(shape[-2:])
+            except Exception:
+                pass
+        raise UserError(f"cannot decode image {path}: {err.__class__.__name__}: {err}; replace or remove it") from None
+
+
+# --------------------------------------------------------------------------- finding pairs
+
+def _is_side_file(stem: str) -> bool:
+    return stem.endswith(CELLPOSE_SIDE_FILES)
+
+
+def _mask_stem_of(stem: str) -> str | None:
+    """The image stem a Cellpose mask stem belongs to (`a_masks` -> `a`), or None if `stem` names no mask."""
+    for suffix in sorted(MASK_SUFFIXES, key=len, reverse=True):
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+
+
+def _match(images: list[Path], masks_by_key: dict[str, list[Path]], rel, problems: list[str]) -> list[tuple[Path, Path]]:
+    """Pair each image with the one mask filed under its stem; problems get one line per bad image."""
+    matched = []
+    for img in images:
+        found = masks_by_key.get(img.stem, [])
+        if not found:
+            problems.append(f"{rel(img)}: no mask (looked for {img.stem}{{,{','.join(MASK_SUFFIXES)}}}.png/.tif); "
+                            "add its mask or move the image out of the data folder")
+        elif len(found) > 1:
+            problems.append(f"{rel(img)}: several masks match ({', '.join(rel(m) for m in found)}); keep one")
+        else:
+            matched.append((img, found[0]))
+    stems = {img.stem for img in images}
+    for key, masks in sorted(masks_by_key.items()):
+        if key not in stems:
+            problems.extend(f"{rel(m)}: mask without an image (no image named {key}.*); add the image or remove the mask"
+                            for m in masks)
+    dup = {}
+    for img in images:
+        dup.setdefault(img.stem, []).append(img)
+    for stem, same in dup.items():
+        if len(same) > 1:
+            problems.append(f"{', '.join(rel(p) for p in same)}: several images share the name {stem}; rename one")
+    return [(i, m) for i, m in matched if len(dup[i.stem]) == 1]
+
+
+def _pairs_split_folders(folder: Path, rel, problems: list[str]) -> list[tuple[Path, Path]]:
+    """FOLDER/images/ + FOLDER/masks/: a mask is `<stem>`, `<stem>_mask(s)` or `<stem>_cp_masks`."""
+    if not (folder / MASKS_DIR).is_dir():
+        problems.append(f"{rel(folder / IMAGES_DIR)}: no {MASKS_DIR}/ folder beside it; put the masks in {rel(folder / MASKS_DIR)}/")
+        return []
+    images = _images_in(folder / IMAGES_DIR)
+    stems = {p.stem for p in images}
+    masks: dict[str, list[Path]] = {}
+    for m in _images_in(folder / MASKS_DIR):
+        # filed under its own stem when an image has that stem, else under the stem less `_mask(s)`
+        key = _mask_stem_of(m.stem)
+        owner = m.stem if m.stem in stems or key is None or key not in stems else key
+        masks.setdefault(owner, []).append(m)
+    return _match(images, masks, rel, problems)
+
+
+def _pairs_cellpose(folder: Path, rel, problems: list[str]) -> list[tuple[Path, Path]]:
+    """FOLDER/<name>.<ext> + FOLDER/<name>_masks.<ext> (Cellpose)."""
+    images, masks = [], {}
+    for p in _images_in(folder):
+        if _is_side_file(p.stem):
+            continue
+        key = _mask_stem_of(p.stem)
+        if key is None:
+            images.append(p)
+        else:
+            masks.setdefault(key, []).append(p)
+    return _match(images, masks, rel, problems)
+
+
+def _has_cellpose_masks(folder: Path) -> bool:
+    return any(_mask_stem_of(p.stem) is not None for p in _images_in(folder))
+
+
+def _layout_pairs(folder: Path, rel, problems: list[str]) -> list[tuple[Path, Path]] | None:
+    """The pairs of one folder in either layout, or None when it holds neither."""
+    if (folder / IMAGES_DIR).is_dir():
+        return _pairs_split_folders(folder, rel, problems)
+    if _has_cellpose_masks(folder):
+        return _pairs_cellpose(folder, rel, problems)
+    return None
+
+
+def _check_pair(image: Path, mask: Path, rel) -> str | None:
+    """One line when the mask is not a label image or its shape differs from the image's, else None."""
+    shape, problem = _mask_header(mask)
+    if problem:
+        return f"{rel(mask)}: {problem}"
+    try:
+        ih, iw = image_shape(image)
+    except UserError as err:
+        return str(err)
+    if tuple(shape[:2]) != (ih, iw):
+        return (f"{rel(image)}: image is {iw}x{ih} px but its mask {rel(mask)} is {shape[1]}x{shape[0]} px; "
+                "masks must have the image's size")
+    return None
+
+
+def read_pairs(data_dir: str | os.PathLike) -> list[Pair]:
+    """Every image–mask pair under `data_dir`, sorted by name; a UserError lists every bad pair, one per line."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist; give a folder of image–mask pairs "
+                        f"({IMAGES_DIR}/ + {MASKS_DIR}/, or Cellpose's name.tif + name_masks.tif)")
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    problems: list[str] = []
+    found: list[tuple[Path, Path, str | None]] = []
+    top = _layout_pairs(root, rel, problems)
+    if top is not None:
+        found = [(i, m, None) for i, m in top]
+    else:
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            pairs = _layout_pairs(sub, rel, problems)
+            if pairs is None:
+                continue
+            label = check_name(sub.name, "class")
+            found += [(i, m, label) for i, m in pairs]
+    for image, mask, _ in found:
+        line = _check_pair(image, mask, rel)
+        if line:
+            problems.append(line)
+    if problems:
+        shown = problems[:_MAX_SHOWN]
+        more = f"\n... and {len(problems) - _MAX_SHOWN} more" if len(problems) > _MAX_SHOWN else ""
+        raise UserError(f"{len(problems)} bad image–mask pair(s) in {root}:\n" + "\n".join(shown) + more)
+    if not found:
+        raise UserError(f"no image–mask pairs in {root}: expected {IMAGES_DIR}/ + {MASKS_DIR}/ with matching names, "
+                        "Cellpose's name.tif + name_masks.tif, or one such folder per class")
+    return sorted((Pair(image=i, mask=m, name=rel(i), label=label) for i, m, label in found), key=lambda p: p.name)
+
+
+def pairs_by_name(pairs: list[Pair]) -> dict[str, Pair]:
+    return {p.name: p for p in pairs}

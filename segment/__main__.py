@@ -1,0 +1,82 @@
+"""`python -m segment cv | realism` — the segmentation study's cross-validation and the realism of synthetic pairs."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from prompts.errors import UserError, run_cli, setup_logging
+
+log = logging.getLogger("segment")
+
+COMMANDS = {
+    "cv": ("cross-validate a U-Net over real + synthetic pair mixes, tested on real pairs, and write reports",
+           ("data", "split"), None),
+    "realism": ("KID, a two-sample test and the mask consistency of synthetic pairs against the real pairs",
+                ("data",), ("output", "synthetic", "backbone", "weights", "image_size", "epochs", "batch_size",
+                            "learning_rate", "augment", "min_size", "seed", "overwrite")),
+}
+
+
+def parser():
+    from prompts.cli import Parser, add_config_flag, add_section_flags
+    from prompts.schema import SECTIONS
+
+    ap = Parser(prog="python -m segment", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, (help_text, data_keys, seg_keys) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text + ". Flags override --config.")
+        add_config_flag(p)
+        add_section_flags(p, SECTIONS["data"], data_keys)
+        add_section_flags(p, SECTIONS["segment"], seg_keys)
+        g = p.add_argument_group("running")
+        g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+        g.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+@run_cli
+def main(argv=None) -> int:
+    from prompts.cli import read_settings
+
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    study = read_settings(args, f"segment {args.command}", ("data", "segment"))
+    if args.command == "cv":
+        return cmd_cv(study.data, study.segment, args.progress)
+    return cmd_realism(study.data, study.segment, args.progress)
+
+
+def cmd_cv(data, seg, progress: bool) -> int:
+    from .cv import run_cv
+    from .report import load_realism, write_reports
+
+    load_realism(seg.realism)  # a bad --realism stops now, not after the CV
+    results = run_cv(data, seg, progress)
+    paths = write_reports(results, seg.output)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_realism(data, seg, progress: bool) -> int:
+    from pathlib import Path
+
+    from prompts.guard import check_new_file
+    from prompts.layout import REALISM_JSON, REALISM_MD
+
+    from .realism import run_realism, write_realism
+
+    if not seg.synthetic:
+        raise UserError("no synthetic folder: pass --synthetic DIR")
+    for name in (REALISM_JSON, REALISM_MD):  # a finished realism report is replaced only when asked
+        check_new_file(Path(seg.output) / name, overwrite=seg.overwrite, data=data.data)
+    result = run_realism(data, seg, progress)
+    paths = write_realism(result, seg.output)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Realism of synthetic image-mask pairs: are the images like real ones, and do they show their masks?
+
+Per synthetic tree (pooled over folds):
+- KID (Binkowski et al. 2018) and a classifier two-sample test (Lopez-Paz & Oquab 2017) between
+  real and synthetic images, as `classify realism` does, on globally pooled features of the
+  U-Net's frozen encoder (`segment.backbone`, `segment.weights`);
+- mask consistency: a U-Net trained on all real pairs segments each synthetic image, scored
+  against the mask it was generated from (pixel IoU, AP50). A generator that ignores its
+  condition scores near 0; one that draws cells where the mask says scores like real test pairs.
+
+TODO(lead): `kid` and `c2st` are verbatim copies of classify.realism's; use the shared
+`analysis` versions once they exist.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from prompts.errors import UserError
+from prompts.files import write_json_atomic, write_text_atomic
+from prompts.guard import check_output_dir
+from prompts.layout import REALISM_JSON, REALISM_MD
+
+from . import metrics
+
+log = logging.getLogger(__name__)
+
+
+def kid(x: np.ndarray, y: np.ndarray, n_subsets: int = 20, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
+    """KID between feature sets x (n, F) and y (m, F) -> (mean, std) over subsets (unitless)."""
+    d = x.shape[1]
+    size = min(subset_size, len(x), len(y))
+    if size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_subsets):
+        a = x[rng.choice(len(x), size, replace=False)].astype(np.float64)
+        b = y[rng.choice(len(y), size, replace=False)].astype(np.float64)
+        kxx = (a @ a.T / d + 1) ** 3
+        kyy = (b @ b.T / d + 1) ** 3
+        kxy = (a @ b.T / d + 1) ** 3
+        off = size * (size - 1)
+        vals.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def c2st(x: np.ndarray, y: np.ndarray, keys_x=None, keys_y=None, folds: int = 5, seed: int = 0) -> tuple[float, float]:
+    """Cross-validated accuracy of telling x (real, (n, F)) from y (synthetic, (m, F)) -> (mean, std over folds).
+
+    Equal numbers of each are drawn; keys (content hashes) keep byte-identical images in one CV fold.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    n = min(len(x), len(y))
+    k = min(folds, n)
+    if k < 2:
+        return float("nan"), float("nan")
+    ia, ib = rng.choice(len(x), n, replace=False), rng.choice(len(y), n, replace=False)
+    feats = np.concatenate([x[ia], y[ib]]).astype(np.float64)
+    labels = np.r_[np.zeros(n), np.ones(n)]
+    kx = list(keys_x) if keys_x is not None else [f"x{i}" for i in range(len(x))]
+    ky = list(keys_y) if keys_y is not None else [f"y{i}" for i in range(len(y))]
+    groups = [kx[i] for i in ia] + [ky[i] for i in ib]
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    scores = cross_val_score(clf, feats, labels, cv=cv, groups=groups)
+    return float(scores.mean()), float(scores.std())
+
+
+def encoder_features(seg, x: np.ndarray) -> np.ndarray:
+    """(n, S, S, 3) float 0..255 -> (n, F) globally average-pooled features of the frozen encoder."""
+    from .model import build_feature_model
+
+    model = build_feature_model(seg.backbone, seg.weights, seg.image_size, seg.seed)
+    return model.predict(x, batch_size=seg.batch_size, verbose=0)
+
+
+def run_realism(data_section, seg, progress: bool = True) -> dict:
+    """KID, C2ST and mask consistency per synthetic tree; returns the realism record (also what write_realism writes)."""
+    from prompts.pairs import read_pairs
+
+    from .cv import _item
+    from .model import Trainer, check_backbone, check_image_size, import_keras, instances, normalize_weights, targets
+    from .pixels import PairCache
+    from .synthetic import read_synthetic
+
+    if not data_section.data:
+        raise UserError("no data folder: pass --data DIR")
+    check_output_dir(seg.output, data=data_section.data)
+    check_backbone(seg.backbone)
+    check_image_size(seg.image_size)
+    w = normalize_weights(seg.weights)
+    real = [_item(p) for p in read_pairs(data_section.data)]
+    syn = read_synthetic(seg.synthetic)
+    sets = {name: [_item(p, "synthetic") for t in syn.trees() if t.name == name for p in t.pairs] for name in syn.names}
+    if w in ("tiny", "none"):
+        log.warning("segment.weights is %s: random encoder features and a U-Net trained from scratch; these realism scores "
+                    "are a smoke test", w)
+    import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
+    cache = PairCache(seg.image_size)
+    cache.load([*real, *(it for items in sets.values() for it in items)], progress)
+    x_real, y_real = cache.arrays(real)
+    f_real = encoder_features(seg, x_real)  # built before training: the same seeded encoder for real and synthetic
+    trainer = Trainer(seg.backbone, seg.weights, seg.image_size, seg.seed, seg.learning_rate)
+    trainer.train(x_real, np.stack([targets(m) for m in y_real]), seg.epochs, seg.batch_size, seg.seed, seg.augment)
+    rows = []
+    for name, items in sets.items():
+        x, y = cache.arrays(items)
+        f = encoder_features(seg, x)
+        k, ks = kid(f_real, f, seed=seg.seed)
+        acc, accs = c2st(f_real, f, [it.image_sha for it in real], [it.image_sha for it in items], seed=seg.seed)
+        pred = [instances(p, seg.min_size) for p in trainer.predict(x, seg.batch_size)]
+        s = metrics.score_set(zip(y, pred))
+        rows.append({"tree": name, "n_real": len(real), "n_synthetic": len(items), "kid": _num(k), "kid_std": _num(ks),
+                     "c2st_accuracy": _num(acc), "c2st_std": _num(accs), "mask_iou": s["iou"], "mask_dice": s["dice"],
+                     "mask_ap50": s["ap50"], "mask_f1": s["f1"]})
+    note = (f"Images: KID (×1e3, 0 = same distribution) and a two-sample classifier (logistic regression, 5-fold CV; 0.5 = "
+            f"indistinguishable, 1.0 = always told apart) on pooled features of the frozen {seg.backbone} encoder "
+            f"({seg.weights}) at {seg.image_size} px. Masks: a U-Net trained on all {len(real)} real pairs "
+            f"({seg.epochs} epochs) segments each synthetic image; pixel IoU and AP50 against the mask it was generated "
+            "from (1 = the image shows exactly its mask's cells).")
+    return {"version": 1, "task": "segmentation", "data": str(data_section.data), "synthetic": str(syn.root),
+            "backbone": seg.backbone, "weights": seg.weights, "image_size": seg.image_size, "note": note, "rows": rows}
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+def realism_markdown(result: dict) -> str:
+    lines = ["| tree | synthetic pairs | KID ×1e3 | two-sample acc. | mask IoU | mask AP50 |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        kid_text = "—" if r["kid"] is None else f"{1e3 * r['kid']:.3g} ± {1e3 * r['kid_std']:.2g}"
+        acc = "—" if r["c2st_accuracy"] is None else f"{r['c2st_accuracy']:.2f}"
+        lines.append(f"| {r['tree']} | {r['n_synthetic']} | {kid_text} | {acc} | {r['mask_iou']:.3f} | {r['mask_ap50']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_realism(result: dict, out) -> list[Path]:
+    out = Path(out)
+    write_json_atomic(out / REALISM_JSON, result)
+    write_text_atomic(out / REALISM_MD, "# Realism of synthetic image-mask pairs\n\n" + result["note"] + "\n\n"
+                      + realism_markdown(result) + "\n")
+    return [out / REALISM_JSON, out / REALISM_MD]

@@ -1,0 +1,204 @@
+"""The segmentation study through Snakemake (`study.task: segmentation`): end to end on the tiny model.
+
+Pairs: blob scenes and, when ../shared/data is present, real pbc3 blood-cell images with thresholded
+masks (Otsu + connected components). One small study (2 folds, 64 px, 2 sampling steps, 2 U-Net
+epochs, trees `aug` and `density3.0`) runs once per module through the GPU slots; the checks then
+read its outputs: the report with verdicts, the fold ControlNets' training files against the folds'
+test pairs (by path and sha256), and which rules a changed setting re-runs (dry runs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, SHARED_DATA
+
+pytest.importorskip("snakemake")
+pytest.importorskip("torch")
+
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+STUDY = """\
+study: {{output: out, task: segmentation}}
+data: {{data: data}}
+controlnet: {{model: tiny, resolution: 64, batch_size: 2, epochs: 1, learning_rate: 0.001, count: 2, densities: [3.0],
+             steps: {steps}, size: 64}}
+segment: {{folds: 2, weights: tiny, image_size: 64, epochs: {epochs}, batch_size: 4, mixes: [real, real+50], overlays: 1}}
+"""
+TREES = ("aug", "density3.0")
+
+
+def snakemake(folder: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`snakemake -s workflow/Snakefile --configfile study.yaml ARGS` in `folder`; jobs import this tree."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
+    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--configfile", "study.yaml", *args]
+    return subprocess.run(cmd, cwd=folder, env=full_env, capture_output=True, text=True, timeout=1200)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """{rule: jobs} from the 'Job stats' table of a dry run ({} when there is nothing to do)."""
+    if "Nothing to be done" in output:
+        return {}
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+\d+", output, re.S)
+    assert m, output[-3000:]
+    return {name: int(n) for name, n in (line.split() for line in m.group(1).strip().splitlines())}
+
+
+def write_pairs(data: Path) -> Path:
+    """4 blob scenes, and 4 pbc3 images with thresholded masks when the shared data is there (64 px)."""
+    from prompts.blobs import make_blob_pairs, write_threshold_pairs
+
+    make_blob_pairs(data, n=4, size=64, seed=0)
+    pbc3 = SHARED_DATA / "pbc3"
+    if pbc3.is_dir():
+        images = sorted((pbc3 / "neutrophil").glob("*.jpg"))[:2] + sorted((pbc3 / "lymphocyte").glob("*.jpg"))[:2]
+        write_threshold_pairs(images, data, size=64)
+    return data
+
+
+def write_study(folder: Path, steps: int = 2, epochs: int = 2) -> None:
+    (folder / "study.yaml").write_text(STUDY.format(steps=steps, epochs=epochs))
+
+
+@pytest.fixture(scope="module")
+def seg_study(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("seg-study")
+    write_pairs(folder / "data")
+    write_study(folder)
+    res = snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": "0,1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_workflow_runs_the_segmentation_study_to_a_report_with_verdicts(seg_study):
+    out = seg_study / "out"
+    assert (out / "report" / "report.html").is_file() and (out / "realism" / "realism.json").is_file()
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert results["task"] == "segmentation" and results["n_folds"] == 2
+    assert sorted(results["tables"]) == sorted(TREES)
+    verdicts = [row["verdict"]["word"] for rows in results["tables"].values() for row in rows if row["uses_synthetic"]]
+    assert len(verdicts) == len(TREES) and set(verdicts) <= {"helps", "hurts", "equivalent", "inconclusive"}
+    report = (out / "report" / "report.md").read_text()
+    assert "Realism of the synthetic pairs" in report and "outlines" in report
+    assert any((out / "report" / "overlays").rglob("*.png"))
+    # Each fold has its trees, each with its pairs and masks; the manifest lists every pair once.
+    manifest = [json.loads(line) for line in (out / "synthetic" / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 2 * len(TREES) * 2 and len({r["file"] for r in manifest}) == len(manifest)
+    for rec in manifest:
+        assert (out / "synthetic" / rec["file"]).is_file() and (out / "synthetic" / rec["mask"]).is_file()
+    # GPU jobs went through the slots (fake devices here): each was pinned to one of them.
+    for log in (out / "logs" / "controlnet").glob("*.log"):
+        assert re.search(r"gpu slots: CUDA_VISIBLE_DEVICES=[01]\b", log.read_text()), log
+
+
+def test_no_test_pair_reached_a_folds_controlnet_or_its_synthetic_pairs(seg_study):
+    """Each fold's ControlNet saw exactly its training pairs, and no test file, by path or by sha256."""
+    out, data = seg_study / "out", seg_study / "data"
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["folds"]) == 2
+    for fold in split["folds"]:
+        k = fold["fold"]
+        test_files = [Path(p) for name in fold["test"] for p in (data / name, data / "masks" / Path(name).name)]
+        assert all(p.is_file() for p in test_files)
+        test_paths = {p.relative_to(data).as_posix() for p in test_files}
+        test_hashes = {_sha256(p) for p in test_files}
+        record = json.loads((out / "controlnet" / f"fold_{k}" / "controlnet" / "fingerprint.json").read_text())
+        assert sorted(record["images"]) == sorted(fold["train"])
+        for tree in TREES:
+            tree_record = json.loads((out / "synthetic" / f"fold_{k}" / tree / "fingerprint.json").read_text())
+            for seen in (record, tree_record):
+                files = {**seen["images"], **seen["masks"]}
+                assert files and not set(files) & test_paths
+                assert not set(files.values()) & test_hashes
+                for rel, sha in files.items():  # the recorded hashes are the data files' own
+                    assert _sha256(data / rel) == sha
+
+
+def test_a_changed_setting_reruns_only_the_rules_that_read_it(seg_study):
+    assert job_counts(snakemake(seg_study, "-n").stdout) == {}
+    try:
+        write_study(seg_study, epochs=3)  # segment.epochs: the U-Nets only
+        assert job_counts(snakemake(seg_study, "-n").stdout) == {"seg_realism": 1, "seg_cv": 1, "all": 1}
+        write_study(seg_study, steps=3)  # controlnet.steps: the pairs and everything after, not the ControlNets
+        counts = job_counts(snakemake(seg_study, "-n").stdout)
+        assert counts == {"pairs": 2, "pairs_manifest": 1, "seg_realism": 1, "seg_cv": 1, "all": 1}, counts
+    finally:
+        write_study(seg_study)
+
+
+def test_a_segmentation_study_without_pairs_is_one_line(tmp_path, class_data):
+    (tmp_path / "study.yaml").write_text(f"study: {{output: out, task: segmentation}}\ndata: {{data: {class_data}}}\n"
+                                         "controlnet: {model: tiny}\n")
+    res = snakemake(tmp_path, "--cores", "1", "-n")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "image–mask pairs" in errors[0] and str(class_data) in errors[0], res.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_slurm_profile_sizes_every_segmentation_rule():
+    """Each rule of segmentation.smk has its SLURM size; exactly the rules asking for a GPU get one."""
+    import yaml
+
+    text = (ROOT / "workflow" / "rules" / "segmentation.smk").read_text()
+    profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    blocks = re.split(r"^\s*rule (\w+):", text, flags=re.M)[1:]
+    rules = dict(zip(blocks[::2], blocks[1::2]))
+    assert {"pairs_split", "controlnet", "pairs", "pairs_manifest", "seg_realism", "seg_cv", "tiny_model"} == set(rules)
+    for name, body in rules.items():
+        assert profile[name]["mem_mb"] > 0 and profile[name]["runtime"] > 0, name
+        assert profile[name].get("gpu", 0) == (1 if "gpu=1" in body else 0), name
+
+
+def test_trees_of_earlier_settings_are_moved_aside_and_foreign_folders_refused(tmp_path):
+    """`segment cv` reads every tree under SYN: a tree the study no longer plans leaves it; a folder we did not write stops the run."""
+    from prompts import fingerprint
+    from prompts.errors import UserError
+    from study.segmentation import SegPlan, set_aside_stale_trees
+
+    plan = SegPlan(study_file=tmp_path / "study.yaml", out=tmp_path / "out", data=tmp_path / "data", pair_files=[],
+                   split=tmp_path / "out" / "split.json", split_given=False, folds=[0], trees=["aug"], model="tiny", tiny_model=True)
+    fold = plan.synthetic_root / "fold_0"
+    for tree in ("aug", "density9.0"):
+        (fold / tree / "images").mkdir(parents=True)
+        fingerprint.write(fold / tree / "fingerprint.json", {"fold": 0, "tree": tree})
+    (moved,) = set_aside_stale_trees(plan, 0, "t1")
+    assert moved == plan.aside_root / "t1" / "fold_0" / "density9.0" and (moved / "images").is_dir()
+    assert sorted(p.name for p in fold.iterdir()) == ["aug"]
+    (fold / "mine").mkdir()
+    with pytest.raises(UserError, match="mine"):
+        set_aside_stale_trees(plan, 0, "t2")
+    assert (fold / "mine").is_dir()
+
+
+def test_a_given_split_file_sets_the_folds_and_is_never_written(tmp_path):
+    """`data.split`: the user's folds (written here by the workflow's own split command) drive every per-fold job."""
+    from prompts.blobs import make_blob_pairs
+
+    make_blob_pairs(tmp_path / "data", n=6, size=32, seed=1)
+    (tmp_path / "study.yaml").write_text("study: {output: out, task: segmentation}\ndata: {data: data, split: folds.json}\n"
+                                         "controlnet: {model: tiny}\nsegment: {folds: 3, weights: tiny}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "study.segmentation", "split", "--config", "study.yaml", "--output", "folds.json"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    split = json.loads((tmp_path / "folds.json").read_text())
+    assert len(split["folds"]) == 3 and sorted(n for f in split["folds"] for n in f["test"]) == [f"images/blob_{i:03d}.png" for i in range(6)]
+    before = (tmp_path / "folds.json").read_bytes()
+    res = snakemake(tmp_path, "-n")
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = job_counts(res.stdout)
+    assert "pairs_split" not in counts and counts["controlnet"] == 3 and counts["pairs"] == 3, counts
+    assert (tmp_path / "folds.json").read_bytes() == before
