@@ -8,7 +8,6 @@ complete trials, a warning for a class scored on fewer than FEW_TEST_IMAGES test
 """
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -17,6 +16,7 @@ import math
 import warnings
 from pathlib import Path
 
+from analysis.encode import figure_uri, thumbnail_uri
 from prompts.files import write_text_atomic
 
 log = logging.getLogger("study.search")
@@ -85,18 +85,8 @@ def write_table(rows: list[dict], path: Path) -> Path:
 
 # --------------------------------------------------------------------------- the page
 
-def _png(fig) -> str:
-    """A matplotlib figure as base64 PNG (closed). Kept here until the shared encoder (analysis/) is merged."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def optuna_plots(ostudy) -> list[tuple[str, str]]:
-    """(title, base64 PNG) of Optuna's matplotlib plots that apply to this study (others are skipped).
+    """(title, PNG data URI) of Optuna's matplotlib plots that apply to this study (others are skipped).
 
     Importances, slices' ranking and contours need MIN_TRIALS_FOR_IMPORTANCE complete trials.
     """
@@ -127,7 +117,7 @@ def optuna_plots(ostudy) -> list[tuple[str, str]]:
                 warnings.simplefilter("ignore")  # Optuna's "experimental" notices
                 ax = make()
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            out.append((title, _png(fig)))
+            out.append((title, figure_uri(fig)))
         except Exception as err:  # a plot that does not apply (one parameter, constant values, ...)
             log.info("plot %r skipped: %s", title, err)
     return out
@@ -159,17 +149,6 @@ def _contour(ostudy, ovm, kw):
     return ovm.plot_contour(ostudy, params=names, **kw)
 
 
-def _thumb(path) -> str:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((THUMB_PX, THUMB_PX))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def image_trials(trials, out: Path) -> list[dict]:
     """Per best trial and class: its synthetic images and the fold's real test images they were scored against."""
     from .search import TRIAL_SCORES, TRIALS_DIR
@@ -181,8 +160,8 @@ def image_trials(trials, out: Path) -> list[dict]:
             continue
         classes = [{"label": row["class"], "kid": _num(row["kid"]), "kid_ref": _num(row["kid_ref"]),
                     "c2st": _num(row["c2st_accuracy"]),
-                    "synthetic": [(_thumb(p), Path(p).name) for p in row["synthetic_images"][:THUMBS_PER_CLASS]],
-                    "real": [(_thumb(p), Path(p).name) for p in row["real_images"][:THUMBS_PER_CLASS]]}
+                    "synthetic": [(thumbnail_uri(p, THUMB_PX), Path(p).name) for p in row["synthetic_images"][:THUMBS_PER_CLASS]],
+                    "real": [(thumbnail_uri(p, THUMB_PX), Path(p).name) for p in row["real_images"][:THUMBS_PER_CLASS]]}
                    for row in json.loads(scores_file.read_text())["classes"]]
         shown.append({"number": t.number, "params": _params_text(t.params), "classes": classes})
     return shown
