@@ -325,7 +325,8 @@ def run_cv(data_section, cls, progress: bool = True) -> dict:
             todo.append(job)
     if todo:
         runner.prepare(todo)  # builds the base when features are missing: a bad weights file stops here
-    fingerprint.write(out / FINGERPRINT_FILE, current)  # OUT is written only once every input checked out
+    fingerprint.claim(out, OUTPUT_NAMES, "classify cv")  # OUT is written only once every input checked out
+    fingerprint.write(out / FINGERPRINT_FILE, current)
     if not data_section.split:
         write_split(split.path, split)
     bar = tqdm(todo, desc="folds x mixes", unit="run", disable=not progress or not todo)
@@ -350,6 +351,7 @@ WEIGHTS_NONE_WARNING = (
 )
 # what `classify cv` writes into OUT (besides fingerprint.json)
 _OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, "folds.csv", RUNS_DIR)
+OUTPUT_NAMES = (*_OUTPUT_NAMES, FINGERPRINT_FILE)  # claimed in OUT before the first write (prompts.guard's rule)
 # settings that reach a job only through its training and test items (or not at all)
 _JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights"})
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prompts import fingerprint
 from prompts.dataset import read_dataset
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
@@ -132,6 +133,7 @@ def write_realism(result: dict, out) -> list[Path]:
     from .report import realism_markdown
 
     out = Path(out)
+    fingerprint.claim(out, (REALISM_JSON, REALISM_MD), "classify realism")  # before the writes: a kill leaves no file that looks foreign
     write_json_atomic(out / REALISM_JSON, result)
     write_text_atomic(out / REALISM_MD, "# Realism of synthetic images\n\n" + result["note"] + "\n\n" + realism_markdown(result) + "\n")
     return [out / REALISM_JSON, out / REALISM_MD]

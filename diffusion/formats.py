@@ -30,6 +30,7 @@ import torch
 
 from prompts.errors import UserError
 from prompts.files import atomic_path
+from prompts.fingerprint import WRITTEN_BY
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -416,7 +417,8 @@ def write_kohya(lora: LoraWeights, path: str | os.PathLike, metadata: dict[str, 
 
     path = Path(path)
     state = kohya_state(lora)
-    meta = {k: str(v) for k, v in {**lora.metadata, **(metadata or {})}.items() if k.startswith(("ss_", "modelspec."))}
+    meta = {k: str(v) for k, v in {**lora.metadata, **(metadata or {})}.items()
+            if k.startswith(("ss_", "modelspec.")) or k == WRITTEN_BY}  # written_by: ours to replace (prompts.guard)
     rank, alpha = lora.rank_alpha()
     meta.setdefault("ss_network_module", "networks.lora")
     meta.setdefault("ss_network_dim", str(rank))
@@ -476,10 +478,10 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
     return lora
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, metadata: dict[str, str] | None = None) -> Path:
     """Convert a LoRA file to `to` ('kohya': a .safetensors file; 'diffusers': a folder or a .safetensors path).
 
-    Refuses to overwrite `src`. Returns the written file.
+    Refuses to overwrite `src`. `metadata` goes into a kohya file's header. Returns the written file.
     """
     src, dst = Path(src), Path(dst)
     if to not in ("kohya", "diffusers"):
@@ -490,7 +492,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
     if to == "kohya":
         if dst.suffix.lower() != ".safetensors":
             raise UserError(f"{dst}: a kohya LoRA is one .safetensors file; give a path ending in .safetensors")
-        return write_kohya(lora, dst)
+        return write_kohya(lora, dst, metadata)
     if dst.suffix.lower() == ".safetensors":
         written = write_diffusers(lora, dst.parent if dst.name == DIFFUSERS_WEIGHT_NAME else _tmp_folder(dst))
         if dst.name != DIFFUSERS_WEIGHT_NAME:

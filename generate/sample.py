@@ -257,9 +257,13 @@ def existing(s: Settings, jobs: list[Job], records: dict, planned: dict[str, dic
     (unless --overwrite)."""
     todo, foreign = [], set(foreign)
     for job in jobs:
-        if job.file in foreign and not s.overwrite:
-            raise UserError(f"{s.output / job.file} exists and was not made by generate (no {prov.CHUNK} PNG chunk); "
-                            "move it away, pass --overwrite to replace it, or choose another --output")
+        target = s.output / job.file
+        if target.is_symlink() or target.is_dir():
+            raise UserError(f"{target} exists and is a {'link' if target.is_symlink() else 'folder'} generate did not write; "
+                            "it is left untouched: move it away or choose another --output")
+        if job.file in foreign:  # the user's image: never replaced, --overwrite or not (prompts.guard's rule)
+            raise UserError(f"{s.output / job.file} exists and was not made by generate (no {prov.CHUNK} PNG chunk); it is "
+                            "left untouched (--overwrite replaces only generate's own images): move it away or choose another --output")
         old = records.get(job.file)
         if old is None or s.overwrite:
             todo.append(job)
@@ -284,9 +288,9 @@ def check_output(s: Settings, jobs: list[Job], data_root: Path) -> None:
         if Path(j.file).is_absolute() or ".." in parts or not parts:
             raise UserError(f"planned image {j.file!r} would lie outside {s.output}; labels must be plain folder names")
     manifest = s.output / prov.MANIFEST
-    if manifest.exists() and not s.overwrite and not prov.is_our_manifest(manifest):
-        raise UserError(f"{manifest} exists and was not written by generate; move it away, pass --overwrite to replace it, "
-                        "or choose another --output")
+    if (manifest.exists() or manifest.is_symlink()) and (manifest.is_symlink() or not prov.is_our_manifest(manifest)):
+        raise UserError(f"{manifest} exists and was not written by generate; it is left untouched (--overwrite replaces "
+                        "only generate's own files): move it away or choose another --output")
 
 
 def remove_replaced(out: Path, stale: list[str], records: dict[str, dict], planned: dict) -> dict[str, dict]:

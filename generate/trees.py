@@ -181,7 +181,7 @@ def stale_trees(out: Path, current: dict[str, dict], overwrite: bool) -> list[st
     """Trees whose recorded fingerprint differs from the current one.
 
     Without `overwrite` the first such tree is a one-line UserError saying what changed and what to
-    do; a `fingerprint.json` that is not ours is never replaced without `overwrite`. A tree with no
+    do; a `fingerprint.json` that is not ours is never replaced. A tree with no
     record yet (new, or made before fingerprints) is not stale: its images are checked one by one.
     """
     stale = []
@@ -190,12 +190,9 @@ def stale_trees(out: Path, current: dict[str, dict], overwrite: bool) -> list[st
         if not path.exists():
             continue
         recorded = fpr.read(path)
-        if not is_ours(recorded):
-            if not overwrite:
-                raise UserError(f"{path} exists and was not written by generate; move it away, pass --overwrite "
-                                "to replace it, or choose another --output")
-            stale.append(tree)
-            continue
+        if not is_ours(recorded) or path.is_symlink():  # the user's file: never replaced (prompts.guard's rule)
+            raise UserError(f"{path} exists and was not written by generate; it is left untouched (--overwrite replaces "
+                            "only generate's own files): move it away or choose another --output")
         changed = fpr.diff(recorded, fp)
         if changed and not overwrite:
             raise UserError(

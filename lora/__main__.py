@@ -61,6 +61,7 @@ def main(argv=None):
     if args.command == "tiny-model":
         from diffusion.tiny import write_tiny_model
 
+        _check_tiny_target(args.output, args.overwrite)
         out = write_tiny_model(args.output, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote tiny Stable Diffusion (random weights, a smoke model) to {out}")
 
@@ -126,15 +127,35 @@ def _relaunch(n: int, argv: list[str]) -> int:
     return subprocess.call(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "True"})
 
 
+def _check_tiny_target(output: str, overwrite: bool) -> None:
+    """--overwrite replaces only a tiny model this tool wrote (its marker file), never a user's model folder."""
+    from pathlib import Path
+
+    from prompts.layout import TINY_MODEL_MARKER
+
+    out = Path(output)
+    if overwrite and (out / "model_index.json").is_file() and not (out / TINY_MODEL_MARKER).is_file():
+        raise UserError(f"{out} holds a diffusers model this tool did not write (no {TINY_MODEL_MARKER}); it is left "
+                        "untouched: choose another folder for the tiny model")
+
+
 def _convert(args) -> None:
     from pathlib import Path
 
     from diffusion.formats import DIFFUSERS_WEIGHT_NAME, convert
+    from prompts import fingerprint
+    from prompts.guard import check_new_file
 
     dst = Path(args.output)
     target = dst if args.to == "kohya" or dst.suffix == ".safetensors" else dst / DIFFUSERS_WEIGHT_NAME
-    if target.exists() and not args.overwrite:
-        raise UserError(f"{target} exists; pass --overwrite to replace it or choose another output")
+    check_new_file(target, overwrite=args.overwrite, flag="output")  # the user's file is never replaced
+    if args.to == "kohya":  # the mark travels in the file's own metadata
+        print(convert(args.input, dst, args.to, metadata={fingerprint.WRITTEN_BY: fingerprint.mark("lora convert")}))
+        return
+    from diffusion.formats import read_lora
+
+    read_lora(args.input)  # a bad input is one line before the folder's outputs record is written
+    fingerprint.claim(target.parent, [target.name], "lora convert")  # diffusers' saver keeps no extra metadata
     print(convert(args.input, dst, args.to))
 
 
@@ -143,13 +164,16 @@ def _single_file(args) -> None:
 
     from diffusion.ldm import write_single_file
     from diffusion.model import load_pipeline
+    from prompts import fingerprint
+    from prompts.guard import check_new_file
 
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise UserError(f"{out}: the checkpoint is written as safetensors; give a path ending in .safetensors")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    print(write_single_file(load_pipeline(args.model), out))
+    check_new_file(out, overwrite=args.overwrite, flag="output")  # the user's file is never replaced
+    pipe = load_pipeline(args.model)
+    fingerprint.claim(out.parent, [out.name], "lora single-file")
+    print(write_single_file(pipe, out))
 
 
 if __name__ == "__main__":
