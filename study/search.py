@@ -198,8 +198,39 @@ def open_storage(spec: str):
                             "give a journal file path or an RDB URL such as sqlite:///search.db") from None
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
+    _check_journal(Path(spec))
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(spec, lock_obj=JournalFileOpenLock(spec)))
+    try:
+        return JournalStorage(JournalFileBackend(spec, lock_obj=JournalFileOpenLock(spec)))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"--storage {spec}: not a readable Optuna journal ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:120]}); it is left untouched: give another --storage, "
+                        "or move it away to start the search over") from None
+
+
+def _check_journal(path: Path) -> None:
+    """A one-line UserError unless `path` is absent, empty, or whole lines of JSON objects (an Optuna journal).
+
+    Checked before Optuna opens it: Optuna would append its own lines to a damaged file and then fail reading it.
+    """
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    problem = None
+    if data and not data.endswith(b"\n"):
+        problem = "its last line is cut short"
+    else:
+        for i, line in enumerate(data.splitlines(), 1):
+            try:
+                ok = isinstance(json.loads(line.decode("utf-8")), dict) if line.strip() else True
+            except (UnicodeDecodeError, ValueError):
+                ok = False
+            if not ok:
+                problem = f"line {i} is not a JSON record"
+                break
+    if problem:
+        raise UserError(f"--storage {path}: not a readable Optuna journal ({problem}); it is left untouched: "
+                        "give another --storage, or move it away to start the search over")
 
 
 def _process_start(pid: int) -> float | None:
@@ -515,13 +546,18 @@ def _check_output(out: Path, study: Study, search, url: str) -> None:
     if marker.is_file():
         try:
             old = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if old != ident:
             raise UserError(f"--output {out} holds the search {old} (see {marker}); choose another --output, "
                             "or the same --storage and --study-name to continue it")
-    else:
-        write_json_atomic(marker, ident)
+
+
+def _write_marker(out: Path, search, url: str) -> None:
+    """OUT/search.json, once the storage opened: nothing is written before every check passed."""
+    marker = out / "search.json"
+    if not marker.is_file():
+        write_json_atomic(marker, {"storage": url, "study_name": search.study_name})
 
 
 def _check_inputs(study: Study, search, dims: list[Dimension], out: Path) -> None:
@@ -589,6 +625,7 @@ def run_search(study_or_path, search=None, *, progress: bool = True) -> dict:
     single = search.objective == "realism"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ostudy = _create_study(url, search, single)
+    _write_marker(out, search, url)
     scorer = RealismScorer(study.classify, images, out / "feature_cache")
     host, pid = socket.gethostname(), os.getpid()
     diverged = 0
