@@ -33,7 +33,7 @@ from prompts.guard import check_output_dir
 from prompts.layout import FINGERPRINT_FILE, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
 from prompts.splits import Fold, Split, read_split, write_split
 
-from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir
+from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir, image_key
 from .folds import make_split
 from .mixes import Item, Mix, build_training_set, counts, parse_mixes, subsample_minority
 from .synthetic import SyntheticSet, check_provenance, read_synthetic
@@ -92,7 +92,7 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     trained on (the tree's fingerprint.json); trees without that record are named in one
     warning. Shared trees stand in knowingly and are flagged as leaky in the report.
     """
-    h = fingerprint.file_sha256  # content hashes, memoised per (path, size, mtime)
+    h = image_key  # content keys of the decoded pixels, memoised per (path, size, mtime): not the file's metadata
     rec = dataset.by_path()
     classes = dataset.classes
     trees = syn.weights if syn and any(m.uses_synthetic for m in mixes) else []

@@ -51,9 +51,23 @@ def _lora_sha256(path: str, size: int, mtime_ns: int) -> dict[str, str]:
     return lora_file_sha256(path)
 
 
+def portable_path(path: str, out) -> str:
+    """A local file or folder as a POSIX path relative to the output folder `out` (a hub id as given).
+
+    Provenance never holds absolute paths: the same study in another folder, or moved, writes the same records.
+    """
+    if not os.path.exists(path):
+        return str(path)
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out))).as_posix()
+
+
 def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
-           lora_hashes: dict[str, str], run_seed: int) -> dict:
-    """The manifest line of one image (JSON-ready). size = (width, height) in pixels."""
+           lora_hashes: dict[str, str], run_seed: int, out=None) -> dict:
+    """The manifest line of one image (JSON-ready). size = (width, height) in pixels.
+
+    out: the output folder; LoRA and model paths are recorded relative to it (`portable_path`).
+    """
+    where = (lambda p: portable_path(p, out)) if out is not None else str
     return {
         "file": job.file,
         "class": job.label,
@@ -61,7 +75,7 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
         "group": job.group,
         "fold": job.fold,
         "lora_weight": job.weight,
-        "loras": [{"name": u.name, "file": u.path, "weight": u.multiplier * job.weight, "hash": lora_hashes[u.path],
+        "loras": [{"name": u.name, "file": where(u.path), "weight": u.multiplier * job.weight, "hash": lora_hashes[u.path],
                    "sha256": lora_sha256(u.path)}
                   for u in job.loras],
         "prompt": job.prompt,
@@ -74,7 +88,7 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
         "mode": "img2img" if job.init_image else "txt2img",
         "init_image": job.init_image,
         "strength": job.strength,
-        "model": model,
+        "model": where(model),
         "model_hash": model_hash,
         "run_seed": run_seed,
         "index": job.index,

@@ -327,7 +327,8 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None, inputs: 
         stale = trees.stale_trees(s.output, current, s.overwrite)
     hashes, mhash = prov.lora_hashes(jobs), model_hash(s.model)
     planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=(s.width, s.height),
-                                   model=str(s.model), model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed)
+                                   model=str(s.model), model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed,
+                                   out=s.output)
                for j in jobs}
     records, foreign = prov.scan(s.output)
     todo = existing(s, jobs, records, planned, foreign)  # raises before anything is written

@@ -71,6 +71,23 @@ def group_name(label: str, cell_line: str | None = None) -> str:
     return f"{cell_line}{GROUP_SEP}{label}" if cell_line else label
 
 
+def lora_groups(records, per: str) -> dict[str, list]:
+    """The one rule that forms LoRA groups: {group: its records}, sorted by group name.
+
+    per: "class" (group = the class), "cell_line_class" (`<cell_line>__<class>`) or "all" (one group "all").
+    records: anything with `.label` and `.cell_line`; labels and cell lines are checked as folder names.
+    """
+    groups: dict[str, list] = {}
+    for r in records:
+        if per == "all":
+            key = "all"
+        else:
+            cell_line = check_name(r.cell_line, "cell line") if per == "cell_line_class" else None
+            key = group_name(check_name(r.label, "class"), cell_line)
+        groups.setdefault(key, []).append(r)
+    return dict(sorted(groups.items()))
+
+
 def parse_group_name(name: str) -> tuple[str, str | None]:
     """(class, cell line or None) of a group folder name."""
     if GROUP_SEP in name:
