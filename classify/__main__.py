@@ -96,8 +96,6 @@ def cmd_split(data, cls) -> int:
 
     from .folds import make_split
 
-    if not data.data:
-        raise UserError("no data folder: pass --data DIR")
     check_new_file(cls.output, overwrite=cls.overwrite, data=data.data)
     dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images)
     split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
@@ -142,10 +140,8 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
     from .model import check_backbone, import_keras, write_calibrated_weights
     from .pixels import load_pixels
 
-    if not data.data:
-        raise UserError("no data folder: pass --data DIR")
-    out = Path(cls.output or "")
-    if not cls.output or not out.name.endswith(".weights.h5"):
+    out = Path(cls.output)  # required by the schema: read_settings checked it is given
+    if not out.name.endswith(".weights.h5"):
         raise UserError(f"--output {cls.output}: give a file name ending in .weights.h5 (Keras' weights format)")
     check_file_target(out, data=data.data)  # an existing file is kept below, never replaced
     check_backbone(cls.backbone)
@@ -177,8 +173,6 @@ def cmd_realism(data, cls, progress: bool) -> int:
 
     from .realism import run_realism, write_realism
 
-    if not cls.synthetic:
-        raise UserError("no synthetic folder: pass --synthetic DIR")
     for name in (REALISM_JSON, REALISM_MD):  # a finished realism report is replaced only when asked
         check_new_file(Path(cls.output) / name, overwrite=cls.overwrite, data=data.data)
     result = run_realism(data, cls, progress)

@@ -23,7 +23,7 @@ from PIL import Image, PngImagePlugin
 from prompts.files import atomic_path, write_text_atomic
 from prompts.layout import MANIFEST_FILE
 
-from .plan import Job
+from .plan import ImageJob
 
 MANIFEST = MANIFEST_FILE
 CHUNK = "cellsynth"
@@ -61,7 +61,7 @@ def portable_path(path: str, out) -> str:
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out))).as_posix()
 
 
-def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
+def record(job: ImageJob, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
            lora_hashes: dict[str, str], run_seed: int, out=None) -> dict:
     """The manifest line of one image (JSON-ready). size = (width, height) in pixels.
 
@@ -254,7 +254,7 @@ def settings_differ(old: dict, new: dict, seeded: bool) -> str | None:
     return None
 
 
-def lora_hashes(jobs: list[Job]) -> dict[str, str]:
+def lora_hashes(jobs: list[ImageJob]) -> dict[str, str]:
     """{LoRA file: short hash} for every LoRA the jobs use."""
     paths = sorted({u.path for j in jobs for u in j.loras})
     return {p: lora_hash(p) for p in paths}

@@ -40,7 +40,7 @@ from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, fold_name
 from prompts.templates import DEFAULT_TEMPLATES
 
-from .plan import Job, tree_of
+from .plan import ImageJob, tree_of
 
 log = logging.getLogger("generate")
 
@@ -81,7 +81,7 @@ def lora_record(path: str) -> dict | None:
     return rec if rec is not None and isinstance(rec.get("images"), dict) else None
 
 
-def check_against_split(jobs: list[Job], inputs: Inputs) -> None:
+def check_against_split(jobs: list[ImageJob], inputs: Inputs) -> None:
     """Refuse LoRAs trained on an image of the test set of the fold they would generate for.
 
     Compared by data-relative path and by content (sha256), so a renamed copy of a test image is
@@ -111,7 +111,7 @@ def check_against_split(jobs: list[Job], inputs: Inputs) -> None:
                 )
 
 
-def warn_unrecorded(jobs: list[Job], inputs: Inputs) -> list[str]:
+def warn_unrecorded(jobs: list[ImageJob], inputs: Inputs) -> list[str]:
     """With a split: warn once per LoRA file that has no `lora train` record (it cannot be checked against
     the test images); returns those files."""
     paths = sorted({u.path for j in jobs if inputs.test.get(j.fold) for u in j.loras})
@@ -122,7 +122,7 @@ def warn_unrecorded(jobs: list[Job], inputs: Inputs) -> list[str]:
     return missing
 
 
-def warn_triggers(jobs: list[Job]) -> None:
+def warn_triggers(jobs: list[ImageJob]) -> None:
     """Warn once per (LoRA, group) when the group's prompt lacks the trigger word that LoRA was trained with."""
     triggers = {}  # LoRA file -> {group: trigger word}
     for path in sorted({u.path for j in jobs for u in j.loras}):
@@ -144,9 +144,9 @@ def warn_triggers(jobs: list[Job]) -> None:
 # ---------------------------------------------------------------- tree fingerprints
 
 
-def tree_fingerprints(jobs: list[Job], inputs: Inputs) -> dict[str, dict]:
+def tree_fingerprints(jobs: list[ImageJob], inputs: Inputs) -> dict[str, dict]:
     """{tree (`[fold_<k>/]w<weight>`): its fingerprint} for every tree the jobs write into."""
-    by_tree: dict[str, list[Job]] = {}
+    by_tree: dict[str, list[ImageJob]] = {}
     for j in jobs:
         by_tree.setdefault(tree_of(j), []).append(j)
     templates = fpr.file_sha256(inputs.templates or DEFAULT_TEMPLATES)

@@ -70,17 +70,17 @@ def _train(args, argv) -> None:
     from .train import Interrupted, plan, run
 
     study = read_settings(args, "lora train", ("data", "lora"))
-    cfg, data_cfg = study.lora, study.data
+    settings, data_settings = study.lora, study.data
     n = _accelerate_cpu_processes()
     if n > 1:
-        plan(cfg, data_cfg, args.resume)  # bad input: one line here, not one per process
+        plan(settings, data_settings, args.resume)  # bad input: one line here, not one per process
         raise SystemExit(_relaunch(n, argv))
     try:
-        out = run(cfg, data_cfg, resume=args.resume)
-    except Interrupted as stop:  # Ctrl-C in a group: say exactly what to run to go on (once, not per process)
+        out = run(settings, data_settings, resume=args.resume)
+    except Interrupted as stop:  # Ctrl-C or SIGTERM in a group: say exactly what to run to go on (once, not per process)
         if os.environ.get("RANK", "0") == "0":
-            print(f"interrupted: {stop}", file=sys.stderr)
-        raise SystemExit(130) from None
+            print(f"{'terminated (SIGTERM)' if stop.terminated else 'interrupted'}: {stop}", file=sys.stderr)
+        raise SystemExit(143 if stop.terminated else 130) from None
     if os.environ.get("RANK", "0") == "0":
         for folder in out:
             print(folder)
@@ -93,7 +93,9 @@ def _accelerate_cpu_processes() -> int:
     script once with ACCELERATE_USE_CPU=True and no WORLD_SIZE. The N is then read from the launcher's
     command line (this process's parent) so that the run can be data-parallel as asked. 1 otherwise.
     """
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1") or "WORLD_SIZE" in os.environ:
+    from prompts.cli import accelerate_cpu_forced
+
+    if not accelerate_cpu_forced() or "WORLD_SIZE" in os.environ:
         return 1
     try:
         import psutil

@@ -48,6 +48,25 @@ def resume_command(main, argv) -> str:
     return shlex.join(["python", "-m", package, *(sys.argv[1:] if argv is None else [str(a) for a in argv])])
 
 
+# How writers that do not raise OSError (torch.save, safetensors) word a refused write.
+_WRITE_FAILURES = {
+    errno.ENOSPC: ("No space left on device", "os error 28", "unexpected pos", "write failed"),  # the last two: torch.save
+    errno.EROFS: ("Read-only file system", "os error 30"),
+    errno.EACCES: ("Permission denied", "os error 13"),
+}
+
+
+def raise_storage_error(err: Exception, path) -> None:
+    """Raise the OSError that a failed write of `path` really was (`run_cli` makes it one line), else `err` itself."""
+    import os
+
+    text = str(err)
+    for code, words in _WRITE_FAILURES.items():
+        if any(w in text for w in words):
+            raise OSError(code, os.strerror(code), str(path)) from err
+    raise err
+
+
 def run_cli(main):
     """Wrap a CLI entry point: `UserError` becomes one line on stderr and exit status 2; Ctrl-C and SIGTERM
     one line naming the command that resumes (exit 130 and 143)."""

@@ -2,6 +2,7 @@
 
     LoRAs       LORA_OUT/[fold_<k>/]<group>/pytorch_lora_weights.safetensors   (diffusers/peft keys)
                 LORA_OUT/[fold_<k>/]<group>/<group>.safetensors                 (kohya / AUTOMATIC1111)
+                LORA_OUT/[fold_<k>/]<group>/config.yaml, loss.csv, stats.json    (+ .work/ while training)
     synthetic   SYN/[fold_<k>/]w<weight>/[<cell_line>/]<class>/<name>.png       (+ SYN/manifest.jsonl)
     CV          OUT/report.md, report.html, results.csv, results.json, split.json, runs/<tree>/<mix>/fold_<k>.json
     realism     OUT/realism.json, realism.md
@@ -35,6 +36,17 @@ RESULTS_JSON = "results.json"
 REALISM_JSON = "realism.json"
 REALISM_MD = "realism.md"
 RUNS_DIR = "runs"
+# `lora train`'s own names: LORA_OUT/.work/[fold_<k>/]<group>/{checkpoints/checkpoint-<update>/,tensorboard/} while a
+# group trains; LORA_OUT/[fold_<k>/]<group>/{config.yaml,loss.csv,stats.json,tensorboard/,validation/} once finished
+LORA_WORK_DIR = ".work"
+LORA_CHECKPOINTS_DIR = "checkpoints"
+LORA_CHECKPOINT_PREFIX = "checkpoint-"
+LORA_TRAIN_STATE_FILE = "train_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
+LORA_CONFIG_FILE = "config.yaml"
+LORA_LOSS_FILE = "loss.csv"
+LORA_STATS_FILE = "stats.json"
+LORA_TENSORBOARD_DIR = "tensorboard"
+LORA_VALIDATION_DIR = "validation"
 TINY_MODEL_MARKER = "cellsynth_tiny_model.txt"  # in the tiny random Stable Diffusion's folder: a smoke model
 
 _FOLD = re.compile(r"^fold_(\d+)$")

@@ -181,3 +181,43 @@ def test_bad_input_is_one_line_and_writes_nothing(w, case, capsys):
     assert needle in lines[0], f"{case}: {lines[0]!r} does not name {needle!r}"
     after = _checksums(w["root"])
     assert {k: v for k, v in after.items() if before.get(k) != v} == {}, f"{case} wrote files"
+
+
+# --------------------------------------------------------------------------- the schema's `required` against the commands
+
+def _required_cases():
+    """(command, section, key) for every key the schema marks as required by a command that has a CLI."""
+    import dataclasses
+
+    from prompts.schema import SECTIONS
+
+    cases = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            cases += [(cmd, section, f.name) for cmd in f.metadata.get("required", ()) if cmd != "workflow"]
+    return sorted(cases)
+
+
+def _required_by(command: str) -> list[tuple[str, str]]:
+    return [(s, k) for c, s, k in _required_cases() if c == command]
+
+
+@pytest.mark.parametrize("command,section,key", _required_cases())
+def test_each_key_the_schema_requires_is_required_by_that_command(command, section, key, tmp_path, capsys):
+    """The study file gives every other key the command requires; the one left out is named in one line.
+
+    Fails when the schema's `required` names a command that does not check it, or names it wrongly.
+    """
+    import yaml
+
+    study: dict = {}
+    for other_section, other_key in _required_by(command):
+        if (other_section, other_key) != (section, key):
+            study.setdefault(other_section, {})[other_key] = "somewhere"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    package, *sub = command.split()
+    with pytest.raises(SystemExit) as exit_info:
+        _main(package)([*sub, "--config", str(tmp_path / "study.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert f"--{key.replace('_', '-')} is missing" in err[0] and f"{section}.{key}" in err[0], err[0]

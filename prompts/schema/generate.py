@@ -26,7 +26,7 @@ class GenerateSection:
     sampler: str = opt("Euler a", "Euler a, Euler, DDIM, DPM++ 2M, DPM++ 2M Karras")
     steps: int = opt(20, "sampling steps", ge=1)
     cfg: float = opt(7.0, "classifier-free guidance scale (1: no guidance)", ge=0)
-    size: list[int] = opt([512, 512], "width height in pixels (multiples of 8)", ge=8)
+    size: list[int] = opt([512, 512], "width height in pixels (multiples of 8)", ge=8, multiple_of=8)
     batch_size: int = opt(1, "images per pipeline call", ge=1, result=False)
     seed: int | None = opt(None, "seed of the whole run (per-image seeds derive from it); none: random, recorded")
     prompt: str | None = opt(None, "free-text prompt instead of the templates; {class} {cell_line} {group} {trigger}, A1111 (word:1.2) and <lora:NAME:W> allowed")
