@@ -113,7 +113,7 @@ def cmd_cv(data, cls, progress: bool) -> int:
 
     if cls.output:  # a missing or bad --output is run_cv's one line
         check_output_dir(cls.output, data=data.data)
-        check_outputs(cls.output, OUTPUT_NAMES, overwrite=None)  # the user's files are never replaced, --overwrite or not
+        check_outputs(cls.output, OUTPUT_NAMES)  # the user's files are never replaced, --overwrite or not
     report_inputs(cls.realism, cls.blind)  # a bad --realism or --blind stops now, not after the CV
     results = run_cv(data, cls, progress)
     paths = write_reports(results, cls.output)

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompts import fingerprint as fpr
+from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, fold_name
 from prompts.templates import DEFAULT_TEMPLATES
@@ -66,7 +66,7 @@ class Inputs:
 
 def image_settings(section, sampler: str) -> dict:
     """The `generate` section's result-changing fields minus `SELECTION`, with the canonical sampler name."""
-    part = {k: v for k, v in fpr.settings_part(section).items() if k not in SELECTION}
+    part = {k: v for k, v in fingerprint.settings_part(section).items() if k not in SELECTION}
     if "sampler" in part:
         part["sampler"] = sampler
     return part
@@ -77,7 +77,7 @@ def image_settings(section, sampler: str) -> dict:
 
 def lora_record(path: str) -> dict | None:
     """The `lora train` fingerprint beside a LoRA file, when it has the `images` record; else None."""
-    rec = fpr.read(Path(path).parent / FINGERPRINT_FILE)
+    rec = fingerprint.read(Path(path).parent / FINGERPRINT_FILE)
     return rec if rec is not None and isinstance(rec.get("images"), dict) else None
 
 
@@ -95,7 +95,7 @@ def check_against_split(jobs: list[ImageJob], inputs: Inputs) -> None:
         test = list(inputs.test.get(fold, ()))
         if not test:
             continue
-        test_hashes = fpr.files_part(test, root=inputs.data_root)
+        test_hashes = fingerprint.files_part(test, root=inputs.data_root)
         by_hash = {sha: p for p, sha in test_hashes.items()}
         for path in sorted(uses[fold]):
             rec = lora_record(path)
@@ -149,32 +149,32 @@ def tree_fingerprints(jobs: list[ImageJob], inputs: Inputs) -> dict[str, dict]:
     by_tree: dict[str, list[ImageJob]] = {}
     for j in jobs:
         by_tree.setdefault(tree_of(j), []).append(j)
-    templates = fpr.file_sha256(inputs.templates or DEFAULT_TEMPLATES)
-    split = fpr.file_sha256(inputs.split) if inputs.split else None
-    prompts_file = fpr.file_sha256(inputs.prompts_file) if inputs.prompts_file else None
-    model = fpr.model_part(inputs.model)
+    templates = fingerprint.file_sha256(inputs.templates or DEFAULT_TEMPLATES)
+    split = fingerprint.file_sha256(inputs.split) if inputs.split else None
+    prompts_file = fingerprint.file_sha256(inputs.prompts_file) if inputs.prompts_file else None
+    model = fingerprint.model_part(inputs.model)
     data: dict = {}  # fold -> content part of the images the plan read
     out = {}
     for tree, tjobs in sorted(by_tree.items()):
         fold, weight = tjobs[0].fold, tjobs[0].weight
         if fold not in data:
-            data[fold] = fpr.files_part(sorted(inputs.train.get(fold, ())), root=inputs.data_root)
+            data[fold] = fingerprint.files_part(sorted(inputs.train.get(fold, ())), root=inputs.data_root)
         uses = sorted({(u.name, u.path) for j in tjobs for u in j.loras})
         parts = dict(inputs.settings)
-        parts.update(weight=weight, model=model, loras={n: fpr.file_sha256(p) for n, p in uses}, templates=templates,
+        parts.update(weight=weight, model=model, loras={n: fingerprint.file_sha256(p) for n, p in uses}, templates=templates,
                      split=split, prompts_file=prompts_file, data_images=data[fold])
-        fp = dict(fpr.make(**parts), fold=fold, weight=weight, model=str(inputs.model),
+        tree_record = dict(fingerprint.make(**parts), fold=fold, weight=weight, model=str(inputs.model),
                   settings=json.loads(json.dumps(inputs.settings, default=str)))  # as it reads back: names values in messages
         records = [lora_record(p) for _, p in uses]
         if uses and all(records):
-            fp["images"] = dict(sorted({k: v for r in records for k, v in r["images"].items()}.items()))
-        out[tree] = fp
+            tree_record["images"] = dict(sorted({k: v for r in records for k, v in r["images"].items()}.items()))
+        out[tree] = tree_record
     return out
 
 
-def is_ours(fp: dict | None) -> bool:
+def is_ours(tree_record: dict | None) -> bool:
     """A fingerprint file this toolkit wrote (a mapping with `version` and `parts`)."""
-    return isinstance(fp, dict) and "version" in fp and isinstance(fp.get("parts"), dict)
+    return isinstance(tree_record, dict) and "version" in tree_record and isinstance(tree_record.get("parts"), dict)
 
 
 def stale_trees(out: Path, current: dict[str, dict], overwrite: bool) -> list[str]:
@@ -185,18 +185,18 @@ def stale_trees(out: Path, current: dict[str, dict], overwrite: bool) -> list[st
     record yet (new, or made before fingerprints) is not stale: its images are checked one by one.
     """
     stale = []
-    for tree, fp in current.items():
+    for tree, tree_record in current.items():
         path = out / tree / FINGERPRINT_FILE
         if not path.exists():
             continue
-        recorded = fpr.read(path)
+        recorded = fingerprint.read(path)
         if not is_ours(recorded) or path.is_symlink():  # the user's file: never replaced (prompts.guard's rule)
             raise UserError(f"{path} exists and was not written by generate; it is left untouched (--overwrite replaces "
                             "only generate's own files): move it away or choose another --output")
-        changed = fpr.diff(recorded, fp)
+        changed = fingerprint.diff(recorded, tree_record)
         if changed and not overwrite:
             raise UserError(
-                f"{out / tree} was made from other inputs ({describe(changed, recorded, fp)} changed since); pass "
+                f"{out / tree} was made from other inputs ({describe(changed, recorded, tree_record)} changed since); pass "
                 "--overwrite to replace its images, or choose another --output"
             )
         if changed:
@@ -212,7 +212,7 @@ def describe(changed: list[str], recorded: dict, current: dict) -> str:
 
 def write_fingerprints(out: Path, current: dict[str, dict]) -> None:
     """Write every tree's fingerprint (atomically), before its images; an equal record is left untouched."""
-    for tree, fp in current.items():
+    for tree, tree_record in current.items():
         path = out / tree / FINGERPRINT_FILE
-        if fpr.read(path) != fp:
-            fpr.write(path, fp)
+        if fingerprint.read(path) != tree_record:
+            fingerprint.write(path, tree_record)

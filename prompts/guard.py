@@ -72,9 +72,9 @@ def check_file_target(path, *, data=None, flag: str = "--output") -> Path:
     return path
 
 
-def check_new_file(path, *, overwrite: bool = False, data=None, flag: str = "--output") -> Path:
+def check_new_file(path, *, overwrite: bool | None = None, data=None, flag: str = "--output") -> Path:
     """`path` as a Path if a file may be written there: not in `data`, not a folder, and when it exists,
-    a file this toolkit wrote and `overwrite` given."""
+    a file this toolkit wrote and `overwrite` given (None: the command has no --overwrite to suggest)."""
     path = check_file_target(path, data=data, flag=flag)
     check_replace(path, overwrite=overwrite, flag=flag)
     return path
@@ -89,21 +89,21 @@ def refuse_foreign(path, *, flag: str = "--output") -> None:
                         f"(--overwrite replaces only the tool's own outputs): move it away or choose another {flag}")
 
 
-def check_replace(path, *, overwrite: bool, flag: str = "--output") -> None:
-    """Nothing at `path`, or the tool's own output and `overwrite` given; else one line saying what to do."""
+def check_replace(path, *, overwrite: bool | None, flag: str = "--output") -> None:
+    """Nothing at `path`, or the tool's own output and `overwrite` given; else one line saying what to do.
+
+    overwrite None: the command has no --overwrite, so the line does not suggest one.
+    """
     path = Path(path)
     refuse_foreign(path, flag=flag)
     if path.exists() and not overwrite:
-        raise UserError(f"{flag}: {path} exists ({fingerprint.written_by(path)} wrote it); pass --overwrite to "
-                        "replace it, or choose another name")
+        hint = "pass --overwrite to replace it, or choose another name" if overwrite is not None else \
+            "move it away or choose another name"
+        raise UserError(f"{flag}: {path} exists ({fingerprint.written_by(path)} wrote it); {hint}")
 
 
-def check_outputs(folder, names, *, overwrite: bool | None, flag: str = "--output") -> None:
-    """Check each of `names` inside `folder` that exists: never the user's; with `overwrite` None only foreign
-    ones are refused (the command decides itself about its own outputs, e.g. to resume)."""
+def check_outputs(folder, names, *, flag: str = "--output") -> None:
+    """Refuse when any of `names` inside `folder` exists and is not the tool's own (the command decides itself
+    about its own outputs, e.g. to resume or to replace them with --overwrite)."""
     for name in names:
-        path = Path(folder) / name
-        if overwrite is None:
-            refuse_foreign(path, flag=flag)
-        else:
-            check_replace(path, overwrite=overwrite, flag=flag)
+        refuse_foreign(Path(folder) / name, flag=flag)

@@ -14,7 +14,7 @@ class GenerateSection:
     model_config: str | None = opt(None, "for a single-file checkpoint offline: a diffusers folder of the same architecture", path=True)
     lora: str | None = opt(None, "LoRA folder written by `lora train` (or a kohya/A1111 .safetensors)", path=True)
     output: str | None = opt(None, "synthetic folder: OUT/[fold_<k>/]w<weight>/[<cell_line>/]<class>/", path=True, required=GEN)
-    fold: str | None = opt(None, "with data.split: a fold index K or 'all' (default with a split: all)", result=False)
+    fold: int | str | None = opt(None, "with data.split: a fold index K or 'all' (default with a split: all)", result=False)
     per: Literal["auto", "class", "cell_line_class"] = opt("auto", "groups: per class or per (cell line, class); auto follows the LoRA folder")
     classes: list[str] = opt([], "generate only these classes (default: all)", result=False)
     cell_lines: list[str] = opt([], "with per cell_line_class: only these cell lines (default: all)", result=False)
