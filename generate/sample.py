@@ -373,21 +373,21 @@ def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inp
 
     bar = tqdm(total=n_mine, unit="img", disable=not (s.progress and state.is_main_process and n_mine), dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
-    for batch in mine:
-        adapters.use(batch[0].loras, batch[0].weight, s.fuse)
-        arrays = sample_batch(pipe, i2i, batch, s, data_root)
-        for job, arr in zip(batch, arrays):
-            bad = problem(arr)
-            if bad:
-                failed.append(job)
-                log.error("%s: %s image (seed %d) not saved", job.file, bad, job.seed)
-                continue
-            rec = dict(planned[job.file], created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            prov.save_png(to_pil(arr, job.gray), s.output / job.file, rec)
-            prov.append_line(s.output, rec)
-            made += 1
-        bar.update(len(batch))
-    bar.close()
+    with bar:  # closed on Ctrl-C or SIGTERM too, so the one line that says how to resume comes last
+        for batch in mine:
+            adapters.use(batch[0].loras, batch[0].weight, s.fuse)
+            arrays = sample_batch(pipe, i2i, batch, s, data_root)
+            for job, arr in zip(batch, arrays):
+                bad = problem(arr)
+                if bad:
+                    failed.append(job)
+                    log.error("%s: %s image (seed %d) not saved", job.file, bad, job.seed)
+                    continue
+                rec = dict(planned[job.file], created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                prov.save_png(to_pil(arr, job.gray), s.output / job.file, rec)
+                prov.append_line(s.output, rec)
+                made += 1
+            bar.update(len(batch))
     elapsed = time.perf_counter() - t0
     if made:
         log.info("process %d made %d image(s) in %.1f s (%.2f img/s)", state.process_index, made, elapsed, made / elapsed)

@@ -44,7 +44,11 @@ def resume_command(main, argv) -> str:
     """The command line that resumes this run: `python -m <package> <same arguments>`."""
     import shlex
 
-    package = main.__module__.removesuffix(".__main__")
+    module = main.__module__
+    if module == "__main__":  # run as `python -m package`: its spec has the real name
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else module
+    package = module.removesuffix(".__main__")
     return shlex.join(["python", "-m", package, *(sys.argv[1:] if argv is None else [str(a) for a in argv])])
 
 
