@@ -143,13 +143,36 @@ def cache_latents(vae, images: ImageSet, flips: bool, seed: int, device, dtype) 
     return torch.stack(out)
 
 
+def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, weight_dtype, accelerator) -> torch.Tensor:
+    """The diffusion loss of one batch (a scalar): noise the latents [B, 4, h, w] at random timesteps (drawn from
+    `generator`, with the noise offset), predict the noise (or v) from the text states `hidden` [B, 77, dim],
+    mean squared error per image, min-SNR weighted when asked, averaged."""
+    from diffusers.training_utils import compute_snr
+
+    device = latents.device
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    if settings.noise_offset:
+        noise = noise + settings.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=generator).to(device)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    epsilon = noise_scheduler.config.prediction_type == "epsilon"
+    target = noise if epsilon else noise_scheduler.get_velocity(latents, noise, t)
+    with accelerator.autocast():
+        pred = unet(noisy.to(weight_dtype), t, hidden.to(weight_dtype)).sample
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # [B]
+    if settings.min_snr_gamma:
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=settings.min_snr_gamma)
+        loss = loss * (weight / snr if epsilon else weight / (snr + 1))
+    return loss.mean()
+
+
 # --------------------------------------------------------------------------- the training loop of one group
 
 def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str | None) -> Path:
     """Train one LoRA and write its folder atomically; returns OUT/[fold_<k>/]<group>."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import compute_snr
 
     info = log.info if accelerator.is_main_process else (lambda *a: None)  # log once, not once per process
     device = accelerator.device
@@ -243,22 +266,9 @@ def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str 
                 with torch.no_grad():
                     dist = vae.encode(pixels.to(device, weight_dtype)).latent_dist
                     latents = (dist.sample(generator=g) * vae.config.scaling_factor).float()
-            noise = torch.randn(latents.shape, generator=g).to(device)
-            if settings.noise_offset:
-                noise = noise + settings.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=g).to(device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch),), generator=g).to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
             rows_idx = torch.tensor([caption_row[i] for i in batch], device=device)
             hidden = text_encoder(token_ids[rows_idx])[0] if train_te else text_states[rows_idx]
-            target = noise if noise_scheduler.config.prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
-            with accelerator.autocast():
-                pred = unet(noisy.to(weight_dtype), t, hidden.to(weight_dtype)).sample
-            loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # [B]
-            if settings.min_snr_gamma:
-                snr = compute_snr(noise_scheduler, t)
-                weight = torch.clamp(snr, max=settings.min_snr_gamma)
-                loss = loss * (weight / snr if noise_scheduler.config.prediction_type == "epsilon" else weight / (snr + 1))
-            loss = loss.mean()
+            loss = denoising_loss(unet, noise_scheduler, latents, hidden, g, settings, weight_dtype, accelerator)
             accelerator.backward(loss / accum)
         loss_sum, loss_n, step = loss_sum + loss.detach().item(), loss_n + 1, step + 1
         if not sync:
