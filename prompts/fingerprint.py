@@ -264,3 +264,47 @@ def written_by(path) -> str | None:
     if suffix == ".safetensors":
         return _safetensors_mark(path)
     return None
+
+
+# --------------------------------------------------------------------------- manifests: one JSON record per output file
+#
+# A manifest (`layout.MANIFEST_FILE`, JSON lines) lists the files a command made, one record each, with the
+# command's version string in "version". Lines are appended while a run goes and the file is rewritten
+# whole (atomically) from the outputs themselves at the start and end of a run.
+
+def append_manifest(path, rec: dict) -> None:
+    """Append one record as one line with a single O_APPEND write (safe with several processes)."""
+    data = (json.dumps(rec, sort_keys=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(path, records: list[dict]) -> None:
+    """Write the manifest atomically: one line per record, in the order given."""
+    from .files import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records))
+
+
+def is_our_manifest(path, version_prefix: str = MARK) -> bool:
+    """True when every line of an existing manifest is a record whose "version" starts with `version_prefix`.
+
+    An empty file counts as ours; so does a last line cut short by a kill (it is rewritten), never anything else.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and line.startswith('{"file": '):
+                continue
+            return False
+        if line.strip() and not (isinstance(rec, dict) and str(rec.get("version", "")).startswith(version_prefix)):
+            return False
+    return True
