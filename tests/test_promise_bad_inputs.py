@@ -221,3 +221,16 @@ def test_each_key_the_schema_requires_is_required_by_that_command(command, secti
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1, err
     assert f"--{key.replace('_', '-')} is missing" in err[0] and f"{section}.{key}" in err[0], err[0]
+
+
+def test_study_output_naming_an_existing_file_is_one_line(tmp_path, capsys):
+    from study.plan import load
+
+    (tmp_path / "taken").write_text("the user's own file\n")
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "study.yaml").write_text("study:\n  output: taken\ndata:\n  data: data\nlora:\n  model: tiny\n")
+    with pytest.raises(SystemExit) as exit_info:
+        load(tmp_path / "study.yaml")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "study.output" in err[0] and "existing file" in err[0], err
+    assert (tmp_path / "taken").read_text() == "the user's own file\n"
