@@ -106,14 +106,19 @@ def cmd_split(data, cls) -> int:
 
 
 def cmd_cv(data, cls, progress: bool) -> int:
+    from pathlib import Path
+
+    from prompts import fingerprint
     from prompts.guard import check_output_dir, check_outputs
+    from prompts.layout import FINGERPRINT_FILE
 
     from .cv import OUTPUT_NAMES, run_cv
     from .report import report_inputs, write_reports
 
     if cls.output:  # a missing or bad --output is run_cv's one line
         check_output_dir(cls.output, data=data.data)
-        check_outputs(cls.output, OUTPUT_NAMES)  # the user's files are never replaced, --overwrite or not
+        if not fingerprint.written_by(Path(cls.output) / FINGERPRINT_FILE):  # a CV folder of an earlier version is ours
+            check_outputs(cls.output, OUTPUT_NAMES)  # the user's files are never replaced, --overwrite or not
     report_inputs(cls.realism, cls.blind)  # a bad --realism or --blind stops now, not after the CV
     results = run_cv(data, cls, progress)
     paths = write_reports(results, cls.output)
