@@ -101,7 +101,7 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     for fold in split.folds:
         real = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.train]
         test = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.test]
-        test_hashes = {p: it.key for p, it in zip(fold.test, test)}
+        test_hashes = {p: fingerprint.file_sha256(dataset.root / p) for p in fold.test}  # as `lora train` records them
         for tree in trees:
             ds, leaky = syn.tree(fold.index, tree)
             if not leaky and not check_provenance(fold.index, ds.root, test_hashes):

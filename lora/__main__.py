@@ -151,14 +151,8 @@ def _convert(args) -> None:
     dst = Path(args.output)
     target = dst if args.to == "kohya" or dst.suffix == ".safetensors" else dst / DIFFUSERS_WEIGHT_NAME
     check_new_file(target, overwrite=args.overwrite, flag="output")  # the user's file is never replaced
-    if args.to == "kohya":  # the mark travels in the file's own metadata
-        print(convert(args.input, dst, args.to, metadata={fingerprint.WRITTEN_BY: fingerprint.mark("lora convert")}))
-        return
-    from diffusion.formats import read_lora
-
-    read_lora(args.input)  # a bad input is one line before the folder's outputs record is written
-    fingerprint.claim(target.parent, [target.name], "lora convert")  # diffusers' saver keeps no extra metadata
-    print(convert(args.input, dst, args.to))
+    mark = {fingerprint.WRITTEN_BY: fingerprint.mark("lora convert")}  # in the file's own metadata: ours to replace
+    print(convert(args.input, dst, args.to, metadata=mark))
 
 
 def _single_file(args) -> None:

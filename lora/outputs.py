@@ -61,7 +61,7 @@ def write_group(job: LoraJob, settings, data_settings, lora, rows, stats, pipe, 
     """
     tmp = temp_dir_beside(job.out_dir, prefix=f".{job.group}.tmp-")
     try:
-        write_diffusers(lora, tmp)
+        write_diffusers(lora, tmp, {fingerprint.WRITTEN_BY: fingerprint.mark("lora train")})
         write_kohya(lora, tmp / layout.lora_kohya_file(job.group), kohya_metadata(job, settings, len(job.dataset.records)))
         fold = layout.fold_name(job.fold) if job.fold is not None else None
         resolved = {"data": as_dict(data_settings), "lora": as_dict(settings),

@@ -192,6 +192,10 @@ def claim(folder, names, command: str) -> None:
     """Record in `folder` that `command` writes `names` there; call it after every check, before the writes."""
     folder = Path(folder)
     outputs = claimed(folder)
+    record = _outputs_file(folder)
+    if (record.exists() or record.is_symlink()) and not outputs and _json_mark(record) is None:
+        raise UserError(f"{record} exists and is not a record this tool wrote; it is left untouched: move it away "
+                        "or choose another output folder")
     new = {**outputs, **{str(n): mark(command) for n in names}}
     if new != outputs or not _outputs_file(folder).is_file():
         folder.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@
     CV          OUT/report.md, report.html, results.csv, results.json, split.json, runs/<tree>/<mix>/fold_<k>.json
     realism     OUT/realism.json, realism.md
     any output  fingerprint.json: what determined it (see prompts/fingerprint.py)
-                .cellsynth-outputs.json: the names a command wrote there (only those are ever replaced)
+                cellsynth-outputs.json: the names a command wrote there (only those are ever replaced)
 
 `<group>` is the class, or `<cell_line>__<class>` for per-(cell line, class) LoRAs.
 Labels and cell lines become path parts only after `check_name`.
@@ -27,7 +27,7 @@ GROUP_SEP = "__"
 LORA_DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 MANIFEST_FILE = "manifest.jsonl"
 FINGERPRINT_FILE = "fingerprint.json"
-OUTPUTS_FILE = ".cellsynth-outputs.json"  # in an output folder: the names its commands wrote (prompts.fingerprint.claim)
+OUTPUTS_FILE = "cellsynth-outputs.json"  # in an output folder: the names its commands wrote (prompts.fingerprint.claim)
 SPLIT_FILE = "split.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
