@@ -367,13 +367,12 @@ class RealismScorer:
 
     def _raw(self, paths: list[Path]):
         """(len(paths), F) frozen features, in the order of `paths`."""
-        from classify.features import PLAIN, ImageTable, compute_features
-        from prompts.files import sha256_file
+        from classify.features import PLAIN, ImageTable, compute_features, image_key
 
         table = ImageTable.from_paths(paths)
         feats = compute_features(table, [PLAIN], self.cache, self.extractor, progress=False)[PLAIN]
         row = table.row()
-        return feats[[row[sha256_file(p)] for p in paths]]
+        return feats[[row[image_key(p)] for p in paths]]  # the table's keys: decoded pixels
 
     def _kid_ref(self, label: str) -> float:
         from classify.realism import kid
