@@ -384,8 +384,8 @@ class RealismScorer:
 
     def score(self, label: str, synthetic: list[Path]) -> dict:
         """Scores of one class's synthetic images, with the image lists they were computed on."""
+        from classify.features import image_key
         from classify.realism import c2st, kid
-        from prompts.files import sha256_file
 
         real = self.images.test[label]
         leaked = set(map(str, real)) & {str(p) for ps in self.images.train.values() for p in ps}
@@ -396,7 +396,7 @@ class RealismScorer:
                             f"{len(synthetic)}; the scores need at least 2 of each (more test images, or a larger images_per_class)")
         x, y = self.features(real), self.features(synthetic)
         k, _ = kid(x, y, seed=self.cls.seed)
-        acc, _ = c2st(x, y, [sha256_file(p) for p in real], [sha256_file(p) for p in synthetic], seed=self.cls.seed)
+        acc, _ = c2st(x, y, [image_key(p) for p in real], [image_key(p) for p in synthetic], seed=self.cls.seed)  # as the report
         return {"class": label, "kid": k, "kid_ref": self.kid_ref[label], "c2st_accuracy": acc, "objective": class_objective(k, acc),
                 "real_images": [str(p) for p in real], "synthetic_images": [str(p) for p in synthetic]}
 
