@@ -94,27 +94,35 @@ def main(argv=None) -> int:
 
 
 def cmd_split(data, cls) -> int:
+    from prompts import fingerprint
     from prompts.dataset import read_dataset
     from prompts.guard import check_new_file
-    from prompts.splits import write_split
 
     from .folds import make_split
 
-    if not data.data:
-        raise UserError("no data folder: pass --data DIR")
     check_new_file(cls.output, overwrite=cls.overwrite, data=data.data)
     dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images)
     split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
-    write_split(cls.output, split)
+    fingerprint.write_json(cls.output, split.to_json(), "classify split")  # the mark makes it replaceable by --overwrite
     sizes = ", ".join(str(len(f.test)) for f in split.folds)
     log.info("wrote %s: %d fold(s) x %d repeat(s), test sizes %s", cls.output, split.n_splits, split.repeats, sizes)
     return 0
 
 
 def cmd_cv(data, cls, progress: bool, dropped: str | None = None) -> int:
-    from .cv import run_cv
+    from pathlib import Path
+
+    from prompts import fingerprint
+    from prompts.guard import check_output_dir, check_outputs
+    from prompts.layout import FINGERPRINT_FILE
+
+    from .cv import OUTPUT_NAMES, run_cv
     from .report import report_inputs, write_reports
 
+    if cls.output:  # a missing or bad --output is run_cv's one line
+        check_output_dir(cls.output, data=data.data)
+        if not fingerprint.written_by(Path(cls.output) / FINGERPRINT_FILE):  # a CV folder of an earlier version is ours
+            check_outputs(cls.output, OUTPUT_NAMES)  # the user's files are never replaced, --overwrite or not
     report_inputs(cls.realism, cls.blind, dropped)  # a bad --realism, --blind or --dropped stops now, not after the CV
     results = run_cv(data, cls, progress)
     paths = write_reports(results, cls.output, dropped)
@@ -136,17 +144,15 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
 
     from prompts.dataset import read_dataset
     from prompts.files import temp_dir_beside
-    from prompts.guard import check_new_file
+    from prompts.guard import check_file_target
 
     from .model import check_backbone, import_keras, write_calibrated_weights
     from .pixels import load_pixels
 
-    if not data.data:
-        raise UserError("no data folder: pass --data DIR")
-    out = Path(cls.output or "")
-    if not cls.output or not out.name.endswith(".weights.h5"):
+    out = Path(cls.output)  # required by the schema: read_settings checked it is given
+    if not out.name.endswith(".weights.h5"):
         raise UserError(f"--output {cls.output}: give a file name ending in .weights.h5 (Keras' weights format)")
-    check_new_file(out, overwrite=True, data=data.data)  # an existing file is kept below, never replaced
+    check_file_target(out, data=data.data)  # an existing file is kept below, never replaced
     check_backbone(cls.backbone)
     if out.exists():  # never replaced: the same settings make the same file, other settings need another name
         log.info("%s exists; kept", out)
@@ -176,8 +182,6 @@ def cmd_realism(data, cls, progress: bool) -> int:
 
     from .realism import run_realism, write_realism
 
-    if not cls.synthetic:
-        raise UserError("no synthetic folder: pass --synthetic DIR")
     for name in (REALISM_JSON, REALISM_MD):  # a finished realism report is replaced only when asked
         check_new_file(Path(cls.output) / name, overwrite=cls.overwrite, data=data.data)
     result = run_realism(data, cls, progress)

@@ -33,7 +33,7 @@ from prompts.guard import check_output_dir
 from prompts.layout import FINGERPRINT_FILE, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
 from prompts.splits import Fold, Split, read_split, write_split
 
-from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir
+from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir, image_key
 from .folds import make_split
 from .mixes import Item, Mix, build_training_set, counts, parse_mixes, subsample_minority
 from .results import REAL_TREE, annotate
@@ -92,7 +92,7 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     trained on (the tree's fingerprint.json); trees without that record are named in one
     warning. Shared trees stand in knowingly and are flagged as leaky in the report.
     """
-    from prompts.images import content_key as h  # content hashes (memoised), with the reading rule for >8-bit images
+    h = image_key  # content keys of the decoded pixels, memoised per (path, size, mtime): not the file's metadata
     rec = dataset.by_path()
     classes = dataset.classes
     trees = syn.weights if syn and any(m.uses_synthetic for m in mixes) else []
@@ -101,7 +101,7 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     for fold in split.folds:
         real = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.train]
         test = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.test]
-        test_hashes = {p: it.key for p, it in zip(fold.test, test)}
+        test_hashes = {p: fingerprint.file_sha256(dataset.root / p) for p in fold.test}  # as `lora train` records them
         for tree in trees:
             ds, leaky = syn.tree(fold.index, tree)
             if not leaky and not check_provenance(fold.index, ds.root, test_hashes):
@@ -325,7 +325,8 @@ def run_cv(data_section, cls, progress: bool = True) -> dict:
             todo.append(job)
     if todo:
         runner.prepare(todo)  # builds the base when features are missing: a bad weights file stops here
-    fingerprint.write(out / FINGERPRINT_FILE, current)  # OUT is written only once every input checked out
+    fingerprint.claim(out, OUTPUT_NAMES, "classify cv")  # OUT is written only once every input checked out
+    fingerprint.write(out / FINGERPRINT_FILE, current)
     if not data_section.split:
         write_split(split.path, split)
     bar = tqdm(todo, desc="folds x mixes", unit="run", disable=not progress or not todo)
@@ -350,6 +351,7 @@ WEIGHTS_NONE_WARNING = (
 )
 # what `classify cv` writes into OUT (besides fingerprint.json)
 _OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, "folds.csv", RUNS_DIR)
+OUTPUT_NAMES = (*_OUTPUT_NAMES, FINGERPRINT_FILE)  # claimed in OUT before the first write (prompts.guard's rule)
 # settings that reach a job only through its training and test items (or not at all)
 _JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights", "delta"})
 # settings that change the report only (verdicts): a new value re-writes the report and reuses every run

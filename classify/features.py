@@ -2,7 +2,10 @@
 
 The base is frozen and runs in inference mode, so its output for an image does
 not depend on the fold, the mix or the epoch. We compute it once per image
-*content* (SHA-256 of the file bytes) and per *view*:
+*content* and per *view*. The content key (`image_key`) is the SHA-256 of the decoded
+pixels (mode, size, 8-bit values as the classifier reads them), not of the file bytes: a
+PNG's text chunks (provenance, times, paths) differ between two runs of the same study
+in two folders, and must change neither a cache key nor a result. Views:
 
 - view `plain`: the image itself (test images; training without augmentation);
 - view `aug<v>-s<seed>` (v = 0..V-1): the image passed through the augmentation
@@ -16,6 +19,8 @@ run resumes where it stopped and every run, fold and mix shares the shards.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import os
 import re
@@ -26,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from prompts.files import atomic_path, sha256_bytes
-from prompts.images import content_key
 
 from .pixels import image_to_array
 
@@ -51,9 +55,33 @@ def aug_views(n_views: int, seed: int) -> list[str]:
     return [f"aug{v}-s{seed}-{policy}" for v in range(n_views)]
 
 
+def image_key(path) -> str:
+    """SHA-256 (hex) of an image's decoded pixels, as the classifier reads them (under the data section's reading
+    rule): equal for equal pixels whatever the file's metadata or place. A scene name (`file.czi#scene-2`) keys
+    that scene. Memoised per (real path, size, mtime, reading rule), so a study hashes each image once per process.
+    """
+    from prompts.fingerprint import digest
+    from prompts.images import current_reading, file_of
+
+    base = file_of(path)
+    real = os.path.realpath(base)
+    st = os.stat(real)
+    return _image_key(real + str(path)[len(str(base)):], st.st_size, st.st_mtime_ns, digest(current_reading().record()))
+
+
+@functools.lru_cache(maxsize=None)
+def _image_key(name: str, size: int, mtime_ns: int, reading: str) -> str:
+    from prompts.images import load_image
+
+    img = load_image(name)  # what the classifier reads: 8-bit L or RGB, EXIF orientation applied
+    h = hashlib.sha256(f"{img.mode}|{img.size[0]}x{img.size[1]}|".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class ImageTable:
-    """Unique images by content: keys[i] (SHA-256 hex) is the content of paths[i]."""
+    """Unique images by content: keys[i] (`image_key`: SHA-256 of the decoded pixels) is the content of paths[i]."""
 
     keys: list[str]
     paths: list[Path]
@@ -63,7 +91,7 @@ class ImageTable:
         keys, uniq = [], []
         seen = set()
         for p in paths:
-            k = content_key(p)  # file sha256 (memoised), with the data section's reading rule for >8-bit images
+            k = image_key(p)  # memoised: the CV plan keyed these already
             if k not in seen:
                 seen.add(k)
                 keys.append(k)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from prompts import fingerprint
 from prompts.dataset import read_dataset
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
 from prompts.guard import check_output_dir
-from prompts.images import content_key
 from prompts.layout import REALISM_JSON, REALISM_MD
 
-from .features import PLAIN, Extractor, FeatureCache, ImageTable, compute_features, default_cache_dir
+from .features import PLAIN, Extractor, FeatureCache, ImageTable, compute_features, default_cache_dir, image_key
 from .synthetic import read_synthetic
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def kid(x: np.ndarray, y: np.ndarray, n_subsets: int = 20, subset_size: int = 10
 def c2st(x: np.ndarray, y: np.ndarray, keys_x=None, keys_y=None, folds: int = 5, seed: int = 0) -> tuple[float, float]:
     """Cross-validated accuracy of telling x (real, (n, F)) from y (synthetic, (m, F)) -> (mean, std over folds).
 
-    Equal numbers of each are drawn. keys_x/keys_y (content hashes) keep byte-identical
+    Equal numbers of each are drawn. keys_x/keys_y (pixel content keys) keep pixel-identical
     images in the same CV fold; otherwise a synthetic copy of a real image would be
     predicted from its twin with the opposite label and push the accuracy below 0.5.
     """
@@ -118,7 +118,7 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
     row = table.row()
 
     def keys(paths):
-        return [content_key(p) for p in paths]  # the feature table's keys
+        return [image_key(p) for p in paths]  # pixels, not file bytes: results do not depend on where files lie
 
     rows = []
     for w in syn.weights:
@@ -132,7 +132,7 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
     note = (f"Features: {cls.backbone} ({cls.weights}) at {cls.image_size} px, frozen, global average pooling — the "
             "classifier's own view of the images. KID: 0 = same distribution (×1e3 shown). Two-sample classifier: "
             "logistic regression, 5-fold CV on equal numbers of real and synthetic images; 0.5 = indistinguishable, 1.0 = "
-            "always told apart. Copies: synthetic images byte-identical to a real image of the class (memorised); KID is "
+            "always told apart. Copies: synthetic images pixel-identical to a real image of the class (memorised); KID is "
             "unbiased and can dip below 0, strongly so when synthetic images copy real ones.")
     return {"version": 1, "data": str(real.root), "synthetic": str(syn.root), "backbone": cls.backbone,
             "weights": cls.weights, "image_size": cls.image_size, "note": note, "rows": rows}
@@ -142,6 +142,7 @@ def write_realism(result: dict, out) -> list[Path]:
     from .report import realism_markdown
 
     out = Path(out)
+    fingerprint.claim(out, (REALISM_JSON, REALISM_MD), "classify realism")  # before the writes: a kill leaves no file that looks foreign
     write_json_atomic(out / REALISM_JSON, result)
     write_text_atomic(out / REALISM_MD, "# Realism of synthetic images\n\n" + result["note"] + "\n\n" + realism_markdown(result) + "\n")
     return [out / REALISM_JSON, out / REALISM_MD]

@@ -30,6 +30,7 @@ import torch
 
 from prompts.errors import UserError
 from prompts.files import atomic_path
+from prompts.fingerprint import WRITTEN_BY
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -221,8 +222,11 @@ def _lora_config(mods: dict[str, LoraModule]) -> dict:
     return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
 
 
-def write_diffusers(lora: LoraWeights, folder: str | os.PathLike) -> Path:
-    """Write `pytorch_lora_weights.safetensors` into `folder` with diffusers' own saver and rank/alpha metadata."""
+def write_diffusers(lora: LoraWeights, folder: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write `pytorch_lora_weights.safetensors` into `folder` with diffusers' own saver and rank/alpha metadata.
+
+    `metadata` (e.g. the toolkit's `written_by` mark) is added to the header before the file is renamed into place.
+    """
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
@@ -245,7 +249,19 @@ def write_diffusers(lora: LoraWeights, folder: str | os.PathLike) -> Path:
             unet_lora_adapter_metadata=meta.get("unet"), text_encoder_lora_adapter_metadata=meta.get("text_encoder"),
             weight_name=tmp.name, safe_serialization=True,
         )
+        if metadata:
+            _add_metadata(tmp, metadata)
     return folder / DIFFUSERS_WEIGHT_NAME
+
+
+def _add_metadata(path: Path, extra: dict[str, str]) -> None:
+    """Rewrite a safetensors file in place with `extra` keys added to its header (LoRA files are small)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        header = dict(f.metadata() or {})
+    save_file(load_file(str(path)), str(path), metadata={**header, **{k: str(v) for k, v in extra.items()}})
 
 
 def _read_diffusers(state: dict, header: dict, path: Path) -> LoraWeights:
@@ -416,7 +432,8 @@ def write_kohya(lora: LoraWeights, path: str | os.PathLike, metadata: dict[str, 
 
     path = Path(path)
     state = kohya_state(lora)
-    meta = {k: str(v) for k, v in {**lora.metadata, **(metadata or {})}.items() if k.startswith(("ss_", "modelspec."))}
+    meta = {k: str(v) for k, v in {**lora.metadata, **(metadata or {})}.items()
+            if k.startswith(("ss_", "modelspec.")) or k == WRITTEN_BY}  # written_by: ours to replace (prompts.guard)
     rank, alpha = lora.rank_alpha()
     meta.setdefault("ss_network_module", "networks.lora")
     meta.setdefault("ss_network_dim", str(rank))
@@ -476,10 +493,10 @@ def read_lora(path: str | os.PathLike) -> LoraWeights:
     return lora
 
 
-def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
+def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str, metadata: dict[str, str] | None = None) -> Path:
     """Convert a LoRA file to `to` ('kohya': a .safetensors file; 'diffusers': a folder or a .safetensors path).
 
-    Refuses to overwrite `src`. Returns the written file.
+    Refuses to overwrite `src`. `metadata` goes into the written file's header. Returns the written file.
     """
     src, dst = Path(src), Path(dst)
     if to not in ("kohya", "diffusers"):
@@ -490,15 +507,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str) -> Path:
     if to == "kohya":
         if dst.suffix.lower() != ".safetensors":
             raise UserError(f"{dst}: a kohya LoRA is one .safetensors file; give a path ending in .safetensors")
-        return write_kohya(lora, dst)
+        return write_kohya(lora, dst, metadata)
     if dst.suffix.lower() == ".safetensors":
-        written = write_diffusers(lora, dst.parent if dst.name == DIFFUSERS_WEIGHT_NAME else _tmp_folder(dst))
+        written = write_diffusers(lora, dst.parent if dst.name == DIFFUSERS_WEIGHT_NAME else _tmp_folder(dst), metadata)
         if dst.name != DIFFUSERS_WEIGHT_NAME:
             os.replace(written, dst)
             written.parent.rmdir()
             return dst
         return written
-    return write_diffusers(lora, dst)
+    return write_diffusers(lora, dst, metadata)
 
 
 def _tmp_folder(dst: Path) -> Path:

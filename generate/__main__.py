@@ -10,7 +10,7 @@ import secrets
 import sys
 from functools import partial
 
-from prompts.cli import Parser, add_config_flag, add_section_flags, read_settings
+from prompts.cli import Parser, add_config_flag, add_section_flags, cpu_processes, read_settings
 from prompts.errors import UserError, run_cli, setup_logging
 from prompts.layout import MANIFEST_FILE
 
@@ -88,17 +88,6 @@ def print_plan(jobs) -> None:
     for (fold, w, group), n in sorted(counts.items(), key=lambda kv: (kv[0][0] if kv[0][0] is not None else -1, -kv[0][1], kv[0][2])):
         print(f"{'-' if fold is None else fold}\t{w}\t{group}\t{n}")
     print(f"total\t\t\t{len(jobs)}")
-
-
-def cpu_processes() -> bool:
-    """Several processes and no GPU (`accelerate launch --multi_gpu` or torchrun on CPU): gloo on the CPU."""
-    import os
-
-    import torch
-
-    forced = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return forced or (several and not torch.cuda.is_available())
 
 
 @run_cli

@@ -47,7 +47,7 @@ class LoraUse:
 
 
 @dataclass(frozen=True)
-class Job:
+class ImageJob:
     """One image to make. `file` is relative to the output folder (POSIX)."""
 
     file: str
@@ -295,7 +295,7 @@ def plan_fold(
     fold_index: int | None,
     train: set[str] | None,
     is_gray,
-) -> list[Job]:
+) -> list[ImageJob]:
     """Every image of one fold (or of the whole data when fold_index is None), in a fixed order.
 
     is_gray(records) -> bool decides whether a group's source images are grayscale
@@ -355,7 +355,7 @@ def plan_fold(
             for w in req.weights:
                 folder = layout.synthetic_class_dir(Path(), fold_index, w, g.label, g.cell_line)
                 file = (folder / image_name(g.name, index)).as_posix()
-                jobs.append(Job(file, g.label, g.cell_line, g.name, fold_index, float(w), index, seed, prompt,
+                jobs.append(ImageJob(file, g.label, g.cell_line, g.name, fold_index, float(w), index, seed, prompt,
                                 negative, loras, gray, init, strength))
     return jobs
 
@@ -370,15 +370,15 @@ def tree_dir(fold: int | None, weight: float) -> str:
     return (layout.fold_root(Path(), fold) / layout.weight_dir_name(weight)).as_posix()
 
 
-def tree_of(job: Job) -> str:
+def tree_of(job: ImageJob) -> str:
     """The synthetic tree that holds a job's image."""
     return tree_dir(job.fold, job.weight)
 
 
-def batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+def batches(jobs: list[ImageJob], batch_size: int) -> list[list[ImageJob]]:
     """Consecutive jobs with the same batch key, cut into batches of at most `batch_size`."""
     jobs = sorted(jobs, key=lambda j: (j.batch_key, j.group, j.index))
-    out: list[list[Job]] = []
+    out: list[list[ImageJob]] = []
     for job in jobs:
         if out and len(out[-1]) < batch_size and out[-1][0].batch_key == job.batch_key:
             out[-1].append(job)

@@ -21,10 +21,11 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from diffusion.a1111 import a1111_number, model_name
-from prompts.files import atomic_path, write_text_atomic
+from prompts import fingerprint
+from prompts.files import atomic_path
 from prompts.layout import MANIFEST_FILE
 
-from .plan import Job
+from .plan import ImageJob
 
 MANIFEST = MANIFEST_FILE
 CHUNK = "cellsynth"
@@ -52,11 +53,23 @@ def _lora_sha256(path: str, size: int, mtime_ns: int) -> dict[str, str]:
     return lora_file_sha256(path)
 
 
-def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
-           lora_hashes: dict[str, str], run_seed: int) -> dict:
+def portable_path(path: str, out) -> str:
+    """A local file or folder as a POSIX path relative to the output folder `out` (a hub id as given).
+
+    Provenance never holds absolute paths: the same study in another folder, or moved, writes the same records.
+    """
+    if not os.path.exists(path):
+        return str(path)
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out))).as_posix()
+
+
+def record(job: ImageJob, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
+           lora_hashes: dict[str, str], run_seed: int, out=None) -> dict:
     """The manifest line of one image (JSON-ready). size = (width, height) in pixels.
 
-    An img2img image also records `reading`: how its init image was read (the data section's rule)."""
+    out: the output folder; LoRA paths are recorded relative to it (`portable_path`).
+    """
+    where = (lambda p: portable_path(p, out)) if out is not None else str
     rec = {
         "file": job.file,
         "class": job.label,
@@ -64,7 +77,7 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
         "group": job.group,
         "fold": job.fold,
         "lora_weight": job.weight,
-        "loras": [{"name": u.name, "file": u.path, "weight": u.multiplier * job.weight, "hash": lora_hashes[u.path],
+        "loras": [{"name": u.name, "file": where(u.path), "weight": u.multiplier * job.weight, "hash": lora_hashes[u.path],
                    "sha256": lora_sha256(u.path)}
                   for u in job.loras],
         "prompt": job.prompt,
@@ -77,7 +90,7 @@ def record(job: Job, *, sampler: str, steps: int, cfg: float, size: tuple[int, i
         "mode": "img2img" if job.init_image else "txt2img",
         "init_image": job.init_image,
         "strength": job.strength,
-        "model": model,
+        "model": model,  # as given: a hub id, or the path readers resolve from where generate ran (the report's smoke check)
         "model_hash": model_hash,
         "run_seed": run_seed,
         "index": job.index,
@@ -140,13 +153,8 @@ def read_chunk(path: Path) -> dict | None:
 
 
 def append_line(out: Path, rec: dict) -> None:
-    """Append one manifest line with a single O_APPEND write (safe with several processes)."""
-    data = (json.dumps(rec, sort_keys=False) + "\n").encode("utf-8")
-    fd = os.open(out / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    """Append one manifest line (prompts.fingerprint: safe with several processes)."""
+    fingerprint.append_manifest(out / MANIFEST, rec)
 
 
 def scan(out: Path) -> tuple[dict[str, dict], list[str]]:
@@ -195,27 +203,13 @@ def remove_stale_temporaries(out: Path, now: float | None = None) -> int:
 
 
 def is_our_manifest(path: Path) -> bool:
-    """True when every line of an existing manifest is one of our records (an empty file counts as ours)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return False
-    for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line) if line.strip() else {}
-        except json.JSONDecodeError:  # the last line of ours cut by a kill is rebuilt; anything else is not ours
-            if i == len(lines) - 1 and line.startswith('{"file": '):
-                continue
-            return False
-        if line.strip() and not (isinstance(rec, dict) and str(rec.get("version", "")).startswith("cellsynth generate")):
-            return False
-    return True
+    """True when every line of an existing manifest is one of generate's records (prompts.fingerprint)."""
+    return fingerprint.is_our_manifest(path, VERSION.rsplit(" ", 1)[0])
 
 
 def rebuild_manifest(out: Path, records: dict[str, dict]) -> None:
     """Write manifest.jsonl atomically: one line per PNG, sorted by file."""
-    text = "".join(json.dumps(records[f], sort_keys=False) + "\n" for f in sorted(records))
-    write_text_atomic(out / MANIFEST, text)
+    fingerprint.write_manifest(out / MANIFEST, [records[f] for f in sorted(records)])
 
 
 def settings_differ(old: dict, new: dict, seeded: bool) -> str | None:
@@ -236,7 +230,7 @@ def settings_differ(old: dict, new: dict, seeded: bool) -> str | None:
     return None
 
 
-def lora_hashes(jobs: list[Job]) -> dict[str, str]:
+def lora_hashes(jobs: list[ImageJob]) -> dict[str, str]:
     """{LoRA file: short hash} for every LoRA the jobs use."""
     paths = sorted({u.path for j in jobs for u in j.loras})
     return {p: lora_hash(p) for p in paths}

@@ -37,28 +37,36 @@ from prompts.images import is_grayscale, load_image
 
 from . import provenance as prov
 from . import trees
-from .plan import Job, batches, share, tree_dir
+from .plan import ImageJob, batches, share, tree_dir
 
 log = logging.getLogger("generate")
 
 
+def _schema_default(key: str):
+    """The default of `generate.<key>` in the study schema: Settings never re-declares one."""
+    from prompts.config import field_default
+    from prompts.schema.generate import GenerateSection
+
+    return field_default({f.name: f for f in dataclasses.fields(GenerateSection)}[key])
+
+
 @dataclass
 class Settings:
-    """How to sample (resolved from the config and flags)."""
+    """How to sample (resolved from the config and flags); defaults are the schema's (prompts/schema/generate.py)."""
 
     model: str
     output: Path
-    sampler: str = "Euler a"
-    steps: int = 20
-    cfg: float = 7.0
-    width: int = 512
-    height: int = 512
-    batch_size: int = 1
-    fuse: bool = False
-    dtype: str = "auto"  # auto, fp32, fp16, bf16
-    allow_pickle: bool = False
-    model_config: str | None = None
-    overwrite: bool = False
+    sampler: str = _schema_default("sampler")
+    steps: int = _schema_default("steps")
+    cfg: float = _schema_default("cfg")  # the classifier-free guidance scale
+    width: int = _schema_default("size")[0]
+    height: int = _schema_default("size")[-1]
+    batch_size: int = _schema_default("batch_size")
+    fuse: bool = _schema_default("fuse")
+    dtype: str = _schema_default("dtype")  # auto, fp32, fp16, bf16
+    allow_pickle: bool = _schema_default("allow_pickle")
+    model_config: str | None = _schema_default("model_config")
+    overwrite: bool = _schema_default("overwrite")
     seeded: bool = False  # --seed given: seeds are part of the settings that must match on resume
     run_seed: int = 0
     progress: bool = True
@@ -81,11 +89,13 @@ class BadImages(UserError):
 
 def check_settings(s: Settings) -> Settings:
     """Sampler name and size, before any model is loaded; returns a copy with the sampler's canonical
-    name (the caller's object is left as it is). Ranges (steps, CFG, batch size) are the schema's."""
+    name (the caller's object is left as it is). The size is checked by the schema's rule for `--size`
+    (a library caller skips the command line's validation); the CLI's other values come validated."""
+    from prompts.config import check_field
+    from prompts.schema.generate import GenerateSection
+
     s = dataclasses.replace(s, sampler=canonical_sampler(s.sampler))
-    for name, v in (("width", s.width), ("height", s.height)):
-        if v <= 0 or v % 8:
-            raise UserError(f"--size: {name} {v} is impossible; the VAE needs a positive multiple of 8 (e.g. 512 512)")
+    check_field(GenerateSection, "size", [s.width, s.height], "--size")
     return s
 
 
@@ -108,7 +118,7 @@ def load_pipe(s: Settings, device: torch.device):
     return pipe.to(device)
 
 
-def warn_long_prompts(tokenizer, jobs: list[Job]) -> None:
+def warn_long_prompts(tokenizer, jobs: list[ImageJob]) -> None:
     """CLIP reads 77 tokens; say once per prompt when one is longer (it is encoded in chunks of 75, as A1111 does)."""
     from .prompt_weighting import chunk
 
@@ -234,7 +244,7 @@ def to_pil(arr: np.ndarray, gray: bool) -> Image.Image:
     return img.convert("L") if gray else img
 
 
-def sample_batch(pipe, i2i, batch: list[Job], s: Settings, data_root: Path) -> np.ndarray:
+def sample_batch(pipe, i2i, batch: list[ImageJob], s: Settings, data_root: Path) -> np.ndarray:
     """Pipeline calls for a batch of jobs with one batch key -> float array (B, H, W, 3) in 0..1.
 
     Prompts are encoded with A1111's weighting and 75-token chunking (`prompt_weighting`); jobs whose
@@ -264,14 +274,18 @@ def sample_batch(pipe, i2i, batch: list[Job], s: Settings, data_root: Path) -> n
 # ---------------------------------------------------------------- the run
 
 
-def existing(s: Settings, jobs: list[Job], records: dict, planned: dict[str, dict], foreign: list[str]) -> list[Job]:
+def existing(s: Settings, jobs: list[ImageJob], records: dict, planned: dict[str, dict], foreign: list[str]) -> list[ImageJob]:
     """The jobs still to make; an existing image made with other settings, or not by generate, is an error
     (unless --overwrite)."""
     todo, foreign = [], set(foreign)
     for job in jobs:
-        if job.file in foreign and not s.overwrite:
-            raise UserError(f"{s.output / job.file} exists and was not made by generate (no {prov.CHUNK} PNG chunk); "
-                            "move it away, pass --overwrite to replace it, or choose another --output")
+        target = s.output / job.file
+        if target.is_symlink() or target.is_dir():
+            raise UserError(f"{target} exists and is a {'link' if target.is_symlink() else 'folder'} generate did not write; "
+                            "it is left untouched: move it away or choose another --output")
+        if job.file in foreign:  # the user's image: never replaced, --overwrite or not (prompts.guard's rule)
+            raise UserError(f"{s.output / job.file} exists and was not made by generate (no {prov.CHUNK} PNG chunk); it is "
+                            "left untouched (--overwrite replaces only generate's own images): move it away or choose another --output")
         old = records.get(job.file)
         if old is None or s.overwrite:
             todo.append(job)
@@ -285,20 +299,20 @@ def existing(s: Settings, jobs: list[Job], records: dict, planned: dict[str, dic
     return todo
 
 
-def check_output(s: Settings, jobs: list[Job], data_root: Path) -> None:
+def check_output(s: Settings, jobs: list[ImageJob], data_root: Path) -> None:
     """OUT is a writable folder outside the data; every planned file lies inside OUT; the manifest there is ours."""
     check_output_dir(s.output, data=data_root, flag="--output")
     if is_inside(data_root, s.output):  # OUT is scanned (and our temporaries removed) all the way down
         raise UserError(f"--output {s.output} holds the data folder {data_root}; choose an output folder beside the data, "
                         "not above it")
-    for j in jobs:  # plans come from prompts.layout with checked names; a Job built by hand is checked here
+    for j in jobs:  # plans come from prompts.layout with checked names; a ImageJob built by hand is checked here
         parts = Path(j.file).parts
         if Path(j.file).is_absolute() or ".." in parts or not parts:
             raise UserError(f"planned image {j.file!r} would lie outside {s.output}; labels must be plain folder names")
     manifest = s.output / prov.MANIFEST
-    if manifest.exists() and not s.overwrite and not prov.is_our_manifest(manifest):
-        raise UserError(f"{manifest} exists and was not written by generate; move it away, pass --overwrite to replace it, "
-                        "or choose another --output")
+    if (manifest.exists() or manifest.is_symlink()) and (manifest.is_symlink() or not prov.is_our_manifest(manifest)):
+        raise UserError(f"{manifest} exists and was not written by generate; it is left untouched (--overwrite replaces "
+                        "only generate's own files): move it away or choose another --output")
 
 
 def remove_replaced(out: Path, stale: list[str], records: dict[str, dict], planned: dict) -> dict[str, dict]:
@@ -312,7 +326,7 @@ def remove_replaced(out: Path, stale: list[str], records: dict[str, dict], plann
     return records
 
 
-def generate(jobs: list[Job], s: Settings, data_root: Path, state=None, inputs: trees.Inputs | None = None) -> dict:
+def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inputs: trees.Inputs | None = None) -> dict:
     """Make every planned image that is missing; returns counts {'planned', 'existing', 'made', 'failed'}.
 
     state: an accelerate PartialState (one process when None): each process makes
@@ -335,7 +349,8 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None, inputs: 
         stale = trees.stale_trees(s.output, current, s.overwrite)
     hashes, mhash = prov.lora_hashes(jobs), model_hash(s.model)
     planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=(s.width, s.height),
-                                   model=str(s.model), model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed)
+                                   model=str(s.model), model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed,
+                                   out=s.output)
                for j in jobs}
     records, foreign = prov.scan(s.output)
     todo = existing(s, jobs, records, planned, foreign)  # raises before anything is written
@@ -370,21 +385,21 @@ def generate(jobs: list[Job], s: Settings, data_root: Path, state=None, inputs: 
 
     bar = tqdm(total=n_mine, unit="img", disable=not (s.progress and state.is_main_process and n_mine), dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
-    for batch in mine:
-        adapters.use(batch[0].loras, batch[0].weight, s.fuse)
-        arrays = sample_batch(pipe, i2i, batch, s, data_root)
-        for job, arr in zip(batch, arrays):
-            bad = problem(arr)
-            if bad:
-                failed.append(job)
-                log.error("%s: %s image (seed %d) not saved", job.file, bad, job.seed)
-                continue
-            rec = dict(planned[job.file], created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            prov.save_png(to_pil(arr, job.gray), s.output / job.file, rec)
-            prov.append_line(s.output, rec)
-            made += 1
-        bar.update(len(batch))
-    bar.close()
+    with bar:  # closed on Ctrl-C or SIGTERM too, so the one line that says how to resume comes last
+        for batch in mine:
+            adapters.use(batch[0].loras, batch[0].weight, s.fuse)
+            arrays = sample_batch(pipe, i2i, batch, s, data_root)
+            for job, arr in zip(batch, arrays):
+                bad = problem(arr)
+                if bad:
+                    failed.append(job)
+                    log.error("%s: %s image (seed %d) not saved", job.file, bad, job.seed)
+                    continue
+                rec = dict(planned[job.file], created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                prov.save_png(to_pil(arr, job.gray), s.output / job.file, rec)
+                prov.append_line(s.output, rec)
+                made += 1
+            bar.update(len(batch))
     elapsed = time.perf_counter() - t0
     if made:
         log.info("process %d made %d image(s) in %.1f s (%.2f img/s)", state.process_index, made, elapsed, made / elapsed)

@@ -35,12 +35,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompts import fingerprint as fpr
+from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, fold_name
 from prompts.templates import DEFAULT_TEMPLATES
 
-from .plan import Job, tree_of
+from .plan import ImageJob, tree_of
 
 log = logging.getLogger("generate")
 
@@ -66,7 +66,7 @@ class Inputs:
 
 def image_settings(section, sampler: str) -> dict:
     """The `generate` section's result-changing fields minus `SELECTION`, with the canonical sampler name."""
-    part = {k: v for k, v in fpr.settings_part(section).items() if k not in SELECTION}
+    part = {k: v for k, v in fingerprint.settings_part(section).items() if k not in SELECTION}
     if "sampler" in part:
         part["sampler"] = sampler
     return part
@@ -77,11 +77,11 @@ def image_settings(section, sampler: str) -> dict:
 
 def lora_record(path: str) -> dict | None:
     """The `lora train` fingerprint beside a LoRA file, when it has the `images` record; else None."""
-    rec = fpr.read(Path(path).parent / FINGERPRINT_FILE)
+    rec = fingerprint.read(Path(path).parent / FINGERPRINT_FILE)
     return rec if rec is not None and isinstance(rec.get("images"), dict) else None
 
 
-def check_against_split(jobs: list[Job], inputs: Inputs) -> None:
+def check_against_split(jobs: list[ImageJob], inputs: Inputs) -> None:
     """Refuse LoRAs trained on an image of the test set of the fold they would generate for.
 
     Compared by data-relative path and by content (sha256), so a renamed copy of a test image is
@@ -95,7 +95,7 @@ def check_against_split(jobs: list[Job], inputs: Inputs) -> None:
         test = list(inputs.test.get(fold, ()))
         if not test:
             continue
-        test_hashes = fpr.files_part(test, root=inputs.data_root)
+        test_hashes = fingerprint.files_part(test, root=inputs.data_root)
         by_hash = {sha: p for p, sha in test_hashes.items()}
         for path in sorted(uses[fold]):
             rec = lora_record(path)
@@ -111,7 +111,7 @@ def check_against_split(jobs: list[Job], inputs: Inputs) -> None:
                 )
 
 
-def warn_unrecorded(jobs: list[Job], inputs: Inputs) -> list[str]:
+def warn_unrecorded(jobs: list[ImageJob], inputs: Inputs) -> list[str]:
     """With a split: warn once per LoRA file that has no `lora train` record (it cannot be checked against
     the test images); returns those files."""
     paths = sorted({u.path for j in jobs if inputs.test.get(j.fold) for u in j.loras})
@@ -122,7 +122,7 @@ def warn_unrecorded(jobs: list[Job], inputs: Inputs) -> list[str]:
     return missing
 
 
-def warn_triggers(jobs: list[Job]) -> None:
+def warn_triggers(jobs: list[ImageJob]) -> None:
     """Warn once per (LoRA, group) when the group's prompt lacks the trigger word that LoRA was trained with."""
     triggers = {}  # LoRA file -> {group: trigger word}
     for path in sorted({u.path for j in jobs for u in j.loras}):
@@ -144,62 +144,59 @@ def warn_triggers(jobs: list[Job]) -> None:
 # ---------------------------------------------------------------- tree fingerprints
 
 
-def tree_fingerprints(jobs: list[Job], inputs: Inputs) -> dict[str, dict]:
+def tree_fingerprints(jobs: list[ImageJob], inputs: Inputs) -> dict[str, dict]:
     """{tree (`[fold_<k>/]w<weight>`): its fingerprint} for every tree the jobs write into."""
-    by_tree: dict[str, list[Job]] = {}
+    by_tree: dict[str, list[ImageJob]] = {}
     for j in jobs:
         by_tree.setdefault(tree_of(j), []).append(j)
-    templates = fpr.file_sha256(inputs.templates or DEFAULT_TEMPLATES)
-    split = fpr.file_sha256(inputs.split) if inputs.split else None
-    prompts_file = fpr.file_sha256(inputs.prompts_file) if inputs.prompts_file else None
-    model = fpr.model_part(inputs.model)
+    templates = fingerprint.file_sha256(inputs.templates or DEFAULT_TEMPLATES)
+    split = fingerprint.file_sha256(inputs.split) if inputs.split else None
+    prompts_file = fingerprint.file_sha256(inputs.prompts_file) if inputs.prompts_file else None
+    model = fingerprint.model_part(inputs.model)
     data: dict = {}  # fold -> content part of the images the plan read
     out = {}
     for tree, tjobs in sorted(by_tree.items()):
         fold, weight = tjobs[0].fold, tjobs[0].weight
         if fold not in data:
-            data[fold] = fpr.files_part(sorted(inputs.train.get(fold, ())), root=inputs.data_root)
+            data[fold] = fingerprint.files_part(sorted(inputs.train.get(fold, ())), root=inputs.data_root)
         uses = sorted({(u.name, u.path) for j in tjobs for u in j.loras})
         parts = dict(inputs.settings)
-        parts.update(weight=weight, model=model, loras={n: fpr.file_sha256(p) for n, p in uses}, templates=templates,
-                     split=split, prompts_file=prompts_file, data_images=data[fold], reading=fpr.reading_part())
-        fp = dict(fpr.make(**parts), fold=fold, weight=weight, model=str(inputs.model), reading=parts["reading"],
+        parts.update(weight=weight, model=model, loras={n: fingerprint.file_sha256(p) for n, p in uses}, templates=templates,
+                     split=split, prompts_file=prompts_file, data_images=data[fold], reading=fingerprint.reading_part())
+        tree_record = dict(fingerprint.make(**parts), fold=fold, weight=weight, model=str(inputs.model), reading=parts["reading"],
                   settings=json.loads(json.dumps(inputs.settings, default=str)))  # as it reads back: names values in messages
         records = [lora_record(p) for _, p in uses]
         if uses and all(records):
-            fp["images"] = dict(sorted({k: v for r in records for k, v in r["images"].items()}.items()))
-        out[tree] = fp
+            tree_record["images"] = dict(sorted({k: v for r in records for k, v in r["images"].items()}.items()))
+        out[tree] = tree_record
     return out
 
 
-def is_ours(fp: dict | None) -> bool:
+def is_ours(tree_record: dict | None) -> bool:
     """A fingerprint file this toolkit wrote (a mapping with `version` and `parts`)."""
-    return isinstance(fp, dict) and "version" in fp and isinstance(fp.get("parts"), dict)
+    return isinstance(tree_record, dict) and "version" in tree_record and isinstance(tree_record.get("parts"), dict)
 
 
 def stale_trees(out: Path, current: dict[str, dict], overwrite: bool) -> list[str]:
     """Trees whose recorded fingerprint differs from the current one.
 
     Without `overwrite` the first such tree is a one-line UserError saying what changed and what to
-    do; a `fingerprint.json` that is not ours is never replaced without `overwrite`. A tree with no
+    do; a `fingerprint.json` that is not ours is never replaced. A tree with no
     record yet (new, or made before fingerprints) is not stale: its images are checked one by one.
     """
     stale = []
-    for tree, fp in current.items():
+    for tree, tree_record in current.items():
         path = out / tree / FINGERPRINT_FILE
         if not path.exists():
             continue
-        recorded = fpr.read(path)
-        if not is_ours(recorded):
-            if not overwrite:
-                raise UserError(f"{path} exists and was not written by generate; move it away, pass --overwrite "
-                                "to replace it, or choose another --output")
-            stale.append(tree)
-            continue
-        changed = fpr.diff(recorded, fp)
+        recorded = fingerprint.read(path)
+        if not is_ours(recorded) or path.is_symlink():  # the user's file: never replaced (prompts.guard's rule)
+            raise UserError(f"{path} exists and was not written by generate; it is left untouched (--overwrite replaces "
+                            "only generate's own files): move it away or choose another --output")
+        changed = fingerprint.diff(recorded, tree_record)
         if changed and not overwrite:
             raise UserError(
-                f"{out / tree} was made from other inputs ({describe(changed, recorded, fp)} changed since); pass "
+                f"{out / tree} was made from other inputs ({describe(changed, recorded, tree_record)} changed since); pass "
                 "--overwrite to replace its images, or choose another --output"
             )
         if changed:
@@ -215,7 +212,7 @@ def describe(changed: list[str], recorded: dict, current: dict) -> str:
 
 def write_fingerprints(out: Path, current: dict[str, dict]) -> None:
     """Write every tree's fingerprint (atomically), before its images; an equal record is left untouched."""
-    for tree, fp in current.items():
+    for tree, tree_record in current.items():
         path = out / tree / FINGERPRINT_FILE
-        if fpr.read(path) != fp:
-            fpr.write(path, fp)
+        if fingerprint.read(path) != tree_record:
+            fingerprint.write(path, tree_record)

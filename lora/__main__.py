@@ -61,6 +61,7 @@ def main(argv=None):
     if args.command == "tiny-model":
         from diffusion.tiny import write_tiny_model
 
+        _check_tiny_target(args.output, args.overwrite)
         out = write_tiny_model(args.output, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote tiny Stable Diffusion (random weights, a smoke model) to {out}")
 
@@ -69,17 +70,17 @@ def _train(args, argv) -> None:
     from .train import Interrupted, plan, run
 
     study = read_settings(args, "lora train", ("data", "lora"))
-    cfg, data_cfg = study.lora, study.data
+    settings, data_settings = study.lora, study.data
     n = _accelerate_cpu_processes()
     if n > 1:
-        plan(cfg, data_cfg, args.resume)  # bad input: one line here, not one per process
+        plan(settings, data_settings, args.resume)  # bad input: one line here, not one per process
         raise SystemExit(_relaunch(n, argv))
     try:
-        out = run(cfg, data_cfg, resume=args.resume)
-    except Interrupted as stop:  # Ctrl-C in a group: say exactly what to run to go on (once, not per process)
+        out = run(settings, data_settings, resume=args.resume)
+    except Interrupted as stop:  # Ctrl-C or SIGTERM in a group: say exactly what to run to go on (once, not per process)
         if os.environ.get("RANK", "0") == "0":
-            print(f"interrupted: {stop}", file=sys.stderr)
-        raise SystemExit(130) from None
+            print(f"{'terminated (SIGTERM)' if stop.terminated else 'interrupted'}: {stop}", file=sys.stderr)
+        raise SystemExit(143 if stop.terminated else 130) from None
     if os.environ.get("RANK", "0") == "0":
         for folder in out:
             print(folder)
@@ -92,7 +93,9 @@ def _accelerate_cpu_processes() -> int:
     script once with ACCELERATE_USE_CPU=True and no WORLD_SIZE. The N is then read from the launcher's
     command line (this process's parent) so that the run can be data-parallel as asked. 1 otherwise.
     """
-    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1") or "WORLD_SIZE" in os.environ:
+    from prompts.cli import accelerate_cpu_forced
+
+    if not accelerate_cpu_forced() or "WORLD_SIZE" in os.environ:
         return 1
     try:
         import psutil
@@ -126,16 +129,30 @@ def _relaunch(n: int, argv: list[str]) -> int:
     return subprocess.call(cmd, env={**os.environ, "ACCELERATE_USE_CPU": "True"})
 
 
+def _check_tiny_target(output: str, overwrite: bool) -> None:
+    """--overwrite replaces only a tiny model this tool wrote (its marker file), never a user's model folder."""
+    from pathlib import Path
+
+    from prompts.layout import TINY_MODEL_MARKER
+
+    out = Path(output)
+    if overwrite and (out / "model_index.json").is_file() and not (out / TINY_MODEL_MARKER).is_file():
+        raise UserError(f"{out} holds a diffusers model this tool did not write (no {TINY_MODEL_MARKER}); it is left "
+                        "untouched: choose another folder for the tiny model")
+
+
 def _convert(args) -> None:
     from pathlib import Path
 
     from diffusion.formats import DIFFUSERS_WEIGHT_NAME, convert
+    from prompts import fingerprint
+    from prompts.guard import check_new_file
 
     dst = Path(args.output)
     target = dst if args.to == "kohya" or dst.suffix == ".safetensors" else dst / DIFFUSERS_WEIGHT_NAME
-    if target.exists() and not args.overwrite:
-        raise UserError(f"{target} exists; pass --overwrite to replace it or choose another output")
-    print(convert(args.input, dst, args.to))
+    check_new_file(target, overwrite=args.overwrite, flag="output")  # the user's file is never replaced
+    mark = {fingerprint.WRITTEN_BY: fingerprint.mark("lora convert")}  # in the file's own metadata: ours to replace
+    print(convert(args.input, dst, args.to, metadata=mark))
 
 
 def _single_file(args) -> None:
@@ -143,13 +160,16 @@ def _single_file(args) -> None:
 
     from diffusion.ldm import write_single_file
     from diffusion.model import load_pipeline
+    from prompts import fingerprint
+    from prompts.guard import check_new_file
 
     out = Path(args.output)
     if out.suffix != ".safetensors":
         raise UserError(f"{out}: the checkpoint is written as safetensors; give a path ending in .safetensors")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
-    print(write_single_file(load_pipeline(args.model), out))
+    check_new_file(out, overwrite=args.overwrite, flag="output")  # the user's file is never replaced
+    pipe = load_pipeline(args.model)
+    fingerprint.claim(out.parent, [out.name], "lora single-file")
+    print(write_single_file(pipe, out))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 
@@ -120,3 +121,30 @@ def read_settings(args, command: str, sections: tuple[str, ...]) -> Study:
     check_supported(reading, command, study.generate.init_images)
     set_reading(reading)  # one reading rule for every image this command decodes
     return study
+
+
+# --------------------------------------------------------------------------- processes (accelerate launch, torchrun)
+
+def accelerate_cpu_forced() -> bool:
+    """`accelerate launch --cpu` (it sets ACCELERATE_USE_CPU) asked for CPU processes."""
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+
+
+def world_size() -> int:
+    """How many processes the launcher started (WORLD_SIZE; 1 without a launcher)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() else 1
+
+
+def cpu_processes() -> bool:
+    """Whether this run's processes must run on CPUs with gloo: asked for (`--cpu`), or several processes and no GPU.
+
+    accelerate picks the CPU backend only when told `cpu=True`; lora and generate both ask this one function.
+    """
+    if accelerate_cpu_forced():
+        return True
+    if world_size() <= 1:
+        return False
+    import torch
+
+    return not torch.cuda.is_available()

@@ -88,6 +88,9 @@ def check_range(value, f, where: str):
             bound = m.get(key)
             if bound is not None and not ok(v, bound):
                 raise UserError(f"{where}: {v!r} must be {word} {bound}")
+        step = m.get("multiple_of")
+        if step and v % step:
+            raise UserError(f"{where}: {v!r} must be a multiple of {step} (the VAE downsamples by {step})")
     return value
 
 
@@ -244,6 +247,8 @@ def field_default(f):
 def describe_range(f) -> str:
     m = f.metadata
     parts = [f"{sym} {m[k]}" for k, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if m.get(k) is not None]
+    if m.get("multiple_of"):
+        parts.append(f"multiple of {m['multiple_of']}")
     return ", ".join(parts)
 
 

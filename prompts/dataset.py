@@ -105,13 +105,17 @@ class Dataset:
 def _walk(root: Path):
     """os.walk that follows symlinked folders (a class folder linked from elsewhere is a common lab
     layout) but visits each real folder once, so a link loop cannot recurse forever."""
-    seen: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
+            if any(is_image_file(n) for n in filenames):  # one folder of images under two names: two labels for them
+                a, b = sorted(str(Path(p).relative_to(root)) for p in (seen[(st.st_dev, st.st_ino)], dirpath))
+                raise UserError(f"{a} and {b} in {root} are the same folder (a symbolic "
+                                "link): its images would have two labels; remove the link or copy the images")
             dirnames[:] = []
             continue
-        seen.add((st.st_dev, st.st_ino))
+        seen[(st.st_dev, st.st_ino)] = dirpath
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         yield dirpath, dirnames, filenames
 

@@ -161,3 +161,173 @@ def read(path) -> dict | None:
 
 def write(path, fp: dict) -> None:
     write_json_atomic(path, fp)
+
+
+# --------------------------------------------------------------------------- ownership: what this toolkit wrote
+#
+# `--overwrite` replaces only files and folders this toolkit wrote. A path is ours when
+# - its own content says so: a JSON object with "written_by": "cellsynth <command>", a safetensors
+#   file with the same key in its metadata, a PNG with a `cellsynth` text chunk (generate's
+#   provenance), a fingerprint or outputs record of this module; or
+# - the outputs record of its folder (`layout.OUTPUTS_FILE`) lists its name: a command claims a name
+#   there *before* it writes it, so a killed run never leaves a file of ours that looks foreign.
+# `prompts.guard` applies the rule; nothing else decides what may be replaced.
+
+WRITTEN_BY = "written_by"
+MARK = "cellsynth"
+PNG_CHUNK = "cellsynth"  # generate.provenance.CHUNK: the image's manifest record
+
+
+def mark(command: str) -> str:
+    """The value of WRITTEN_BY for `command`: 'cellsynth classify split'."""
+    return f"{MARK} {command}"
+
+
+def stamp(obj: dict, command: str) -> dict:
+    """`obj` with WRITTEN_BY first: a JSON output that says who wrote it."""
+    return {WRITTEN_BY: mark(command), **{k: v for k, v in obj.items() if k != WRITTEN_BY}}
+
+
+def write_json(path, obj: dict, command: str) -> None:
+    """Write a JSON output atomically, stamped as written by `command`."""
+    write_json_atomic(path, stamp(obj, command))
+
+
+def _outputs_file(folder) -> Path:
+    from .layout import OUTPUTS_FILE
+
+    return Path(folder) / OUTPUTS_FILE
+
+
+def claimed(folder) -> dict[str, str]:
+    """{name: command} of the outputs `folder`'s record lists ({} when there is none or it is not ours)."""
+    rec = read(_outputs_file(folder))
+    if not rec or not str(rec.get(WRITTEN_BY, "")).startswith(MARK) or not isinstance(rec.get("outputs"), dict):
+        return {}
+    return {str(k): str(v) for k, v in rec["outputs"].items()}
+
+
+def claim(folder, names, command: str) -> None:
+    """Record in `folder` that `command` writes `names` there; call it after every check, before the writes."""
+    folder = Path(folder)
+    outputs = claimed(folder)
+    record = _outputs_file(folder)
+    if (record.exists() or record.is_symlink()) and not outputs and _json_mark(record) is None:
+        raise UserError(f"{record} exists and is not a record this tool wrote; it is left untouched: move it away "
+                        "or choose another output folder")
+    new = {**outputs, **{str(n): mark(command) for n in names}}
+    if new != outputs or not _outputs_file(folder).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(_outputs_file(folder), {"outputs": dict(sorted(new.items()))}, "outputs record")
+
+
+def _json_mark(path: Path) -> str | None:
+    try:
+        if path.stat().st_size > 64 << 20:  # not one of our JSON outputs
+            return None
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    value = obj.get(WRITTEN_BY)
+    if isinstance(value, str) and value.startswith(MARK):
+        return value
+    if path.name == _fingerprint_name() and "version" in obj and isinstance(obj.get("parts"), dict):
+        return f"{MARK} fingerprint"
+    return None
+
+
+def _fingerprint_name() -> str:
+    from .layout import FINGERPRINT_FILE
+
+    return FINGERPRINT_FILE
+
+
+def _png_mark(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            text = getattr(im, "text", {}) or {}
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return f"{MARK} generate" if PNG_CHUNK in text else None
+
+
+def _safetensors_mark(path: Path) -> str | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            value = (f.metadata() or {}).get(WRITTEN_BY)
+    except Exception:  # noqa: BLE001 - safetensors raises its own types for any damage: not ours to judge, not ours
+        return None
+    return value if isinstance(value, str) and value.startswith(MARK) else None
+
+
+def written_by(path) -> str | None:
+    """Who wrote `path` ('cellsynth <command>'), or None when it is not ours (or does not exist).
+
+    A symlink is never ours: replacing it could reach whatever it points to.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return None
+    owner = claimed(path.parent).get(path.name)
+    if owner:
+        return owner
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return _json_mark(path)
+    if suffix == ".png":
+        return _png_mark(path)
+    if suffix == ".safetensors":
+        return _safetensors_mark(path)
+    return None
+
+
+# --------------------------------------------------------------------------- manifests: one JSON record per output file
+#
+# A manifest (`layout.MANIFEST_FILE`, JSON lines) lists the files a command made, one record each, with the
+# command's version string in "version". Lines are appended while a run goes and the file is rewritten
+# whole (atomically) from the outputs themselves at the start and end of a run.
+
+def append_manifest(path, rec: dict) -> None:
+    """Append one record as one line with a single O_APPEND write (safe with several processes)."""
+    data = (json.dumps(rec, sort_keys=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def write_manifest(path, records: list[dict]) -> None:
+    """Write the manifest atomically: one line per record, in the order given."""
+    from .files import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in records))
+
+
+def is_our_manifest(path, version_prefix: str = MARK) -> bool:
+    """True when every line of an existing manifest is a record whose "version" starts with `version_prefix`.
+
+    An empty file counts as ours; so does a last line cut short by a kill (it is rewritten), never anything else.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 and line.startswith('{"file": '):
+                continue
+            return False
+        if line.strip() and not (isinstance(rec, dict) and str(rec.get("version", "")).startswith(version_prefix)):
+            return False
+    return True

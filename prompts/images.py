@@ -385,31 +385,6 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 # --------------------------------------------------------------------------- content keys
 
-def reads_as_is(path: str | os.PathLike) -> bool:
-    """True when the reading rule cannot change this image: an 8-bit file Pillow decodes (the header says)."""
-    base = Path(file_of(path))
-    if base != Path(path) or not _uses_pillow(base):
-        return False
-    try:
-        with Image.open(base) as im:
-            return im.mode not in _HIGH_BIT_MODES
-    except Exception:
-        return True  # undecodable: the decoder names it; the key does not matter
-
-
-def content_key(path: str | os.PathLike, reading: Reading | None = None) -> str:
-    """A key of the pixels `load_image` gives: the file's sha256 for 8-bit images (as before the reading rule),
-    else the sha256 of the file's hash and the rule, so a changed rule never reuses pixels read under the old one."""
-    from .fingerprint import digest, file_sha256
-
-    key = file_sha256(path)
-    if reads_as_is(path):
-        return key
-    import hashlib
-
-    return hashlib.sha256(f"{key}|{digest((reading or current_reading()).record())}".encode()).hexdigest()
-
-
 # --------------------------------------------------------------------------- what a file holds (`prompts show`)
 
 _MODE_DTYPE = {"1": "bool", "L": "uint8", "LA": "uint8", "P": "uint8", "RGB": "uint8", "RGBA": "uint8", "CMYK": "uint8",

@@ -2,6 +2,7 @@
 
     LoRAs       LORA_OUT/[fold_<k>/]<group>/pytorch_lora_weights.safetensors   (diffusers/peft keys)
                 LORA_OUT/[fold_<k>/]<group>/<group>.safetensors                 (kohya / AUTOMATIC1111)
+                LORA_OUT/[fold_<k>/]<group>/config.yaml, loss.csv, stats.json    (+ .work/ while training)
     synthetic   SYN/[fold_<k>/]w<weight>/[<cell_line>/]<class>/<name>.png       (+ SYN/manifest.jsonl)
     ControlNets CN_OUT/[fold_<k>/]controlnet/diffusion_pytorch_model.safetensors + config.json (diffusers)
     pairs       SYN/[fold_<k>/]<tree>/images/<name>.png + masks/<name>.png (+ SYN/manifest.jsonl);
@@ -9,6 +10,7 @@
     CV          OUT/report.md, report.html, results.csv, results.json, split.json, runs/<tree>/<mix>/fold_<k>.json
     realism     OUT/realism.json, realism.md
     any output  fingerprint.json: what determined it (see prompts/fingerprint.py)
+                cellsynth-outputs.json: the names a command wrote there (only those are ever replaced)
 
 `<group>` is the class, or `<cell_line>__<class>` for per-(cell line, class) LoRAs.
 Labels and cell lines become path parts only after `check_name`.
@@ -28,6 +30,7 @@ GROUP_SEP = "__"
 LORA_DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
 MANIFEST_FILE = "manifest.jsonl"
 FINGERPRINT_FILE = "fingerprint.json"
+OUTPUTS_FILE = "cellsynth-outputs.json"  # in an output folder: the names its commands wrote (prompts.fingerprint.claim)
 SPLIT_FILE = "split.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -36,6 +39,17 @@ RESULTS_JSON = "results.json"
 REALISM_JSON = "realism.json"
 REALISM_MD = "realism.md"
 RUNS_DIR = "runs"
+# `lora train`'s own names: LORA_OUT/.work/[fold_<k>/]<group>/{checkpoints/checkpoint-<update>/,tensorboard/} while a
+# group trains; LORA_OUT/[fold_<k>/]<group>/{config.yaml,loss.csv,stats.json,tensorboard/,validation/} once finished
+LORA_WORK_DIR = ".work"
+LORA_CHECKPOINTS_DIR = "checkpoints"
+LORA_CHECKPOINT_PREFIX = "checkpoint-"
+LORA_TRAIN_STATE_FILE = "train_state.json"  # written last into a checkpoint: its presence marks the checkpoint complete
+LORA_CONFIG_FILE = "config.yaml"
+LORA_LOSS_FILE = "loss.csv"
+LORA_STATS_FILE = "stats.json"
+LORA_TENSORBOARD_DIR = "tensorboard"
+LORA_VALIDATION_DIR = "validation"
 TINY_MODEL_MARKER = "cellsynth_tiny_model.txt"  # in the tiny random Stable Diffusion's folder: a smoke model
 # The blind test (`classify blind-test` writes the page and key, `blind-score` the scores).
 BLIND_PAGE_HTML = "blind_test.html"
@@ -77,6 +91,23 @@ def check_name(value: str, what: str = "label") -> str:
 def group_name(label: str, cell_line: str | None = None) -> str:
     """The LoRA group: the class, or `<cell_line>__<class>`."""
     return f"{cell_line}{GROUP_SEP}{label}" if cell_line else label
+
+
+def lora_groups(records, per: str) -> dict[str, list]:
+    """The one rule that forms LoRA groups: {group: its records}, sorted by group name.
+
+    per: "class" (group = the class), "cell_line_class" (`<cell_line>__<class>`) or "all" (one group "all").
+    records: anything with `.label` and `.cell_line`; labels and cell lines are checked as folder names.
+    """
+    groups: dict[str, list] = {}
+    for r in records:
+        if per == "all":
+            key = "all"
+        else:
+            cell_line = check_name(r.cell_line, "cell line") if per == "cell_line_class" else None
+            key = group_name(check_name(r.label, "class"), cell_line)
+        groups.setdefault(key, []).append(r)
+    return dict(sorted(groups.items()))
 
 
 def parse_group_name(name: str) -> tuple[str, str | None]:

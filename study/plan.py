@@ -164,6 +164,8 @@ def _resolve(study, study_file: Path, read_dataset) -> Plan:
         raise UserError(f"{where}: data.data is missing: name the data folder (relative to the study file)")
     out = Path(study.study.output).resolve()
     data = Path(study.data.data).resolve()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{where}: study.output {out} is an existing file; name a folder for the study's outputs")
     if out == data or data in out.parents:
         raise UserError(f"{where}: study.output {out} is inside the data folder {data}; outputs never go into the data folder")
     if not study.lora.model:
@@ -217,14 +219,9 @@ def _resolve(study, study_file: Path, read_dataset) -> Plan:
 
 def _groups(records, per: str) -> list[dict]:
     """One entry per LoRA group of the data (sorted by group name), as `lora train --per` forms them."""
-    found: dict[str, dict] = {}
-    for r in records:
-        if per == "all":
-            from prompts.errors import UserError
+    if per == "all":
+        from prompts.errors import UserError
 
-            raise UserError("lora.per: all is not run by the workflow (generate samples per class): use class or cell_line_class")
-        cell_line = r.cell_line if per == "cell_line_class" else None
-        name = layout.group_name(layout.check_name(r.label, "class"),
-                                 layout.check_name(cell_line, "cell line") if cell_line else None)
-        found[name] = {"group": name, "label": r.label, "cell_line": cell_line}
-    return [found[k] for k in sorted(found)]
+        raise UserError("lora.per: all is not run by the workflow (generate samples per class): use class or cell_line_class")
+    return [{"group": name, "label": rs[0].label, "cell_line": rs[0].cell_line if per == "cell_line_class" else None}
+            for name, rs in layout.lora_groups(records, per).items()]  # the one grouping rule (prompts.layout)

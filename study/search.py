@@ -197,8 +197,39 @@ def open_storage(spec: str):
                             "give a journal file path or an RDB URL such as sqlite:///search.db") from None
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
+    _check_journal(Path(spec))
     Path(spec).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(spec, lock_obj=JournalFileOpenLock(spec)))
+    try:
+        return JournalStorage(JournalFileBackend(spec, lock_obj=JournalFileOpenLock(spec)))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"--storage {spec}: not a readable Optuna journal ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:120]}); it is left untouched: give another --storage, "
+                        "or move it away to start the search over") from None
+
+
+def _check_journal(path: Path) -> None:
+    """A one-line UserError unless `path` is absent, empty, or whole lines of JSON objects (an Optuna journal).
+
+    Checked before Optuna opens it: Optuna would append its own lines to a damaged file and then fail reading it.
+    """
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    problem = None
+    if data and not data.endswith(b"\n"):
+        problem = "its last line is cut short"
+    else:
+        for i, line in enumerate(data.splitlines(), 1):
+            try:
+                ok = isinstance(json.loads(line.decode("utf-8")), dict) if line.strip() else True
+            except (UnicodeDecodeError, ValueError):
+                ok = False
+            if not ok:
+                problem = f"line {i} is not a JSON record"
+                break
+    if problem:
+        raise UserError(f"--storage {path}: not a readable Optuna journal ({problem}); it is left untouched: "
+                        "give another --storage, or move it away to start the search over")
 
 
 def _process_start(pid: int) -> float | None:
@@ -328,13 +359,12 @@ class RealismScorer:
 
     def features(self, paths: list[Path]):
         """(len(paths), F) frozen features, in the order of `paths`."""
-        from classify.features import PLAIN, ImageTable, compute_features
-        from prompts.fingerprint import file_sha256
+        from classify.features import PLAIN, ImageTable, compute_features, image_key
 
         table = ImageTable.from_paths(paths)
         feats = compute_features(table, [PLAIN], self.cache, self.extractor, progress=False)[PLAIN]
         row = table.row()
-        return feats[[row[file_sha256(p)] for p in paths]]
+        return feats[[row[image_key(p)] for p in paths]]  # the table's keys: decoded pixels
 
     def _kid_ref(self, label: str) -> float:
         from classify.realism import kid
@@ -346,8 +376,8 @@ class RealismScorer:
 
     def score(self, label: str, synthetic: list[Path]) -> dict:
         """Scores of one class's synthetic images, with the image lists they were computed on."""
+        from classify.features import image_key
         from classify.realism import realism_scores
-        from prompts.fingerprint import file_sha256
 
         real = self.images.test[label]
         leaked = set(map(str, real)) & {str(p) for ps in self.images.train.values() for p in ps}
@@ -356,8 +386,8 @@ class RealismScorer:
         if len(real) < 2 or len(synthetic) < 2:
             raise UserError(f"class {label}: fold {self.images.fold} has {len(real)} test image(s) and the trial made "
                             f"{len(synthetic)}; the scores need at least 2 of each (more test images, or a larger images_per_class)")
-        scores = realism_scores(self.features(real), self.features(synthetic), [file_sha256(p) for p in real],
-                                [file_sha256(p) for p in synthetic], seed=self.cls.seed)
+        scores = realism_scores(self.features(real), self.features(synthetic), [image_key(p) for p in real],
+                                [image_key(p) for p in synthetic], seed=self.cls.seed)
         return {"class": label, "kid": scores["kid"], "kid_ref": self.kid_ref[label], "c2st_accuracy": scores["c2st_accuracy"],
                 "objective": class_objective(scores["kid"], scores["c2st_accuracy"]), "n_real": len(real),
                 "n_synthetic": len(synthetic), "real_images": [str(p) for p in real],
@@ -514,13 +544,18 @@ def _check_output(out: Path, study: Study, search, url: str) -> None:
     if marker.is_file():
         try:
             old = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             old = None
         if old != ident:
             raise UserError(f"--output {out} holds the search {old} (see {marker}); choose another --output, "
                             "or the same --storage and --study-name to continue it")
-    else:
-        write_json_atomic(marker, ident)
+
+
+def _write_marker(out: Path, search, url: str) -> None:
+    """OUT/search.json, once the storage opened: nothing is written before every check passed."""
+    marker = out / "search.json"
+    if not marker.is_file():
+        write_json_atomic(marker, {"storage": url, "study_name": search.study_name})
 
 
 def _check_inputs(study: Study, search, dims: list[Dimension], out: Path) -> None:
@@ -613,6 +648,7 @@ def _search(study: Study, search, model: str | None, weights: str | None, progre
     single = search.objective == "realism"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ostudy = _create_study(url, search, single)
+    _write_marker(out, search, url)
     scorer = RealismScorer(study.classify, images, out / "feature_cache")
     host, pid = socket.gethostname(), os.getpid()
     diverged = 0

@@ -92,9 +92,17 @@ def test_output_guards(tmp_path):
         guard.check_output_dir(f)
     with pytest.raises(UserError, match="existing file"):
         guard.check_output_dir(f / "below")
-    with pytest.raises(UserError, match="--overwrite"):
-        guard.check_new_file(f)
-    assert guard.check_new_file(f, overwrite=True) == f
+    for overwrite in (None, False, True):  # the user's file: never replaced, and --overwrite is not suggested
+        with pytest.raises(UserError, match="did not write") as refused:
+            guard.check_new_file(f, overwrite=overwrite)
+        assert "pass --overwrite" not in str(refused.value)
+    from prompts import fingerprint
+
+    ours = tmp_path / "ours.json"
+    fingerprint.write_json(ours, {"a": 1}, "classify split")
+    with pytest.raises(UserError, match="pass --overwrite"):
+        guard.check_new_file(ours, overwrite=False)
+    assert guard.check_new_file(ours, overwrite=True) == ours
     assert guard.check_output_dir(tmp_path / "new" / "deeper", data=data) == tmp_path / "new" / "deeper"
     assert f.read_text() == "mine"
 

@@ -245,7 +245,7 @@ def wrong_lora(tiny_model, tmp_path_factory) -> Path:
         ("shape", [], "does not fit the base model"),
         ("nolora", [], "no LoRA for 'bad'"),
         ("sampler", ["--sampler", "Euler b"], "unknown sampler"),
-        ("size", ["--size", "65", "64"], "width 65 is impossible"),
+        ("size", ["--size", "65", "64"], "--size: 65 must be a multiple of 8"),
         ("weight", ["--lora-weights", "1.0", "heavy"], "'heavy' is not a number"),
         ("split", [], "does not match data folder"),
         ("howmany", [], "say how many"),

@@ -195,6 +195,20 @@ def test_plan_lists_every_group(tiny_model, demo_data, tmp_path):
     assert not (tmp_path / "class").exists()  # planning writes nothing
 
 
+def test_the_trainer_and_the_study_plan_form_the_same_groups(tiny_model, demo_data, tmp_path):
+    """One rule forms LoRA groups (prompts.layout.lora_groups): the workflow plans exactly the jobs the trainer runs."""
+    from lora.plan import plan
+    from prompts.dataset import read_dataset
+    from prompts.schema.data import DataSection
+    from prompts.schema.lora import LoraSection
+    from study.plan import _groups
+
+    records = read_dataset(demo_data).records
+    for per in ("class", "cell_line_class"):
+        jobs = plan(LoraSection(model=str(tiny_model), output=str(tmp_path / per), per=per), DataSection(data=str(demo_data)))
+        assert [j.group for j in jobs] == [g["group"] for g in _groups(records, per)]
+
+
 def test_fold_filter_never_trains_on_a_test_image(tiny_model, class_data, tmp_path):
     import yaml
 

@@ -259,18 +259,19 @@ def test_scenes_are_images_with_stable_names(lab_data):
 
 
 def test_reading_rule_is_in_fingerprints_and_the_workflow_digests(lab_data, tmp_path):
+    from classify.features import image_key
     from prompts import fingerprint
-    from prompts.images import content_key, set_reading
+    from prompts.images import set_reading
 
     png = tmp_path / "p.png"
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(png)
     tif = lab_data / "a" / "cells_0.ome.tif"
     try:
         set_reading(Reading())
-        default_key, png_key, part = content_key(tif), content_key(png), fingerprint.reading_part()
+        default_key, png_key, part = image_key(tif), image_key(png), fingerprint.reading_part()
         set_reading(Reading(normalize="minmax"))
-        assert content_key(tif) != default_key  # the classifier's feature cache never mixes rules
-        assert content_key(png) == png_key == fingerprint.file_sha256(png)  # 8-bit: the key it always had
+        assert image_key(tif) != default_key  # the classifier's feature cache never mixes rules
+        assert image_key(png) == png_key  # 8-bit: read as is under every rule
         assert fingerprint.reading_part() != part and fingerprint.reading_part()["normalize"] == "minmax"
     finally:
         set_reading(Reading())

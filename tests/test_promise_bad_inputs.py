@@ -31,6 +31,15 @@ def w(tmp_path_factory, tiny_model):
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "notyaml.yaml").write_text("lora: [unclosed\n")
     (root / "unknown.yaml").write_text("lora:\n  epoch: 3\n")
+    (root / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (root / "search.yaml").write_text(f"lora:\n  model: {tiny_model}\n  resolution: 32\nsearch:\n  trials: 1\n")
+    (root / "garbage.journal").write_bytes(b"\x00\xffnot a journal\x9c\n")
+    (root / "truncated.journal").write_text('{"op_code": 0, "worker_id": "a-1", "study_name": "lora-se')
+    (root / "appended.journal").write_text('{"op_code": 0, "worker_id": "a-1", "study_name": "x", "directions": [1]}\n'
+                                           "the user's own line\n")
+    from classify.__main__ import main as classify_main
+
+    assert classify_main(["split", "--data", str(data), "--folds", "2", "--output", str(root / "split.json")]) == 0
     return {"root": root, "data": data, "model": tiny_model}
 
 
@@ -48,6 +57,10 @@ def _data_variant(w, name: str, csv: str | None = None, extra=None) -> Path:
     return d
 
 
+def _sibling_link(d: Path) -> None:
+    (d / "neutrophil").symlink_to("round")  # a second class name for the same images
+
+
 def _empty_class(d: Path) -> None:
     (d / "empty").mkdir()
 
@@ -61,6 +74,9 @@ LORA = lambda w, *a: ("lora", ["train", "--model", str(w["model"]), "--data", st
 GEN = lambda w, *a: ("generate", ["--model", str(w["model"]), "--data", str(w["data"]), "--output", str(w["root"] / "gen"), "--count", "1",
                                   "--size", "32", "32", "--steps", "2", *a])
 CLS = lambda w, cmd, *a: ("classify", [cmd, "--data", str(w["data"]), *a])
+SEARCH = lambda w, *a: ("study", ["search", "--config", str(w["root"] / "search.yaml"), "--data", str(w["data"]),
+                                  "--split", str(w["root"] / "split.json"),
+                                  "--output", str(w["root"] / "search"), *a])
 
 CASES = {
     "lora: output equal to data": (lambda w: ("lora", ["train", "--model", str(w["model"]), "--data", str(w["data"]), "--output",
@@ -102,7 +118,7 @@ CASES = {
     "generate: output inside data": (lambda w: ("generate", ["--model", str(w["model"]), "--data", str(w["data"]), "--output",
                                                              str(w["data"] / "syn"), "--count", "1", "--lora", str(w["root"] / "bad.safetensors")]),
                                     "inside the data folder"),
-    "classify split: replaces a file": (lambda w: CLS(w, "split", "--output", str(w["root"] / "notes.txt"), "--folds", "2"), "--overwrite"),
+    "classify split: replaces a file": (lambda w: CLS(w, "split", "--output", str(w["root"] / "notes.txt"), "--folds", "2"), "did not write"),
     "classify split: one fold": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--folds", "1"), "--folds"),
     "classify split: unknown group column": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--group-by", "donor"), "donor"),
     "classify split: bad regex": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--group-by", "regex:(["), "regex"),
@@ -113,6 +129,20 @@ CASES = {
                                                                  str(w["root"] / "split_str.json"), "--weights", "none"), "split_str.json"),
     "classify cv: missing weights file": (lambda w: CLS(w, "cv", "--output", str(w["root"] / "cv"), "--weights",
                                                         str(w["root"] / "no.weights.h5")), "no.weights.h5"),
+    "classify split: a class folder linked to a sibling": (lambda w: CLS(w, "split", "--output", str(w["root"] / "s.json"), "--data",
+                                                                         str(_data_variant(w, "d_link", None, _sibling_link))),
+                                                         "neutrophil and round"),
+    "classify split: the user's file with --overwrite": (lambda w: CLS(w, "split", "--output", str(w["root"] / "notes.txt"), "--folds", "2",
+                                                                       "--overwrite"), "did not write"),
+    "classify cv: image size beyond any memory": (lambda w: CLS(w, "cv", "--output", str(w["root"] / "cv"), "--image-size", "100000",
+                                                                "--weights", "none"), "100000"),
+    "study search: garbage journal": (lambda w: SEARCH(w, "--storage", str(w["root"] / "garbage.journal")), "garbage.journal"),
+    "study search: truncated journal": (lambda w: SEARCH(w, "--storage", str(w["root"] / "truncated.journal")), "truncated.journal"),
+    "study search: journal with a line appended": (lambda w: SEARCH(w, "--storage", str(w["root"] / "appended.journal")),
+                                                   "appended.journal"),
+    "study search: sqlite in a missing folder": (lambda w: SEARCH(w, "--storage", "sqlite:////nonexistent/dir/x.db"), "--storage"),
+    "prompts check: binary study file": (lambda w: ("prompts", ["check", str(w["root"] / "binary.yaml")]), "binary.yaml"),
+    "lora: binary study file": (lambda w: LORA(w, "--config", str(w["root"] / "binary.yaml")), "binary.yaml"),
     "classify realism: no synthetic folder": (lambda w: CLS(w, "realism", "--output", str(w["root"] / "re")), "--synthetic"),
     "classify calibrate: wrong suffix": (lambda w: CLS(w, "calibrate-weights", "--output", str(w["root"] / "w.h5")), ".weights.h5"),
     "classify: data folder missing": (lambda w: ("classify", ["split", "--data", str(w["root"] / "nodata"), "--output",
@@ -128,6 +158,10 @@ def _main(package: str):
         from lora.__main__ import main
     elif package == "generate":
         from generate.__main__ import main
+    elif package == "study":
+        from study.__main__ import main
+    elif package == "prompts":
+        from prompts.__main__ import main
     else:
         from classify.__main__ import main
     return main
@@ -147,3 +181,56 @@ def test_bad_input_is_one_line_and_writes_nothing(w, case, capsys):
     assert needle in lines[0], f"{case}: {lines[0]!r} does not name {needle!r}"
     after = _checksums(w["root"])
     assert {k: v for k, v in after.items() if before.get(k) != v} == {}, f"{case} wrote files"
+
+
+# --------------------------------------------------------------------------- the schema's `required` against the commands
+
+def _required_cases():
+    """(command, section, key) for every key the schema marks as required by a command that has a CLI."""
+    import dataclasses
+
+    from prompts.schema import SECTIONS
+
+    cases = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            cases += [(cmd, section, f.name) for cmd in f.metadata.get("required", ()) if cmd != "workflow"]
+    return sorted(cases)
+
+
+def _required_by(command: str) -> list[tuple[str, str]]:
+    return [(s, k) for c, s, k in _required_cases() if c == command]
+
+
+@pytest.mark.parametrize("command,section,key", _required_cases())
+def test_each_key_the_schema_requires_is_required_by_that_command(command, section, key, tmp_path, capsys):
+    """The study file gives every other key the command requires; the one left out is named in one line.
+
+    Fails when the schema's `required` names a command that does not check it, or names it wrongly.
+    """
+    import yaml
+
+    study: dict = {}
+    for other_section, other_key in _required_by(command):
+        if (other_section, other_key) != (section, key):
+            study.setdefault(other_section, {})[other_key] = "somewhere"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    package, *sub = command.split()
+    with pytest.raises(SystemExit) as exit_info:
+        _main(package)([*sub, "--config", str(tmp_path / "study.yaml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1, err
+    assert f"--{key.replace('_', '-')} is missing" in err[0] and f"{section}.{key}" in err[0], err[0]
+
+
+def test_study_output_naming_an_existing_file_is_one_line(tmp_path, capsys):
+    from study.plan import load
+
+    (tmp_path / "taken").write_text("the user's own file\n")
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "study.yaml").write_text("study:\n  output: taken\ndata:\n  data: data\nlora:\n  model: tiny\n")
+    with pytest.raises(SystemExit) as exit_info:
+        load(tmp_path / "study.yaml")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "study.output" in err[0] and "existing file" in err[0], err
+    assert (tmp_path / "taken").read_text() == "the user's own file\n"

@@ -191,11 +191,11 @@ def test_labels_that_are_not_folder_names_never_become_paths(tiny_model, loras, 
 
 
 def test_a_hand_built_job_outside_out_is_refused_by_the_library(tiny_model, data, tmp_path):
-    from generate.plan import Job, LoraUse
+    from generate.plan import ImageJob, LoraUse
     from generate.sample import Settings, generate
     from prompts.errors import UserError
 
-    job = Job("../escaped.png", "good", None, "good", None, 1.0, 0, 1, "p", "", (LoraUse("good", "x", 1.0),), True)
+    job = ImageJob("../escaped.png", "good", None, "good", None, 1.0, 0, 1, "p", "", (LoraUse("good", "x", 1.0),), True)
     with pytest.raises(UserError, match="outside"):
         generate([job], Settings(model=str(tiny_model), output=tmp_path / "out", width=32, height=32), data)
     assert not (tmp_path / "escaped.png").exists() and not (tmp_path / "out").exists()
@@ -439,3 +439,28 @@ def test_a_lora_from_diffusers_own_training_script_generates(tiny_model, data, t
     out = tmp_path / "out"
     assert run(*args_for(tiny_model, lora, data, out, "--count", "1")) == 0
     assert len(list(out.rglob("*.png"))) == 2
+
+
+# ---------------------------------------------------------------- 7. SIGTERM (SLURM's time limit)
+
+
+def test_sigterm_is_one_line_naming_the_command_that_resumes_it(tiny_model, loras, data, split, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    argv = [str(a) for a in args_for(tiny_model, loras, data, out, "--split", split, "--count", "200", "--steps", "20")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "generate", *argv], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until it samples
+        lines.append(line)
+        if "to make" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, "".join(lines) + rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("terminated (SIGTERM); finished work is kept: run `python -m generate "), last
+    assert "--count 200" in last and "Traceback" not in rest

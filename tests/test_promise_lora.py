@@ -166,6 +166,18 @@ def test_plain_rerun_resumes_and_ends_like_an_uninterrupted_run(tiny_model, clas
     assert recorded == json.loads((reference / layout.FINGERPRINT_FILE).read_text())
 
 
+def test_sigterm_like_ctrl_c_says_what_to_run_and_that_command_continues(tiny_model, class_data, tmp_path, reference):
+    """SIGTERM is what SLURM sends at a time limit: one line naming what resumes, exit 143, and it does."""
+    out = tmp_path / "out"
+    argv = args(tiny_model, class_data, out, *RESUMABLE)
+    proc = subprocess_train(*argv, signal_at="2:TERM")
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("terminated (SIGTERM): bad stopped; run the same command again to continue it from its checkpoint")
+    assert train(*argv) == 0
+    assert same_lora(reference, out / "bad")
+
+
 def test_ctrl_c_says_what_to_run_and_that_command_continues(tiny_model, class_data, tmp_path, reference):
     out = tmp_path / "out"
     argv = args(tiny_model, class_data, out, *RESUMABLE)

@@ -107,3 +107,78 @@ def test_outputs_never_touch_what_the_user_owns(world, command, where):
     out_rel = str(out.relative_to(world["root"]))
     added = {k for k in after if k not in before}
     assert all(k.startswith(out_rel + "/") for k in added), f"{command} wrote outside OUT: {sorted(added)[:5]}"
+
+
+# --------------------------------------------------------------------------- --overwrite replaces only the tool's own
+#
+# Every writing command x (the user's file, the user's folder, the tool's own output) at a path the command writes.
+# The user's file or folder is refused with one line whether or not --overwrite is given, and the refusal never
+# suggests --overwrite (it would not succeed); the tool's own output is refused without --overwrite (saying
+# --overwrite) where the command does not simply resume, and replaced with it.
+
+def _split_target(w, out):
+    return out / "split.json", ("classify", "split", "--data", w["data"], "--folds", 2, "--output", out / "split.json")
+
+
+def _cv_target(w, out):
+    return out / "report.html", ("classify", "cv", "--data", w["data"], "--output", out, "--folds", 2, "--epochs", 1,
+                                 "--mixes", "real", *CLS)
+
+
+def _realism_target(w, out):
+    return out / "realism.json", ("classify", "realism", "--data", w["data"], "--synthetic", w["syn"], "--output", out, *CLS)
+
+
+def _convert_target(w, out):
+    src = w["lora"] / "round" / "pytorch_lora_weights.safetensors"
+    return out / "my.safetensors", ("lora", "convert", "--to", "kohya", src, out / "my.safetensors")
+
+
+def _generate_target(w, out):
+    first = sorted(p.relative_to(w["syn"]) for p in w["syn"].rglob("*.png"))[0]
+    return out / first, ("generate", "--model", w["model"], "--lora", w["lora"], "--data", w["data"], "--output", out,
+                         "--count", 2, "--size", 32, 32, "--steps", 2, "--lora-weights", 1.0, "--seed", 0, "--no-progress")
+
+
+def _train_target(w, out):
+    return out / "round" / "pytorch_lora_weights.safetensors", COMMANDS["lora train"](w, out)
+
+
+TARGETS = {"classify split": _split_target, "classify cv": _cv_target, "classify realism": _realism_target,
+           "lora convert": _convert_target, "generate": _generate_target, "lora train": _train_target}
+RESUMES = {"classify cv", "generate", "lora train"}  # a plain re-run onto their own output resumes: no refusal
+OWNERS = ("the user's file", "the user's folder", "the tool's own output")
+
+
+@pytest.mark.parametrize("owner", OWNERS)
+@pytest.mark.parametrize("command", list(TARGETS))
+def test_overwrite_replaces_only_the_tools_own_outputs(world, command, owner, tmp_path):
+    out = tmp_path / "out"
+    target, argv = TARGETS[command](world, out)
+    if owner == "the tool's own output":
+        r = run(*argv)
+        assert r.returncode == 0 and target.exists(), r.stderr
+        if command not in RESUMES:
+            before = tree_checksums(out)
+            r = run(*argv)
+            assert r.returncode == 2 and "--overwrite" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert tree_checksums(out) == before
+        r = run(*argv, "--overwrite")
+        assert r.returncode == 0, r.stderr
+        return
+    if owner == "the user's file":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"the user's own file\n")
+        if command == "classify cv":
+            (out / "results.csv").write_text("the user's own results\n")
+    else:
+        (target / "inside").mkdir(parents=True)
+        (target / "inside" / "notes.txt").write_text("the user's own folder\n")
+    before = tree_checksums(tmp_path)
+    for flags in ((), ("--overwrite",)):
+        r = run(*argv, *flags)
+        assert "Traceback" not in r.stderr, r.stderr
+        assert r.returncode == 2, f"{command} {flags} over {owner}: exit {r.returncode}\n{r.stderr}"
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "pass --overwrite" not in r.stderr, f"suggests --overwrite where it would not succeed: {r.stderr}"
+        assert tree_checksums(tmp_path) == before, f"{command} {flags} changed the user's {owner}"

@@ -128,11 +128,11 @@ def test_generate_batches_mixed_chunk_counts_and_weights_change_the_image(pipe, 
     """sample_batch: a batch whose prompts take 1 and 2 chunks makes each image as it is made alone; weighting acts."""
     import numpy as np
 
-    from generate.plan import Job
+    from generate.plan import ImageJob
     from generate.sample import Settings, sample_batch
 
     def job(prompt, seed):
-        return Job(file=f"{seed}.png", label="good", cell_line=None, group="good", fold=None, weight=0.0, index=0, seed=seed,
+        return ImageJob(file=f"{seed}.png", label="good", cell_line=None, group="good", fold=None, weight=0.0, index=0, seed=seed,
                    prompt=prompt, negative_prompt="blurry", loras=(), gray=False)
 
     s = Settings(model="unused", output=tmp_path, steps=3, width=64, height=64)

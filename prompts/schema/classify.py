@@ -23,7 +23,7 @@ class ClassifySection:
     backbone: str = opt("EfficientNetB7", "Keras application EfficientNetB0..EfficientNetB7")
     weights: str = opt("imagenet", "imagenet (Keras cache or download), a weights file, calibrated (offline smoke stand-in), "
                        "or none (random: results mean nothing)", path=True, result=True)
-    image_size: int = opt(600, "classifier input size in pixels (square)", ge=32)
+    image_size: int = opt(600, "classifier input size in pixels (square); at most 1024 (activations grow with its square)", ge=32, le=1024)
     epochs: int = opt(30, "head training epochs", ge=1)
     batch_size: int = opt(16, "batch size (training and feature extraction)", ge=1)
     learning_rate: float = opt(1e-3, "Adam learning rate of the head", gt=0)

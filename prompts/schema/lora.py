@@ -27,7 +27,7 @@ class LoraSection:
     epochs: int = opt(10, "passes over the (repeated) images", ge=1)
     repeats: int = opt(2, "times each image appears per epoch (kohya's repeats)", ge=1)
     batch_size: int = opt(2, "images per step per process", ge=1)
-    resolution: int = opt(512, "training size in pixels (multiple of 8)", ge=8)
+    resolution: int = opt(512, "training size in pixels (multiple of 8)", ge=8, multiple_of=8)
     unet_lr: float = opt(5e-4, "U-Net LoRA learning rate", gt=0)
     text_encoder_lr: float = opt(1e-4, "text-encoder LoRA learning rate; 0 trains the U-Net only", ge=0)
     rank: int = opt(8, "LoRA rank (network dim)", ge=1)
