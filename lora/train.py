@@ -169,7 +169,7 @@ def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, 
 
 # --------------------------------------------------------------------------- the training loop of one group
 
-def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str | None) -> Path:
+def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str | None) -> Path:  # noqa: C901, PLR0915 (the loop, top to bottom)
     """Train one LoRA and write its folder atomically; returns OUT/[fold_<k>/]<group>."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
