@@ -32,18 +32,19 @@ test: install system lint
 bench: install
 	$(BIN)/python -m bench
 
-# The whole study through the workflow (workflow/Snakefile); CORES and SNAKEMAKE_ARGS pass through,
+# The whole study through the workflow (workflow/Snakefile) via `python -m study.run`, which checks the
+# study file first (one line, exit 2, as `python -m prompts check`); CORES and SNAKEMAKE_ARGS pass through,
 # e.g. make study CONFIG=my_study.yaml SNAKEMAKE_ARGS="--resources gpu=4".
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 demo: install
 	$(BIN)/python -m prompts demo-data demo/data --images 90 --size 128
-	$(BIN)/snakemake --cores $(CORES) --configfile examples/quickstart/study.yaml $(SNAKEMAKE_ARGS)
+	$(BIN)/python -m study.run --cores $(CORES) --configfile examples/quickstart/study.yaml $(SNAKEMAKE_ARGS)
 	@echo "report: $(CURDIR)/demo/report/report.html"
 
 study: install
 	@test -n "$(CONFIG)" || { echo "error: give the study file: make study CONFIG=my_study.yaml" >&2; exit 2; }
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	$(BIN)/python -m study.run --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 clean:
 	rm -rf $(VENV) demo

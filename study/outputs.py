@@ -27,9 +27,11 @@ from prompts import layout
 from prompts.files import write_json_atomic, write_text_atomic
 from prompts.fingerprint import file_sha256
 
+SNAKEMAKE_STAMP = ".snakemake_timestamp"  # Snakemake adds it to a directory output after the job: not the job's
+
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SNAKEMAKE_STAMP)
 
 
 def checksums(folder: Path) -> str:

@@ -235,11 +235,16 @@ def rule_settings(study, gen_model: str | None = None) -> dict[str, dict[str, st
         "calibrate": {**data_part, **readable("classify", _keys(study.classify, CALIBRATE_KEYS))},
         "lora": {**data_part, **readable("lora", {**settings_part(study.lora), "model": study.lora.model,
                                                    "model_config": study.lora.model_config})},
-        "generate": {**data_part, **readable("generate", {**settings_part(study.generate), "model": gen_model,
+        "generate": {**data_part, **readable("generate", {**_without(settings_part(study.generate), "lora_weights"), "model": gen_model,
                                                            "model_config": study.generate.model_config or study.lora.model_config})},
         "realism": {**data_part, **readable("classify", _keys(study.classify, REALISM_KEYS))},
         "cv": {**data_part, **readable("classify", settings_part(study.classify))},
     }
+
+
+def _without(part: dict, *keys: str) -> dict:
+    """A settings part less the keys a job's output path already carries (a generate job's own LoRA weight)."""
+    return {k: v for k, v in part.items() if k not in keys}
 
 
 def _groups(records, per: str) -> list[dict]:
