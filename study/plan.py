@@ -141,13 +141,41 @@ def load(study_file) -> Plan:
     return from_config(raw, study_file)
 
 
-def from_config(config: dict, study_file) -> Plan:
-    """Check Snakemake's merged config whole (every error one line, exit status 2) and resolve it."""
+def typed_config(config: dict, config_args=None) -> dict:
+    """Snakemake's merged config with each `--config KEY=VALUE` read again as YAML, as a study file would be.
+
+    Snakemake reads nested `--config` values with YAML's base loader, so `classify={epochs: 3}`
+    arrives as the string '3'; read with the safe loader, it is the integer a study file gives.
+    """
+    import copy
+
+    import yaml
+    from snakemake.utils import update_config
+
+    typed = copy.deepcopy(dict(config))
+    for entry in config_args or []:
+        if not isinstance(entry, str) or "=" not in entry:
+            continue
+        key, value = entry.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            continue  # Snakemake's own reading (a string) stands; the check names it if it is wrong
+        update_config(typed, {key: parsed})
+    return typed
+
+
+def from_config(config: dict, study_file, config_args=None) -> Plan:
+    """Check Snakemake's merged config whole (every error one line, exit status 2) and resolve it.
+
+    config_args: the raw `--config KEY=VALUE` entries (`workflow.config_settings.config_args`).
+    """
     from prompts.check import check_mapping
     from prompts.errors import UserError
 
     study_file = Path(study_file).resolve()
-    study, errors = check_mapping(dict(config), study_file)
+    config = typed_config(config, config_args)
+    study, errors = check_mapping(config, study_file)
     if errors:
         _fail(errors)
     _validate(config, study_file)

@@ -22,9 +22,15 @@ import pytest
 import yaml
 
 from .conftest import ROOT
-from .test_workflow import SNAKEFILE, SNAKEMAKE, job_counts, snakemake, study_text, write_study
+from .test_workflow import SNAKEFILE, SNAKEMAKE, job_counts, local_study, snakemake, study_text, write_study
 
 pytest.importorskip("snakemake")
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory, demo_data) -> Path:
+    """The small study of tests/test_workflow.py, run once per session (shared with it)."""
+    return local_study(tmp_path_factory, demo_data)
 
 CV_ONLY = {"cv": 1, "publish_report": 1, "all": 1}
 
@@ -281,7 +287,7 @@ def test_a_deleted_lora_file_re_runs_its_job_and_everything_after_it(local_run):
         res = snakemake(local_run, "-n", "--cores", "2")
         assert res.returncode == 0, res.stderr[-3000:]
         assert job_counts(res.stdout + res.stderr) == {"lora": 1, "generate": 2, "synthetic_manifest": 1, "realism": 1,
-                                                       "publish_realism": 1, **CV_ONLY}
+                                                       "publish_realism": 1, **CV_ONLY}, res.stderr[-3000:]
         assert f"{folder} changed since its job wrote it" in res.stderr
     finally:
         weights.write_bytes(saved)
@@ -387,3 +393,38 @@ def test_kill_9_of_snakemake_then_a_plain_rerun_clears_its_stale_lock_and_finish
     assert again.returncode == 0, again.stderr[-3000:]
     assert "removed Snakemake's lock" in again.stderr and "LockException" not in again.stderr
     assert (folder / "out" / "lora" / "fold_0" / "good" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_the_workflow_knows_a_dry_run_from_a_run_and_finds_every_configfile():
+    from study.guard import run_kind
+    from study.run import configfiles
+
+    class Main:
+        remote_exec = subprocess_exec = False
+
+    class Job(Main):
+        remote_exec = True
+
+    assert run_kind(["snakemake", "--cores", "2"], Main()) == "run"
+    for flags in (["-n"], ["-np"], ["--dry-run"], ["--unlock"], ["--report", "r.zip"]):
+        assert run_kind(["snakemake", *flags], Main()) == "dry", flags
+    assert run_kind(["snakemake", "--cores", "2"], Job()) == "job"
+    assert configfiles(["--cores", "1", "--configfile", "a.yaml", "b.yaml", "-n"]) == ["a.yaml", "b.yaml"]
+    assert configfiles(["--configfile=a.yaml", "--config", "x=1"]) == ["a.yaml"]
+
+
+def test_a_held_study_lock_names_its_holder(tmp_path):
+    lock_file = tmp_path / "out" / ".study.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from study.lock import acquire; "
+                               f"assert acquire({str(lock_file)!r}); print('held', flush=True); time.sleep(60)"],
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from study.lock import acquire, refuse
+
+        assert not acquire(lock_file)
+        assert f"pid {holder.pid}" in str(refuse(lock_file))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert acquire(lock_file)  # the kernel released it with its process

@@ -12,7 +12,7 @@ if not workflow.configfiles:
     print("error: give the study file: snakemake --cores all --configfile STUDY.yaml", file=sys.stderr)
     sys.exit(2)
 # The merged --configfile(s) and --config overrides; relative paths are relative to the first --configfile's folder.
-P = studyplan.from_config(config, workflow.configfiles[0])
+P = studyplan.from_config(config, workflow.configfiles[0], workflow.config_settings.config_args)
 L = P.layout
 for _w in P.warnings:
     print(f"warning: {_w}", file=sys.stderr)
