@@ -32,13 +32,14 @@ test: install system lint
 bench: install
 	$(BIN)/python -m bench
 
-# The whole study through the workflow (workflow/Snakefile); CORES and SNAKEMAKE_ARGS pass through,
+# The whole study through the workflow (workflow/Snakefile) via `python -m study.run`, which checks the
+# study file first (one line, exit 2, as `python -m prompts check`); CORES and SNAKEMAKE_ARGS pass through,
 # e.g. make study CONFIG=my_study.yaml SNAKEMAKE_ARGS="--resources gpu=4".
 CORES ?= all
 SNAKEMAKE_ARGS ?=
 demo: install
 	$(BIN)/python -m prompts demo-data demo/data --images 90 --size 128
-	$(BIN)/snakemake --cores $(CORES) --configfile examples/quickstart/study.yaml $(SNAKEMAKE_ARGS)
+	$(BIN)/python -m study.run --cores $(CORES) --configfile examples/quickstart/study.yaml $(SNAKEMAKE_ARGS)
 	@echo "report: $(CURDIR)/demo/report/report.html"
 
 demo-seg: install
@@ -48,7 +49,7 @@ demo-seg: install
 
 study: install
 	@test -n "$(CONFIG)" || { echo "error: give the study file: make study CONFIG=my_study.yaml" >&2; exit 2; }
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
+	$(BIN)/python -m study.run --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 # The parameter search as workflow jobs (search.workers at once), then the best settings as a study of
 # their own (SEARCH/best/, a second invocation: the same SNAKEMAKE_ARGS, e.g. a SLURM profile), then

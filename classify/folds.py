@@ -6,32 +6,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from prompts.dataset import Dataset, group_keys
 from prompts.errors import UserError
-from prompts.splits import Fold, Split
-
-
-def check_foldable(dataset: Dataset, n_splits: int, groups: list[str] | None = None) -> None:
-    """Raise a UserError naming a class that has fewer images (or groups) than folds."""
-    if n_splits < 2:
-        raise UserError(f"--folds {n_splits}: need at least 2 folds")
-    for label, count in dataset.class_counts().items():
-        if count < n_splits:
-            raise UserError(
-                f"class '{label}' has {count} image(s) in {dataset.root}, fewer than --folds {n_splits}; "
-                f"add images or use --folds {max(2, count)} or fewer"
-            )
-    if groups is not None:
-        per_class: dict[str, set] = {}
-        for r, g in zip(dataset.records, groups):
-            per_class.setdefault(r.label, set()).add(g)
-        n_groups = len(set(groups))
-        if n_groups < n_splits:
-            raise UserError(f"only {n_groups} group(s) to split into --folds {n_splits}; use fewer folds or another --group-by")
-        for label, gs in sorted(per_class.items()):
-            if len(gs) < n_splits:
-                raise UserError(
-                    f"class '{label}' spans only {len(gs)} group(s), fewer than --folds {n_splits}: some test folds would "
-                    f"lack it; use --folds {max(2, len(gs))} or another --group-by"
-                )
+from prompts.splits import Fold, Split, check_foldable
 
 
 def make_split(

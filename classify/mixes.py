@@ -13,7 +13,6 @@ Mixes that use synthetic images run once per LoRA-weight tree.
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,54 +22,7 @@ import numpy as np
 
 from prompts.errors import UserError
 from prompts.layout import count_of_fraction
-
-_PLUS = re.compile(r"^real\+(\d+(\.\d+)?)%?$")
-
-
-@dataclass(frozen=True)
-class Mix:
-    name: str
-    kind: str  # real | plus | synthetic | balance | oversample | classweight | noaug
-    percent: float = 0.0
-
-    @property
-    def uses_synthetic(self) -> bool:
-        return self.kind in ("plus", "synthetic", "balance")
-
-    @property
-    def class_weighted(self) -> bool:
-        return self.kind == "classweight"
-
-    @property
-    def augment_off(self) -> bool:
-        return self.kind == "noaug"
-
-
-def parse_mixes(names) -> list[Mix]:
-    """'real,real+25,synthetic' or a list -> [Mix]; unknown names are a UserError."""
-    if isinstance(names, str):
-        names = names.split(",")
-    out = []
-    for raw in names:
-        name = raw.strip().replace("%", "")
-        if not name:
-            continue
-        if m := _PLUS.match(name):
-            p = float(m.group(1))
-            if p <= 0:
-                raise UserError(f"--mixes {raw}: the percentage must be positive")
-            out.append(Mix(f"real+{p:g}", "plus", p))
-        elif name in ("real", "synthetic", "balance", "oversample", "classweight", "noaug"):
-            out.append(Mix(name, name))
-        else:
-            raise UserError(
-                f"--mixes {raw}: unknown mix; use real, real+P (e.g. real+25), synthetic, balance, oversample, classweight, noaug"
-            )
-    if not out:
-        raise UserError("--mixes: no mix given")
-    if len({m.name for m in out}) != len(out):
-        raise UserError(f"--mixes {','.join(names)}: a mix is listed twice")
-    return out
+from prompts.mixes import Mix, parse_mixes  # noqa: F401  (the grammar lives in the core; re-exported)
 
 
 @dataclass(frozen=True)

@@ -148,15 +148,16 @@ def main(argv=None):
     d.add_argument("--images", type=int, default=60, help="about this many images in the study's class proportions (default 60)")
     d.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     d.add_argument("--seed", type=int, default=0)
-    ck = sub.add_parser("check", help="validate a whole study file: one line per error, exit status 2 when any")
+    ck = sub.add_parser("check", help="check a whole study file as the workflow does before any job: one line per error, exit status 2 when any")
     ck.add_argument("study", help="study YAML file")
     sc = sub.add_parser("schema", help="print every key of the study YAML file with its type and default (Markdown)")
     sc.add_argument("--readme", help="instead, rewrite the marked schema section of this README")
+    sc.add_argument("--json-schema", help="instead, write the JSON Schema the workflow validates with to this file")
     args = parser.parse_args(argv)
     if args.command == "check":
-        from .config import validate_study_file
+        from .check import check_file  # the workflow runs the same check before any job
 
-        errors = validate_study_file(args.study)
+        errors = check_file(args.study)
         for line in errors:
             print(f"error: {line}", file=sys.stderr)
         if errors:
@@ -166,7 +167,12 @@ def main(argv=None):
     if args.command == "schema":
         from .config import describe_schema
 
-        if args.readme:
+        if args.json_schema:
+            from .files import write_text_atomic
+            from .schema.json_schema import json_schema_yaml
+
+            write_text_atomic(args.json_schema, json_schema_yaml())
+        elif args.readme:
             from .config import update_readme_schema
 
             update_readme_schema(args.readme)

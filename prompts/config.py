@@ -167,12 +167,21 @@ def _load(path, errors: list[str] | None) -> Study:
     if path is not None:
         path = Path(path)
         raw = read_yaml_mapping(path, "study file")
-        for name in raw:
-            if name not in SECTIONS:
-                err = UserError(f"study file {path}: unknown section '{name}' (sections: {', '.join(SECTIONS)})")
-                if errors is None:
-                    raise err
-                errors.append(str(err))
+    return build_study(raw, path, errors)
+
+
+def build_study(raw: dict, path: str | os.PathLike | None, errors: list[str] | None = None) -> Study:
+    """A Study from a mapping: a study file's content, or Snakemake's merged `config`.
+
+    Relative paths are relative to `path`'s folder (the study file). errors: as `build_section`.
+    """
+    path = Path(path) if path is not None else None
+    for name in raw:
+        if name not in SECTIONS:
+            err = UserError(f"study file {path}: unknown section '{name}' (sections: {', '.join(SECTIONS)})")
+            if errors is None:
+                raise err
+            errors.append(str(err))
     where = str(path) + ": " if path else ""
     sections = {name: build_section(cls, raw.get(name), f"{where}{name}", errors) for name, cls in SECTIONS.items()}
     return _resolve_paths(Study(**sections, path=path))
@@ -230,6 +239,18 @@ def check_required(study: Study, command: str) -> None:
             if command in f.metadata.get("required", ()) and getattr(section, f.name) in (None, "", []):
                 flag = "--" + f.name.replace("_", "-")
                 raise UserError(f"{flag} is missing: give it on the command line or as {name}.{f.name} in the study file (--config)")
+
+
+def missing_required(study: Study, command: str) -> list[str]:
+    """`section.key` of every field that `command` needs (the schema's `required`) and that has no value."""
+    return [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+            if command in f.metadata.get("required", ()) and getattr(getattr(study, name), f.name) in (None, "", [])]
+
+
+def field_help(dotted: str) -> str:
+    """The schema's help line of `section.key`."""
+    name, key = dotted.split(".", 1)
+    return {f.name: f for f in dataclasses.fields(SECTIONS[name])}[key].metadata.get("help", "")
 
 
 def as_dict(section) -> dict:

@@ -11,6 +11,7 @@
     realism     OUT/realism.json, realism.md
     any output  fingerprint.json: what determined it (see prompts/fingerprint.py)
                 cellsynth-outputs.json: the names a command wrote there (only those are ever replaced)
+    a study     StudyLayout(OUT): every path of a workflow study's output folder (below)
 
 `<group>` is the class, or `<cell_line>__<class>` for per-(cell line, class) LoRAs.
 Labels and cell lines become path parts only after `check_name`.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -58,6 +60,7 @@ BLIND_ANSWERS_FILE = "answers.json"  # the name the page downloads
 BLIND_SCORES_JSON = "blind_scores.json"
 BLIND_SCORES_CSV = "blind_scores.csv"
 BLIND_SUMMARY_MD = "blind_summary.md"
+DROPPED_FILE = "dropped.json"  # SYN/dropped.json: outputs of earlier settings the workflow moved aside (the report shows it)
 
 _FOLD = re.compile(r"^fold_(\d+)$")
 _MAX_NAME_BYTES = 200  # file systems allow 255; leave room for suffixes
@@ -217,3 +220,133 @@ def count_of_fraction(n: int, fraction) -> int:
     """
     f = fraction if isinstance(fraction, Fraction) else Fraction(str(fraction))
     return int(math.floor(f * int(n) + Fraction(1, 2)))
+
+
+# --------------------------------------------------------------------------- a workflow study's output folder
+
+def dropped_file(synthetic_root) -> Path:
+    """SYN/dropped.json: what the workflow moved aside because the current study no longer defines it.
+
+    `{"version": 1, "dropped": [{"kind": "synthetic tree" | "LoRA", "path": relative to OUT,
+    "moved_to": relative to OUT, "reason": str, "time": ISO UTC}]}`; written by the workflow, read by the report.
+    """
+    return Path(synthetic_root) / DROPPED_FILE
+
+
+def seal_file(folder) -> Path:
+    """The checksum file of a workflow folder output: `PARENT/.<name>.sha256` beside it (hidden: never read as data)."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.sha256"
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """Every path of a workflow study under its output folder OUT (absolute when OUT is).
+
+        OUT/study.yaml                     the merged, validated study every job reads (--config)
+        OUT/folds.json                     the split (unless data.split names the user's file)
+        OUT/models/tiny-sd/                `lora.model: tiny`
+        OUT/models/classifier.weights.h5   `classify.weights: calibrated`
+        OUT/lora/fold_<k>/<group>/         one LoRA per fold and group (+ .<group>.sha256 beside it)
+        OUT/synthetic/fold_<k>/w<weight>/  one tree per fold and LoRA weight (+ .w<weight>.sha256)
+        OUT/synthetic/manifest.jsonl, dropped.json
+        OUT/realism/, OUT/report/          published from OUT/.stage/ only when their job succeeded
+        OUT/logs/<rule>[/fold_<k>]/<name>.log
+        OUT/dropped/<time>/                outputs of earlier settings, moved aside (never deleted)
+        OUT/.study.lock                    held by the one run on this output (host, pid, start)
+    """
+
+    out: Path
+
+    STUDY_FILE = "study.yaml"
+    SPLIT_FILE = "folds.json"
+    LOCK_FILE = ".study.lock"
+
+    @property
+    def study_file(self) -> Path:
+        return self.out / self.STUDY_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.out / self.LOCK_FILE
+
+    @property
+    def split_file(self) -> Path:
+        return self.out / self.SPLIT_FILE
+
+    @property
+    def models_dir(self) -> Path:
+        return self.out / "models"
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.models_dir / "tiny-sd"
+
+    @property
+    def calibrated_weights(self) -> Path:
+        return self.models_dir / "classifier.weights.h5"
+
+    @property
+    def lora_root(self) -> Path:
+        return self.out / "lora"
+
+    @property
+    def synthetic_root(self) -> Path:
+        return self.out / "synthetic"
+
+    @property
+    def manifest(self) -> Path:
+        return self.synthetic_root / MANIFEST_FILE
+
+    @property
+    def dropped_file(self) -> Path:
+        return dropped_file(self.synthetic_root)
+
+    @property
+    def dropped_root(self) -> Path:
+        return self.out / "dropped"
+
+    @property
+    def realism_dir(self) -> Path:
+        return self.out / "realism"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out / "report"
+
+    @property
+    def stage_root(self) -> Path:
+        """Where `realism` and `cv` write; their folder is published into OUT/ only when the job succeeded."""
+        return self.out / ".stage"
+
+    def staged(self, final: Path) -> Path:
+        return self.stage_root / Path(final).name
+
+    @property
+    def generate_staging_root(self) -> Path:
+        return self.out / ".generate"
+
+    def generate_staging(self, fold: int, weight_dir: str) -> Path:
+        """A generation job's own output root; its finished tree is renamed into `synthetic_tree`."""
+        return self.generate_staging_root / f"{fold_name(int(fold))}_{weight_dir}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.out / "logs"
+
+    def lora_dir(self, fold: int, group: str) -> Path:
+        return lora_dir(self.lora_root, int(fold), group)
+
+    def synthetic_tree(self, fold: int, weight_dir: str) -> Path:
+        return fold_root(self.synthetic_root, int(fold)) / weight_dir
+
+    # Snakemake patterns of the same paths ({fold}, {group}, {weight} wildcards).
+    def lora_pattern(self) -> str:
+        return f"{self.lora_root}/{FOLD_PREFIX}{{fold}}/{{group}}"
+
+    def synthetic_pattern(self) -> str:
+        return f"{self.synthetic_root}/{FOLD_PREFIX}{{fold}}/{{weight}}"
+
+    def log(self, rule: str, *parts: str) -> str:
+        """OUT/logs/<rule>[/<part>...].log (parts may hold Snakemake wildcards)."""
+        return str(self.logs_dir / rule / "/".join(parts)) + ".log" if parts else str(self.logs_dir / f"{rule}.log")

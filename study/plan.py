@@ -1,43 +1,49 @@
-"""What the workflow needs to know about a study file: paths, folds, groups, weights, rerun digests.
+"""What the workflow needs to know about a study: paths, folds, groups, weights, re-run triggers.
 
-The Snakefile stays a list of jobs: every name on disk comes from `prompts.layout`, every value
-from the study file (validated whole before any job), and every re-run trigger from here:
+The Snakefile stays a list of jobs: every path on disk comes from `prompts.layout.StudyLayout`,
+every value from Snakemake's merged `config` (the `--configfile`s and `--config` overrides),
+checked whole before any job by `prompts.check` (the check `python -m prompts check` runs), and
+every re-run trigger from here:
 
-- `params: settings=...` of a rule is the digest of the result-changing settings
-  (`prompts.fingerprint.settings_part`) of the sections that rule's command reads; Snakemake's
-  `params` trigger re-runs the rule (and, through file times, everything downstream) when it changes.
+- `params` of a rule are the result-changing settings (`prompts.fingerprint.settings_part`) of the
+  sections its command reads, one readable `section.key=value` string each: Snakemake's `params`
+  trigger re-runs the rule when one changes, and its dry-run reason names the keys that changed.
 - inputs are the data images (and labels.csv), the templates file, the split file, base-model and
-  weights files: Snakemake's `mtime` trigger follows their content changes.
+  weights files, and the seals of the folders a job reads: Snakemake's `mtime` and `input`
+  triggers follow their content.
 
-Which classify keys each classify command reads is written here once (`SPLIT_KEYS`, ...): changing
-`classify.epochs` must re-run the CV only, not the split that every LoRA depends on.
+Relative paths in the config are relative to the folder of the first `--configfile` (the study
+file; later files and `--config` overlay it). Which classify keys each classify command reads is
+written here once (`SPLIT_KEYS`, ...): changing `classify.epochs` re-runs the CV only.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prompts import layout
-from prompts.fingerprint import digest, settings_part
+from prompts.fingerprint import settings_part
+from prompts.layout import StudyLayout
 
 # classify keys read by each classify command other than `cv` (which reads them all).
 SPLIT_KEYS = ("folds", "repeats", "group_by", "seed")
 CALIBRATE_KEYS = ("backbone", "image_size", "seed")
 REALISM_KEYS = ("backbone", "weights", "image_size", "seed")
 DATA_KEYS = ("skip_bad_images", "normalize", "percentiles", "channels", "z", "t")  # the reading rule re-runs every step
-DEFAULT_TEMPLATES = Path(__file__).resolve().parents[1] / "prompts" / "default_templates.yaml"
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "study.schema.yaml"
 
 TINY, CALIBRATED, NONE = "tiny", "calibrated", "none"
 
 
 @dataclass
 class Plan:
-    """A study file resolved into the workflow's paths and job wildcards (all paths absolute)."""
+    """A study resolved into the workflow's paths and job wildcards (all paths absolute)."""
 
-    study_file: Path
-    out: Path
+    study_file: Path  # the first --configfile: relative paths are relative to its folder
+    layout: StudyLayout
     data: Path
     images: list[str]  # every data image (and labels.csv): inputs of the first jobs
     templates: Path
@@ -51,54 +57,36 @@ class Plan:
     tiny_model: bool
     classifier_weights: str  # imagenet, none, or a file (the calibrated one under OUT/models/)
     calibrated: bool
-    digests: dict[str, str] = field(default_factory=dict)
+    blind_inputs: list[str] = field(default_factory=list)  # files of classify.blind (the CV report adds them)
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)  # rule -> {param name: "section.key=value"}
     warnings: list[str] = field(default_factory=list)
     task: str = "classification"  # study.task; a segmentation study is a `study.segmentation.SegPlan`
-
-    # ------------------------------------------------------------------ output paths
-    @property
-    def model_dir(self) -> Path:
-        return self.out / "models" / "tiny-sd"
+    study: object = None  # the validated prompts.config.Study
 
     @property
-    def calibrated_file(self) -> Path:
-        return self.out / "models" / "classifier.weights.h5"
-
-    @property
-    def lora_root(self) -> Path:
-        return self.out / "lora"
-
-    @property
-    def synthetic_root(self) -> Path:
-        return self.out / "synthetic"
-
-    @property
-    def realism_dir(self) -> Path:
-        return self.out / "realism"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.out / "report"
-
-    def lora_dir(self, fold, group: str) -> str:
-        return str(layout.lora_dir(self.lora_root, int(fold), group))
+    def out(self) -> Path:
+        return self.layout.out
 
     def lora_dirs(self, fold) -> list[str]:
-        return [self.lora_dir(fold, g["group"]) for g in self.groups]
+        return [str(self.layout.lora_dir(fold, g["group"])) for g in self.groups]
 
-    def synthetic_dir(self, fold, weight_dir: str) -> str:
-        return str(layout.fold_root(self.synthetic_root, int(fold)) / weight_dir)
-
-    def staging_dir(self, fold, weight_dir: str) -> Path:
-        """A generation job's own output root; its finished tree is renamed into `synthetic_dir`."""
-        return self.out / ".generate" / f"{layout.fold_name(int(fold))}_{weight_dir}"
+    def lora_seals(self, fold) -> list[str]:
+        return [str(layout.seal_file(d)) for d in self.lora_dirs(fold)]
 
     @property
     def weight_dirs(self) -> list[str]:
         return [layout.weight_dir_name(w) for w in self.weights]
 
     def all_synthetic_dirs(self) -> list[str]:
-        return [self.synthetic_dir(k, w) for k in self.folds for w in self.weight_dirs]
+        return [str(self.layout.synthetic_tree(k, w)) for k in self.folds for w in self.weight_dirs]
+
+    def all_synthetic_seals(self) -> list[str]:
+        return [str(layout.seal_file(d)) for d in self.all_synthetic_dirs()]
+
+    def sealed_folders(self) -> list[str]:
+        """Every folder output with a seal: LoRAs, synthetic trees, the published realism and report."""
+        loras = [d for k in self.folds for d in self.lora_dirs(k)]
+        return loras + self.all_synthetic_dirs() + [str(self.layout.realism_dir), str(self.layout.report_dir)]
 
     def group(self, name: str) -> dict:
         return next(g for g in self.groups if g["group"] == name)
@@ -107,7 +95,6 @@ class Plan:
         """The LoRA weight of a `w<weight>` folder name, as the command-line value (repr round-trips)."""
         return repr(layout.parse_weight_dir(weight_dir))
 
-    # ------------------------------------------------------------------ per-job flags
     def lora_flags(self, group: str) -> str:
         """`--classes C [--cell-lines L]` selecting exactly one LoRA group."""
         g = self.group(group)
@@ -116,9 +103,25 @@ class Plan:
             flags += ["--cell-lines", g["cell_line"]]
         return " ".join(shlex.quote(f) for f in flags)
 
+    def params(self, rule: str) -> dict:
+        """The rule's `params`: one readable `section.key=value` per result-changing setting it reads.
+
+        Each is a function of the wildcards alone, so Snakemake neither formats its braces (a regex
+        `\\d{8}`) nor counts it as derived from files: its value is recorded and compared.
+        """
+        return {name: (lambda wildcards, text=text: text) for name, text in self.settings[rule].items()}
+
 
 def quote(value) -> str:
     return shlex.quote(str(value))
+
+
+def readable(section_name: str, values: dict) -> dict[str, str]:
+    """{param name: "section.key=value"} (JSON values): Snakemake's dry-run reason then names the key.
+
+    """
+    return {f"{section_name}__{k}": f"{section_name}.{k}={json.dumps(v, sort_keys=True, default=str)}"
+            for k, v in sorted(values.items())}
 
 
 def _keys(section, keys) -> dict:
@@ -127,24 +130,77 @@ def _keys(section, keys) -> dict:
 
 
 def load(study_file) -> Plan:
-    """Validate the whole study file (every error, one line each: exit status 2) and resolve it."""
-    from prompts.config import load_study, validate_study_file
-    from prompts.dataset import read_dataset
+    """The plan of a study file (as `snakemake --configfile FILE` with no overrides)."""
+    from prompts.errors import UserError
+    from prompts.files import read_yaml_mapping
+
+    study_file = Path(study_file).resolve()
+    try:
+        raw = read_yaml_mapping(study_file, "study file")
+    except UserError as err:
+        _fail([str(err)])
+    return from_config(raw, study_file)
+
+
+def typed_config(config: dict, config_args=None) -> dict:
+    """Snakemake's merged config with each `--config KEY=VALUE` read again as YAML, as a study file would be.
+
+    Snakemake reads nested `--config` values with YAML's base loader, so `classify={epochs: 3}`
+    arrives as the string '3'; read with the safe loader, it is the integer a study file gives.
+    """
+    import copy
+
+    import yaml
+    from snakemake.utils import update_config
+
+    typed = copy.deepcopy(dict(config))
+    for entry in config_args or []:
+        if not isinstance(entry, str) or "=" not in entry:
+            continue
+        key, value = entry.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            continue  # Snakemake's own reading (a string) stands; the check names it if it is wrong
+        update_config(typed, {key: parsed})
+    return typed
+
+
+def from_config(config: dict, study_file, config_args=None) -> Plan:
+    """Check Snakemake's merged config whole (every error one line, exit status 2) and resolve it.
+
+    config_args: the raw `--config KEY=VALUE` entries (`workflow.config_settings.config_args`).
+    """
+    from prompts.check import check_mapping
     from prompts.errors import UserError
 
     study_file = Path(study_file).resolve()
-    errors = validate_study_file(study_file)
+    config = typed_config(config, config_args)
+    study, errors = check_mapping(config, study_file)
     if errors:
         _fail(errors)
-    study = load_study(study_file)
     if study.study.task == "segmentation":
         from study.segmentation import load_or_exit
 
         return load_or_exit(study, study_file)
+    _validate(config, study_file)
     try:
-        return _resolve(study, study_file, read_dataset)
+        return _resolve(study, study_file)
     except UserError as err:
         _fail([str(err)])
+
+
+def _validate(config: dict, study_file: Path) -> None:
+    """Snakemake's own validation against the JSON Schema generated from the same schema (a second net)."""
+    import copy
+
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(copy.deepcopy(dict(config)), str(SCHEMA_FILE), set_default=False)
+    except WorkflowError as err:
+        _fail([f"{study_file}: " + " ".join(str(err).split())[:500]])
 
 
 def _fail(lines: list[str]):
@@ -153,68 +209,76 @@ def _fail(lines: list[str]):
     sys.exit(2)
 
 
-def _resolve(study, study_file: Path, read_dataset) -> Plan:
-    from prompts.errors import UserError
+def _resolve(study, study_file: Path) -> Plan:
+    from prompts.dataset import read_dataset
     from prompts.images import file_of
+    from prompts.templates import DEFAULT_TEMPLATES
 
-    where = f"{study_file}"
-    if not study.study.output:
-        raise UserError(f"{where}: study.output is missing: name the folder of the study's outputs (relative to the study file)")
-    if not study.data.data:
-        raise UserError(f"{where}: data.data is missing: name the data folder (relative to the study file)")
-    out = Path(study.study.output).resolve()
+    lay = StudyLayout(Path(study.study.output).resolve())
     data = Path(study.data.data).resolve()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{where}: study.output {out} is an existing file; name a folder for the study's outputs")
-    if out == data or data in out.parents:
-        raise UserError(f"{where}: study.output {out} is inside the data folder {data}; outputs never go into the data folder")
-    if not study.lora.model:
-        raise UserError(f"{where}: lora.model is missing: give a diffusers folder, a .safetensors file, a hub id, "
-                        "or `tiny` (the offline smoke model)")
     dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images)
     records = dataset.select(classes=study.lora.classes or None, cell_lines=study.lora.cell_lines or None).records
-    groups = _groups(records, study.lora.per)
     images = sorted({file_of(str(dataset.abspath(r))) for r in dataset.records})  # 'f.czi#scene-2' lives in f.czi
     if (data / "labels.csv").is_file():
         images.append(str(data / "labels.csv"))
     split_given = bool(study.data.split)
-    split = Path(study.data.split).resolve() if split_given else out / "folds.json"
+    split = Path(study.data.split).resolve() if split_given else lay.split_file
     if split_given:
         from prompts.splits import read_split
 
         n_folds = len(read_split(split, dataset).folds)
     else:
         n_folds = study.classify.folds * study.classify.repeats
-    tiny = study.lora.model == TINY
-    lora_model = str(out / "models" / "tiny-sd") if tiny else study.lora.model
+    tiny_dir = str(lay.tiny_model_dir)
+    lora_model = tiny_dir if study.lora.model == TINY else study.lora.model
     gen_model = study.generate.model or study.lora.model
-    gen_model = str(out / "models" / "tiny-sd") if gen_model == TINY else gen_model
+    gen_model = tiny_dir if gen_model == TINY else gen_model
     cw = study.classify.weights
     calibrated = cw == CALIBRATED
     plan = Plan(
-        study_file=study_file, out=out, data=data, images=images,
+        study_file=study_file, layout=lay, data=data, images=images,
         templates=Path(study.data.templates).resolve() if study.data.templates else DEFAULT_TEMPLATES,
-        split=split, split_given=split_given, folds=list(range(n_folds)), groups=groups,
+        split=split, split_given=split_given, folds=list(range(n_folds)), groups=_groups(records, study.lora.per),
         weights=list(dict.fromkeys(float(w) for w in study.generate.lora_weights)),
-        lora_model=lora_model, generate_model=gen_model, tiny_model=tiny or gen_model == str(out / "models" / "tiny-sd"),
-        classifier_weights=str(out / "models" / "classifier.weights.h5") if calibrated else cw, calibrated=calibrated,
+        lora_model=lora_model, generate_model=gen_model, tiny_model=tiny_dir in (lora_model, gen_model),
+        classifier_weights=str(lay.calibrated_weights) if calibrated else cw, calibrated=calibrated,
+        blind_inputs=_files_of(study.classify.blind), study=study,
     )
-    data_part = _keys(study.data, DATA_KEYS)
-    plan.digests = {
-        "split": digest({"data": data_part, "classify": _keys(study.classify, SPLIT_KEYS)}),
-        "calibrate": digest({"data": data_part, "classify": _keys(study.classify, CALIBRATE_KEYS)}),
-        "lora": digest({"data": data_part, "lora": settings_part(study.lora), "model": study.lora.model,
-                        "model_config": study.lora.model_config}),
-        "generate": digest({"data": data_part, "generate": settings_part(study.generate), "model": gen_model,
-                            "model_config": study.generate.model_config or study.lora.model_config}),
-        "realism": digest({"data": data_part, "classify": _keys(study.classify, REALISM_KEYS)}),
-        "cv": digest({"data": data_part, "classify": settings_part(study.classify)}),
-    }
+    plan.settings = rule_settings(study, gen_model)
     if cw == NONE:
         plan.warnings.append(
             f"{study_file}: classify.weights is none: the classifier starts from random weights, so every mix scores "
             "alike and the report means nothing; use imagenet (real runs) or calibrated (offline smoke runs)")
     return plan
+
+
+def _files_of(path) -> list[str]:
+    """The files of a folder (or the file itself): a job's inputs, so that adding or changing them re-runs it."""
+    if not path:
+        return []
+    p = Path(path).resolve()
+    return [str(p)] if p.is_file() else sorted(str(f) for f in p.rglob("*") if f.is_file())
+
+
+def rule_settings(study, gen_model: str | None = None) -> dict[str, dict[str, str]]:
+    """{rule: {param name: "section.key=value"}}: the result-changing settings each rule's command reads."""
+    data_part = readable("data", _keys(study.data, DATA_KEYS))
+    gen_model = gen_model or study.generate.model or study.lora.model
+    return {
+        "split": {**data_part, **readable("classify", _keys(study.classify, SPLIT_KEYS))},
+        "calibrate": {**data_part, **readable("classify", _keys(study.classify, CALIBRATE_KEYS))},
+        "lora": {**data_part, **readable("lora", {**settings_part(study.lora), "model": study.lora.model,
+                                                   "model_config": study.lora.model_config})},
+        "generate": {**data_part, **readable("generate", {**_without(settings_part(study.generate), "lora_weights"), "model": gen_model,
+                                                           "model_config": study.generate.model_config or study.lora.model_config})},
+        "realism": {**data_part, **readable("classify", _keys(study.classify, REALISM_KEYS))},
+        "cv": {**data_part, **readable("classify", settings_part(study.classify))},
+    }
+
+
+def _without(part: dict, *keys: str) -> dict:
+    """A settings part less the keys a job's output path already carries (a generate job's own LoRA weight)."""
+    return {k: v for k, v in part.items() if k not in keys}
 
 
 def _groups(records, per: str) -> list[dict]:

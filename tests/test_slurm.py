@@ -40,7 +40,8 @@ def slurm_cluster(tmp_path_factory):
 
 def test_the_slurm_profile_sizes_every_rule_of_the_workflow():
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    rules = set(re.findall(r"^\s*rule (\w+):", SNAKEFILE.read_text(), re.M)) - {"all"}
+    text = SNAKEFILE.read_text() + "".join(p.read_text() for p in sorted((SNAKEFILE.parent / "rules").glob("*.smk")))
+    rules = set(re.findall(r"^\s*rule (\w+):", text, re.M)) - {"all"}
     assert profile["executor"] == "slurm"
     assert set(profile["set-resources"]) == rules
     for rule, res in profile["set-resources"].items():

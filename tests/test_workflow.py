@@ -161,11 +161,12 @@ def _change_image(path: Path) -> None:
 
 # rank: the LoRAs and everything after them; epochs (classify): the CV only; an image or the
 # templates: all of it (an image changes the split and the calibrated weights too).
-AFTER_LORA = {"lora": 6, "generate": 4, "synthetic_manifest": 1, "realism": 1, "cv": 1, "all": 1}
+AFTER_LORA = {"lora": 6, "generate": 4, "synthetic_manifest": 1, "realism": 1, "publish_realism": 1, "cv": 1,
+              "publish_report": 1, "all": 1}
 CHANGES = {
     "nothing": (None, {}),
     "lora.rank": ("study", AFTER_LORA),
-    "classify.epochs": ("study", {"cv": 1, "all": 1}),
+    "classify.epochs": ("study", {"cv": 1, "publish_report": 1, "all": 1}),
     "one data image": ("image", {"split": 1, "calibrate_weights": 1, **AFTER_LORA}),
     "templates": ("templates", AFTER_LORA),
 }

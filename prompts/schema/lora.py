@@ -10,7 +10,7 @@ TRAIN = ("lora train",)
 
 @dataclass
 class LoraSection:
-    model: str | None = opt(None, "base model: diffusers folder, single-file .safetensors, or hub id", path=True, hub=True, required=TRAIN)
+    model: str | None = opt(None, "base model: diffusers folder, single-file .safetensors, or hub id", path=True, hub=True, required=TRAIN + ("workflow",))
     model_config: str | None = opt(
         None, "for a single-file checkpoint: a diffusers folder (or hub id) of the same architecture, whose configs are used", path=True, hub=True
     )

@@ -1,20 +1,20 @@
-# Realism and the cross-validation with its report.
+# Realism and the cross-validation with its report. Each writes into OUT/.stage/ (Snakemake removes a
+# failed job's outputs: only the staged folder goes); a finished folder is then published into OUT/.
 
 
 rule realism:
     """KID and the real-vs-synthetic classifier test per class and LoRA weight."""
     input:
-        synthetic=P.all_synthetic_dirs(),
-        manifest=str(P.synthetic_root / "manifest.jsonl"),
+        synthetic=P.all_synthetic_seals(),
+        manifest=str(L.manifest),
         images=P.images,
         weights=WEIGHTS_INPUT,
     output:
-        report(directory(P.realism_dir), patterns=["{name}.md"], category="Realism",
-               caption="report/realism.rst"),
+        directory(L.staged(L.realism_dir)),
     params:
-        settings=P.digests["realism"],
+        **P.params("realism"),
     log:
-        LOGS / "realism.log",
+        L.log("realism"),
     threads: 4
     resources:
         gpu=1,
@@ -23,25 +23,51 @@ rule realism:
         "--output {output} --no-progress" + LOGGED
 
 
+rule publish_realism:
+    """The finished realism folder into OUT/realism/ (hard links), sealed."""
+    input:
+        L.staged(L.realism_dir),
+    output:
+        folder=report(directory(L.realism_dir), patterns=["{name}.md"], category="Realism", caption="../report/realism.rst"),
+        seal=str(layout.seal_file(L.realism_dir)),
+    localrule: True
+    shell:
+        ENV + PUBLISH + "{input} {output.folder}"
+
+
 rule cv:
     """Cross-validation over every training mix, and the report."""
     input:
-        synthetic=P.all_synthetic_dirs(),
-        manifest=str(P.synthetic_root / "manifest.jsonl"),
-        realism=P.realism_dir,
+        synthetic=P.all_synthetic_seals(),
+        manifest=str(L.manifest),
+        realism=str(layout.seal_file(L.realism_dir)),
         images=P.images,
         split=SPLIT,
         weights=WEIGHTS_INPUT,
+        blind=P.blind_inputs,
     output:
-        report(directory(P.report_dir), htmlindex="report.html", category="Cross-validation",
-               caption="report/cv.rst"),
+        directory(L.staged(L.report_dir)),
     params:
-        settings=P.digests["cv"],
+        **P.params("cv"),
+        realism=quote(L.realism_dir),
     log:
-        LOGS / "cv.log",
+        L.log("cv"),
     threads: 4
     resources:
         gpu=1,
     shell:
         ENV + GPU + "{PY} -m classify cv --config {STUDY} --split {input.split} --synthetic {SYNTHETIC_ROOT} "
-        "--realism {input.realism} {WEIGHTS_FLAG} --output {output} --no-progress" + LOGGED
+        "--realism {params.realism} {WEIGHTS_FLAG} --output {output} --no-progress" + LOGGED
+
+
+rule publish_report:
+    """The finished CV report into OUT/report/ (hard links), sealed: replaced only by a complete new one."""
+    input:
+        L.staged(L.report_dir),
+    output:
+        folder=report(directory(L.report_dir), htmlindex="report.html", category="Cross-validation",
+                      caption="../report/cv.rst"),
+        seal=str(layout.seal_file(L.report_dir)),
+    localrule: True
+    shell:
+        ENV + PUBLISH + "{input} {output.folder}"

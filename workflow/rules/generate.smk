@@ -8,19 +8,19 @@ rule generate:
     jobs running side by side never write into the same folder.
     """
     input:
-        loras=lambda wc: P.lora_dirs(wc.fold),
+        loras=lambda wc: P.lora_seals(wc.fold),
         images=P.images,
         templates=str(P.templates),
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        directory(str(P.synthetic_root) + "/fold_{fold}/{weight}"),
+        **sealed(L.synthetic_pattern()),
     params:
-        settings=P.digests["generate"],
+        **P.params("generate"),
         weight=lambda wc: P.weight_of(wc.weight),
-        stage=lambda wc: quote(P.staging_dir(wc.fold, wc.weight)),
+        stage=lambda wc: quote(L.generate_staging(wc.fold, wc.weight)),
     log:
-        str(LOGS) + "/generate/fold_{fold}/{weight}.log",
+        L.log("generate", FOLD, "{weight}"),
     threads: 1
     resources:
         gpu=1,
@@ -28,19 +28,20 @@ rule generate:
         ENV + GPU + "{PY} -m generate --config {STUDY} --model {GENERATE_MODEL} --lora {LORA_ROOT} "
         "--split {input.split} --fold {wildcards.fold} --lora-weights {params.weight} "
         "--output {params.stage} --no-progress" + LOGGED + "; "
-        "mv {params.stage}/fold_{wildcards.fold}/{wildcards.weight} {output} && rm -r {params.stage}"
+        "mv {params.stage}/" + layout.FOLD_PREFIX + "{wildcards.fold}/{wildcards.weight} {output.folder} && rm -r {params.stage} && "
+        + SEAL + "{output.folder}"
 
 
 rule synthetic_manifest:
     """OUT/synthetic/manifest.jsonl over every tree: `generate` finds every image made and only rewrites the manifest."""
     input:
-        synthetic=P.all_synthetic_dirs(),
+        synthetic=P.all_synthetic_seals(),
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        str(P.synthetic_root / "manifest.jsonl"),
+        str(L.manifest),
     log:
-        LOGS / "synthetic_manifest.log",
+        L.log("synthetic_manifest"),
     threads: 1
     shell:
         ENV + "{PY} -m generate --config {STUDY} --model {GENERATE_MODEL} --lora {LORA_ROOT} --split {input.split} "

@@ -10,9 +10,9 @@ if not P.split_given:
         output:
             SPLIT,
         params:
-            settings=P.digests["split"],
+            **P.params("split"),
         log:
-            LOGS / "split.log",
+            L.log("split"),
         threads: 1
         shell:
             ENV + "{PY} -m classify split --config {STUDY} --output {output} --no-progress" + LOGGED
@@ -26,15 +26,16 @@ rule lora:
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        directory(str(P.lora_root) + "/fold_{fold}/{group}"),
+        **sealed(L.lora_pattern()),
     params:
-        settings=P.digests["lora"],
+        **P.params("lora"),
         select=lambda wc: P.lora_flags(wc.group),
     log:
-        str(LOGS) + "/lora/fold_{fold}/{group}.log",
+        L.log("lora", FOLD, "{group}"),
     threads: 1
     resources:
         gpu=1,
     shell:
         ENV + GPU + "{PY} -m lora train --config {STUDY} --model {LORA_MODEL} --split {input.split} "
-        "--fold {wildcards.fold} {params.select} --output {LORA_ROOT} --resume auto" + LOGGED
+        "--fold {wildcards.fold} {params.select} --output {LORA_ROOT} --resume auto" + LOGGED + " && "
+        + SEAL + "{output.folder}"

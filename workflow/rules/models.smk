@@ -4,9 +4,9 @@
 rule tiny_model:
     """The tiny random Stable Diffusion (`lora.model: tiny`): an offline smoke model."""
     output:
-        directory(P.model_dir),
+        directory(L.tiny_model_dir),
     log:
-        LOGS / "tiny_model.log",
+        L.log("tiny_model"),
     threads: 1
     shell:
         ENV + "{PY} -m lora tiny-model {output}" + LOGGED
@@ -17,11 +17,11 @@ rule calibrate_weights:
     input:
         P.images,
     output:
-        str(P.calibrated_file),
+        str(L.calibrated_weights),
     params:
-        settings=P.digests["calibrate"],
+        **P.params("calibrate"),
     log:
-        LOGS / "calibrate_weights.log",
+        L.log("calibrate_weights"),
     threads: 2
     shell:
         ENV + "{PY} -m classify calibrate-weights --config {STUDY} --output {output} --no-progress" + LOGGED
