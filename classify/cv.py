@@ -30,7 +30,7 @@ from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
 from prompts.files import write_json_atomic
 from prompts.guard import check_output_dir
-from prompts.layout import FINGERPRINT_FILE, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
+from prompts.layout import FINGERPRINT_FILE, FOLDS_CSV, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
 from prompts.splits import Fold, Split, read_split, write_split
 
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir, image_key
@@ -350,7 +350,7 @@ WEIGHTS_NONE_WARNING = (
     "and every accuracy, F1 and p-value of this run is meaningless (a smoke test); use --weights imagenet or a weights file"
 )
 # what `classify cv` writes into OUT (besides fingerprint.json)
-_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, "folds.csv", RUNS_DIR)
+_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, FOLDS_CSV, RUNS_DIR)
 OUTPUT_NAMES = (*_OUTPUT_NAMES, FINGERPRINT_FILE)  # claimed in OUT before the first write (prompts.guard's rule)
 # settings that reach a job only through its training and test items (or not at all)
 _JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights", "delta"})

@@ -19,6 +19,7 @@ import yaml
 from .errors import UserError
 from .files import read_yaml_mapping
 from .schema import SECTIONS
+from .schema._field import field_default  # noqa: F401  (read from here by the commands)
 
 
 def _type_name(tp) -> str:
@@ -259,10 +260,6 @@ def as_dict(section) -> dict:
 
 def dump_yaml(study_or_sections: dict) -> str:
     return yaml.safe_dump(study_or_sections, sort_keys=False, default_flow_style=None)
-
-
-def field_default(f):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
 def describe_range(f) -> str:

@@ -38,6 +38,7 @@ REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
+FOLDS_CSV = "folds.csv"  # classify cv: one row per (tree, mix, fold)
 REALISM_JSON = "realism.json"
 REALISM_MD = "realism.md"
 RUNS_DIR = "runs"

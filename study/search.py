@@ -50,22 +50,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from prompts.config import Study, as_dict, dump_yaml, load_study
+from prompts.config import Study, load_study
 from prompts.errors import UserError
-from prompts.files import write_json_atomic, write_text_atomic
+from prompts.files import write_json_atomic
 from prompts.schema.search import SPACE_KEYS
+
+from .trials import (  # noqa: F401  (names the search's callers and tests read from here)
+    BEST_DIR,
+    BEST_FILE,
+    HTML_FILE,
+    STORAGE_FILE,
+    TABLE_FILE,
+    TINY_MODEL_DIR,
+    TRIAL_SCORES,
+    TRIAL_STUDY,
+    TRIALS_DIR,
+    best_study,
+    class_objective,
+    trial_study,
+    write_trial_study,
+)
 
 log = logging.getLogger("study.search")
 
-STORAGE_FILE = "search.journal"
-TRIALS_DIR = "trials"
-HTML_FILE = "search.html"
-BEST_DIR = "best"  # OUT/best/: the best trial's settings as a study of its own (study.yaml; its outputs beside it)
-BEST_FILE = f"{BEST_DIR}/study.yaml"
-TINY_MODEL_DIR = "models/tiny-sd"  # OUT/models/tiny-sd: the tiny model of `lora.model: tiny` outside the workflow
-TABLE_FILE = "trials.csv"
-TRIAL_STUDY = "study.yaml"  # OUT/trials/<n>/study.yaml: the study file of the trial (its exact settings)
-TRIAL_SCORES = "realism.json"  # OUT/trials/<n>/realism.json: image lists and scores per class
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0  # a RUNNING trial of another host without a heartbeat this long is failed
 POLL_SECONDS = 5.0  # wait between looks while the other processes' trials fill the N
@@ -161,19 +168,6 @@ def search_space(search) -> list[Dimension]:
         elif d.name == "text_encoder_lr" and min(values) < 0:
             raise UserError("search.text_encoder_lr: values must be 0 (U-Net only) or above")
     return dims
-
-
-def trial_study(study: Study, params: dict) -> Study:
-    """A copy of the study with a trial's parameters: lora.<key>, alpha = ratio x rank, generate.lora_weights."""
-    s = copy.deepcopy(study)
-    for key in ("rank", "unet_lr", "text_encoder_lr", "epochs", "network"):
-        if key in params:
-            setattr(s.lora, key, params[key])
-    if "alpha_ratio" in params:
-        s.lora.alpha = float(params["alpha_ratio"]) * s.lora.rank
-    if "lora_weight" in params:
-        s.generate.lora_weights = [float(params["lora_weight"])]
-    return s
 
 
 # --------------------------------------------------------------------------- storage and stale trials
@@ -333,12 +327,6 @@ def fold_images(data_section, fold: int) -> FoldImages:
     return FoldImages(fold, per_class(f.train), per_class(f.test))
 
 
-def class_objective(kid_value: float, c2st_accuracy: float) -> float:
-    """log(1 + max(KID, 0)) + 2 |acc - 0.5| (KID on standardised features; no C2ST term when it is NaN: too few images)."""
-    term_c2st = 2 * abs(c2st_accuracy - 0.5) if math.isfinite(c2st_accuracy) else 0.0
-    return math.log1p(max(kid_value, 0.0)) + term_c2st
-
-
 class RealismScorer:
     """KID and two-sample accuracy of synthetic images against one fold's test images, per class.
 
@@ -395,15 +383,6 @@ class RealismScorer:
 
 
 # --------------------------------------------------------------------------- one trial
-
-def write_trial_study(study: Study, path: Path) -> None:
-    """The study as a YAML file (every section, absolute paths), validated by reading it back."""
-    from prompts.schema import SECTIONS
-
-    sections = {name: as_dict(getattr(study, name)) for name in SECTIONS if getattr(study, name, None) is not None}
-    write_text_atomic(path, dump_yaml(sections))
-    load_study(path)
-
 
 def _trial_settings(study: Study, search, params: dict, folder: Path) -> Study:
     """The trial's whole study: its parameters, its LoRA and image folders, fold, M images, fixed seeds."""
@@ -719,17 +698,6 @@ def workflow_search_dir(study: Study, out: Path | None = None) -> Path:
     if study.search.output:
         return Path(study.search.output).resolve()
     return Path(out or study.study.output).resolve() / "search"
-
-
-def best_study(study: Study, params: dict, folder: Path) -> Study:
-    """The study with the best parameters, a study of its own with its outputs in `folder` (never the default study's).
-
-    The whole-study settings of the user, only the searched keys changed; `tiny`/`calibrated` stay names;
-    the split stays the search's (the same folds as the default study, so the two compare fold by fold).
-    """
-    s = trial_study(study, params)
-    s.study.output = str(Path(folder).resolve())
-    return s
 
 
 __all__ = ["run_search", "search_space", "parse_dimension", "class_objective", "fold_images", "fail_stale_trials",

@@ -42,7 +42,7 @@ def ranked_trials(ostudy) -> list:
 
 def write_best_study(study, params: dict, path: Path) -> Path:
     """The user's study with the best parameters, its outputs in path's folder (validated by reading it back)."""
-    from .search import best_study, write_trial_study
+    from .trials import best_study, write_trial_study
 
     write_trial_study(best_study(study, params, path.parent), path)
     return path
@@ -151,7 +151,7 @@ def _contour(ostudy, ovm, kw):
 
 def image_trials(trials, out: Path) -> list[dict]:
     """Per best trial and class: its synthetic images and the fold's real test images they were scored against."""
-    from .search import TRIAL_SCORES, TRIALS_DIR
+    from .trials import TRIAL_SCORES, TRIALS_DIR
 
     shown = []
     for t in trials[:BEST_SHOWN]:
@@ -173,7 +173,7 @@ def _params_text(params: dict) -> str:
 
 def class_rows(ranked, images, kid_ref: dict) -> list[dict]:
     """One row per (complete trial, class), best trial first: test images, KID, KID_ref, C2ST, the class's objective."""
-    from .search import class_objective
+    from .trials import class_objective
 
     rows = []
     for t in ranked:
@@ -221,7 +221,7 @@ def write_outputs(ostudy, study, search, out: Path, images, kid_ref: dict | None
     """trials.csv, best/study.yaml (when a trial is complete) and search.html; returns {'files', 'best_params'}."""
     from optuna.trial import TrialState
 
-    from .search import BEST_FILE, HTML_FILE, TABLE_FILE
+    from .trials import BEST_FILE, HTML_FILE, TABLE_FILE
 
     rows = trial_rows(ostudy)
     files = [write_table(rows, out / TABLE_FILE)]

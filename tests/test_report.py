@@ -570,14 +570,16 @@ def test_published_figures_only_for_the_matching_configuration(inputs):
 def test_dropped_outputs_are_named_when_the_workflow_leaves_a_record(inputs, tmp_path):
     from classify.report import DROPPED_JSON, write_reports
 
-    res = make_results(inputs)
-    study = tmp_path / "study_out"
-    out = study / "report"
+    syn_root = tmp_path / "study_out" / "synthetic"  # the workflow's record lies in the synthetic folder (SYN/dropped.json)
+    syn_root.mkdir(parents=True)
+    res = make_results(inputs, settings={"synthetic": str(syn_root)})
+    out = tmp_path / "study_out" / "report"
     write_reports(res, out)
     assert "Dropped from this study" not in (out / "report.md").read_text()
     assert json.loads((out / "results.json").read_text())["dropped"] is None
-    (study / DROPPED_JSON).write_text(json.dumps({"dropped": [{"path": "synthetic/w1.0", "reason": "LoRA weight 1.0 is no "
-                                                                "longer in generate.lora_weights"}, "runs/w1.0"]}))
+    (syn_root / DROPPED_JSON).write_text(json.dumps({"version": 1, "dropped": [
+        {"kind": "synthetic tree", "path": "synthetic/w1.0", "reason": "LoRA weight 1.0 is no longer in generate.lora_weights"},
+        "runs/w1.0"]}))
     write_reports(res, out)
     md = (out / "report.md").read_text()
     assert ("> **Dropped from this study:** `synthetic/w1.0` (LoRA weight 1.0 is no longer in generate.lora_weights); "

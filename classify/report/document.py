@@ -16,7 +16,6 @@ from ..results import REAL_TREE, CVResults
 from .answer import answer_sentence, baseline_answer, correction_note, realism_summary, setup_text, statistics_note, verdicts_of
 from .cautions import absent_blocks, degenerate_blocks, leak_blocks, smoke_block
 from .figures import image_grid, plot_metrics
-from .files import FOLDS_CSV, as_results
 from .published import published_blocks
 from .sections import blind_blocks, comparison_table, confusion_tables, metrics_table, per_class_table, realism_table, verdicts_table
 from .text import TITLE, tree_title
@@ -52,7 +51,7 @@ def tree_blocks(res: CVResults, tree: str) -> list:
 
 def files_text() -> str:
     return (f"`{layout.RESULTS_CSV}` (one row per table row, with each verdict and flag), `{layout.RESULTS_JSON}` "
-            f"(everything), `{FOLDS_CSV}` and `{layout.RUNS_DIR}/<tree>/<mix>/fold_<k>.json` (per fold: metrics, confusion "
+            f"(everything), `{layout.FOLDS_CSV}` and `{layout.RUNS_DIR}/<tree>/<mix>/fold_<k>.json` (per fold: metrics, confusion "
             f"matrix, counts, predictions), `{layout.REPORT_MD}` and `{layout.REPORT_HTML}` (the same report; the HTML adds "
             "the figures).")
 
@@ -61,7 +60,7 @@ def build_report(results, realism: dict | None = None, blind=None, figures: bool
                  dropped: tuple[list[str], str | None] = ([], None)) -> list:
     """The report as blocks: banner, answer, warnings, set-up, tables per LoRA weight, figures, statistics, realism,
     blind test. results: a results dict or `CVResults`; dropped: (entries, record file) of outputs left out."""
-    res = as_results(results)
+    res = CVResults.of(results)
     blocks: list = [Heading(TITLE, 1), *smoke_block(res), *answer_blocks(res, realism, blind)]
     note = dropped_note(*dropped) if dropped[0] else None
     blocks += [note] if note else []

@@ -24,9 +24,8 @@ from .cautions import smoke_reasons
 from .text import shown_path
 
 log = logging.getLogger(__name__)
-FOLDS_CSV = "folds.csv"
-# the workflow's record of outputs dropped from the study (earlier settings), beside the report folder
-DROPPED_JSON = getattr(layout, "DROPPED_JSON", "dropped.json")
+FOLDS_CSV = layout.FOLDS_CSV
+DROPPED_JSON = layout.DROPPED_FILE  # the workflow's record of outputs dropped from the study: SYN/dropped.json
 
 
 # ---------------------------------------------------------------- CSV
@@ -142,12 +141,14 @@ def read_dropped(path) -> list[str]:
                         f"{DROPPED_JSON} the workflow wrote, or leave the flag out") from None
 
 
-def dropped_record(out, given=None) -> tuple[list[str], str | None]:
-    """(entries, the file they came from): the file given (--dropped), else `DROPPED_JSON` beside OUT when the
-    workflow left one there (an unreadable one found there is skipped with a warning), else nothing."""
+def dropped_record(out, given=None, synthetic=None) -> tuple[list[str], str | None]:
+    """(entries, the file they came from): the file given (--dropped), else the record the workflow left in the
+    synthetic folder (`prompts.layout.dropped_file`; an unreadable one is skipped with a warning), else nothing."""
     if given:
         return read_dropped(given), shown_path(given)
-    found = Path(out).parent / DROPPED_JSON
+    if not synthetic:
+        return [], None
+    found = layout.dropped_file(synthetic)
     if not found.is_file():
         return [], None
     try:
@@ -171,15 +172,15 @@ def report_inputs(realism_path, blind_folder, dropped=None) -> tuple[dict | None
 def write_reports(results, out, dropped=None) -> list[Path]:
     """Write every report file into OUT atomically; returns their paths. Inputs are read before anything is written.
 
-    dropped: a dropped-outputs record (`classify cv --dropped FILE`); without it, `DROPPED_JSON` beside OUT is used
-    when present."""
+    dropped: a dropped-outputs record (`classify cv --dropped FILE`); without it, the workflow's record in the
+    synthetic folder (SYN/dropped.json) is used when present."""
     from .document import build_report, report_html_of, report_markdown_of
 
     out = Path(out)
     res = as_results(results)
     raw = results if isinstance(results, dict) else None
     realism, blind = report_inputs(res.settings.realism, res.settings.blind)
-    entries, source = dropped_record(out, dropped)
+    entries, source = dropped_record(out, dropped, getattr(res.settings, "synthetic", None))
     smoke = smoke_reasons(res)
     blocks = build_report(res, realism, blind, dropped=(entries, source))
     texts = {

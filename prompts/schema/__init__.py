@@ -29,12 +29,5 @@ SECTIONS = {
 }
 
 
-def json_schema() -> dict:
-    """The study schema as a JSON Schema (for `snakemake.utils.validate`); see `json_schema.py`."""
-    from .json_schema import json_schema as build
-
-    return build()
-
-
-__all__ = ["SECTIONS", "json_schema", "DataSection", "LoraSection", "GenerateSection", "ClassifySection", "StudySection", "BlindSection",
+__all__ = ["SECTIONS", "DataSection", "LoraSection", "GenerateSection", "ClassifySection", "StudySection", "BlindSection",
            "SearchSection", "SegmentSection", "ControlnetSection"]

@@ -19,3 +19,8 @@ def opt(default, help: str, *, path: bool = False, hub: bool = False, result: bo
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def field_default(f):
+    """A dataclass field's default value (its default, or a fresh one from its default_factory)."""
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]

@@ -40,7 +40,7 @@ def _type(tp, bounds: dict) -> dict:
 
 
 def _field(f, tp) -> dict:
-    from ..config import field_default
+    from ._field import field_default
 
     m = f.metadata
     bounds = {_BOUNDS[k]: m[k] for k in _BOUNDS if m.get(k) is not None}
