@@ -8,18 +8,20 @@
 # the best settings as a study of its own (outputs in SEARCH/best/, the same folds), run with
 # `snakemake --directory SEARCH/best --configfile SEARCH/best/study.yaml` (`make search` does),
 # after which `compare` writes OUT/comparison.html and .md.
-from prompts.config import load_study  # noqa: E402
-from prompts.fingerprint import digest, settings_part  # noqa: E402
+from prompts.fingerprint import settings_part  # noqa: E402
 from study import search as studysearch  # noqa: E402
+from study.plan import readable  # noqa: E402
 
-_STUDY_SETTINGS = load_study(P.study_file)
+_STUDY_SETTINGS = P.study  # the merged, validated study (--configfile(s) and --config overrides)
 SEARCH_OUT = studysearch.workflow_search_dir(_STUDY_SETTINGS, P.out)
 BEST_STUDY = str(SEARCH_OUT / studysearch.BEST_FILE)
 BEST_OUT = SEARCH_OUT / studysearch.BEST_DIR
 SEARCH_FLAGS = (f"--config {STUDY} --split {quote(SPLIT)} --output {quote(SEARCH_OUT)} --model {LORA_MODEL} "
                 f"{WEIGHTS_FLAG} --no-progress")
-SEARCH_DIGEST = digest({"search": settings_part(_STUDY_SETTINGS.search), "lora": P.digests["lora"],
-                        "generate": P.digests["generate"], "realism": P.digests["realism"]})
+# The settings a trial reads, readable (a dry run names the changed key): search, lora, generate, realism.
+SEARCH_PARAMS = {name: (lambda wildcards, text=text: text) for name, text in
+                 {**P.settings["lora"], **P.settings["generate"], **P.settings["realism"],
+                  **readable("search", settings_part(_STUDY_SETTINGS.search))}.items()}
 
 
 wildcard_constraints:
@@ -49,9 +51,9 @@ rule search_worker:
     output:
         touch(str(SEARCH_OUT) + "/workers/{worker}.done"),
     params:
-        settings=SEARCH_DIGEST,
+        **SEARCH_PARAMS,
     log:
-        str(LOGS) + "/search/worker_{worker}.log",
+        L.log("search", "worker_{worker}"),
     threads: 1
     resources:
         gpu=1,
@@ -68,9 +70,9 @@ rule search_report:
         html=str(SEARCH_OUT / studysearch.HTML_FILE),
         best=BEST_STUDY,
     params:
-        settings=SEARCH_DIGEST,
+        **SEARCH_PARAMS,
     log:
-        LOGS / "search" / "report.log",
+        L.log("search", "report"),
     threads: 1
     resources:
         gpu=1,
@@ -81,14 +83,14 @@ rule search_report:
 rule compare:
     """OUT/comparison.html and .md: the default study beside the best study (run it first: `make search`)."""
     input:
-        default=[P.report_dir, P.realism_dir],
+        default=[L.report_dir, L.realism_dir],
         best=[str(BEST_OUT / "report"), str(BEST_OUT / "realism")],
         best_study=BEST_STUDY,
     output:
         html=str(P.out / "comparison.html"),
         md=str(P.out / "comparison.md"),
     log:
-        LOGS / "compare.log",
+        L.log("compare"),
     threads: 1
     shell:
         ENV + "{PY} -m study compare --default {STUDY} --best {input.best_study} --search " + quote(SEARCH_OUT) + " "
