@@ -20,7 +20,7 @@ rule realism:
         gpu=1,
     shell:
         ENV + GPU + "{PY} -m classify realism --config {STUDY} --synthetic {SYNTHETIC_ROOT} {WEIGHTS_FLAG} "
-        "--output {output} --no-progress" + LOGGED
+        "--output {output:q} --no-progress" + LOGGED
 
 
 rule publish_realism:
@@ -32,7 +32,7 @@ rule publish_realism:
         seal=str(layout.seal_file(L.realism_dir)),
     localrule: True
     shell:
-        ENV + PUBLISH + "{input} {output.folder}"
+        ENV + PUBLISH + "{input:q} {output.folder:q}"
 
 
 rule cv:
@@ -56,8 +56,8 @@ rule cv:
     resources:
         gpu=1,
     shell:
-        ENV + GPU + "{PY} -m classify cv --config {STUDY} --split {input.split} --synthetic {SYNTHETIC_ROOT} "
-        "--realism {params.realism} {WEIGHTS_FLAG} --output {output} --no-progress" + LOGGED
+        ENV + GPU + "{PY} -m classify cv --config {STUDY} --split {input.split:q} --synthetic {SYNTHETIC_ROOT} "
+        "--realism {params.realism} {WEIGHTS_FLAG} --output {output:q} --no-progress" + LOGGED
 
 
 rule publish_report:
@@ -70,4 +70,4 @@ rule publish_report:
         seal=str(layout.seal_file(L.report_dir)),
     localrule: True
     shell:
-        ENV + PUBLISH + "{input} {output.folder}"
+        ENV + PUBLISH + "{input:q} {output.folder:q}"

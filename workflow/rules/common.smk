@@ -27,7 +27,7 @@ ENV = ("export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} OPENBLAS_NUM_
        f"PYTHONPATH={quote(Path(workflow.basedir).parent)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 GPU = f"{PY} -m prompts.slots -- "  # pins a GPU job to a GPU no other job holds (no GPU: runs as is)
 # The command's output goes to its log; on failure its last lines (the one-line error) are shown too.
-LOGGED = " > {log} 2>&1 || {{ status=$?; tail -n 20 {log} >&2; exit $status; }}"
+LOGGED = " > {log:q} 2>&1 || {{ status=$?; tail -n 20 {log:q} >&2; exit $status; }}"
 SEAL = f"{PY} -m study.outputs seal "  # checksums of a finished folder output, beside it (a file Snakemake tracks)
 PUBLISH = f"{PY} -m study.outputs publish "  # a finished staged folder over the published one, then its seal
 FOLD = layout.FOLD_PREFIX + "{fold}"

@@ -26,10 +26,10 @@ rule generate:
         gpu=1,
     shell:
         ENV + GPU + "{PY} -m generate --config {STUDY} --model {GENERATE_MODEL} --lora {LORA_ROOT} "
-        "--split {input.split} --fold {wildcards.fold} --lora-weights {params.weight} "
+        "--split {input.split:q} --fold {wildcards.fold} --lora-weights {params.weight} "
         "--output {params.stage} --no-progress" + LOGGED + "; "
-        "mv {params.stage}/" + layout.FOLD_PREFIX + "{wildcards.fold}/{wildcards.weight} {output.folder} && rm -r {params.stage} && "
-        + SEAL + "{output.folder}"
+        "mv {params.stage}/" + layout.FOLD_PREFIX + "{wildcards.fold}/{wildcards.weight} {output.folder:q} && rm -r {params.stage} && "
+        + SEAL + "{output.folder:q}"
 
 
 rule synthetic_manifest:
@@ -44,5 +44,5 @@ rule synthetic_manifest:
         L.log("synthetic_manifest"),
     threads: 1
     shell:
-        ENV + "{PY} -m generate --config {STUDY} --model {GENERATE_MODEL} --lora {LORA_ROOT} --split {input.split} "
+        ENV + "{PY} -m generate --config {STUDY} --model {GENERATE_MODEL} --lora {LORA_ROOT} --split {input.split:q} "
         "--fold all --output {SYNTHETIC_ROOT} --no-progress" + LOGGED

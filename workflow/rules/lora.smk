@@ -15,7 +15,7 @@ if not P.split_given:
             L.log("split"),
         threads: 1
         shell:
-            ENV + "{PY} -m classify split --config {STUDY} --output {output} --no-progress" + LOGGED
+            ENV + "{PY} -m classify split --config {STUDY} --output {output:q} --no-progress" + LOGGED
 
 
 rule lora:
@@ -36,6 +36,6 @@ rule lora:
     resources:
         gpu=1,
     shell:
-        ENV + GPU + "{PY} -m lora train --config {STUDY} --model {LORA_MODEL} --split {input.split} "
+        ENV + GPU + "{PY} -m lora train --config {STUDY} --model {LORA_MODEL} --split {input.split:q} "
         "--fold {wildcards.fold} {params.select} --output {LORA_ROOT} --resume auto" + LOGGED + " && "
-        + SEAL + "{output.folder}"
+        + SEAL + "{output.folder:q}"

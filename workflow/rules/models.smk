@@ -9,7 +9,7 @@ rule tiny_model:
         L.log("tiny_model"),
     threads: 1
     shell:
-        ENV + "{PY} -m lora tiny-model {output}" + LOGGED
+        ENV + "{PY} -m lora tiny-model {output:q}" + LOGGED
 
 
 rule calibrate_weights:
@@ -24,4 +24,4 @@ rule calibrate_weights:
         L.log("calibrate_weights"),
     threads: 2
     shell:
-        ENV + "{PY} -m classify calibrate-weights --config {STUDY} --output {output} --no-progress" + LOGGED
+        ENV + "{PY} -m classify calibrate-weights --config {STUDY} --output {output:q} --no-progress" + LOGGED

@@ -93,5 +93,5 @@ rule compare:
         L.log("compare"),
     threads: 1
     shell:
-        ENV + "{PY} -m study compare --default {STUDY} --best {input.best_study} --search " + quote(SEARCH_OUT) + " "
+        ENV + "{PY} -m study compare --default {STUDY} --best {input.best_study:q} --search " + quote(SEARCH_OUT) + " "
         "--output " + quote(P.out / "comparison") + LOGGED
