@@ -8,18 +8,17 @@
 # the best settings as a study of its own (outputs in SEARCH/best/, the same folds), run with
 # `snakemake --directory SEARCH/best --configfile SEARCH/best/study.yaml` (`make search` does),
 # after which `compare` writes OUT/comparison.html and .md.
-from prompts.config import load_study  # noqa: E402
 from prompts.fingerprint import digest, settings_part  # noqa: E402
 from study import search as studysearch  # noqa: E402
 
-_STUDY_SETTINGS = load_study(P.study_file)
+_STUDY_SETTINGS = P.study  # the merged, checked study (--configfile(s) and --config)
 SEARCH_OUT = studysearch.workflow_search_dir(_STUDY_SETTINGS, P.out)
 BEST_STUDY = str(SEARCH_OUT / studysearch.BEST_FILE)
 BEST_OUT = SEARCH_OUT / studysearch.BEST_DIR
 SEARCH_FLAGS = (f"--config {STUDY} --split {quote(SPLIT)} --output {quote(SEARCH_OUT)} --model {LORA_MODEL} "
                 f"{WEIGHTS_FLAG} --no-progress")
-SEARCH_DIGEST = digest({"search": settings_part(_STUDY_SETTINGS.search), "lora": P.digests["lora"],
-                        "generate": P.digests["generate"], "realism": P.digests["realism"]})
+SEARCH_DIGEST = digest({"search": settings_part(_STUDY_SETTINGS.search), "lora": P.settings["lora"],
+                        "generate": P.settings["generate"], "realism": P.settings["realism"]})
 
 
 wildcard_constraints:
@@ -51,7 +50,7 @@ rule search_worker:
     params:
         settings=SEARCH_DIGEST,
     log:
-        str(LOGS) + "/search/worker_{worker}.log",
+        L.log("search", "worker_{worker}"),
     threads: 1
     resources:
         gpu=1,
@@ -70,7 +69,7 @@ rule search_report:
     params:
         settings=SEARCH_DIGEST,
     log:
-        LOGS / "search" / "report.log",
+        L.log("search", "report"),
     threads: 1
     resources:
         gpu=1,
@@ -81,14 +80,14 @@ rule search_report:
 rule compare:
     """OUT/comparison.html and .md: the default study beside the best study (run it first: `make search`)."""
     input:
-        default=[P.report_dir, P.realism_dir],
+        default=[str(L.report_dir), str(L.realism_dir)],
         best=[str(BEST_OUT / "report"), str(BEST_OUT / "realism")],
         best_study=BEST_STUDY,
     output:
         html=str(P.out / "comparison.html"),
         md=str(P.out / "comparison.md"),
     log:
-        LOGS / "compare.log",
+        L.log("compare"),
     threads: 1
     shell:
         ENV + "{PY} -m study compare --default {STUDY} --best {input.best_study} --search " + quote(SEARCH_OUT) + " "
