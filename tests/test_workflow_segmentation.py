@@ -206,3 +206,33 @@ def test_a_given_split_file_sets_the_folds_and_is_never_written(tmp_path):
     counts = job_counts(res.stdout)
     assert "pairs_split" not in counts and counts["controlnet"] == 3 and counts["pairs"] == 3, counts
     assert (tmp_path / "folds.json").read_bytes() == before
+
+
+def test_the_study_check_asks_a_segmentation_study_for_its_own_values(tmp_path):
+    """`prompts check` (the workflow's check): no LoRA model or templates demanded; folds against the pairs, trees planned."""
+    from prompts.blobs import make_blob_pairs
+    from prompts.check import check_file
+
+    make_blob_pairs(tmp_path / "data", n=3, size=32, seed=1)
+    study = tmp_path / "study.yaml"
+    study.write_text("study: {output: out, task: segmentation}\ndata: {data: data}\ncontrolnet: {model: tiny}\nsegment: {folds: 3}\n")
+    assert check_file(study) == []
+    study.write_text("study: {output: out, task: segmentation}\ndata: {data: data}\n"
+                     "controlnet: {model: tiny, augment: false}\nsegment: {folds: 4}\n")
+    errors = check_file(study)
+    assert len(errors) == 2 and all(e.startswith(f"{study}: ") for e in errors), errors
+    assert "controlnet.augment" in errors[0] and "segment.folds 4" in errors[1] and "3 image–mask pairs" in errors[1]
+
+
+def test_stale_trees_and_controlnets_of_a_segmentation_study_are_found_for_moving_aside(tmp_path):
+    """The guard's stale outputs for a SegPlan: trees no longer planned, folds no longer in the split."""
+    from study.outputs import stale_outputs
+    from study.segmentation import SegPlan
+
+    plan = SegPlan(study_file=tmp_path / "study.yaml", out=tmp_path / "out", data=tmp_path / "data", pair_files=[],
+                   split=tmp_path / "out" / "folds.json", split_given=False, folds=[0], trees=["aug"], model="tiny", tiny_model=True)
+    for rel in ("synthetic/fold_0/aug", "synthetic/fold_0/density2.0", "synthetic/fold_1/aug", "controlnet/fold_0/controlnet",
+                "controlnet/fold_1/controlnet", "synthetic/fold_0/notes"):
+        (plan.out / rel).mkdir(parents=True)
+    found = sorted(item["path"].relative_to(plan.out).as_posix() for item in stale_outputs(plan))
+    assert found == ["controlnet/fold_1/controlnet", "synthetic/fold_0/density2.0", "synthetic/fold_1/aug"]
