@@ -5,6 +5,9 @@ not in the last job after hours of LoRA training: the schema (keys, types, range
 workflow needs, the output folder (not inside the data, not an existing file), every file the study
 names (models given as paths, weights, templates, split, blind key and answers, prompts file),
 the mix names, the template class keys, `group_by` and the fold count against the smallest class.
+A segmentation study (`study.task: segmentation`) is checked for its own values instead: readable
+image-mask pairs, the fold count against the pairs, synthetic pairs planned (its mix names are
+checked by `study.segmentation`, which may read the segment room).
 
     check_file(path)                  -> list of error lines ([] when the study can run)
     check_mapping(raw, study_file)    -> (Study or None, list of error lines)   (Snakemake's merged config)
@@ -18,6 +21,8 @@ from .config import KEYWORDS, Study, build_study, field_help, missing_required
 from .errors import UserError
 
 WORKFLOW = "workflow"
+SEGMENTATION = "segmentation"
+CLASSIFICATION_ONLY = ("lora.",)  # required keys a segmentation study does not need (its model: controlnet.model)
 # Path keys a study's jobs read: when set, the file or folder must exist (models may be hub ids).
 INPUT_PATHS = (
     ("data", "templates"), ("data", "split"), ("lora", "model"), ("lora", "model_config"), ("generate", "model"),
@@ -59,13 +64,15 @@ def check_mapping(raw: dict, study_file) -> tuple[Study | None, list[str]]:
 def check_study(study: Study, study_file) -> list[str]:
     """Every error of a schema-valid study that its jobs would meet, one line each, prefixed with the file."""
     where = f"{study_file}: "
-    errors = [f"{where}{key} is missing: {field_help(key)}" for key in missing_required(study, WORKFLOW)]
+    segmentation = study.study.task == SEGMENTATION
+    missing = [key for key in missing_required(study, WORKFLOW) if not (segmentation and key.startswith(CLASSIFICATION_ONLY))]
+    errors = [f"{where}{key} is missing: {field_help(key)}" for key in missing]
     if errors:
         return errors
     errors += [where + e for e in _paths(study)]
     if errors:
         return errors
-    errors += [where + e for e in _values(study)]
+    errors += [where + e for e in (_segmentation_values(study) if segmentation else _values(study))]
     return errors
 
 
@@ -78,7 +85,7 @@ def _paths(study: Study) -> list[str]:
         errors.append(f"study.output {out} is inside the data folder {data}; outputs never go into the data folder")
     elif out.exists() and not out.is_dir():
         errors.append(f"study.output {out} is an existing file; name a folder for the study's outputs")
-    if study.lora.per == "all":
+    if study.lora.per == "all" and study.study.task != SEGMENTATION:
         errors.append("lora.per: all is not run by the workflow (generate samples per class): use class or cell_line_class")
     for section, key in INPUT_PATHS:
         value = getattr(getattr(study, section), key)
@@ -135,6 +142,36 @@ def _values(study: Study) -> list[str]:
             check()
         except UserError as err:
             errors.append(_as_keys(str(err)))
+    return errors
+
+
+def _segmentation_values(study: Study) -> list[str]:
+    """Pairs readable, synthetic pairs planned, folds (or the given split) against the pairs."""
+    from .dataset import Dataset, Record
+    from .pairs import read_pairs
+    from .splits import read_split
+
+    data, cn, seg = Path(study.data.data), study.controlnet, study.segment
+    errors = []
+    if not (cn.augment or cn.densities) or cn.count == 0:
+        errors.append("controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
+                      "set controlnet.augment, controlnet.densities or controlnet.count")
+    try:
+        pairs = read_pairs(data)
+    except UserError as err:
+        return errors + [f"data.data: {err}"]
+    if not pairs:
+        return errors + [f"data.data {data} holds no image–mask pairs; expected {data}/images/ + {data}/masks/ "
+                         "or Cellpose's name.tif + name_masks.tif"]
+    if study.data.split:
+        dataset = Dataset(data, [Record(p.name, p.label or "cells", group=p.label) for p in pairs], "pairs")
+        try:
+            read_split(study.data.split, dataset)
+        except UserError as err:
+            errors.append(str(err))
+    elif seg.folds > len(pairs):
+        errors.append(f"segment.folds {seg.folds} is more than the {len(pairs)} image–mask pairs in {data}; "
+                      f"use segment.folds {max(2, len(pairs))} or fewer, or add pairs")
     return errors
 
 

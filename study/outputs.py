@@ -89,6 +89,8 @@ def _link_or_copy(src, dst):
 
 def stale_outputs(plan) -> list[dict]:
     """Synthetic trees and LoRA folders under OUT that the plan no longer defines: [{kind, path, reason}]."""
+    if plan.task == "segmentation":
+        return _stale_segmentation_outputs(plan)
     lay = plan.layout
     folds, weights, groups = set(plan.folds), set(plan.weight_dirs), {g["group"] for g in plan.groups}
     found = []
@@ -107,6 +109,26 @@ def stale_outputs(plan) -> list[dict]:
                 found.append({"kind": "LoRA", "path": group, "reason": f"fold {k} is not in the current split"})
             elif group.name not in groups:
                 found.append({"kind": "LoRA", "path": group, "reason": f"group {group.name!r} is not in the current study"})
+    return found
+
+
+def _stale_segmentation_outputs(plan) -> list[dict]:
+    """Pairs trees (`aug`, `density<X>`) and fold ControlNets under OUT that a segmentation plan no longer defines."""
+    folds, trees = set(plan.folds), set(plan.trees)
+    found = []
+    for fold_dir in _fold_dirs(plan.synthetic_root):
+        k = layout.parse_fold_name(fold_dir.name)
+        for tree in sorted(p for p in fold_dir.iterdir() if p.is_dir() and layout.parse_pairs_tree(p.name) is not False):
+            if k not in folds:
+                found.append({"kind": "synthetic pairs", "path": tree, "reason": f"fold {k} is not in the current split"})
+            elif tree.name not in trees:
+                found.append({"kind": "synthetic pairs", "path": tree,
+                              "reason": f"tree {tree.name} is not planned (controlnet.augment, controlnet.densities)"})
+    for fold_dir in _fold_dirs(plan.controlnet_root):
+        k = layout.parse_fold_name(fold_dir.name)
+        cn = fold_dir / layout.CONTROLNET_DIR
+        if k not in folds and cn.is_dir():
+            found.append({"kind": "ControlNet", "path": cn, "reason": f"fold {k} is not in the current split"})
     return found
 
 

@@ -88,6 +88,10 @@ class Plan:
         loras = [d for k in self.folds for d in self.lora_dirs(k)]
         return loras + self.all_synthetic_dirs() + [str(self.layout.realism_dir), str(self.layout.report_dir)]
 
+    def targets(self) -> list[str]:
+        """What `rule all` asks for: the published report and realism, and every seal."""
+        return [str(self.layout.report_dir), str(self.layout.realism_dir)] + [str(layout.seal_file(d)) for d in self.sealed_folders()]
+
     def group(self, name: str) -> dict:
         return next(g for g in self.groups if g["group"] == name)
 

@@ -5,10 +5,12 @@ The segmentation rules (workflow/rules/segmentation.smk) run, per study file:
     [tiny model] -> pairs split -> one ControlNet per fold (its training pairs only)
     -> synthetic pairs per fold (trees `aug`, `density<X>`) -> manifest -> realism -> CV and report
 
-`resolve(study, study_file)` turns the validated study file into a `SegPlan`: absolute paths,
-folds, trees, and the re-run digests of each rule (`params: settings=...`, as `study.plan` does
-for classification: the digest of the result-changing keys each command reads, so changing
-`segment.epochs` re-runs the CV only, never a ControlNet).
+`resolve(study, study_file)` turns the validated study into a `SegPlan`: absolute paths (the
+same `prompts.layout.StudyLayout` as a classification study: OUT/study.yaml, OUT/folds.json, the
+lock, OUT/.stage/, seals), folds, trees, and the readable re-run params of each rule
+(`P.params(rule)`: one `section.key=value` per result-changing key its command reads, as
+`study.plan` does for classification, so changing `segment.epochs` re-runs realism and the CV
+only, never a ControlNet, and a dry run's reason names the key).
 
 `python -m study.segmentation split --config STUDY --output FILE` writes the folds over the pairs
 (`segment.folds`, `repeats`, `group_by`, `seed`) in the split-file format of `classify split`.
@@ -21,9 +23,10 @@ from pathlib import Path
 
 from prompts import layout
 from prompts.errors import run_cli, setup_logging
-from prompts.fingerprint import digest, settings_part
+from prompts.fingerprint import settings_part
+from prompts.layout import StudyLayout
 
-from .plan import DATA_KEYS, TINY, _fail, _keys
+from .plan import DATA_KEYS, TINY, _fail, _keys, readable
 
 TASK = "segmentation"
 # segment keys read by `segment realism` and by the split (the CV reads the whole section).
@@ -38,8 +41,8 @@ JOB_KEYS = ("output", "synthetic", "fold", "overwrite")
 class SegPlan:
     """A segmentation study file resolved into the workflow's paths and job wildcards (all paths absolute).
 
-    The attributes common.smk reads for every task (`calibrated`, `classifier_weights`, `lora_model`,
-    `generate_model`, `lora_root`) are set so that they add no input and no flag.
+    What common.smk and `study.guard` read for every task: `layout`, `split`, `tiny_model`,
+    `warnings`, `study`, `sealed_folders()`, `params(rule)`.
     """
 
     study_file: Path
@@ -53,28 +56,19 @@ class SegPlan:
     model: str  # the ControlNet's base model (the tiny one under OUT/models/ for `tiny`)
     tiny_model: bool
     unet_weights: list[str] = field(default_factory=list)  # segment.weights when it is a file: an input of realism and CV
-    digests: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, dict[str, str]] = field(default_factory=dict)  # rule -> {param name: "section.key=value"}
     warnings: list[str] = field(default_factory=list)
     task: str = TASK
-    calibrated: bool = False
-    classifier_weights: str = "none"
+    study: object = None  # the validated prompts.config.Study (written to OUT/study.yaml by the guard)
 
     # ------------------------------------------------------------------ output paths
     @property
+    def layout(self) -> StudyLayout:
+        return StudyLayout(self.out)
+
+    @property
     def model_dir(self) -> Path:
-        return self.out / "models" / "tiny-sd"
-
-    @property
-    def lora_model(self) -> str:
-        return self.model
-
-    @property
-    def generate_model(self) -> str:
-        return self.model
-
-    @property
-    def lora_root(self) -> Path:
-        return self.out / "lora"
+        return self.layout.tiny_model_dir
 
     @property
     def controlnet_root(self) -> Path:
@@ -82,25 +76,47 @@ class SegPlan:
 
     @property
     def synthetic_root(self) -> Path:
-        return self.out / "synthetic"
+        return self.layout.synthetic_root
 
     @property
     def manifest(self) -> Path:
-        return self.synthetic_root / layout.MANIFEST_FILE
+        return self.layout.manifest
 
     @property
     def realism_dir(self) -> Path:
-        return self.out / "realism"
+        return self.layout.realism_dir
 
     @property
     def report_dir(self) -> Path:
-        return self.out / "report"
+        return self.layout.report_dir
 
     def controlnet_dir(self, fold) -> str:
         return str(layout.controlnet_dir(self.controlnet_root, int(fold)))
 
     def controlnet_dirs(self) -> list[str]:
         return [self.controlnet_dir(k) for k in self.folds]
+
+    def controlnet_pattern(self) -> str:
+        """CN/fold_{fold}/controlnet with the `fold` wildcard (the output of the per-fold `controlnet` rule)."""
+        return str(self.controlnet_root / (layout.FOLD_PREFIX + "{fold}") / layout.CONTROLNET_DIR)
+
+    def controlnet_seal(self, fold) -> str:
+        return str(layout.seal_file(self.controlnet_dir(fold)))
+
+    def all_tree_seals(self) -> list[str]:
+        return [str(layout.seal_file(d)) for d in self.all_tree_dirs()]
+
+    def targets(self) -> list[str]:
+        """What `rule all` asks for: the published report and realism, and every seal (ControlNets, trees, both)."""
+        return [str(self.report_dir), str(self.realism_dir)] + [str(layout.seal_file(d)) for d in self.sealed_folders()]
+
+    def sealed_folders(self) -> list[str]:
+        """Every folder output with a seal: ControlNets, synthetic trees, the published realism and report."""
+        return self.controlnet_dirs() + self.all_tree_dirs() + [str(self.realism_dir), str(self.report_dir)]
+
+    def params(self, rule: str) -> dict:
+        """The rule's `params`: one readable `section.key=value` per result-changing setting (see `study.plan.Plan.params`)."""
+        return {name: (lambda wildcards, text=text: text) for name, text in self.settings[rule].items()}
 
     def tree_dir(self, fold, tree: str) -> str:
         return str(layout.fold_root(self.synthetic_root, int(fold)) / tree)
@@ -144,6 +160,7 @@ def resolve(study, study_file: Path) -> SegPlan:
     if not model_name:
         raise UserError(f"{where}: controlnet.model is missing: give a diffusers folder, a .safetensors file, a hub id, "
                         "or `tiny` (the offline smoke model)")
+    _check_mixes(seg.mixes, where)
     pairs = read_pairs(data)
     if not pairs:
         raise UserError(f"{where}: data.data {data} holds no image-mask pairs; expected {data}/images/ + {data}/masks/ "
@@ -153,37 +170,49 @@ def resolve(study, study_file: Path) -> SegPlan:
         raise UserError(f"{where}: controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
                         "set controlnet.augment, controlnet.densities or controlnet.count")
     split_given = bool(study.data.split)
-    split = Path(study.data.split).resolve() if split_given else out / layout.SPLIT_FILE
+    split = Path(study.data.split).resolve() if split_given else StudyLayout(out).split_file
     n_folds = len(_read_split(split, data, pairs).folds) if split_given else seg.folds * seg.repeats
     tiny = model_name == TINY
-    model = str(out / "models" / "tiny-sd") if tiny else model_name
+    model = str(StudyLayout(out).tiny_model_dir) if tiny else model_name
     plan = SegPlan(study_file=study_file, out=out, data=data,
                    pair_files=sorted({str(p) for pair in pairs for p in (pair.image, pair.mask)}),
                    split=split, split_given=split_given, folds=list(range(n_folds)), trees=list(dict.fromkeys(trees)),
                    model=model, tiny_model=tiny,
                    unet_weights=[] if seg.weights in UNET_WEIGHT_KEYWORDS else [str(Path(seg.weights).resolve())])
-    plan.digests = digests(study, model_name)
+    plan.settings = rule_settings(study, model_name)
+    plan.study = study
     if seg.weights == "none":
         plan.warnings.append(f"{study_file}: segment.weights is none: the U-Net encoder starts from random weights; "
                              "use imagenet (real runs) or tiny (offline smoke runs)")
     return plan
 
 
-def digests(study, model_name: str) -> dict[str, str]:
-    """{rule: digest of the result-changing settings its command reads} (the rules' `params: settings`)."""
+def _check_mixes(mixes, where: str) -> None:
+    """segment.mixes as `segment cv` reads them (the segment room's grammar: real, real+P, synthetic)."""
+    from prompts.errors import UserError
+    from segment.mixes import parse_mixes
+
+    try:
+        parse_mixes(mixes)
+    except UserError as err:
+        raise UserError(f"{where}: segment.mixes: {err}") from None
+
+
+def rule_settings(study, model_name: str) -> dict[str, dict[str, str]]:
+    """{rule: {param name: "section.key=value"}}: the result-changing settings each rule's command reads."""
     from prompts.schema.controlnet import GENERATE_KEYS, TRAIN_KEYS
 
     cn, seg = study.controlnet, study.segment
     model = {"model": model_name, "model_config": cn.model_config, "lora": cn.lora}
     train_keys = [k for k in TRAIN_KEYS if k not in JOB_KEYS]
     generate_keys = [k for k in GENERATE_KEYS if k not in JOB_KEYS]
-    data = _keys(study.data, DATA_KEYS)  # the reading rule, as for classification: every step follows it
+    data = readable("data", _keys(study.data, DATA_KEYS))  # the reading rule, as for classification: every step follows it
     return {
-        "split": digest({"data": data, "segment": _keys(seg, SPLIT_KEYS)}),
-        "controlnet": digest({"data": data, "controlnet": _keys(cn, train_keys), **model}),
-        "pairs": digest({"data": data, "controlnet": _keys(cn, generate_keys), **model}),
-        "realism": digest({"data": data, "segment": _keys(seg, REALISM_KEYS)}),
-        "cv": digest({"data": data, "segment": settings_part(seg)}),
+        "split": {**data, **readable("segment", _keys(seg, SPLIT_KEYS))},
+        "controlnet": {**data, **readable("controlnet", {**_keys(cn, train_keys), **model})},
+        "pairs": {**data, **readable("controlnet", {**_keys(cn, generate_keys), **model})},
+        "realism": {**data, **readable("segment", _keys(seg, REALISM_KEYS))},
+        "cv": {**data, **readable("segment", settings_part(seg))},
     }
 
 

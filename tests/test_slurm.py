@@ -20,6 +20,8 @@ import local_slurm  # noqa: E402
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 GPU_RULES = ("lora", "generate", "realism", "cv")
+# The rules files of every task (segmentation.smk) and the search: the profile sizes them all.
+ALL_GPU_RULES = GPU_RULES + ("controlnet", "pairs", "seg_realism", "seg_cv", "search_worker", "search_report")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_the_slurm_profile_sizes_every_rule_of_the_workflow():
     assert set(profile["set-resources"]) == rules
     for rule, res in profile["set-resources"].items():
         assert res["mem_mb"] > 0 and res["runtime"] > 0, rule
-        assert res.get("gpu", 0) == (1 if rule in GPU_RULES else 0), rule
+        assert res.get("gpu", 0) == (1 if rule in ALL_GPU_RULES else 0), rule
     assert set(profile["set-threads"]) <= rules
 
 

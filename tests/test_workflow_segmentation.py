@@ -106,7 +106,7 @@ def test_the_workflow_runs_the_segmentation_study_to_a_report_with_verdicts(seg_
 def test_no_test_pair_reached_a_folds_controlnet_or_its_synthetic_pairs(seg_study):
     """Each fold's ControlNet saw exactly its training pairs, and no test file, by path or by sha256."""
     out, data = seg_study / "out", seg_study / "data"
-    split = json.loads((out / "split.json").read_text())
+    split = json.loads((out / "folds.json").read_text())  # StudyLayout.split_file, as classification
     assert len(split["folds"]) == 2
     for fold in split["folds"]:
         k = fold["fold"]
@@ -130,10 +130,13 @@ def test_a_changed_setting_reruns_only_the_rules_that_read_it(seg_study):
     assert job_counts(snakemake(seg_study, "-n").stdout) == {}
     try:
         write_study(seg_study, epochs=3)  # segment.epochs: the U-Nets only
-        assert job_counts(snakemake(seg_study, "-n").stdout) == {"seg_realism": 1, "seg_cv": 1, "all": 1}
+        published = {"publish_realism": 1, "publish_report": 1, "all": 1}  # realism and the report are staged, then published
+        res = snakemake(seg_study, "-n")
+        assert job_counts(res.stdout) == {"seg_realism": 1, "seg_cv": 1, **published}
+        assert "segment.epochs" in res.stdout  # the dry run's reason names the changed key (readable params)
         write_study(seg_study, steps=3)  # controlnet.steps: the pairs and everything after, not the ControlNets
         counts = job_counts(snakemake(seg_study, "-n").stdout)
-        assert counts == {"pairs": 2, "pairs_manifest": 1, "seg_realism": 1, "seg_cv": 1, "all": 1}, counts
+        assert counts == {"pairs": 2, "pairs_manifest": 1, "seg_realism": 1, "seg_cv": 1, **published}, counts
     finally:
         write_study(seg_study)
 
@@ -156,7 +159,8 @@ def test_the_slurm_profile_sizes_every_segmentation_rule():
     profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
     blocks = re.split(r"^\s*rule (\w+):", text, flags=re.M)[1:]
     rules = dict(zip(blocks[::2], blocks[1::2]))
-    assert {"pairs_split", "controlnet", "pairs", "pairs_manifest", "seg_realism", "seg_cv", "tiny_model"} == set(rules)
+    assert {"pairs_split", "controlnet", "pairs", "pairs_manifest", "seg_realism", "seg_cv", "tiny_model",
+            "publish_realism", "publish_report"} == set(rules)
     for name, body in rules.items():
         assert profile[name]["mem_mb"] > 0 and profile[name]["runtime"] > 0, name
         assert profile[name].get("gpu", 0) == (1 if "gpu=1" in body else 0), name
@@ -202,3 +206,33 @@ def test_a_given_split_file_sets_the_folds_and_is_never_written(tmp_path):
     counts = job_counts(res.stdout)
     assert "pairs_split" not in counts and counts["controlnet"] == 3 and counts["pairs"] == 3, counts
     assert (tmp_path / "folds.json").read_bytes() == before
+
+
+def test_the_study_check_asks_a_segmentation_study_for_its_own_values(tmp_path):
+    """`prompts check` (the workflow's check): no LoRA model or templates demanded; folds against the pairs, trees planned."""
+    from prompts.blobs import make_blob_pairs
+    from prompts.check import check_file
+
+    make_blob_pairs(tmp_path / "data", n=3, size=32, seed=1)
+    study = tmp_path / "study.yaml"
+    study.write_text("study: {output: out, task: segmentation}\ndata: {data: data}\ncontrolnet: {model: tiny}\nsegment: {folds: 3}\n")
+    assert check_file(study) == []
+    study.write_text("study: {output: out, task: segmentation}\ndata: {data: data}\n"
+                     "controlnet: {model: tiny, augment: false}\nsegment: {folds: 4}\n")
+    errors = check_file(study)
+    assert len(errors) == 2 and all(e.startswith(f"{study}: ") for e in errors), errors
+    assert "controlnet.augment" in errors[0] and "segment.folds 4" in errors[1] and "3 image–mask pairs" in errors[1]
+
+
+def test_stale_trees_and_controlnets_of_a_segmentation_study_are_found_for_moving_aside(tmp_path):
+    """The guard's stale outputs for a SegPlan: trees no longer planned, folds no longer in the split."""
+    from study.outputs import stale_outputs
+    from study.segmentation import SegPlan
+
+    plan = SegPlan(study_file=tmp_path / "study.yaml", out=tmp_path / "out", data=tmp_path / "data", pair_files=[],
+                   split=tmp_path / "out" / "folds.json", split_given=False, folds=[0], trees=["aug"], model="tiny", tiny_model=True)
+    for rel in ("synthetic/fold_0/aug", "synthetic/fold_0/density2.0", "synthetic/fold_1/aug", "controlnet/fold_0/controlnet",
+                "controlnet/fold_1/controlnet", "synthetic/fold_0/notes"):
+        (plan.out / rel).mkdir(parents=True)
+    found = sorted(item["path"].relative_to(plan.out).as_posix() for item in stale_outputs(plan))
+    assert found == ["controlnet/fold_1/controlnet", "synthetic/fold_0/density2.0", "synthetic/fold_1/aug"]

@@ -1,4 +1,6 @@
-# Shared by every rule: the study plan (from Snakemake's merged config), job environment, logs, inputs.
+# Shared by every task's rules: the study plan (from Snakemake's merged config: a study.plan.Plan, or a
+# study.segmentation.SegPlan for `study.task: segmentation`), the study lock and stale outputs (study/guard.py),
+# the job environment, logs, seals. Task-specific names live in classification.smk and segmentation.smk.
 import sys
 from pathlib import Path
 
@@ -31,12 +33,9 @@ LOGGED = " > {log:q} 2>&1 || {{ status=$?; tail -n 20 {log:q} >&2; exit $status;
 SEAL = f"{PY} -m study.outputs seal "  # checksums of a finished folder output, beside it (a file Snakemake tracks)
 PUBLISH = f"{PY} -m study.outputs publish "  # a finished staged folder over the published one, then its seal
 FOLD = layout.FOLD_PREFIX + "{fold}"
-WEIGHTS_INPUT = [P.classifier_weights] if P.calibrated or P.classifier_weights not in ("imagenet", "none") else []
-WEIGHTS_FLAG = f"--weights {quote(P.classifier_weights)}" if P.calibrated else ""
 MODEL_INPUT = [str(L.tiny_model_dir)] if P.tiny_model else []
 SPLIT = str(P.split)
-LORA_MODEL, GENERATE_MODEL = quote(P.lora_model), quote(P.generate_model)
-LORA_ROOT, SYNTHETIC_ROOT = quote(L.lora_root), quote(L.synthetic_root)
+SYNTHETIC_ROOT = quote(L.synthetic_root)
 
 
 def sealed(pattern):
@@ -46,5 +45,3 @@ def sealed(pattern):
 
 wildcard_constraints:
     fold=r"\d+",
-    group=r"[^/]+",
-    weight=r"w[^/]+",

@@ -1,13 +1,16 @@
 # The segmentation study (`study.task: segmentation`), in place of the classification rules:
 # [tiny model] -> pairs split -> one ControlNet per fold -> synthetic pairs per fold and tree
 # (`aug`, `density<X>`) -> manifest -> realism -> cross-validation and report.
-# Paths, folds, trees and re-run digests come from study/segmentation.py (P is its SegPlan).
-# Rule names differ from the classification rules' so the SLURM profile sizes each.
+# P is a study.segmentation.SegPlan: folds, trees and readable params (`P.params(rule)`); paths from
+# its StudyLayout (L) as for classification. ControlNets and pair trees are sealed folder outputs;
+# realism and the report are written into OUT/.stage/ and published whole, as classification's.
+# Rule names differ from the classification rules' so the SLURM profile sizes each (publish_* are
+# the same local rules).
 
 CN_ROOT = quote(P.controlnet_root)
 SEG_MODEL = quote(P.model)
 TREES = P.trees
-SEG_REPORT_INPUTS = dict(trees=P.all_tree_dirs(), manifest=str(P.manifest), split=SPLIT, pairs=P.pair_files,
+SEG_REPORT_INPUTS = dict(trees=P.all_tree_seals(), manifest=str(P.manifest), split=SPLIT, pairs=P.pair_files,
                          weights=P.unet_weights)
 
 
@@ -16,12 +19,12 @@ if P.tiny_model:
     rule tiny_model:
         """The tiny random Stable Diffusion (`controlnet.model: tiny`): an offline smoke model."""
         output:
-            directory(P.model_dir),
+            directory(L.tiny_model_dir),
         log:
-            LOGS / "tiny_model.log",
+            L.log("tiny_model"),
         threads: 1
         shell:
-            ENV + "{PY} -m lora tiny-model {output}" + LOGGED
+            ENV + "{PY} -m lora tiny-model {output:q}" + LOGGED
 
 
 if not P.split_given:
@@ -33,12 +36,12 @@ if not P.split_given:
         output:
             SPLIT,
         params:
-            settings=P.digests["split"],
+            **P.params("split"),
         log:
-            LOGS / "pairs_split.log",
+            L.log("pairs_split"),
         threads: 1
         shell:
-            ENV + "{PY} -m study.segmentation split --config {STUDY} --output {output}" + LOGGED
+            ENV + "{PY} -m study.segmentation split --config {STUDY} --output {output:q}" + LOGGED
 
 
 rule controlnet:
@@ -48,64 +51,67 @@ rule controlnet:
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        directory(str(P.controlnet_root) + "/fold_{fold}/controlnet"),
+        **sealed(P.controlnet_pattern()),
     params:
-        settings=P.digests["controlnet"],
+        **P.params("controlnet"),
     log:
-        str(LOGS) + "/controlnet/fold_{fold}.log",
+        L.log("controlnet", FOLD),
     threads: 1
     resources:
         gpu=1,
     shell:
-        ENV + GPU + "{PY} -m controlnet train --config {STUDY} --model {SEG_MODEL} --split {input.split} "
-        "--fold {wildcards.fold} --output {CN_ROOT}" + LOGGED
+        ENV + GPU + "{PY} -m controlnet train --config {STUDY} --model {SEG_MODEL} --split {input.split:q} "
+        "--fold {wildcards.fold} --output {CN_ROOT}" + LOGGED + " && " + SEAL + "{output.folder:q}"
 
 
 rule pairs:
     """Synthetic image-mask pairs of fold {fold}, every tree, from that fold's ControlNet and training masks.
 
     One job per fold loads the pipeline once for all its trees. It writes into its own staging root
-    (resumed after a kill: finished pairs are kept) and renames each finished tree into OUT/synthetic/fold_<k>/.
+    (resumed after a kill: finished pairs are kept) and renames each finished tree into OUT/synthetic/fold_<k>/,
+    then seals it.
     """
     input:
-        controlnet=lambda wc: P.controlnet_dir(wc.fold),
+        controlnet=lambda wc: P.controlnet_seal(wc.fold),
         pairs=P.pair_files,
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        [directory(P.tree_pattern(t)) for t in TREES],
+        trees=[directory(P.tree_pattern(t)) for t in TREES],
+        seals=[str(layout.seal_file(P.tree_pattern(t))) for t in TREES],
     params:
-        settings=P.digests["pairs"],
+        **P.params("pairs"),
         stage=lambda wc: quote(P.staging_dir(wc.fold)),
         move=lambda wc: " && ".join(
             f"mv {quote(P.staged_tree_dir(wc.fold, t))} {quote(P.tree_dir(wc.fold, t))}" for t in TREES),
+        seal=lambda wc: " && ".join(SEAL + quote(P.tree_dir(wc.fold, t)) for t in TREES),
     log:
-        str(LOGS) + "/pairs/fold_{fold}.log",
+        L.log("pairs", FOLD),
     threads: 1
     resources:
         gpu=1,
     shell:
         # --overwrite: the staging root is this job's own; pairs left there by a killed run of other settings are remade.
-        ENV + GPU + "{PY} -m controlnet generate --config {STUDY} --model {SEG_MODEL} --split {input.split} "
+        ENV + GPU + "{PY} -m controlnet generate --config {STUDY} --model {SEG_MODEL} --split {input.split:q} "
         "--fold {wildcards.fold} --output {CN_ROOT} --synthetic {params.stage} --overwrite --no-progress" + LOGGED + "; "
         "{params.move} && rm -r {params.stage} && "
-        "{PY} -m study.segmentation set-aside --config {STUDY} --fold {wildcards.fold} >> {log} 2>&1"
+        "{PY} -m study.segmentation set-aside --config {STUDY} --fold {wildcards.fold} >> {log:q} 2>&1 && {params.seal}"
 
 
 rule pairs_manifest:
     """OUT/synthetic/manifest.jsonl over every tree (`controlnet generate --count 0` makes no pair, only rebuilds it)."""
     input:
-        trees=P.all_tree_dirs(),
-        controlnets=P.controlnet_dirs(),
+        trees=P.all_tree_seals(),
+        controlnets=[P.controlnet_seal(k) for k in P.folds],
         split=SPLIT,
         model=MODEL_INPUT,
     output:
         str(P.manifest),
     log:
-        LOGS / "pairs_manifest.log",
+        L.log("pairs_manifest"),
     threads: 1
     shell:
-        ENV + "{PY} -m controlnet generate --config {STUDY} --model {SEG_MODEL} --split {input.split} --fold all "
+        ENV + "{PY} -m controlnet generate --config {STUDY} --model {SEG_MODEL} --split {input.split:q} --fold all "
         "--output {CN_ROOT} --synthetic {SYNTHETIC_ROOT} --count 0 --no-progress" + LOGGED
 
 
@@ -114,32 +120,57 @@ rule seg_realism:
     input:
         **SEG_REPORT_INPUTS,
     output:
-        directory(P.realism_dir),
+        directory(L.staged(L.realism_dir)),
     params:
-        settings=P.digests["realism"],
+        **P.params("realism"),
     log:
-        LOGS / "realism.log",
+        L.log("realism"),
     threads: 4
     resources:
         gpu=1,
     shell:
-        ENV + GPU + "{PY} -m segment realism --config {STUDY} --synthetic {SYNTHETIC_ROOT} --output {output} --no-progress" + LOGGED
+        ENV + GPU + "{PY} -m segment realism --config {STUDY} --synthetic {SYNTHETIC_ROOT} --output {output:q} --no-progress" + LOGGED
+
+
+rule publish_realism:
+    """The finished realism folder into OUT/realism/ (hard links), sealed."""
+    input:
+        L.staged(L.realism_dir),
+    output:
+        folder=directory(L.realism_dir),
+        seal=str(layout.seal_file(L.realism_dir)),
+    localrule: True
+    shell:
+        ENV + PUBLISH + "{input:q} {output.folder:q}"
 
 
 rule seg_cv:
     """Segmentation cross-validation over every mix and tree, tested on real pairs only, and the report."""
     input:
         **SEG_REPORT_INPUTS,
-        realism=P.realism_dir,
+        realism=str(layout.seal_file(L.realism_dir)),
     output:
-        directory(P.report_dir),
+        directory(L.staged(L.report_dir)),
     params:
-        settings=P.digests["cv"],
+        **P.params("cv"),
+        realism=quote(L.realism_dir),
     log:
-        LOGS / "cv.log",
+        L.log("cv"),
     threads: 4
     resources:
         gpu=1,
     shell:
-        ENV + GPU + "{PY} -m segment cv --config {STUDY} --split {input.split} --synthetic {SYNTHETIC_ROOT} "
-        "--realism {input.realism} --output {output} --no-progress" + LOGGED
+        ENV + GPU + "{PY} -m segment cv --config {STUDY} --split {input.split:q} --synthetic {SYNTHETIC_ROOT} "
+        "--realism {params.realism} --output {output:q} --no-progress" + LOGGED
+
+
+rule publish_report:
+    """The finished CV report into OUT/report/ (hard links), sealed: replaced only by a complete new one."""
+    input:
+        L.staged(L.report_dir),
+    output:
+        folder=report(directory(L.report_dir), htmlindex="report.html", category="Cross-validation"),
+        seal=str(layout.seal_file(L.report_dir)),
+    localrule: True
+    shell:
+        ENV + PUBLISH + "{input:q} {output.folder:q}"
