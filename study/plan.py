@@ -18,9 +18,7 @@ written here once (`SPLIT_KEYS`, ...): changing `classify.epochs` re-runs the CV
 """
 from __future__ import annotations
 
-import json
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,14 +26,15 @@ from prompts import layout
 from prompts.fingerprint import settings_part
 from prompts.layout import StudyLayout
 
+from .params import DATA_KEYS, TINY, _fail, _keys, readable  # noqa: F401  (read from here too)
+
 # classify keys read by each classify command other than `cv` (which reads them all).
 SPLIT_KEYS = ("folds", "repeats", "group_by", "seed")
 CALIBRATE_KEYS = ("backbone", "image_size", "seed")
 REALISM_KEYS = ("backbone", "weights", "image_size", "seed")
-DATA_KEYS = ("skip_bad_images", "normalize", "percentiles", "channels", "z", "t")  # the reading rule re-runs every step
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "study.schema.yaml"
 
-TINY, CALIBRATED, NONE = "tiny", "calibrated", "none"
+CALIBRATED, NONE = "calibrated", "none"
 
 
 @dataclass
@@ -120,19 +119,6 @@ def quote(value) -> str:
     return shlex.quote(str(value))
 
 
-def readable(section_name: str, values: dict) -> dict[str, str]:
-    """{param name: "section.key=value"} (JSON values): Snakemake's dry-run reason then names the key.
-
-    """
-    return {f"{section_name}__{k}": f"{section_name}.{k}={json.dumps(v, sort_keys=True, default=str)}"
-            for k, v in sorted(values.items())}
-
-
-def _keys(section, keys) -> dict:
-    part = settings_part(section)
-    return {k: part[k] for k in keys if k in part}
-
-
 def load(study_file) -> Plan:
     """The plan of a study file (as `snakemake --configfile FILE` with no overrides)."""
     from prompts.errors import UserError
@@ -205,12 +191,6 @@ def _validate(config: dict, study_file: Path) -> None:
         validate(copy.deepcopy(dict(config)), str(SCHEMA_FILE), set_default=False)
     except WorkflowError as err:
         _fail([f"{study_file}: " + " ".join(str(err).split())[:500]])
-
-
-def _fail(lines: list[str]):
-    for line in lines:
-        print(f"error: {line}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _resolve(study, study_file: Path) -> Plan:

@@ -26,7 +26,7 @@ from prompts.errors import run_cli, setup_logging
 from prompts.fingerprint import settings_part
 from prompts.layout import StudyLayout
 
-from .plan import DATA_KEYS, TINY, _fail, _keys, readable
+from .params import DATA_KEYS, TINY, _fail, _keys, readable
 
 TASK = "segmentation"
 # segment keys read by `segment realism` and by the split (the CV reads the whole section).
