@@ -403,7 +403,7 @@ def _generate(s: Study, progress: bool = False) -> None:
     Images that come out NaN or black (`generate.sample.BadImages`) are what a diverged LoRA makes:
     the trial's outcome (TrialDiverged), not bad input. Any other UserError stops the search.
     """
-    from generate.__main__ import plan_jobs
+    from generate.jobs import plan_jobs
     from generate.sample import BadImages, Settings, generate
 
     g = s.generate
