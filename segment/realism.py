@@ -8,8 +8,7 @@ Per synthetic tree (pooled over folds):
   against the mask it was generated from (pixel IoU, AP50). A generator that ignores its
   condition scores near 0; one that draws cells where the mask says scores like real test pairs.
 
-TODO(lead): `kid` and `c2st` are verbatim copies of classify.realism's; use the shared
-`analysis` versions once they exist.
+KID and the two-sample test are `analysis.realism`'s, the one definition classify and the search use.
 """
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.realism import c2st, kid
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
 from prompts.guard import check_output_dir
@@ -26,52 +26,6 @@ from prompts.layout import REALISM_JSON, REALISM_MD
 from . import metrics
 
 log = logging.getLogger(__name__)
-
-
-def kid(x: np.ndarray, y: np.ndarray, n_subsets: int = 20, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
-    """KID between feature sets x (n, F) and y (m, F) -> (mean, std) over subsets (unitless)."""
-    d = x.shape[1]
-    size = min(subset_size, len(x), len(y))
-    if size < 2:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_subsets):
-        a = x[rng.choice(len(x), size, replace=False)].astype(np.float64)
-        b = y[rng.choice(len(y), size, replace=False)].astype(np.float64)
-        kxx = (a @ a.T / d + 1) ** 3
-        kyy = (b @ b.T / d + 1) ** 3
-        kxy = (a @ b.T / d + 1) ** 3
-        off = size * (size - 1)
-        vals.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
-    return float(np.mean(vals)), float(np.std(vals))
-
-
-def c2st(x: np.ndarray, y: np.ndarray, keys_x=None, keys_y=None, folds: int = 5, seed: int = 0) -> tuple[float, float]:
-    """Cross-validated accuracy of telling x (real, (n, F)) from y (synthetic, (m, F)) -> (mean, std over folds).
-
-    Equal numbers of each are drawn; keys (content hashes) keep byte-identical images in one CV fold.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    rng = np.random.default_rng(seed)
-    n = min(len(x), len(y))
-    k = min(folds, n)
-    if k < 2:
-        return float("nan"), float("nan")
-    ia, ib = rng.choice(len(x), n, replace=False), rng.choice(len(y), n, replace=False)
-    feats = np.concatenate([x[ia], y[ib]]).astype(np.float64)
-    labels = np.r_[np.zeros(n), np.ones(n)]
-    kx = list(keys_x) if keys_x is not None else [f"x{i}" for i in range(len(x))]
-    ky = list(keys_y) if keys_y is not None else [f"y{i}" for i in range(len(y))]
-    groups = [kx[i] for i in ia] + [ky[i] for i in ib]
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
-    scores = cross_val_score(clf, feats, labels, cv=cv, groups=groups)
-    return float(scores.mean()), float(scores.std())
 
 
 def encoder_features(seg, x: np.ndarray) -> np.ndarray:
