@@ -61,12 +61,26 @@ def check_mapping(raw: dict, study_file) -> tuple[Study | None, list[str]]:
     return study, check_study(study, study_file)
 
 
+def _reading(study: Study, where: str) -> list[str]:
+    """The data section's reading rule, its keys together (z, t, percentiles): the rule every step applies."""
+    from .normalize import from_section
+
+    try:
+        from_section(study.data)
+    except UserError as err:
+        return [str(err) if str(err).startswith(where) else where + str(err)]
+    return []
+
+
 def check_study(study: Study, study_file) -> list[str]:
     """Every error of a schema-valid study that its jobs would meet, one line each, prefixed with the file."""
     where = f"{study_file}: "
     segmentation = study.study.task == SEGMENTATION
     missing = [key for key in missing_required(study, WORKFLOW) if not (segmentation and key.startswith(CLASSIFICATION_ONLY))]
     errors = [f"{where}{key} is missing: {field_help(key)}" for key in missing]
+    if errors:
+        return errors
+    errors += _reading(study, where)
     if errors:
         return errors
     errors += [where + e for e in _paths(study)]

@@ -282,7 +282,7 @@ def test_reading_rule_is_in_fingerprints_and_the_workflow_digests(lab_data, tmp_
     for rule in ("percentile", "minmax"):
         study.write_text(f"study: {{output: out}}\ndata: {{data: {lab_data}, normalize: {rule}}}\nlora: {{model: tiny}}\n")
         plan = studyplan.load(study)
-        digests.append(plan.digests)
+        digests.append(plan.settings)
         assert str(lab_data / "a" / "plate.ome.tif") in plan.images and not any("#" in p for p in plan.images)
     assert all(digests[0][k] != digests[1][k] for k in ("lora", "generate", "cv"))
 
@@ -350,7 +350,7 @@ def test_bad_inputs_are_one_line_exit_2_nothing_written(case, tmp_path):
 
 def test_bad_reading_keys_in_the_study_file(tmp_path):
     study = tmp_path / "s.yaml"
-    study.write_text("data: {z: top, t: all, percentiles: [99, 1]}\n")
+    study.write_text("study: {output: out}\ndata: {data: d, z: top, t: all, percentiles: [99, 1]}\nlora: {model: tiny}\n")
     r = run_cli("-m", "prompts", "check", study)
     assert r.returncode == 2 and "data.percentiles" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
