@@ -676,10 +676,11 @@ def test_report_reads_in_headless_chromium_at_1280px(inputs, tmp_path):
     realism.write_text(json.dumps({"note": "Features: test.", "rows": [
         {"weight": w, "class": c, "n_real": 10, "n_synthetic": 3, "kid": 0.002, "kid_std": 0.001, "c2st_accuracy": 0.8,
          "c2st_std": 0.1, "n_copies": 0} for w in ("1.0", "0.8") for c in CLASSES_N]}))
-    res = make_results(inputs, near=("w0.8", "synthetic"), settings={"realism": str(realism)})
+    syn_root = tmp_path / "study" / "synthetic"  # the workflow's record of dropped outputs lies in SYN/dropped.json
+    syn_root.mkdir(parents=True)
+    (syn_root / "dropped.json").write_text(json.dumps({"dropped": [{"path": "synthetic/w1.2", "reason": "earlier settings"}]}))
+    res = make_results(inputs, near=("w0.8", "synthetic"), settings={"realism": str(realism), "synthetic": str(syn_root)})
     out = tmp_path / "study" / "report"
-    (tmp_path / "study").mkdir()
-    (tmp_path / "study" / "dropped.json").write_text(json.dumps({"dropped": [{"path": "synthetic/w1.2", "reason": "earlier settings"}]}))
     write_reports(res, out)
     driver = _browser(tmp_path / "profile", tmp_path / "downloads")
     try:
