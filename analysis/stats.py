@@ -150,3 +150,15 @@ def holm(pvalues) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out.tolist()
+
+
+def paired_vs_real(runs: dict, real_runs: dict, metric: str, n_train: float, n_test: float) -> dict:
+    """A mix against `real` on one metric, over the folds both have: runs, real_runs: fold -> run with run["metrics"].
+
+    Returns diffs (J,), diff_mean, diff_std (ddof 1) and the corrected t-test's t and two-sided p.
+    """
+    common = [k for k in sorted(runs) if k in real_runs]
+    diffs = [runs[k]["metrics"][metric] - real_runs[k]["metrics"][metric] for k in common]
+    t, p = corrected_ttest(diffs, n_train, n_test)
+    mean, std = mean_std(diffs)
+    return {"diffs": diffs, "diff_mean": mean, "diff_std": std, "t": t, "p": p}

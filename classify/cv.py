@@ -448,12 +448,10 @@ def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[M
                 mean, std = stats.mean_std(vals)
                 row["metrics"][m] = {"mean": mean, "std": std, "folds": vals}
                 if real_runs and mix.name != "real":
-                    common = [k for k in folds if k in real_runs]
-                    diffs = [runs[k]["metrics"][m] - real_runs[k]["metrics"][m] for k in common]
-                    tval, p = stats.corrected_ttest(diffs, n_train, n_test)
-                    dm, ds = stats.mean_std(diffs)
-                    row["vs_real"][m] = {"diff_mean": dm, "diff_std": ds, "t": tval, "p": p,
-                                         "min_significant_diff": stats.critical_difference(ds, len(diffs), n_train, n_test)}
+                    vs = stats.paired_vs_real(runs, real_runs, m, n_train, n_test)
+                    row["vs_real"][m] = {"diff_mean": vs["diff_mean"], "diff_std": vs["diff_std"], "t": vs["t"], "p": vs["p"],
+                                         "min_significant_diff": stats.critical_difference(vs["diff_std"], len(vs["diffs"]),
+                                                                                           n_train, n_test)}
             row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
             row["confusion"] = np.sum([runs[k]["metrics"]["confusion"] for k in folds], axis=0).tolist() if folds else []
             row["per_class"] = {

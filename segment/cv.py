@@ -346,13 +346,10 @@ def summarize(results: list[dict], dataset, split: Split, mixes: list[Mix], syn,
                 mean, std = stats.mean_std(vals)
                 row["metrics"][m] = {"mean": mean, "std": std, "folds": vals}
                 if real_runs and mix.name != "real":
-                    common = [k for k in folds if k in real_runs]
-                    diffs = [runs[k]["metrics"][m] - real_runs[k]["metrics"][m] for k in common]
-                    tval, p = stats.corrected_ttest(diffs, n_train, n_test)
-                    dm, ds = stats.mean_std(diffs)
-                    lo, hi = stats.corrected_interval(dm, ds, len(diffs), n_train, n_test, 0.95)
-                    row["vs_real"][m] = {"diff_mean": dm, "diff_std": ds, "t": tval, "p": p, "ci": [lo, hi], "j": len(diffs),
-                                         "diffs": diffs}
+                    vs = stats.paired_vs_real(runs, real_runs, m, n_train, n_test)
+                    lo, hi = stats.corrected_interval(vs["diff_mean"], vs["diff_std"], len(vs["diffs"]), n_train, n_test, 0.95)
+                    row["vs_real"][m] = {"diff_mean": vs["diff_mean"], "diff_std": vs["diff_std"], "t": vs["t"], "p": vs["p"],
+                                         "ci": [lo, hi], "j": len(vs["diffs"]), "diffs": vs["diffs"]}
             row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
             row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
             row["shortfall"] = int(sum(runs[k].get("shortfall", 0) for k in folds))
