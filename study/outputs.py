@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from prompts import layout
+from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
 from prompts.fingerprint import file_sha256
 
@@ -65,9 +66,27 @@ def unseal_changed(folders) -> list[Path]:
     return changed
 
 
+def foreign_entries(staged: Path, final: Path) -> list[str]:
+    """Names in the published folder that no command wrote: neither claimed in its outputs record, nor made anew by the
+    staged job (e.g. a figure the user saved into OUT/report). Publishing never deletes them."""
+    from prompts.fingerprint import claimed, written_by
+
+    if not final.is_dir():
+        return []
+    ours = set(claimed(final)) | {layout.OUTPUTS_FILE} | {p.name for p in staged.iterdir()}
+    return sorted(p.name for p in final.iterdir() if p.name not in ours and not written_by(p))
+
+
 def publish(staged: Path, final: Path) -> None:
-    """Copy a finished staged folder into place (hard links where possible) and seal it."""
+    """Copy a finished staged folder into place (hard links where possible) and seal it.
+
+    Raises UserError, replacing nothing, when the published folder holds a file the toolkit did not write.
+    """
     staged, final = Path(staged), Path(final)
+    foreign = foreign_entries(staged, final)
+    if foreign:
+        raise UserError(f"{final} holds {', '.join(foreign)}, which the toolkit did not write; move it out of that folder "
+                        "(the new results wait in " + str(staged) + "), then run again: nothing was replaced")
     tmp = final.parent / f".{final.name}.publishing"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -171,7 +190,11 @@ def main(argv=None) -> int:
         seal(Path(args[1]))
         return 0
     if len(args) == 3 and args[0] == "publish":
-        publish(Path(args[1]), Path(args[2]))
+        try:
+            publish(Path(args[1]), Path(args[2]))
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     print("usage: python -m study.outputs seal FOLDER | publish STAGED FINAL", file=sys.stderr)
     return 2

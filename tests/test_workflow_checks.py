@@ -431,3 +431,24 @@ def test_a_held_study_lock_names_its_holder(tmp_path):
         holder.kill()
         holder.wait()
     assert acquire(lock_file)  # the kernel released it with its process
+
+
+def test_publishing_a_report_never_deletes_a_file_the_user_put_there(tmp_path):
+    """OUT/report is replaced whole by a new report, but a figure the user saved into it is not ours to delete."""
+    from prompts.errors import UserError
+    from prompts.fingerprint import claim
+    from study.outputs import publish
+
+    staged, final = tmp_path / ".stage" / "report", tmp_path / "report"
+    staged.mkdir(parents=True)
+    (staged / "report.md").write_text("new")
+    final.mkdir()
+    (final / "report.md").write_text("old")
+    claim(final, ["report.md"], "classify cv")
+    (final / "my_figure.png").write_bytes(b"the user's")
+    with pytest.raises(UserError, match=r"holds my_figure.png, which the toolkit did not write.*nothing was replaced"):
+        publish(staged, final)
+    assert (final / "my_figure.png").read_bytes() == b"the user's" and (final / "report.md").read_text() == "old"
+    (final / "my_figure.png").unlink()  # the user moved it out: the new report goes in
+    publish(staged, final)
+    assert (final / "report.md").read_text() == "new"
