@@ -49,6 +49,11 @@ def start(plan, kind: str, workdir: Path) -> None:
             _fail(lock.refuse(lay.lock_file))
         note(f"a run is working on {lay.out} ({lock.holder(lay.lock_file)}): this dry run shows the plan as the files are now")
         return
+    for folder in (lay.report_dir, lay.realism_dir):  # replaced whole when published: Snakemake deletes them first
+        foreign = outputs.foreign_entries(None, folder)
+        if foreign:
+            _fail(f"{folder} holds {', '.join(foreign)}, which the toolkit did not write; move it out of that folder "
+                  "before running the study again (the folder is replaced whole by the next report): nothing was run")
     for f in lock.clear_stale_snakemake_locks(lay.out, workdir):
         note(f"removed Snakemake's lock {f}, left on {lay.out} by a run that is gone (killed?): no run holds {lay.lock_file}")
     for folder in outputs.unseal_changed(plan.sealed_folders()):

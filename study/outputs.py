@@ -66,14 +66,16 @@ def unseal_changed(folders) -> list[Path]:
     return changed
 
 
-def foreign_entries(staged: Path, final: Path) -> list[str]:
+def foreign_entries(staged: Path | None, final: Path) -> list[str]:
     """Names in the published folder that no command wrote: neither claimed in its outputs record, nor made anew by the
     staged job (e.g. a figure the user saved into OUT/report). Publishing never deletes them."""
     from prompts.fingerprint import claimed, written_by
 
-    if not final.is_dir():
-        return []
-    ours = set(claimed(final)) | {layout.OUTPUTS_FILE} | {p.name for p in staged.iterdir()}
+    if not final.is_dir() or not claimed(final):
+        return []  # no outputs record (an older or another room's folder): nothing tells ours from the user's
+    ours = set(claimed(final)) | {layout.OUTPUTS_FILE, ".snakemake_timestamp"}
+    if staged is not None and staged.is_dir():
+        ours |= {p.name for p in staged.iterdir()}
     return sorted(p.name for p in final.iterdir() if p.name not in ours and not written_by(p))
 
 
