@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segment.metrics import Match, iou_matrix, matching, pixel_counts, score_set
+from analysis.matching import Match, iou_matrix, matching, pixel_counts
+from segment.metrics import score_set
 
 
 def squares(shape, boxes):
