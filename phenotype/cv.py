@@ -188,6 +188,15 @@ def check_no_leak(fold: Fold, regime: str, train: list[Cell], images: list[str],
                         "two co-culture names): remove the duplicate")
 
 
+def check_folds(folds: list[Fold], regimes: list[str], cells: StudyCells, seed: int) -> None:
+    """`check_no_leak` for every fold and regime, before anything is written."""
+    for fold in folds:
+        keys = test_keys(fold, cells)
+        for regime in regimes:
+            train, images = regime_training_cells(regime, fold, cells, seed)
+            check_no_leak(fold, regime, train, images, keys)
+
+
 def fit_predict(model: str, train: list[Cell], test: list[Cell], cache: M.FeatureCache, types: list[str], ph, seed: int) -> list[str]:
     """Predicted type names of `test` cells from a classifier fitted on `train` cells."""
     if not test:
@@ -287,7 +296,7 @@ def _fold_runs(fold: Fold, models, regimes, cells: StudyCells, caches, data, tru
     flat = [c for n in fold.test for c in test_cells[n]]
     for regime in regimes:
         train, images = regime_training_cells(regime, fold, cells, ph.seed)
-        check_no_leak(fold, regime, train, images, keys)
+        check_no_leak(fold, regime, train, images, keys)  # checked before any write too (`check_folds`); kept as a guard
         for model in models:
             start = time.perf_counter()
             pred = fit_predict(model, train, flat, caches[model], data.types, ph, ph.seed + fold.index)
@@ -313,11 +322,12 @@ def run_cv(data_section, ph, progress: bool = False) -> dict:
     folds = make_folds([im.name for im in data.co], [im.group for im in data.co] if data.has_groups else None,
                        ph.folds, ph.repeats, ph.seed)
     check_k(folds, regimes)
-    fingerprint.claim(out, OUTPUT_NAMES, COMMAND)  # every input checked: OUT is ours from here
     timings = {}
     start = time.perf_counter()
     cells = collect_cells(data, ph, progress)
     timings["cells_s"] = time.perf_counter() - start
+    check_folds(folds, regimes, cells, ph.seed)
+    fingerprint.claim(out, OUTPUT_NAMES, COMMAND)  # every input checked: OUT is ours from here
     start = time.perf_counter()
     caches = feature_caches(cells, models, ph, Path(ph.cache_dir) if ph.cache_dir else out / CACHE_DIR)
     timings["features_s"] = time.perf_counter() - start
