@@ -18,7 +18,7 @@ class PhenotypeSection:
         "(Otsu + watershed; detection F1 at IoU 0.5 is then reported)")
     crop_size: int = opt(48, "side in pixels of the square crop centred on each cell (at the image's resolution)", ge=8)
     mask_channel: bool = opt(True, "give the classifiers the cell's own mask beside its pixels (neighbours are masked out of the features)")
-    min_size: int = opt(20, "cells smaller than this many pixels are dropped (classical segmentation and given masks alike)", ge=0)
+    min_size: int = opt(20, "the classical floor drops cells smaller than this many pixels (given masks are kept whole)", ge=0)
     min_distance: int = opt(3, "smallest distance in px between two seeds of the classical watershed", ge=1)
     regimes: list[str] = opt(["zero-shot", "retrained", "co-only"],
                              "training regimes: zero-shot (monoculture cells only), retrained (+ the cells of k annotated "
