@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 COMMAND = "phenotype cv"
 OVERLAYS_DIR = "overlays"
 CACHE_DIR = "cache"
+CALIBRATION_CELLS = 256  # monoculture crops that calibrate the BatchNorm of `weights: calibrated`
 OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, OVERLAYS_DIR, CACHE_DIR)
 
 
@@ -126,6 +127,7 @@ def reference_features(cells: list[Cell], cache: M.FeatureCache) -> None:
 def cnn_features(cells: list[Cell], mono: list[Cell], ph, cache_dir: Path, seed: int) -> M.FeatureCache:
     """The cnn's features of every cell, through its cache (the base is built only when a crop is missing)."""
     weights = M.check_weights(ph.weights)
+    mono = mono[:CALIBRATION_CELLS]  # one forward pass calibrates BatchNorm: a bounded batch
     extractor = M.cnn_id(ph.backbone, weights, ph.cnn_size, ph.mask_channel, seed, [c.key for c in mono])
     cache = M.FeatureCache(cache_dir, extractor)
     missing = set(cache.missing(c.key for c in cells))

@@ -48,14 +48,9 @@ def _texture(gray: np.ndarray, mask: np.ndarray) -> list[float]:
     q[mask] = 1 + np.round((inside - lo) / (hi - lo) * (_GLCM_LEVELS - 2)).astype(np.uint8) if hi > lo else 1
     glcm = graycomatrix(q, distances=[1, 2], angles=[0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=_GLCM_LEVELS)
     glcm = glcm[1:, 1:].astype(np.float64)  # pairs with a pixel outside the cell say nothing about its texture
-    out = []
-    for d in range(2):
-        g = glcm[:, :, d:d + 1, :]
-        total = g.sum(axis=(0, 1), keepdims=True)
-        g = np.divide(g, total, out=np.zeros_like(g), where=total > 0)
-        props = [np.nan_to_num(graycoprops(g, p).mean()) for p in _GLCM_PROPS]
-        out += [float(v) for v in props]
-    return out
+    with np.errstate(invalid="ignore", divide="ignore"):  # a one-pixel-wide cell has no pair at distance 2: 0
+        props = np.stack([np.nan_to_num(graycoprops(glcm, p)).mean(axis=1) for p in _GLCM_PROPS])  # (props, distances)
+    return props.T.ravel().tolist()  # distance-major, as TEXTURE_NAMES
 
 
 def reference_features(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -73,9 +73,12 @@ def answer(results: dict, model: str) -> str:
     unit = " pp" if primary == "proportion_error" else ""
     mean, _ = _mean(results, model, base, primary)
     lo, hi = _interval(results, model, base, primary)
-    what = "counts the cell types' proportions within" if primary == "proportion_error" else f"reaches {LABELS[primary]}"
-    text = (f"**{MODEL_TITLES.get(model, model)}:** {base} {what} {mean:.2f}{unit} of the truth on average "
-            f"(95 % CI {lo:.2f} to {hi:.2f} over {results['n_splits'] * results['repeats']} folds)")
+    ci = f"95 % CI {lo:.2f} to {hi:.2f} over {results['n_splits'] * results['repeats']} folds"
+    if primary == "proportion_error":
+        text = f"{base} counts the cell types' proportions within {mean:.2f} pp of the truth on average ({ci})"
+    else:
+        text = f"{base} reaches a mean {LABELS[primary]} of {mean:.2f} ({ci})"
+    text = f"**{MODEL_TITLES.get(model, model)}:** {text}"
     parts = []
     for c in results["comparisons"]:
         if c["model"] != model:
