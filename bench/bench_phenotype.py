@@ -26,15 +26,14 @@ from pathlib import Path
 import numpy as np
 
 OUT_MD = Path(__file__).with_name("phenotype.md")
-RBC = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data" / "rbc3"
+RBC = Path(os.environ.get("CELLSYNTH_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data") / "rbc3"
 
 
 def make_data(root: Path, co_images: int, cells: int) -> None:
     from phenotype.scenes import cells_from_folder, synthetic_cell, write_study_data
 
-    rbc = RBC if RBC.is_dir() else Path("/work/shared/data/rbc3")
-    if rbc.is_dir():
-        pools = {c: cells_from_folder(rbc / c, c, limit=40) for c in ("normal", "spherocyte", "target_cell")}
+    if RBC.is_dir():
+        pools = {c: cells_from_folder(RBC / c, c, limit=40) for c in ("normal", "spherocyte", "target_cell")}
     else:
         rng = np.random.default_rng(0)
         pools = {"small": [synthetic_cell(8, 200, "small", rng) for _ in range(20)],

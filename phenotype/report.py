@@ -50,7 +50,8 @@ def _interval(results: dict, model: str, regime: str, metric: str) -> tuple[floa
     if v.size < 2:
         return float("nan"), float("nan")
     half = sps.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-    return float(v.mean() - half), float(v.mean() + half)
+    floor = 0.0 if metric in LOWER_IS_BETTER else -np.inf  # an error is never below 0
+    return float(max(v.mean() - half, floor)), float(v.mean() + half)
 
 
 def smoke_reasons(results: dict) -> list[str]:

@@ -7,6 +7,7 @@ more than in size or brightness, so they do not make the tolerance test's scenes
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,11 +15,13 @@ import numpy as np
 import pytest
 
 from prompts.errors import UserError
+from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.unit
 
-SHARED = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data"
-RBC = next((p for p in (SHARED / "rbc3", Path("/work/shared/data/rbc3")) if p.is_dir()), None)
+# ../shared/data beside the repository (tests.conftest); CELLSYNTH_SHARED_DATA points elsewhere (a git worktree)
+SHARED = Path(os.environ.get("CELLSYNTH_SHARED_DATA") or SHARED_DATA)
+RBC = SHARED / "rbc3" if (SHARED / "rbc3").is_dir() else None
 TOLERANCE_PP = 5.0  # zero-shot proportion error on clearly different types: mean over folds, in percentage points
 
 
@@ -52,7 +55,7 @@ def clear_types(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rbc_scenes(tmp_path_factory):
     if RBC is None:
-        pytest.skip("../shared/data/rbc3 is absent")
+        pytest.skip(f"real data {SHARED / 'rbc3'} is absent")
     from phenotype.scenes import cells_from_folder, write_study_data
 
     pools = {c: cells_from_folder(RBC / c, c, limit=15) for c in ("normal", "spherocyte", "target_cell")}
