@@ -278,3 +278,23 @@ def test_bad_regime_and_baseline_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_group_sub_folders_and_monocultures_without_masks(tmp_path):
+    """co/<plate>/images + masks give the group key; mono/<type>/ with images alone gets cells from the classical floor."""
+    from phenotype.cells import source_cells
+    from phenotype.data import read_data
+
+    root = tmp_path
+    for t, (r, level) in (("small", SMALL), ("large", LARGE)):
+        (root / "mono" / t).mkdir(parents=True)
+        image, _ = _scene([(14, 14, r, level), (14, 46, r, level), (46, 30, r, level)])
+        Image.fromarray(image).save(root / "mono" / t / f"{t}.png")
+    _save(root / "co" / "plate1", "a.png", *_scene([(10, 10, *SMALL), (40, 40, *LARGE)]))
+    _save(root / "co" / "plate2", "b.png", *_scene([(15, 15, *LARGE)]))
+    (root / "co" / "cell_types.csv").write_text("image,label,type\nplate1/images/a.png,1,small\na,2,large\nb,1,large\n")
+    data = read_data(root)
+    assert {im.name: im.group for im in data.co} == {"co/plate1/images/a.png": "plate1", "co/plate2/images/b.png": "plate2"}
+    assert data.has_groups and all(im.mask is None for im in data.mono)
+    cells = source_cells({im.mono_type: im for im in data.mono}["large"], 32, "given", 10, 3).cells
+    assert len(cells) == 3 and {c.true_type for c in cells} == {"large"}
