@@ -18,8 +18,8 @@ from .templates import load_templates
 READING_KEYS = ("normalize", "percentiles", "channels", "z", "t")
 
 
-def show(data: str, templates: str | None, per: str) -> str:
-    dataset = read_dataset(data)
+def show(data: str, templates: str | None, per: str, dataset=None) -> str:
+    dataset = dataset or read_dataset(data)  # the caller's, read under its --skip-bad-images
     tpl = load_templates(templates)
     tpl.check_classes(dataset.classes)
     if per == "cell_line_class":
@@ -206,7 +206,7 @@ def main(argv=None):
     per = args.per
     if per is None:
         per = "cell_line_class" if dataset.cell_lines else "class"
-    print(show(data, args.templates or study.data.templates, per))
+    print(show(data, args.templates or study.data.templates, per, dataset))
     print()
     print(reading_text)
     if args.sheet:
