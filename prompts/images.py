@@ -127,12 +127,13 @@ def check_pixel_count(path, sizes: dict[str, int]) -> None:
     Parameters
     ----------
     path : the image named in the line.
-    sizes : {axis name: length} of what one decode would hold, e.g. {"C": 3, "Z": 5, "Y": 2048, "X": 2048}.
+    sizes : {axis name: length} of what one decode would hold, e.g. {"channels": 3, "z-planes": 5, "height": 2048,
+        "width": 2048}.
     """
     count = math.prod(int(v) for v in sizes.values())
     limit = max_pixels()
     if count > limit:
-        shape = " x ".join(f"{k}{v}" for k, v in sizes.items())
+        shape = " x ".join(f"{k} {v}" for k, v in sizes.items())
         raise UserError(f"image {path} is too large to decode safely: it declares {shape} = {count:,} pixel values, above "
                         f"the limit of {limit:,} (a decompression bomb, or a stack too big for memory); shrink or tile it, "
                         f"or pass --skip-bad-images to skip it, or raise the limit: {MAX_PIXELS_ENV}={count}")
@@ -211,7 +212,7 @@ def _pillow(path: Path):
     Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as im:
-            check_pixel_count(path, {"Y": im.height, "X": im.width, "S": len(im.getbands())})
+            check_pixel_count(path, {"height": im.height, "width": im.width, "bands": len(im.getbands())})
             yield im
     finally:
         Image.MAX_IMAGE_PIXELS = saved
@@ -288,8 +289,8 @@ class Header:
         return f"channels {', '.join(self.channels)}; z-size {self.z_size}; t-size {self.t_size}; scenes {self.scenes}"
 
     def sizes(self) -> dict[str, int]:
-        """The axes one decode (one time point) holds: {"C": ..., "Z": ..., "Y": ..., "X": ...} (samples in C)."""
-        return {"C": len(self.channels), "Z": self.z_size, "Y": self.height, "X": self.width}
+        """The axes one decode (one time point) holds, by name (RGB samples count as channels)."""
+        return {"channels": len(self.channels), "z-planes": self.z_size, "height": self.height, "width": self.width}
 
 
 @dataclass
