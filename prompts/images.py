@@ -407,27 +407,39 @@ def _check_z(header: Header, reading: Reading, where: str) -> None:
         raise UserError(f"{where}: data.z {z} is out of range ({header.describe()}); use 0..{header.z_size - 1}, max or middle")
 
 
-def check_header(path: str | os.PathLike, reading: Reading | None = None) -> Header:
+def check_reading(header: Header, name: str | os.PathLike, reading: Reading | None = None) -> None:
     """Test the reading rule against what an image name's lab file declares, decoding no pixel.
 
-    The lines are the decoder's own (a scene, t, channel or z the file does not have; a size above
-    `max_pixels`; an OME-Zarr missing chunk files), so a study check and the first job say the same.
+    The lines are the decoder's own (a t, channel or z the file does not have; a size above `max_pixels`;
+    an OME-Zarr missing chunk files), so a study check and the first job say the same.
 
-    Returns
-    -------
-    Header
-        What the file declares (for comparing the files of a folder).
+    Parameters
+    ----------
+    header : `read_header(name)`.
+    name : the image name (a file, or 'file#scene-N[#t-K]').
     """
     reading = reading or current_reading()
-    header = read_header(path)
-    where = str(path)
-    _check_t(header, _time_point(path, reading))
+    where = str(name)
+    _check_t(header, _time_point(name, reading))
     _pick_channels(header, reading, where)
     _check_z(header, reading, where)
     check_pixel_count(where, header.sizes())
-    base, scene, _ = split_name(path)
+    base, scene, _ = split_name(name)
     _check_zarr_chunks(Path(base), (scene or 1) - 1)
+
+
+def check_header(name: str | os.PathLike, reading: Reading | None = None) -> Header:
+    """`read_header(name)` tested by `check_reading`; returns the header (a UserError names what is wrong)."""
+    header = read_header(name)
+    check_reading(header, name, reading)
     return header
+
+
+def uses_pillow(name: str | os.PathLike) -> bool:
+    """Whether an image name is decoded by Pillow (JPEG, PNG, BMP, one plain TIFF page): data.channels, z and t
+    do not apply to it."""
+    base = Path(file_of(name))
+    return base == Path(name) and _uses_pillow(base)
 
 
 def _check_zarr_chunks(path: Path, scene_index: int) -> None:
@@ -582,6 +594,8 @@ def _may_hold_several(path: Path) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _scene_sizes(path: str, mtime_ns: int, with_t: bool) -> tuple[int, ...]:
     """The t-size of each scene (1 each unless with_t); () for a file with no scene."""
+    if not with_t and Path(path).suffix.lower() in TIFF_SUFFIXES:
+        return (1,) * _tiff_scene_count(Path(path))
     img = _open(Path(path))
     sizes = []
     with _decoding(path):
@@ -592,6 +606,51 @@ def _scene_sizes(path: str, mtime_ns: int, with_t: bool) -> tuple[int, ...]:
             else:
                 sizes.append(1)
     return tuple(sizes)
+
+
+def _ome_images(xml: str):
+    """The Image elements of an OME-XML text (ElementTree; any OME namespace)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(xml)
+    return [el for el in root if el.tag.rsplit("}", 1)[-1] == "Image"]
+
+
+def _tiff_scene_count(path: Path) -> int:
+    """How many scenes bioio sees in a TIFF, counted as its readers count them but without building their
+    metadata (ome-types makes a bioio open 30-70 ms; this is about 2): OME Image elements for an OME-TIFF
+    (bioio-ome-tiff), tifffile series otherwise (bioio-tifffile)."""
+    import tifffile
+
+    with _decoding(path), tifffile.TiffFile(path, is_mmstack=False) as tf:
+        if tf.is_ome:
+            return len(_ome_images(tf.pages[0].description))
+        return len(tf.series)
+
+
+def tiff_signature(path: Path) -> tuple | None:
+    """A key read by tifffile alone that is equal for TIFFs bioio reads with equal headers (channels, sizes, dtype):
+    the OME-XML's Pixels sizes and channel names per image, or the series' shapes and axes. None: not a TIFF,
+    or not one tifffile can parse (bioio names the problem)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    import tifffile
+
+    try:
+        with _decoding(path), tifffile.TiffFile(path, is_mmstack=False) as tf:
+            if tf.is_ome:
+                images = []
+                for image in _ome_images(tf.pages[0].description):
+                    pixels = next((el for el in image if el.tag.endswith("Pixels")), None)
+                    if pixels is None:
+                        return None
+                    attrs = tuple(sorted((k, v) for k, v in pixels.attrib.items() if k != "ID"))
+                    channels = tuple((c.get("Name"), c.get("SamplesPerPixel")) for c in pixels if c.tag.endswith("Channel"))
+                    images.append((attrs, channels))
+                return ("ome", tuple(images))
+            return ("tiff", tuple((tuple(s.shape), s.axes, str(s.dtype)) for s in tf.series))
+    except UserError:
+        return None
 
 
 def image_names(path: str | os.PathLike, name: str, reading: Reading | None = None) -> list[str]:
