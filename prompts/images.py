@@ -207,15 +207,46 @@ def _decoding(path):
 def _pillow(path: Path):
     """An image opened by Pillow, its size checked against `max_pixels` before any pixel is decoded.
 
-    Pillow's own guard is off for the time of the read only: one limit, stated and raised in one place."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    Pillow's own guard (89 M pixels) is raised to the toolkit's limit when that is larger (never lowered,
+    so concurrent readers cannot leave it off): one limit, stated and raised in one place."""
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+    with _libtiff_messages_held(path), Image.open(path) as im:
+        check_pixel_count(path, {"height": im.height, "width": im.width, "bands": len(im.getbands())})
+        yield im
+
+
+@contextlib.contextmanager
+def _libtiff_messages_held(path: Path):
+    """libtiff, inside Pillow, prints its own errors on the process's stderr (file descriptor 2), beside the one
+    line of a refusal. While a TIFF is read, that descriptor goes to a temporary file: given back to stderr when
+    the read succeeds, dropped when it is refused (the refusal says what went wrong)."""
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        yield
+        return
+    import sys
+    import tempfile
+
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    held = tempfile.TemporaryFile()
+    os.dup2(held.fileno(), 2)
+    succeeded = False
     try:
-        with Image.open(path) as im:
-            check_pixel_count(path, {"height": im.height, "width": im.width, "bands": len(im.getbands())})
-            yield im
+        yield
+        succeeded = True
     finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if succeeded:
+            held.seek(0)
+            if text := held.read():
+                os.write(2, text)
+        held.close()
 
 
 # --------------------------------------------------------------------------- which reader

@@ -480,3 +480,22 @@ def test_damaged_tiffs_are_skipped_with_skip_bad_images(tmp_path, capsys):
     split = tmp_path / "split.json"
     code, _, err = run_main("classify", ["split", "--data", data, "--folds", "2", "--output", split, "--skip-bad-images"], capsys)
     assert code == 0, err[-3000:]
+
+
+def test_a_corrupt_compressed_tiff_is_one_line_libtiff_included(tmp_path, capfd):
+    """libtiff (inside Pillow) prints its own error on file descriptor 2; the user still sees one line."""
+    data = class_folders(tmp_path / "data")
+    path = data / "a" / "bad.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8), compression="zlib")
+    with tifffile.TiffFile(path) as tf:
+        start = tf.pages[0].dataoffsets[0]
+    raw = bytearray(path.read_bytes())
+    for i in range(start + 10, start + 40):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    from prompts.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["show", "--data", str(data)])
+    err = capfd.readouterr().err
+    assert stop.value.code == 2 and "bad.tif" in one_line(err)
