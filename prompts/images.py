@@ -517,13 +517,12 @@ def read_lab_file(path: str | os.PathLike, scene: int | None = None, t: int = 0)
     return LabFile(header, data)
 
 
-def _used_values(lab: LabFile, channels: list[int], reading: Reading) -> np.ndarray:
-    """(channels, z', y, x): the values of the chosen channels the plane rule looks at (all planes for max)."""
-    stack = lab.stack[channels]
+def _used_values(lab: LabFile, channels: list[int], reading: Reading) -> list[np.ndarray]:
+    """Per chosen channel, the (z', y, x) values the plane rule looks at (every plane for max): views, no copy."""
     if reading.z == "max":
-        return stack
-    index = stack.shape[1] // 2 if reading.z == "middle" else reading.z
-    return stack[:, index:index + 1]
+        return [lab.stack[c] for c in channels]
+    index = lab.stack.shape[1] // 2 if reading.z == "middle" else reading.z
+    return [lab.stack[c, index:index + 1] for c in channels]
 
 
 def lab_planes(path: str | os.PathLike, reading: Reading | None = None) -> tuple[list[np.ndarray], LabFile]:
@@ -538,9 +537,8 @@ def lab_planes(path: str | os.PathLike, reading: Reading | None = None) -> tuple
     channels = _pick_channels(lab.header, reading, where)
     _check_z(lab.header, reading, where)
     used = _used_values(lab, channels, reading)
-    check_finite([used], where)
-    planes = used.max(axis=1) if reading.z == "max" else used[:, 0]
-    return list(planes), lab
+    check_finite(used, where)
+    return [u.max(axis=0) if reading.z == "max" else u[0] for u in used], lab
 
 
 def compose(planes: list[np.ndarray]) -> Image.Image:
