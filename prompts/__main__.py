@@ -139,7 +139,7 @@ def main(argv=None):
     p.add_argument("--per", choices=["class", "cell_line_class"], default=None,
                    help="group by class or by (cell line, class); default: cell_line_class when the data has cell lines")
     add_config_flag(p)
-    add_section_flags(p, DataSection, keys=READING_KEYS)
+    add_section_flags(p, DataSection, keys=("skip_bad_images", *READING_KEYS))
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of the images as normalised (never inside the data folder)")
     p.add_argument("--sheet-images", type=int, default=6, help="images per class on the contact sheet (default 6)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --sheet file")
