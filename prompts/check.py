@@ -7,7 +7,9 @@ names (models given as paths, weights, templates, split, blind key and answers, 
 the mix names, the template class keys, `group_by` and the fold count against the smallest class.
 A segmentation study (`study.task: segmentation`) is checked for its own values instead: readable
 image-mask pairs, the fold count against the pairs, synthetic pairs planned (its mix names are
-checked by `study.segmentation`, which may read the segment room).
+checked by `study.segmentation`, which may read the segment room). Last, for either task, the reading
+rule against the workflow's commands and the headers of the data's lab files (`lab_file_headers`:
+channels, z, t, scenes, sizes; no pixel decoded).
 
     check_file(path)                  -> list of error lines ([] when the study can run)
     check_mapping(raw, study_file)    -> (Study or None, list of error lines)   (Snakemake's merged config)
@@ -169,6 +171,7 @@ def _values(study: Study) -> list[str]:
     """Mixes, minority class, templates' class keys, group_by and folds against the data."""
     from .dataset import group_keys, read_dataset
     from .mixes import parse_mixes
+    from .normalize import from_section
     from .splits import check_foldable, read_split
     from .templates import load_templates
 
@@ -178,7 +181,8 @@ def _values(study: Study) -> list[str]:
     except UserError as err:
         errors.append(f"classify.mixes: {err}".replace("classify.mixes: --mixes ", "classify.mixes: "))
     try:
-        dataset = read_dataset(study.data.data, skip_bad_images=study.data.skip_bad_images)
+        dataset = read_dataset(study.data.data, skip_bad_images=study.data.skip_bad_images,
+                               reading=from_section(study.data))  # the study's rule, not the process's
     except UserError as err:
         return errors + [f"data.data: {err}"]
     checks = [
