@@ -287,17 +287,22 @@ def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_ba
     dataset = list_images(root, skip_bad_images=skip_bad_images, reading=reading)
     skipped = list(dataset.skipped)
     records = dataset.records
+    first_reason = ""
     if check_images or skip_bad_images:
         good = []
         for r in records:
             try:
                 check_decodes(dataset.root / r.path, reading)
                 good.append(r)
-            except UserError:
+            except UserError as err:
                 if not skip_bad_images:
                     raise
                 skipped.append(r.path)
+                first_reason = first_reason or str(err)
         records = good
+    if skipped and not records:
+        raise UserError(f"data folder {dataset.root}: all {len(skipped)} images were skipped (--skip-bad-images), e.g. "
+                        + (first_reason or f"{skipped[0]!r}"))
     if skipped:
         import logging
 
@@ -305,9 +310,6 @@ def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_ba
         more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         logging.getLogger(__name__).warning("skipped %d image(s) that cannot be read right (--skip-bad-images): %s%s",
                                             len(skipped), shown, more)
-        if not records:
-            raise UserError(f"data folder {dataset.root}: every image was skipped as unreadable ({len(skipped)}, e.g. "
-                            f"{skipped[0]!r}); run without --skip-bad-images to see why the first one is refused")
     return Dataset(dataset.root, records, dataset.source, skipped)
 
 

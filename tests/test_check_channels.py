@@ -130,7 +130,8 @@ def test_with_skip_bad_images_files_of_another_layout_are_left_to_the_jobs(tmp_p
     code, err = check(study_file(tmp_path, data, ", channels: [RFP], skip_bad_images: true"), capsys)
     assert code == 0, err
     code, err = check(study_file(tmp_path, data, ", channels: [NOPE], skip_bad_images: true"), capsys)
-    assert code == 2 and "no channel named 'NOPE'" in one_line(err)  # no file can be read: every job would fail
+    line = one_line(err)  # no file can be read: every job would fail
+    assert code == 2 and "no channel named 'NOPE'" in line and "skip" in line
 
 
 def test_a_scene_the_file_does_not_have_is_said_before_any_job(tmp_path, capsys):
