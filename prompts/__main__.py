@@ -18,8 +18,8 @@ from .templates import load_templates
 READING_KEYS = ("normalize", "percentiles", "channels", "z", "t")
 
 
-def show(data: str, templates: str | None, per: str) -> str:
-    dataset = read_dataset(data)
+def show(data: str, templates: str | None, per: str, dataset=None) -> str:
+    dataset = dataset or read_dataset(data)  # the caller's, read under its --skip-bad-images
     tpl = load_templates(templates)
     tpl.check_classes(dataset.classes)
     if per == "cell_line_class":
@@ -139,7 +139,7 @@ def main(argv=None):
     p.add_argument("--per", choices=["class", "cell_line_class"], default=None,
                    help="group by class or by (cell line, class); default: cell_line_class when the data has cell lines")
     add_config_flag(p)
-    add_section_flags(p, DataSection, keys=READING_KEYS)
+    add_section_flags(p, DataSection, keys=("skip_bad_images", *READING_KEYS))
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of the images as normalised (never inside the data folder)")
     p.add_argument("--sheet-images", type=int, default=6, help="images per class on the contact sheet (default 6)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --sheet file")
@@ -206,7 +206,7 @@ def main(argv=None):
     per = args.per
     if per is None:
         per = "cell_line_class" if dataset.cell_lines else "class"
-    print(show(data, args.templates or study.data.templates, per))
+    print(show(data, args.templates or study.data.templates, per, dataset))
     print()
     print(reading_text)
     if args.sheet:

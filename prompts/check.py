@@ -7,7 +7,9 @@ names (models given as paths, weights, templates, split, blind key and answers, 
 the mix names, the template class keys, `group_by` and the fold count against the smallest class.
 A segmentation study (`study.task: segmentation`) is checked for its own values instead: readable
 image-mask pairs, the fold count against the pairs, synthetic pairs planned (its mix names are
-checked by `study.segmentation`, which may read the segment room).
+checked by `study.segmentation`, which may read the segment room). Last, for either task, the reading
+rule against the workflow's commands and the headers of the data's lab files (`lab_file_headers`:
+channels, z, t, scenes, sizes; no pixel decoded).
 
     check_file(path)                  -> list of error lines ([] when the study can run)
     check_mapping(raw, study_file)    -> (Study or None, list of error lines)   (Snakemake's merged config)
@@ -87,7 +89,46 @@ def check_study(study: Study, study_file) -> list[str]:
     if errors:
         return errors
     errors += [where + e for e in (_segmentation_values(study) if segmentation else _values(study))]
-    return errors
+    if errors:
+        return errors
+    return [where + e for e in lab_file_headers(study)]
+
+
+# The commands of each task's workflow that decode real images under the reading rule.
+PIXEL_COMMANDS = {"classification": ("lora train", "generate", "classify realism", "classify cv"),
+                  SEGMENTATION: ("controlnet train", "segment realism", "segment cv")}
+
+
+def lab_file_headers(study: Study) -> list[str]:
+    """The reading rule against the study's commands and the headers of its lab files, before any job.
+
+    `percentile-dataset` with a command of the workflow that refuses it; `data.channels` (names and
+    indices), `data.z`, `data.t` and scenes against what the files declare (no pixel decoded; every file
+    of a folder of up to 200, else one per class and extension: `prompts.labcheck`). Each line is the
+    one the command or the decoder would give in the first job.
+    """
+    from .labcheck import check_commands, check_lab_files
+    from .normalize import from_section
+
+    reading = from_section(study.data)
+    errors = check_commands(reading, PIXEL_COMMANDS.get(study.study.task, ()), study.generate.init_images)
+    try:
+        items = _study_images(study, reading)
+    except UserError:
+        return errors  # the data folder's own errors are said by the checks above
+    return errors + check_lab_files(study.data.data, items, reading, study.data.skip_bad_images)
+
+
+def _study_images(study: Study, reading) -> list[tuple[str, str]]:
+    """(image name relative to data.data, class or pair group) of every image the study's jobs decode."""
+    if study.study.task == SEGMENTATION:
+        from .pairs import read_pairs
+
+        return [(p.name, p.label or "") for p in read_pairs(Path(study.data.data))]
+    from .dataset import list_images
+
+    dataset = list_images(study.data.data, skip_bad_images=study.data.skip_bad_images, reading=reading)
+    return [(r.path, r.label) for r in dataset.records]
 
 
 def _paths(study: Study) -> list[str]:
@@ -130,6 +171,7 @@ def _values(study: Study) -> list[str]:
     """Mixes, minority class, templates' class keys, group_by and folds against the data."""
     from .dataset import group_keys, read_dataset
     from .mixes import parse_mixes
+    from .normalize import from_section
     from .splits import check_foldable, read_split
     from .templates import load_templates
 
@@ -139,7 +181,8 @@ def _values(study: Study) -> list[str]:
     except UserError as err:
         errors.append(f"classify.mixes: {err}".replace("classify.mixes: --mixes ", "classify.mixes: "))
     try:
-        dataset = read_dataset(study.data.data, skip_bad_images=study.data.skip_bad_images)
+        dataset = read_dataset(study.data.data, skip_bad_images=study.data.skip_bad_images,
+                               reading=from_section(study.data))  # the study's rule, not the process's
     except UserError as err:
         return errors + [f"data.data: {err}"]
     checks = [

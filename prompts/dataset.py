@@ -120,7 +120,15 @@ def _walk(root: Path):
         yield dirpath, dirnames, filenames
 
 
-def _scan_folders(root: Path) -> list[Record]:
+def _dead_link(path: Path) -> str:
+    """The line for an image name that is a symbolic link leading nowhere (a loop, or a missing target)."""
+    return (f"{path} is a symbolic link that leads to no file (a link loop or a missing target); "
+            "remove the link or point it at an image, or pass --skip-bad-images to skip it")
+
+
+def _scan_folders(root: Path, skipped: list[str] | None = None) -> list[Record]:
+    """Records of DATA/<class>/<image> or DATA/<cell_line>/<class>/<image>. A dead symbolic link named like an
+    image is refused, or listed in `skipped` (data-relative) when that list is given (--skip-bad-images)."""
     found: list[tuple[tuple[str, ...], str]] = []
     folders: list[tuple[str, ...]] = []
     for dirpath, dirnames, filenames in _walk(root):
@@ -129,8 +137,14 @@ def _scan_folders(root: Path) -> list[Record]:
         zarrs = [d for d in dirnames if d.lower().endswith(ZARR_SUFFIX)]  # an OME-Zarr folder is one image file
         dirnames[:] = [d for d in dirnames if d not in zarrs]
         for name in sorted(filenames + zarrs):
-            if is_image_file(name):
-                found.append((rel_dir.parts, name))
+            if not is_image_file(name):
+                continue
+            if not os.path.exists(os.path.join(dirpath, name)):  # os.walk lists a looping or dangling link as a file
+                if skipped is None:
+                    raise UserError(_dead_link(Path(dirpath) / name))
+                skipped.append("/".join((*rel_dir.parts, name)))
+                continue
+            found.append((rel_dir.parts, name))
     if not found:
         return []
     depths = Counter(len(parts) for parts, _ in found)
@@ -210,15 +224,22 @@ def _read_labels_csv(root: Path, csv_path: Path) -> list[Record]:
     return records
 
 
-def _expand_scenes(root: Path, records: list[Record]) -> list[Record]:
+def _expand_scenes(root: Path, records: list[Record], reading=None, skipped: list[str] | None = None) -> list[Record]:
     """One record per image: a multi-scene lab file gives 'file.czi#scene-1', 'file.czi#scene-2', ...
-    (and with data.t each, '#t-K' per time point). Names already carrying a fragment (labels.csv) stay."""
+    (and with data.t each, '#t-K' per time point). Names already carrying a fragment (labels.csv) stay.
+
+    A file whose scenes cannot be read is refused, or listed in `skipped` when that list is given."""
     out = []
     for r in records:
         if file_of(r.path) != r.path:
             out.append(r)
             continue
-        out += [replace(r, path=name) for name in image_names(root / r.path, r.path)]
+        try:
+            out += [replace(r, path=name) for name in image_names(root / r.path, r.path, reading)]
+        except UserError:
+            if skipped is None:
+                raise
+            skipped.append(r.path)
     return out
 
 
@@ -230,42 +251,66 @@ def _named(check, value, what, csv_path, lineno):
         raise UserError(f"{csv_path}:{lineno}: {err}") from None
 
 
-def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_bad_images: bool = False) -> Dataset:
-    """Read a data folder into a `Dataset`.
+def list_images(root: str | os.PathLike, *, skip_bad_images: bool = False, reading=None) -> Dataset:
+    """The labelled image names of a data folder, from names and headers only (no pixel decoded).
 
-    check_images: decode every image once (names the first bad file, or skips
-    bad files with a warning when `skip_bad_images`).
+    skip_bad_images: a dead link or a file whose scenes cannot be read is listed in `Dataset.skipped`
+    instead of refused. reading: the rule (its `t: each` makes one image per time point; default: the
+    process's, `prompts.images.current_reading`).
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data folder {root} does not exist; pass --data DIR with DIR/<class>/<images>")
+    skipped: list[str] | None = [] if skip_bad_images else None
     csv_path = root / "labels.csv"
     if csv_path.is_file():
         records, source = _read_labels_csv(root, csv_path), "labels.csv"
     else:
-        records, source = _scan_folders(root), "folders"
+        records, source = _scan_folders(root, skipped), "folders"
     if not records:
         raise UserError(f"data folder {root} holds no images ({', '.join(('jpg', 'png', 'tif', 'bmp', 'czi', 'nd2', 'lif', 'zarr'))}); "
                         "expected DATA/<class>/<images>")
-    records = _expand_scenes(root, records)
+    records = _expand_scenes(root, records, reading, skipped)
     records.sort(key=lambda r: r.path)
-    skipped: list[str] = []
+    return Dataset(root, records, source, skipped or [])
+
+
+def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_bad_images: bool = False,
+                 reading=None) -> Dataset:
+    """Read a data folder into a `Dataset`.
+
+    check_images: decode every image once (names the first bad file). skip_bad_images: decode every image
+    once and leave out, with a warning that lists them, those that cannot be read right (corrupt, truncated,
+    NaN pixels, too large, a channel or plane the rule asks for missing, a dead link). reading: the rule
+    (default: the process's, `prompts.images.current_reading`).
+    """
+    dataset = list_images(root, skip_bad_images=skip_bad_images, reading=reading)
+    skipped = list(dataset.skipped)
+    records = dataset.records
+    first_reason = ""
     if check_images or skip_bad_images:
         good = []
         for r in records:
             try:
-                check_decodes(root / r.path)
+                check_decodes(dataset.root / r.path, reading)
                 good.append(r)
-            except UserError:
+            except UserError as err:
                 if not skip_bad_images:
                     raise
                 skipped.append(r.path)
-        if skipped:
-            import logging
-
-            logging.getLogger(__name__).warning("skipped %d image(s) that cannot be decoded: %s", len(skipped), ", ".join(skipped[:5]))
+                first_reason = first_reason or str(err)
         records = good
-    return Dataset(root, records, source, skipped)
+    if skipped and not records:
+        raise UserError(f"data folder {dataset.root}: all {len(skipped)} images were skipped (--skip-bad-images), e.g. "
+                        + (first_reason or f"{skipped[0]!r}"))
+    if skipped:
+        import logging
+
+        shown = ", ".join(repr(p) if not p.isprintable() else p for p in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        logging.getLogger(__name__).warning("skipped %d image(s) that cannot be read right (--skip-bad-images): %s%s",
+                                            len(skipped), shown, more)
+    return Dataset(dataset.root, records, dataset.source, skipped)
 
 
 def group_keys(dataset: Dataset, group_by: str | None) -> list[str] | None:

@@ -205,7 +205,8 @@ def fit_levels(planes_per_image, low: float, high: float) -> tuple:
 
 # The commands that decode real images without knowing a fold's training set (yet): percentile-dataset
 # would have no levels there, so they refuse it before anything is written.
-_NO_FOLD_LEVELS = ("classify cv", "classify realism", "classify calibrate-weights", "classify blind-test")
+_NO_FOLD_LEVELS = ("classify cv", "classify realism", "classify calibrate-weights", "classify blind-test",
+                   "controlnet train", "segment cv", "segment realism")
 
 
 def check_supported(reading: Reading, command: str, init_images: str = "none") -> None:
