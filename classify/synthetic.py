@@ -42,6 +42,11 @@ class SyntheticSet:
             names |= set(trees)
         return sorted(names, key=lambda w: (-parse_weight_dir(w), w))
 
+    @property
+    def names(self) -> list[str]:
+        """The tree names, as the cross-validation protocol (`analysis.crossval`) reads every task's trees."""
+        return self.weights
+
     def tree(self, fold_index: int, weight: str) -> tuple[Dataset, bool]:
         """(tree for this fold and weight, leaky) — leaky when the shared set stands in."""
         own = self.per_fold.get(fold_index, {}).get(weight)
