@@ -32,7 +32,7 @@ from prompts.splits import Fold, Split
 
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir, image_key
 from .mixes import Item, build_training_set, counts, subsample_minority
-from .results import PRIMARY, REAL_TREE, annotate  # noqa: F401  (REAL_TREE: the protocol's, re-exported)
+from .results import PRIMARY, annotate
 from .synthetic import SyntheticSet, check_provenance, read_synthetic
 
 log = logging.getLogger(__name__)
