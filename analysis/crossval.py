@@ -38,7 +38,7 @@ from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.files import write_json_atomic
 from prompts.guard import check_output_dir
-from prompts.layout import FINGERPRINT_FILE, RUNS_DIR, SPLIT_FILE
+from prompts.layout import FINGERPRINT_FILE, RUNS_DIR, SPLIT_FILE, fold_name
 from prompts.mixes import Mix, parse_mixes
 from prompts.splits import Fold, Split, make_split, read_split, write_split
 
@@ -73,7 +73,49 @@ class Inputs:
 
 
 @dataclass
-class Tree:
+class SyntheticTrees:
+    """A synthetic folder's trees by name: each fold's own (`fold_<k>/<name>/`) and shared ones (`<name>/`).
+
+    A fold uses its own tree; a shared tree stands in for a fold without one, knowingly: its generator may
+    have seen the fold's test items, so its jobs are marked leaky. A task subclasses this for its tree type,
+    its name order (`order`) and its line for a missing tree (`missing`).
+    """
+
+    root: Path
+    shared: dict = field(default_factory=dict)  # name -> tree
+    per_fold: dict = field(default_factory=dict)  # fold index -> name -> tree
+
+    @property
+    def names(self) -> list[str]:
+        """Every tree name once, in the task's order."""
+        names = set(self.shared)
+        for trees in self.per_fold.values():
+            names |= set(trees)
+        return sorted(names, key=self.order)
+
+    def order(self, name: str):
+        return name
+
+    def tree(self, fold_index: int, name: str):
+        """(the tree for this fold, leaky): the fold's own tree, else the shared one (leaky); else a UserError."""
+        own = self.per_fold.get(fold_index, {}).get(name)
+        if own is not None:
+            return own, False
+        if name in self.shared:
+            return self.shared[name], True
+        raise UserError(self.missing(fold_index, name))
+
+    def missing(self, fold_index: int, name: str) -> str:
+        fold = fold_name(fold_index)
+        return f"synthetic folder {self.root} has no {name}/ tree for {fold} and no shared {name}/; generate {fold}/{name}/"
+
+    def trees(self) -> list:
+        """Every tree, shared ones first."""
+        return [*self.shared.values(), *(t for _, by in sorted(self.per_fold.items()) for t in by.values())]
+
+
+@dataclass
+class FoldTree:
     """A fold's view of one synthetic tree: its items, whether the generator saw the fold's test items."""
 
     items: list
@@ -82,7 +124,7 @@ class Tree:
     checked: bool = True  # its record of what the generator was trained on was found (or it is knowingly leaky)
 
 
-NO_TREE = Tree([])
+NO_TREE = FoldTree([])
 
 
 @dataclass
@@ -147,7 +189,7 @@ class Task:
         """(real training items, test items) of a fold."""
         raise NotImplementedError
 
-    def tree_items(self, fold: Fold, name: str) -> Tree:
+    def tree_items(self, fold: Fold, name: str) -> FoldTree:
         """A synthetic tree as the fold sees it (the fold's own tree, or a shared one marked leaky)."""
         raise NotImplementedError
 
@@ -436,3 +478,29 @@ def paired_diffs(row: dict, real: dict, metric: str) -> list[float]:
     mine = dict(zip(row["folds"], row["metrics"][metric]["folds"]))
     theirs = dict(zip(real["folds"], real["metrics"][metric]["folds"]))
     return [mine[k] - theirs[k] for k in sorted(mine) if k in theirs]
+
+
+def write_results(out, record: dict, csv_text: str) -> list[Path]:
+    """Write the results record as OUT/results.json and the task's table as OUT/results.csv, each atomically.
+
+    Parameters
+    ----------
+    out : path
+        The output folder (claimed by `run`).
+    record : dict
+        The results record (`run`'s return value, with what the report adds).
+    csv_text : str
+        The task's results.csv (one row per table row).
+
+    Returns
+    -------
+    list of Path
+        [results.json, results.csv]
+    """
+    from prompts.files import write_text_atomic
+    from prompts.layout import RESULTS_CSV, RESULTS_JSON
+
+    paths = [Path(out) / RESULTS_JSON, Path(out) / RESULTS_CSV]
+    write_json_atomic(paths[0], record)
+    write_text_atomic(paths[1], csv_text)
+    return paths

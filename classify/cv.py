@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from analysis import crossval, stats
-from analysis.crossval import Inputs, Job, Tree
+from analysis.crossval import FoldTree, Inputs, Job
 from prompts import fingerprint
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
@@ -109,13 +109,13 @@ class ClassifyTask(crossval.Task):
             real = subsample_minority(real, cls.minority_fraction, cls.minority_class, np.random.default_rng([cls.seed, fold.index, 7]))
         return real, test
 
-    def tree_items(self, fold: Fold, name: str) -> Tree:
+    def tree_items(self, fold: Fold, name: str) -> FoldTree:
         """The fold's own tree is checked against the fold's test images by what its LoRAs were trained on."""
         ds, leaky = self.syn.tree(fold.index, name)
         test_hashes = {p: fingerprint.file_sha256(self.dataset.root / p) for p in fold.test}  # as `lora train` records them
         checked = leaky or check_provenance(fold.index, ds.root, test_hashes)
         items = [Item(ds.root / r.path, r.label, image_key(ds.root / r.path), "synthetic") for r in ds.records]
-        return Tree(items, leaky, ds.root, checked)
+        return FoldTree(items, leaky, ds.root, checked)
 
     def training_set(self, mix: Mix, real, synthetic, rng):
         return build_training_set(mix, real, synthetic, self.dataset.classes, rng)

@@ -17,9 +17,9 @@ test images.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.crossval import SyntheticTrees
 from prompts import fingerprint
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
@@ -28,41 +28,21 @@ from prompts.layout import FINGERPRINT_FILE, fold_name, parse_fold_name, parse_w
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SyntheticSet:
-    root: Path
-    shared: dict[str, Dataset] = field(default_factory=dict)  # 'w1.0' -> tree
-    per_fold: dict[int, dict[str, Dataset]] = field(default_factory=dict)  # fold index -> 'w1.0' -> tree
+class SyntheticSet(SyntheticTrees):
+    """`generate`'s trees: `w<weight>/[<cell_line>/]<class>/` folders, each a Dataset; names largest weight first."""
+
+    def order(self, name: str):
+        return (-parse_weight_dir(name), name)
 
     @property
     def weights(self) -> list[str]:
         """Tree names (the w<weight> folder names), largest weight first."""
-        names = set(self.shared)
-        for trees in self.per_fold.values():
-            names |= set(trees)
-        return sorted(names, key=lambda w: (-parse_weight_dir(w), w))
+        return self.names
 
-    @property
-    def names(self) -> list[str]:
-        """The tree names, as the cross-validation protocol (`analysis.crossval`) reads every task's trees."""
-        return self.weights
-
-    def tree(self, fold_index: int, weight: str) -> tuple[Dataset, bool]:
-        """(tree for this fold and weight, leaky) — leaky when the shared set stands in."""
-        own = self.per_fold.get(fold_index, {}).get(weight)
-        if own is not None:
-            return own, False
-        if weight in self.shared:
-            return self.shared[weight], True
+    def missing(self, fold_index: int, weight: str) -> str:
         fold = fold_name(fold_index)
-        raise UserError(
-            f"synthetic folder {self.root} has no {weight}/ tree for {fold} and no shared {weight}/; "
-            f"generate {fold}/{weight}/ or a shared {weight}/"
-        )
-
-    def trees(self) -> list[Dataset]:
-        """Every tree, shared ones first."""
-        return [*self.shared.values(), *(t for _, by in sorted(self.per_fold.items()) for t in by.values())]
+        return (f"synthetic folder {self.root} has no {weight}/ tree for {fold} and no shared {weight}/; "
+                f"generate {fold}/{weight}/ or a shared {weight}/")
 
 
 def _read_tree(path: Path, classes: list[str]) -> Dataset:

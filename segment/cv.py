@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import crossval
-from analysis.crossval import REAL_TREE, Inputs, Job, Tree  # noqa: F401  (REAL_TREE re-exported for the report)
+from analysis.crossval import REAL_TREE, FoldTree, Inputs, Job  # noqa: F401  (REAL_TREE re-exported for the report)
 from prompts import fingerprint
 from prompts.dataset import Dataset, pairs_dataset
 from prompts.errors import UserError
@@ -107,14 +107,14 @@ class SegmentTask(crossval.Task):
     def fold_items(self, fold: Fold) -> tuple[list[PairItem], list[PairItem]]:
         return [self.items[p] for p in fold.train], [self.items[p] for p in fold.test]
 
-    def tree_items(self, fold: Fold, name: str) -> Tree:
+    def tree_items(self, fold: Fold, name: str) -> FoldTree:
         """The fold's own tree is checked against the fold's test pairs by what its generator and conditions came from."""
         tree, leaky = self.syn.tree(fold.index, name)
         root = Path(self.data.data)
         test_hashes = {p: self.items[p].image_sha for p in fold.test}
         test_hashes.update({_mask_rel(self.items[p], root): self.items[p].mask_sha for p in fold.test})
         checked = leaky or check_provenance(fold.index, tree.root, self.syn.root, test_hashes)
-        return Tree([_item(p, "synthetic") for p in tree.pairs], leaky, tree.root, checked)
+        return FoldTree([_item(p, "synthetic") for p in tree.pairs], leaky, tree.root, checked)
 
     def training_set(self, mix: Mix, real, synthetic, rng):
         return training_set(mix, real, synthetic, rng)

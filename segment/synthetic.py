@@ -14,9 +14,10 @@ tree whose record names a test pair of its fold, by path or by content.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.crossval import SyntheticTrees
 from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, fold_name, parse_fold_name
@@ -36,31 +37,12 @@ class Tree:
     pairs: list  # prompts.pairs.Pair
 
 
-@dataclass
-class SyntheticPairs:
-    root: Path
-    shared: dict[str, Tree] = field(default_factory=dict)
-    per_fold: dict[int, dict[str, Tree]] = field(default_factory=dict)
+class SyntheticPairs(SyntheticTrees):
+    """`controlnet generate`'s trees of image-mask pairs (`Tree`), by name."""
 
-    @property
-    def names(self) -> list[str]:
-        names = set(self.shared)
-        for trees in self.per_fold.values():
-            names |= set(trees)
-        return sorted(names)
-
-    def tree(self, fold_index: int, name: str) -> tuple[Tree, bool]:
-        """(tree for this fold, leaky): a fold's own tree, else the shared one (leaky)."""
-        own = self.per_fold.get(fold_index, {}).get(name)
-        if own is not None:
-            return own, False
-        if name in self.shared:
-            return self.shared[name], True
-        raise UserError(f"synthetic folder {self.root} has no {name} pairs for {fold_name(fold_index)} and no shared {name}/; "
-                        f"generate {fold_name(fold_index)}/{name}/ with `controlnet generate`")
-
-    def trees(self) -> list[Tree]:
-        return [*self.shared.values(), *(t for _, by in sorted(self.per_fold.items()) for t in by.values())]
+    def missing(self, fold_index: int, name: str) -> str:
+        return (f"synthetic folder {self.root} has no {name} pairs for {fold_name(fold_index)} and no shared {name}/; "
+                f"generate {fold_name(fold_index)}/{name}/ with `controlnet generate`")
 
 
 def _trees_in(folder: Path, default_name: str) -> dict[str, Tree]:

@@ -104,7 +104,7 @@ class CentroidTask(crossval.Task):
         if self.leak:  # a copy of the fold's first test point
             test = self.points[fold.test[0]]
             items.append(Point(test.name, test.label, test.x, "synthetic"))
-        return crossval.Tree(items, False, Path(name))
+        return crossval.FoldTree(items, False, Path(name))
 
     def training_set(self, mix, real, synthetic, rng):
         if mix.kind == "real":
