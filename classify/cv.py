@@ -306,7 +306,7 @@ class Runner:
             "tree": job.tree,
             "leaky": job.leaky,
             "synthetic_tree": job.synthetic_root,
-            "fingerprint": self.fingerprint(job),
+            "fingerprint": job.fingerprint,  # set by the protocol: self.fingerprint(job), the items carry the reading rule
             "metrics": stats.fold_metrics(y_test, y_pred, self.classes),
             "counts": counts(job.train),
             "n_train": len(job.train),

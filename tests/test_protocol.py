@@ -341,3 +341,66 @@ def test_classify_cv_with_another_normalize_into_the_same_output_is_refused_or_r
     assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
     res = json.loads((out / RESULTS_JSON).read_text())
     assert res["timing"]["runs_trained"] == 2 and res["timing"]["runs_reused"] == 0
+
+
+# ---------------------------------------------------------------- classification's record: the protocol computes what it did
+
+
+ROW_KEYS = ["mix", "tree", "uses_synthetic", "folds", "metrics", "vs_real", "synthetic_fraction", "confusion", "per_class",
+            "leaky_folds", "shortfall", "verdict", "flags"]  # results.json's row contract, in its order
+TOP_KEYS = ["version", "data", "split", "group_by", "synthetic", "synthetic_per_fold", "classes", "class_counts", "n_folds",
+            "n_splits", "repeats", "n_train_mean", "n_test_mean", "wilcoxon_min_p", "settings", "tables", "runs", "flags"]
+
+
+def test_classify_results_record_is_the_direct_computation_over_its_runs():
+    """`classify.cv.summarize` (now the protocol with the classification task) against numbers computed here by hand
+    from the same runs: every mean, spread, paired difference, corrected test, confusion and per-class score, and the
+    record's key order (results.json is compared byte for byte across versions)."""
+    from classify.cv import summarize
+    from classify.synthetic import SyntheticSet
+    from prompts.schema.classify import ClassifySection
+
+    classes = ["a", "b", "c"]
+    dataset = Dataset(Path("/data"), [Record(f"{c}/{i}.png", c) for c in classes for i in range(6)], "folders")
+    split = make_split(dataset, 3, 2, None, 0)
+    mixes = parse_mixes("real,real+50,balance,oversample")
+    syn = SyntheticSet(Path("/syn"), shared={"w1.0": None})
+    rng = np.random.default_rng(7)
+    runs = []
+    for mix in mixes:
+        for fold in split.folds:
+            y_true = rng.integers(0, 3, len(fold.test))
+            y_pred = np.where(rng.random(len(fold.test)) < 0.6, y_true, rng.integers(0, 3, len(fold.test)))
+            runs.append({"fold": fold.index, "repeat": fold.repeat, "mix": mix.name, "tree": "w1.0" if mix.uses_synthetic else "real",
+                         "leaky": fold.index == 1 and mix.uses_synthetic, "metrics": stats.fold_metrics(y_true, y_pred, classes),
+                         "n_train": len(fold.train), "n_test": len(fold.test), "synthetic_fraction": 0.25 if mix.uses_synthetic else 0.0,
+                         "shortfall": {"c": 1} if mix.name == "balance" else {}, "counts": {}, "probs": [[1.0]], "y_true": [0]})
+    res = summarize(runs, dataset, split, mixes, syn, ClassifySection())
+    assert list(res) == TOP_KEYS and res["classes"] == classes and res["n_folds"] == 6
+    n_train, n_test = 12.0, 6.0
+    assert res["n_train_mean"] == n_train and res["n_test_mean"] == n_test
+    assert res["runs"] == [{k: v for k, v in r.items() if k not in ("probs", "y_true")} for r in runs]
+    by = {(r["mix"], r["fold"]): r for r in runs}
+    for row in res["tables"]["w1.0"]:
+        assert list(row) == ROW_KEYS
+        mine = [by[(row["mix"], k)] for k in range(6)]
+        for m in stats.METRICS:
+            values = [r["metrics"][m] for r in mine]
+            assert row["metrics"][m] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(np.std(values, ddof=1)),
+                                         "folds": values}
+            if row["mix"] == "real":
+                assert row["vs_real"] == {}
+                continue
+            diffs = np.array(values) - [by[("real", k)]["metrics"][m] for k in range(6)]
+            t, p = stats.corrected_ttest(diffs, n_train, n_test)
+            assert row["vs_real"][m] == {"diff_mean": pytest.approx(diffs.mean()), "diff_std": pytest.approx(diffs.std(ddof=1)),
+                                         "t": pytest.approx(t), "p": pytest.approx(p),
+                                         "min_significant_diff": pytest.approx(stats.critical_difference(diffs.std(ddof=1), 6, n_train, n_test))}
+        assert row["confusion"] == np.sum([r["metrics"]["confusion"] for r in mine], axis=0).tolist()
+        for c in classes:
+            f1 = [r["metrics"]["per_class"][c]["f1"] for r in mine]
+            assert row["per_class"][c]["f1"] == pytest.approx(np.mean([v for v in f1 if v is not None]))
+        assert row["leaky_folds"] == ([1] if row["uses_synthetic"] else [])
+        assert row["shortfall"] == ({"c": 6} if row["mix"] == "balance" else {})
+        assert row["synthetic_fraction"] == (0.25 if row["uses_synthetic"] else 0.0)
+        assert (row["verdict"] is None) == (row["mix"] == "real")
