@@ -404,3 +404,27 @@ def test_classify_results_record_is_the_direct_computation_over_its_runs():
         assert row["shortfall"] == ({"c": 6} if row["mix"] == "balance" else {})
         assert row["synthetic_fraction"] == (0.25 if row["uses_synthetic"] else 0.0)
         assert (row["verdict"] is None) == (row["mix"] == "real")
+
+
+def test_a_controlnet_fingerprint_records_the_reading_rule(tmp_path):
+    """`controlnet train` learns from the pairs' pixels as read: another rule is another ControlNet (it is retrained)."""
+    pytest.importorskip("torch")
+    from controlnet.train import Job, job_fingerprint
+    from prompts.blobs import make_blob_pairs
+    from prompts.images import current_reading, set_reading
+    from prompts.pairs import read_pairs
+    from prompts.schema.controlnet import ControlnetSection
+
+    data = make_blob_pairs(tmp_path / "data", n=2, size=32, seed=0)
+    job = Job(None, read_pairs(data), data, tmp_path / "out")
+    cfg, data_cfg = ControlnetSection(), Data(str(data))
+    cfg.model = "tiny"
+    before = job_fingerprint(job, cfg, data_cfg)
+    saved = current_reading()
+    try:
+        set_reading(saved.__class__(normalize="none"))
+        after = job_fingerprint(job, cfg, data_cfg)
+    finally:
+        set_reading(saved)
+    assert fingerprint.diff(before, after) == ["reading"]
+    assert before["reading"]["normalize"] == saved.normalize and after["reading"]["normalize"] == "none"
