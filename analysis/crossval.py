@@ -234,6 +234,53 @@ class Task:
         raise NotImplementedError
 
 
+# ---------------------------------------------------------------- provenance: what a tree's generator saw
+
+
+def read_tree_record(candidates: list[Path], rerun: str) -> tuple[Path, dict] | None:
+    """(file, record) of the first fingerprint that exists among `candidates` (a tree's own, then its folders');
+    None when none does. An unreadable one is a UserError that says to re-run `rerun`."""
+    for f in candidates:
+        if f.is_file():
+            rec = fingerprint.read(f)
+            if rec is None:
+                raise UserError(f"{f} is not a readable fingerprint (JSON); re-run `{rerun}` for this tree")
+            return f, rec
+    return None
+
+
+def recorded_files(record_file: Path, record: dict, keys: tuple[str, ...], rerun: str) -> dict[str, str]:
+    """{data-relative path: sha256} of the files a generator was trained on, from the record's `keys` parts."""
+    out: dict[str, str] = {}
+    for key in keys:
+        part = record.get(key, {})
+        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in part.items()):
+            raise UserError(f"{record_file}: '{key}' must map data-relative paths to sha256 hex digests; re-run `{rerun}`")
+        out.update(part)
+    return out
+
+
+def find_test_file(used: dict[str, str], test: dict[str, str]) -> tuple[str, str] | None:
+    """The first test file a generator was trained on, by path or by content (a renamed copy is caught).
+
+    Parameters
+    ----------
+    used, test : dict
+        {data-relative path: sha256} of the generator's training files and of the fold's test files.
+
+    Returns
+    -------
+    (str, str) or None
+        (the test file's path, "" or " (as <path>, same content)"), None when it saw none.
+    """
+    by_hash = {h: p for p, h in test.items()}
+    for path, sha in sorted(used.items()):
+        hit = path if path in test else by_hash.get(sha)
+        if hit is not None:
+            return hit, "" if hit == path else f" (as {path}, same content)"
+    return None
+
+
 # ---------------------------------------------------------------- the protocol
 
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis.crossval import SyntheticTrees
-from prompts import fingerprint
+from analysis.crossval import SyntheticTrees, find_test_file, read_tree_record, recorded_files
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, fold_name, parse_fold_name
 
 IMAGES_DIR = "images"
 SHARED = None  # the fold key of trees shared by every fold
+GENERATOR = "controlnet generate"  # what writes a tree (and its record) again
 
 
 class LeakError(UserError):
@@ -98,13 +98,7 @@ def tree_record(tree: Path, syn_root: Path) -> tuple[Path, dict] | None:
         candidates.append(parent / FINGERPRINT_FILE)
         if parent == syn_root or parse_fold_name(parent.name) is not None:
             break
-    for f in candidates:
-        if f.is_file():
-            rec = fingerprint.read(f)
-            if rec is None:
-                raise UserError(f"{f} is not a readable fingerprint (JSON); re-run `controlnet generate` for this tree")
-            return f, rec
-    return None
+    return read_tree_record(candidates, GENERATOR)
 
 
 def trained_on(tree: Path, syn_root: Path) -> dict[str, str] | None:
@@ -112,14 +106,7 @@ def trained_on(tree: Path, syn_root: Path) -> dict[str, str] | None:
     found = tree_record(tree, syn_root)
     if found is None or "images" not in found[1]:
         return None
-    f, rec = found
-    out: dict[str, str] = {}
-    for key in ("images", "masks"):
-        part = rec.get(key, {})
-        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in part.items()):
-            raise UserError(f"{f}: '{key}' must map data-relative paths to sha256 hex digests; re-run `controlnet generate`")
-        out.update(part)
-    return out
+    return recorded_files(*found, ("images", "masks"), GENERATOR)
 
 
 def check_provenance(fold_index: int, tree: Path, syn_root: Path, test: dict[str, str]) -> bool:
@@ -131,12 +118,9 @@ def check_provenance(fold_index: int, tree: Path, syn_root: Path, test: dict[str
     used = trained_on(tree, syn_root)
     if used is None:
         return False
-    by_hash = {h: p for p, h in test.items()}
-    for path, sha in sorted(used.items()):
-        hit = path if path in test else by_hash.get(sha)
-        if hit is not None:
-            how = "" if hit == path else f" (as {path}, same content)"
-            raise LeakError(f"synthetic pairs {tree} were made from {fold_name(fold_index)}'s test pair {hit}{how}: it would leak "
-                            "test images into training; generate per fold from the fold's training pairs (`controlnet train "
-                            "--split` and `controlnet generate --split` with this split)")
+    if found := find_test_file(used, test):
+        hit, how = found
+        raise LeakError(f"synthetic pairs {tree} were made from {fold_name(fold_index)}'s test pair {hit}{how}: it would leak "
+                        "test images into training; generate per fold from the fold's training pairs (`controlnet train "
+                        "--split` and `controlnet generate --split` with this split)")
     return True
