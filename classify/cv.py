@@ -1,130 +1,194 @@
-"""The cross-validation protocol: every (LoRA weight, mix, fold) trained and tested once.
+"""`classify cv`: the cross-validation protocol (`analysis.crossval`) with the classification task.
 
-Reads top to bottom:
-1. read the data and the split (or make one), the mixes and the synthetic trees;
-2. list the jobs; build each job's training set and check it for leakage (synthetic
-   images that are test images; trees whose LoRAs were trained on the fold's test images);
-3. compare the run's fingerprint with the one OUT holds (a different one needs --overwrite);
-4. features (cached path) or pixels (naive path) of every image involved; then record the
-   fingerprint (and the split when `cv` made it) in OUT;
-5. train and test each job, saving its result at once (a re-run skips it);
-6. summarise over folds and compare each mix with `real`.
+The protocol owns the skeleton (output folder, split, mixes, jobs, fingerprints, reuse, claims, the run,
+the paired comparison with `real`); this module adds only what classification does differently:
+1. its items: the images of the data folder with their classes, keyed by their decoded pixels, the
+   minority class subsampled when asked; synthetic images per class from `generate`'s trees, leak-checked
+   against the fold's test images and against what each tree's LoRAs were trained on;
+2. `train_and_score`: a frozen EfficientNet base and a small head, on cached features or end to end
+   on pixels (`Runner`);
+3. its metrics (`analysis.stats.METRICS`, macro F1 the primary), its mixes (the classification
+   vocabulary, with the baselines oversample, classweight, noaug), its results record: confusion and
+   per-class scores per row, verdicts in two Holm families and flags (`classify.results.annotate`).
 
-Nothing imports TensorFlow before step 3, so a bad input is one line on stderr.
+Nothing imports TensorFlow before the inputs are checked, so a bad input is one line on stderr.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from analysis import stats
+from analysis import crossval, stats
+from analysis.crossval import FoldTree, Inputs, Job
 from prompts import fingerprint
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
-from prompts.files import write_json_atomic
-from prompts.guard import check_output_dir
 from prompts.layout import FINGERPRINT_FILE, FOLDS_CSV, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
-from prompts.splits import Fold, Split, read_split, write_split
+from prompts.mixes import CLASSIFICATION, Mix
+from prompts.splits import Fold, Split
 
 from .features import PLAIN, Extractor, FeatureCache, ImageTable, aug_views, compute_features, default_cache_dir, image_key
-from .folds import make_split
-from .mixes import Item, Mix, build_training_set, counts, parse_mixes, subsample_minority
-from .results import REAL_TREE, annotate
+from .mixes import Item, build_training_set, counts, subsample_minority
+from .results import PRIMARY, annotate
 from .synthetic import SyntheticSet, check_provenance, read_synthetic
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Job:
-    """One training run: a fold, a mix, and the synthetic tree it draws from (or REAL_TREE)."""
-
-    fold: Fold
-    mix: Mix
-    tree: str
-    train: list[Item]
-    test: list[Item]
-    shortfall: dict[str, int] = field(default_factory=dict)
-    leaky: bool = False
-    synthetic_root: str | None = None  # the w<weight>/ tree the synthetic images came from
-
-    @property
-    def result_path(self) -> Path:
-        return Path(RUNS_DIR) / self.tree / self.mix.name / f"{self.fold.name}.json"
+WEIGHTS_NONE_WARNING = (
+    "classify.weights is none: the EfficientNet base has random weights, its features carry (almost) nothing, "
+    "and every accuracy, F1 and p-value of this run is meaningless (a smoke test); use --weights imagenet or a weights file"
+)
+# what `classify cv` writes into OUT (besides fingerprint.json)
+_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, FOLDS_CSV, RUNS_DIR)
+OUTPUT_NAMES = (*_OUTPUT_NAMES, FINGERPRINT_FILE)  # claimed in OUT before the first write (prompts.guard's rule)
+# settings that reach a job only through its training and test items (or not at all)
+_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights", "delta"})
+# settings that change the report only (verdicts): a new value re-writes the report and reuses every run
+REPORT_ONLY = frozenset({"delta"})
 
 
-# ---------------------------------------------------------------- inputs
+def run_cv(data_section, cls, progress: bool = True) -> dict:
+    """Run (or resume) the classification CV and return the results dictionary (each run also in OUT/runs).
 
-
-def load_inputs(data_section, cls) -> tuple[Dataset, Split, list[Mix], SyntheticSet | None]:
-    """The dataset, the split (read, or made: `run_cv` writes it to OUT/split.json), the mixes, the synthetic set.
-
-    Writes nothing: OUT is only checked (never inside the data folder, not a file).
+    data_section: `prompts.schema.DataSection`; cls: `prompts.schema.ClassifySection`. Raises UserError before
+    anything is written when an input is bad.
     """
-    if not data_section.data:
-        raise UserError("no data folder: pass --data DIR (or data.data in --config)")
-    out = check_output_dir(cls.output, data=data_section.data)
-    dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
-    if data_section.split:
-        split = read_split(data_section.split, dataset)
-    else:
-        split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
-        split.path = out / SPLIT_FILE
-    mixes = parse_mixes(cls.mixes)
-    syn = read_synthetic(cls.synthetic, dataset.classes) if cls.synthetic else None
-    if syn is None and any(m.uses_synthetic for m in mixes):
-        need = ", ".join(m.name for m in mixes if m.uses_synthetic)
-        raise UserError(f"mixes {need} need synthetic images: pass --synthetic DIR (written by `python -m generate`) or drop them from --mixes")
-    return dataset, split, mixes, syn
+    from .model import check_backbone, normalize_weights
+
+    check_backbone(cls.backbone)
+    normalize_weights(cls.weights)
+    return crossval.run(ClassifyTask(data_section, cls, progress))
+
+
+class ClassifyTask(crossval.Task):
+    """Classification's part of the protocol: images with classes, the EfficientNet classifier, macro F1."""
+
+    command, section_name, run_name = "classify cv", "classify", "CV run"
+    noun, generator = "images", "python -m generate"
+    output_names = _OUTPUT_NAMES
+    metrics, primary, vocabulary = stats.METRICS, PRIMARY, CLASSIFICATION
+    vs_real_fields = ("diff_mean", "diff_std", "t", "p", "min_significant_diff")
+    bulky = ("probs", "test", "y_true", "y_pred", "losses")
+    keys_read_pixels = True  # image_key hashes the pixels as decoded under the reading rule
+    unchecked_warning = (f"%d synthetic tree(s) have no record of the images their LoRAs were trained on (images in "
+                         f"{FINGERPRINT_FILE}), e.g. %s: cannot check that they never saw their fold's test images; trees "
+                         "written by `python -m generate` with LoRAs from `lora train` have it")
+
+    def __init__(self, data, cls, progress: bool = True, dataset: Dataset | None = None, syn: SyntheticSet | None = None):
+        super().__init__(data, cls, progress)
+        self.dataset, self.syn = dataset, syn
+        self.runner: Runner | None = None
+        self._labels: dict[str, str] | None = None
+
+    # -- items
+
+    def read_items(self) -> Dataset:
+        self.dataset = read_dataset(self.data.data, skip_bad_images=self.data.skip_bad_images)
+        return self.dataset
+
+    def read_synthetic(self, mixes: list[Mix]) -> SyntheticSet | None:
+        cls = self.section
+        self.syn = read_synthetic(cls.synthetic, self.dataset.classes) if cls.synthetic else None
+        return self.syn
+
+    def _item(self, path: str) -> Item:
+        """A real image of the data folder; its key hashes its decoded pixels (memoised per path, size, mtime)."""
+        if self._labels is None:
+            self._labels = {r.path: r.label for r in self.dataset.records}
+        full = self.dataset.root / path
+        return Item(full, self._labels[path], image_key(full))
+
+    def fold_items(self, fold: Fold) -> tuple[list[Item], list[Item]]:
+        cls = self.section
+        real = [self._item(p) for p in fold.train]
+        test = [self._item(p) for p in fold.test]
+        if cls.minority_fraction is not None:
+            real = subsample_minority(real, cls.minority_fraction, cls.minority_class, np.random.default_rng([cls.seed, fold.index, 7]))
+        return real, test
+
+    def tree_items(self, fold: Fold, name: str) -> FoldTree:
+        """The fold's own tree is checked against the fold's test images by what its LoRAs were trained on."""
+        ds, leaky = self.syn.tree(fold.index, name)
+        test_hashes = {p: fingerprint.file_sha256(self.dataset.root / p) for p in fold.test}  # as `lora train` records them
+        checked = leaky or check_provenance(fold.index, ds.root, test_hashes)
+        items = [Item(ds.root / r.path, r.label, image_key(ds.root / r.path), "synthetic") for r in ds.records]
+        return FoldTree(items, leaky, ds.root, checked)
+
+    def training_set(self, mix: Mix, real, synthetic, rng):
+        return build_training_set(mix, real, synthetic, self.dataset.classes, rng)
+
+    def check_no_leak(self, job: Job) -> None:
+        check_no_leak(job)
+
+    # -- training
+
+    def start(self, inputs: Inputs, jobs: list[Job]) -> None:
+        from analysis.keras import import_keras
+
+        from .model import normalize_weights
+
+        if normalize_weights(self.section.weights) is None:  # after the input checks: a bad input stays one line
+            log.warning(WEIGHTS_NONE_WARNING)
+        keras = import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
+        keras.utils.set_random_seed(self.section.seed)
+        self.runner = Runner(jobs, self.dataset.classes, self.section, self.progress)
+
+    def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
+        return run_fingerprint(inputs.dataset, inputs.split, inputs.synthetic, jobs, self.runner, self.section)
+
+    def job_fingerprint(self, job: Job) -> str:
+        return self.runner.fingerprint(job)
+
+    def prepare(self, todo: list[Job]) -> None:
+        if todo:
+            self.runner.prepare(todo)  # builds the base when features are missing: a bad weights file stops here
+
+    def train_and_score(self, job: Job) -> dict:
+        return self.runner.run(job)
+
+    def timing(self) -> dict:
+        return {"seconds_features_or_pixels": round(self.runner.seconds_features, 2)}
+
+    # -- summary
+
+    def row_fields(self, runs: list[dict]) -> dict:
+        """The confusion matrix summed over folds and each class's precision, recall and F1 (mean over folds)."""
+        if not runs:
+            return {"confusion": [], "per_class": {}}
+        return {
+            "confusion": np.sum([r["metrics"]["confusion"] for r in runs], axis=0).tolist(),
+            "per_class": {c: {m: stats.mean_std([r["metrics"]["per_class"][c][m] for r in runs])[0]
+                              for m in ("precision", "recall", "f1")} for c in self.dataset.classes},
+        }
+
+    def results(self, inputs: Inputs, common: dict, tables: dict, runs: list[dict]) -> dict:
+        """The results record with the classes, each row's verdict and flags and the study's flags (`annotate`)."""
+        before = ("data", "split", "group_by", "synthetic", "synthetic_per_fold")
+        return annotate({
+            "version": 1,
+            **{k: common[k] for k in before},
+            "classes": inputs.dataset.classes,
+            "class_counts": inputs.dataset.class_counts(),
+            **{k: v for k, v in common.items() if k not in before},
+            "wilcoxon_min_p": stats.wilcoxon_floor(common["n_folds"]),
+            "settings": dataclasses.asdict(self.section),
+            "tables": tables,
+            "runs": runs,
+        })
 
 
 def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSet | None, cls) -> list[Job]:
-    """Every (tree, mix, fold) job with its training and test items, leak-checked.
+    """Every (tree, mix, fold) job of a classification CV, leak-checked (`analysis.crossval.plan_jobs`)."""
+    return crossval.plan_jobs(ClassifyTask(None, cls, dataset=dataset, syn=syn), Inputs(dataset, split, mixes, syn))
 
-    A fold's own tree is checked against the fold's test images by what its LoRAs were
-    trained on (the tree's fingerprint.json); trees without that record are named in one
-    warning. Shared trees stand in knowingly and are flagged as leaky in the report.
-    """
-    h = image_key  # content keys of the decoded pixels, memoised per (path, size, mtime): not the file's metadata
-    rec = dataset.by_path()
-    classes = dataset.classes
-    trees = syn.weights if syn and any(m.uses_synthetic for m in mixes) else []
-    unchecked: list[Path] = []
-    jobs = []
-    for fold in split.folds:
-        real = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.train]
-        test = [Item(dataset.root / p, rec[p].label, h(dataset.root / p)) for p in fold.test]
-        test_hashes = {p: fingerprint.file_sha256(dataset.root / p) for p in fold.test}  # as `lora train` records them
-        for tree in trees:
-            ds, leaky = syn.tree(fold.index, tree)
-            if not leaky and not check_provenance(fold.index, ds.root, test_hashes):
-                unchecked.append(ds.root)
-        if cls.minority_fraction is not None:
-            real = subsample_minority(real, cls.minority_fraction, cls.minority_class, np.random.default_rng([cls.seed, fold.index, 7]))
-        for mix in mixes:
-            for tree in (trees if mix.uses_synthetic else [REAL_TREE]):
-                synthetic, leaky, root = [], False, None
-                if mix.uses_synthetic:
-                    ds, leaky = syn.tree(fold.index, tree)
-                    root = str(ds.root)
-                    synthetic = [Item(ds.root / r.path, r.label, h(ds.root / r.path), "synthetic") for r in ds.records]
-                rng = np.random.default_rng([cls.seed, fold.index, zlib.crc32(mix.name.encode()), zlib.crc32(tree.encode())])
-                train, shortfall = build_training_set(mix, real, synthetic, classes, rng)
-                job = Job(fold, mix, tree, train, test, shortfall, leaky, root)
-                check_no_leak(job)
-                jobs.append(job)
-    if unchecked:
-        log.warning("%d synthetic tree(s) have no record of the images their LoRAs were trained on (%s in %s), e.g. %s: "
-                    "cannot check that they never saw their fold's test images; trees written by `python -m generate` "
-                    "with LoRAs from `lora train` have it", len(unchecked), "images", FINGERPRINT_FILE, unchecked[0])
-    return jobs
+
+def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls) -> dict:
+    """The results record of finished runs (`analysis.crossval.summarize` with the classification task)."""
+    task = ClassifyTask(None, cls, dataset=dataset, syn=syn)
+    return crossval.summarize(task, Inputs(dataset, split, mixes, syn), results)
 
 
 def check_no_leak(job: Job) -> None:
@@ -242,7 +306,7 @@ class Runner:
             "tree": job.tree,
             "leaky": job.leaky,
             "synthetic_tree": job.synthetic_root,
-            "fingerprint": self.fingerprint(job),
+            "fingerprint": job.fingerprint,  # set by the protocol: self.fingerprint(job), the items carry the reading rule
             "metrics": stats.fold_metrics(y_test, y_pred, self.classes),
             "counts": counts(job.train),
             "n_train": len(job.train),
@@ -294,72 +358,12 @@ class Runner:
         return model
 
 
-# ---------------------------------------------------------------- the protocol
-
-
-def run_cv(data_section, cls, progress: bool = True) -> dict:
-    """Run (or resume) the whole protocol and return the results dictionary (also written to OUT)."""
-    from tqdm import tqdm
-
-    from .model import check_backbone, import_keras, normalize_weights
-
-    t_start = time.perf_counter()
-    check_backbone(cls.backbone)
-    weights = normalize_weights(cls.weights)
-    dataset, split, mixes, syn = load_inputs(data_section, cls)
-    out = Path(cls.output)
-    jobs = plan_jobs(dataset, split, mixes, syn, cls)
-    if weights is None:  # after the input checks: a bad input stays one line
-        log.warning(WEIGHTS_NONE_WARNING)
-    keras = import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-    keras.utils.set_random_seed(cls.seed)
-    runner = Runner(jobs, dataset.classes, cls, progress)
-    current = run_fingerprint(dataset, split, syn, jobs, runner, cls)
-    check_reuse(out, current, overwrite=cls.overwrite)
-    todo, results = [], []
-    for job in jobs:
-        saved = _load_result(out / job.result_path)
-        if saved is not None and saved.get("fingerprint") == runner.fingerprint(job):
-            results.append(saved)
-        else:
-            todo.append(job)
-    if todo:
-        runner.prepare(todo)  # builds the base when features are missing: a bad weights file stops here
-    fingerprint.claim(out, OUTPUT_NAMES, "classify cv")  # OUT is written only once every input checked out
-    fingerprint.write(out / FINGERPRINT_FILE, current)
-    if not data_section.split:
-        write_split(split.path, split)
-    bar = tqdm(todo, desc="folds x mixes", unit="run", disable=not progress or not todo)
-    for job in bar:
-        bar.set_postfix_str(f"{job.tree} {job.mix.name} {job.fold.name}")
-        res = runner.run(job)
-        write_json_atomic(out / job.result_path, res)
-        results.append(res)
-    summary = summarize(results, dataset, split, mixes, syn, cls)
-    summary["timing"] = {
-        "seconds_total": round(time.perf_counter() - t_start, 2),
-        "seconds_features_or_pixels": round(runner.seconds_features, 2),
-        "runs_trained": len(todo),
-        "runs_reused": len(jobs) - len(todo),
-    }
-    return summary
-
-
-WEIGHTS_NONE_WARNING = (
-    "classify.weights is none: the EfficientNet base has random weights, its features carry (almost) nothing, "
-    "and every accuracy, F1 and p-value of this run is meaningless (a smoke test); use --weights imagenet or a weights file"
-)
-# what `classify cv` writes into OUT (besides fingerprint.json)
-_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, FOLDS_CSV, RUNS_DIR)
-OUTPUT_NAMES = (*_OUTPUT_NAMES, FINGERPRINT_FILE)  # claimed in OUT before the first write (prompts.guard's rule)
-# settings that reach a job only through its training and test items (or not at all)
-_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "minority_fraction", "minority_class", "weights", "delta"})
-# settings that change the report only (verdicts): a new value re-writes the report and reuses every run
-REPORT_ONLY = frozenset({"delta"})
+# ---------------------------------------------------------------- the run's fingerprint
 
 
 def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jobs: list[Job], runner, cls) -> dict:
-    """What determines a CV run's results: settings, base model, data images, split, synthetic trees.
+    """The parts of what determines a CV run's results: settings, base model, data images, split, synthetic trees
+    (the protocol adds the reading rule).
 
     Parts (prompts.fingerprint): `settings.<key>` (each result-changing field of the classify
     section, so a refusal names the key),
@@ -387,102 +391,5 @@ def run_fingerprint(dataset: Dataset, split: Split, syn: SyntheticSet | None, jo
     parts = {f"settings.{k}": v for k, v in settings.items()}
     w = normalize_weights(cls.weights)
     weights = fingerprint.file_sha256(w) if w not in (None, "imagenet") else w
-    return fingerprint.make(**parts, weights=weights, model=runner.key, data=data, split=folds, synthetic=synthetic,
-                            metrics=stats.METRICS_VERSION, reading=fingerprint.reading_part())
-
-
-def check_reuse(out: Path, current: dict, overwrite: bool) -> None:
-    """Refuse to mix results of other inputs into OUT, or to replace files it did not write, unless --overwrite.
-
-    With --overwrite, runs whose own inputs did not change are still reused (each run
-    carries its own fingerprint); only the report reflects the new inputs.
-    """
-    path = out / FINGERPRINT_FILE
-    recorded = fingerprint.read(path) if path.exists() else None
-    if not path.exists() and not overwrite:
-        ours = [n for n in _OUTPUT_NAMES if (out / n).exists()]
-        if ours:
-            raise UserError(f"--output {out} already holds {ours[0]} but no {FINGERPRINT_FILE} of a CV run: it was not "
-                            "written by this version of `classify cv`; pass --overwrite (classify.overwrite: true) to replace it "
-                            "or choose another --output")
-    if recorded is not None and not overwrite:
-        fingerprint.check(recorded, current, f"the CV run in {out}",
-                          "pass --overwrite (classify.overwrite: true) to recompute it there (runs whose own inputs did not change "
-                          "are reused) "
-                          "or choose another --output")
-    elif recorded is None and path.exists():
-        log.warning("%s is unreadable; recording a new fingerprint", path)
-    elif recorded is not None and (changed := fingerprint.diff(recorded, current)):
-        log.info("--overwrite: %s changed since the last run in %s; runs whose inputs changed are recomputed",
-                 ", ".join(changed), out)
-
-
-def _load_result(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls) -> dict:
-    """Mean/std over folds per (tree, mix), the paired comparison with `real` of the same fold, each mix's verdict
-    and flags, and the study's flags (classify.results; `CVResults.from_dict` gives the typed view)."""
-    by = {}
-    for r in results:
-        by.setdefault((r["tree"], r["mix"]), {})[r["fold"]] = r
-    trees = syn.weights if syn else []
-    table_names = trees or [REAL_TREE]
-    n_train = float(np.mean([len(f.train) for f in split.folds]))
-    n_test = float(np.mean([len(f.test) for f in split.folds]))
-    real_runs = by.get((REAL_TREE, "real"))
-    tables = {}
-    for t in table_names:
-        rows = []
-        for mix in mixes:
-            tree = t if mix.uses_synthetic else REAL_TREE
-            runs = by.get((tree, mix.name), {})
-            folds = sorted(runs)
-            row = {"mix": mix.name, "tree": tree, "uses_synthetic": mix.uses_synthetic, "folds": folds, "metrics": {}, "vs_real": {}}
-            for m in stats.METRICS:
-                vals = [runs[k]["metrics"][m] for k in folds]
-                mean, std = stats.mean_std(vals)
-                row["metrics"][m] = {"mean": mean, "std": std, "folds": vals}
-                if real_runs and mix.name != "real":
-                    vs = stats.paired_vs_real(runs, real_runs, m, n_train, n_test)
-                    row["vs_real"][m] = {"diff_mean": vs["diff_mean"], "diff_std": vs["diff_std"], "t": vs["t"], "p": vs["p"],
-                                         "min_significant_diff": stats.critical_difference(vs["diff_std"], len(vs["diffs"]),
-                                                                                           n_train, n_test)}
-            row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
-            row["confusion"] = np.sum([runs[k]["metrics"]["confusion"] for k in folds], axis=0).tolist() if folds else []
-            row["per_class"] = {
-                c: {m: stats.mean_std([runs[k]["metrics"]["per_class"][c][m] for k in folds])[0] for m in ("precision", "recall", "f1")}
-                for c in dataset.classes
-            } if folds else {}
-            row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
-            shortfall: dict[str, int] = {}
-            for k in folds:
-                for c, n in runs[k].get("shortfall", {}).items():
-                    shortfall[c] = shortfall.get(c, 0) + n
-            row["shortfall"] = shortfall
-            rows.append(row)
-        tables[t] = rows
-    settings = {k: v for k, v in dataclasses.asdict(cls).items()}
-    return annotate({
-        "version": 1,
-        "data": str(dataset.root),
-        "split": str(split.path) if split.path else None,
-        "group_by": split.group_by,
-        "synthetic": str(syn.root) if syn else None,
-        "synthetic_per_fold": sorted(syn.per_fold) if syn else [],
-        "classes": dataset.classes,
-        "class_counts": dataset.class_counts(),
-        "n_folds": len(split.folds),
-        "n_splits": split.n_splits,
-        "repeats": split.repeats,
-        "n_train_mean": n_train,
-        "n_test_mean": n_test,
-        "wilcoxon_min_p": stats.wilcoxon_floor(len(split.folds)),
-        "settings": settings,
-        "tables": tables,
-        "runs": [{k: v for k, v in r.items() if k not in ("probs", "test", "y_true", "y_pred", "losses")} for r in results],
-    })
+    return {**parts, "weights": weights, "model": runner.key, "data": data, "split": folds, "synthetic": synthetic,
+            "metrics": stats.METRICS_VERSION}

@@ -18,46 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.keras import import_keras  # noqa: F401  (re-exported: callers of classify.model keep working)
 from prompts.errors import UserError
 from prompts.files import sha256_file
 
 BACKBONES = [f"EfficientNetB{i}" for i in range(8)]
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
-
-
-def import_keras():
-    """Import Keras (and its TensorFlow backend) without TensorFlow's start-up lines on stderr.
-
-    TensorFlow's C++ core writes "All log messages before absl::InitializeLog()",
-    oneDNN, CUDA and CPU-feature notices straight to file descriptor 2 while it
-    loads and on its first operation, whatever TF_CPP_MIN_LOG_LEVEL says. A
-    command's only stderr output should be its own (one line for a user error),
-    so fd 2 points at /dev/null for that moment; Python exceptions still propagate.
-    """
-    import sys
-
-    if "keras" in sys.modules:
-        return sys.modules["keras"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            import keras
-
-            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # the first operation initialises the devices
-            try:
-                from absl import logging as absl_logging
-
-                absl_logging.set_verbosity(absl_logging.ERROR)
-            except ImportError:  # the torch backend does not bring absl
-                pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    return keras
 
 
 def keras_home() -> Path:

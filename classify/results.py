@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from analysis import stats
+from analysis.crossval import REAL_TREE  # noqa: F401  (the report reads it here: the tree name of real-only mixes)
 from analysis.verdicts import Verdict, decide_family
 from prompts.schema.classify import ClassifySection
 
-REAL_TREE = "real"  # tree name of mixes that use no synthetic images
 PRIMARY = "f1"  # the metric verdicts are about: macro F1
 NEAR_CONSTANT = 0.95  # share of predictions in one class that flags a classifier as near-constant
 CHANCE_MARGIN = 0.05  # balanced accuracy not above 1/n_classes + this is chance level

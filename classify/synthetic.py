@@ -17,47 +17,32 @@ test images.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from prompts import fingerprint
+from analysis.crossval import SyntheticTrees, find_test_file, read_tree_record, recorded_files
 from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, fold_name, parse_fold_name, parse_weight_dir
 
 log = logging.getLogger(__name__)
+GENERATOR = "python -m generate"  # what writes a tree (and its record) again
 
 
-@dataclass
-class SyntheticSet:
-    root: Path
-    shared: dict[str, Dataset] = field(default_factory=dict)  # 'w1.0' -> tree
-    per_fold: dict[int, dict[str, Dataset]] = field(default_factory=dict)  # fold index -> 'w1.0' -> tree
+class SyntheticSet(SyntheticTrees):
+    """`generate`'s trees: `w<weight>/[<cell_line>/]<class>/` folders, each a Dataset; names largest weight first."""
+
+    def order(self, name: str):
+        return (-parse_weight_dir(name), name)
 
     @property
     def weights(self) -> list[str]:
         """Tree names (the w<weight> folder names), largest weight first."""
-        names = set(self.shared)
-        for trees in self.per_fold.values():
-            names |= set(trees)
-        return sorted(names, key=lambda w: (-parse_weight_dir(w), w))
+        return self.names
 
-    def tree(self, fold_index: int, weight: str) -> tuple[Dataset, bool]:
-        """(tree for this fold and weight, leaky) — leaky when the shared set stands in."""
-        own = self.per_fold.get(fold_index, {}).get(weight)
-        if own is not None:
-            return own, False
-        if weight in self.shared:
-            return self.shared[weight], True
+    def missing(self, fold_index: int, weight: str) -> str:
         fold = fold_name(fold_index)
-        raise UserError(
-            f"synthetic folder {self.root} has no {weight}/ tree for {fold} and no shared {weight}/; "
-            f"generate {fold}/{weight}/ or a shared {weight}/"
-        )
-
-    def trees(self) -> list[Dataset]:
-        """Every tree, shared ones first."""
-        return [*self.shared.values(), *(t for _, by in sorted(self.per_fold.items()) for t in by.values())]
+        return (f"synthetic folder {self.root} has no {weight}/ tree for {fold} and no shared {weight}/; "
+                f"generate {fold}/{weight}/ or a shared {weight}/")
 
 
 def _read_tree(path: Path, classes: list[str]) -> Dataset:
@@ -108,13 +93,7 @@ def tree_record(tree_root: Path) -> tuple[Path, dict] | None:
     candidates = [tree_root / FINGERPRINT_FILE]
     if parse_fold_name(tree_root.parent.name) is not None:
         candidates.append(tree_root.parent / FINGERPRINT_FILE)
-    for f in candidates:
-        if f.is_file():
-            rec = fingerprint.read(f)
-            if rec is None:
-                raise UserError(f"{f} is not a readable fingerprint (JSON); re-run `python -m generate` for this tree")
-            return f, rec
-    return None
+    return read_tree_record(candidates, GENERATOR)
 
 
 def trained_on(tree_root: Path) -> dict[str, str] | None:
@@ -122,11 +101,7 @@ def trained_on(tree_root: Path) -> dict[str, str] | None:
     found = tree_record(tree_root)
     if found is None or "images" not in found[1]:
         return None
-    f, rec = found
-    images = rec["images"]
-    if not isinstance(images, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in images.items()):
-        raise UserError(f"{f}: 'images' must map data-relative paths to sha256 hex digests; re-run `python -m generate`")
-    return images
+    return recorded_files(*found, ("images",), GENERATOR)
 
 
 def check_provenance(fold_index: int, tree_root: Path, test: dict[str, str]) -> bool:
@@ -139,14 +114,11 @@ def check_provenance(fold_index: int, tree_root: Path, test: dict[str, str]) -> 
     images = trained_on(tree_root)
     if images is None:
         return False
-    by_hash = {h: p for p, h in test.items()}
-    for path, sha in sorted(images.items()):
-        hit = path if path in test else by_hash.get(sha)
-        if hit is not None:
-            how = "" if hit == path else f" (as {path}, same content)"
-            raise UserError(
-                f"synthetic tree {tree_root} was made by LoRAs trained on {fold_name(fold_index)}'s test image {hit}{how}: "
-                "it would leak test images into training; use LoRAs trained with this split "
-                "(`lora train --split` and `generate --split` with the same file) or pass the split they were trained with"
-            )
+    if found := find_test_file(images, test):
+        hit, how = found
+        raise UserError(
+            f"synthetic tree {tree_root} was made by LoRAs trained on {fold_name(fold_index)}'s test image {hit}{how}: "
+            "it would leak test images into training; use LoRAs trained with this split "
+            "(`lora train --split` and `generate --split` with the same file) or pass the split they were trained with"
+        )
     return True

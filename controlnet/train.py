@@ -176,16 +176,19 @@ def plan(cfg, data_cfg) -> list[Job]:
 
 
 def job_fingerprint(job: Job, cfg, data_cfg) -> dict:
-    """What determines this ControlNet (settings, base model, LoRA, training files, split) plus the records
-    `images` and `masks` ({data-relative path: sha256} of every training file) and `settings`."""
+    """What determines this ControlNet (settings, base model, LoRA, training files, split, the reading rule of the
+    `data` section: its pixels are the files as read) plus the records `images` and `masks` ({data-relative path:
+    sha256} of every training file), `settings` and `reading`."""
     root = job.data_root
     images = fp.files_part([p.image.relative_to(root) for p in job.pairs], root=root)
     masks = fp.files_part([p.mask.relative_to(root) for p in job.pairs], root=root)
     settings = train_settings(cfg)
+    reading = fp.reading_part()
     parts = fp.make(settings=settings, model=[fp.model_part(cfg.model), fp.model_part(cfg.model_config)],
                     lora=fp.file_sha256(job.lora) if job.lora else None, images=images, masks=masks,
-                    labels=[p.label for p in job.pairs], split=fp.file_sha256(data_cfg.split) if data_cfg.split else None)
-    return {**parts, "images": images, "masks": masks, "fold": job.fold, "settings": settings}
+                    labels=[p.label for p in job.pairs], split=fp.file_sha256(data_cfg.split) if data_cfg.split else None,
+                    reading=reading)
+    return {**parts, "images": images, "masks": masks, "fold": job.fold, "settings": settings, "reading": reading}
 
 
 def train_settings(cfg) -> dict:

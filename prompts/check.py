@@ -205,11 +205,12 @@ def _values(study: Study) -> list[str]:
 def _segmentation_values(study: Study) -> list[str]:
     """Pairs readable, synthetic pairs planned, folds (or the given split) against the pairs."""
     from .dataset import Dataset, Record
+    from .mixes import SEGMENTATION, mixes_error
     from .pairs import read_pairs
     from .splits import read_split
 
     data, cn, seg = Path(study.data.data), study.controlnet, study.segment
-    errors = []
+    errors = [e for e in [mixes_error("segment", seg.mixes, SEGMENTATION)] if e]
     if not (cn.augment or cn.densities) or cn.count == 0:
         errors.append("controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
                       "set controlnet.augment, controlnet.densities or controlnet.count")

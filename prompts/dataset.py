@@ -313,6 +313,25 @@ def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_ba
     return Dataset(dataset.root, records, dataset.source, skipped)
 
 
+PAIRS_SOURCE = "pairs"  # Dataset.source of image-mask pairs
+NO_CLASS = "cells"  # the label of pairs that belong to no class or cell line
+
+
+def pairs_dataset(root, pairs) -> Dataset:
+    """Image-mask pairs as a Dataset of their images, so that one `make_split` and `read_split` serve them.
+
+    Parameters
+    ----------
+    root : path
+        The data folder the pairs were read from.
+    pairs : list of prompts.pairs.Pair
+        `Pair.name` (data-relative) becomes the record's path; its class (`Pair.label`, else 'cells')
+        the record's label and group.
+    """
+    records = [Record(p.name, p.label or NO_CLASS, group=p.label) for p in pairs]
+    return Dataset(Path(root), records, PAIRS_SOURCE)
+
+
 def group_keys(dataset: Dataset, group_by: str | None) -> list[str] | None:
     """The fold-group of each record, in record order, or None without grouping.
 

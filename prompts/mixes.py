@@ -1,16 +1,17 @@
-"""Training-mix names (the grammar of `classify.mixes`): which images (real, synthetic, duplicated) form a fold's training set.
+"""Training-mix names, one grammar for every task: which items (real, synthetic, duplicated) form a fold's training set.
 
-Names (`--mixes`, comma-separated):
-- `real`          the fold's real training images
-- `real+P`        real plus P % synthetic, per class (P % of that class's real training count)
-- `synthetic`     synthetic only, as many per class as the real training set has
-- `balance`       real, with synthetic images topping every class up to the largest class
-- `oversample`    baseline: real, minority classes topped up by random duplicates of real images
-- `classweight`   baseline: real, class-weighted loss
-- `noaug`         baseline: real, classical augmentation off
+Names (`--mixes`, comma-separated); each task accepts a vocabulary of them:
+- `real`          the fold's real training items
+- `real+P`        real plus P % synthetic (classification: per class, P % of that class's real training count;
+                  segmentation: P % of the fold's real training pairs)
+- `synthetic`     synthetic only, as many (per class) as the real training set has
+- `balance`       classification: real, with synthetic images topping every class up to the largest class
+- `oversample`    classification baseline: real, minority classes topped up by random duplicates of real images
+- `classweight`   classification baseline: real, class-weighted loss
+- `noaug`         classification baseline: real, classical augmentation off
 
-The grammar lives in the core so that `prompts check` and the workflow refuse a bad mix
-before any job; `classify.mixes` builds the training sets from these names.
+The grammar lives in the core so that `prompts check` and the workflow refuse a bad mix before any job;
+the rooms (`classify.mixes`, `segment.mixes`) build the training sets from these names.
 """
 from __future__ import annotations
 
@@ -20,6 +21,12 @@ from dataclasses import dataclass
 from .errors import UserError
 
 _PLUS = re.compile(r"^real\+(\d+(\.\d+)?)%?$")
+PLUS = "plus"  # the kind of `real+P`
+# each task's vocabulary: the kinds of mix it can build (PLUS is written real+P)
+CLASSIFICATION = ("real", PLUS, "synthetic", "balance", "oversample", "classweight", "noaug")
+SEGMENTATION = ("real", PLUS, "synthetic")
+VOCABULARIES = {"classification": CLASSIFICATION, "segmentation": SEGMENTATION}
+_EXAMPLE_PERCENT = {CLASSIFICATION: 25, SEGMENTATION: 50}  # the example each task's message has always given
 
 
 @dataclass(frozen=True)
@@ -41,28 +48,68 @@ class Mix:
         return self.kind == "noaug"
 
 
-def parse_mixes(names) -> list[Mix]:
-    """'real,real+25,synthetic' or a list -> [Mix]; unknown names are a UserError."""
+def parse_mixes(names, vocabulary: tuple[str, ...] = CLASSIFICATION) -> list[Mix]:
+    """Mix names -> [Mix], each of a kind in `vocabulary`.
+
+    Parameters
+    ----------
+    names : str or list
+        'real,real+25,synthetic' or a list of names (`%` after P is allowed).
+    vocabulary : tuple of str
+        The kinds the task builds: `CLASSIFICATION` (default) or `SEGMENTATION`.
+
+    Returns
+    -------
+    list of Mix
+        In the order given. An unknown name, a kind outside the vocabulary, a non-positive P, an empty
+        list or a name listed twice is a `UserError` naming it.
+    """
     if isinstance(names, str):
         names = names.split(",")
     out = []
     for raw in names:
-        name = raw.strip().replace("%", "")
+        name = str(raw).strip().replace("%", "")
         if not name:
             continue
         if m := _PLUS.match(name):
             p = float(m.group(1))
             if p <= 0:
                 raise UserError(f"--mixes {raw}: the percentage must be positive")
-            out.append(Mix(f"real+{p:g}", "plus", p))
-        elif name in ("real", "synthetic", "balance", "oversample", "classweight", "noaug"):
-            out.append(Mix(name, name))
+            mix = Mix(f"real+{p:g}", PLUS, p)
         else:
-            raise UserError(
-                f"--mixes {raw}: unknown mix; use real, real+P (e.g. real+25), synthetic, balance, oversample, classweight, noaug"
-            )
+            mix = Mix(name, name)
+        if mix.kind not in vocabulary:
+            raise UserError(f"--mixes {raw}: unknown mix; use {_vocabulary_text(vocabulary)}")
+        out.append(mix)
     if not out:
         raise UserError("--mixes: no mix given")
     if len({m.name for m in out}) != len(out):
-        raise UserError(f"--mixes {','.join(names)}: a mix is listed twice")
+        raise UserError(f"--mixes {','.join(map(str, names))}: a mix is listed twice")
     return out
+
+
+def _vocabulary_text(vocabulary: tuple[str, ...]) -> str:
+    example = f"real+P (e.g. real+{_EXAMPLE_PERCENT.get(vocabulary, 25)})"
+    words = [example if k == PLUS else k for k in vocabulary]
+    return ", ".join(words) if len(words) > 3 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def mixes_error(section: str, names, vocabulary: tuple[str, ...]) -> str | None:
+    """The one line for a bad `<section>.mixes` in a study file, or None when every name is valid.
+
+    `prompts check` and the workflow both print this line, so a bad mix reads the same from either.
+
+    Parameters
+    ----------
+    section : str
+        The study section the mixes belong to: 'classify' or 'segment'.
+    names : str or list
+        The section's `mixes` value.
+    vocabulary : tuple of str
+        The task's vocabulary (`CLASSIFICATION`, `SEGMENTATION`).
+    """
+    try:
+        parse_mixes(names, vocabulary)
+    except UserError as err:
+        return f"{section}.mixes: {err}".replace(f"{section}.mixes: --mixes ", f"{section}.mixes: ")
+    return None

@@ -1,4 +1,5 @@
-"""The split file (JSON) written by `classify split` and read by all three commands.
+"""The split file (JSON) written by `classify split` and read by all three commands, and `make_split`, the one
+rule that makes it for every task (images with classes, image-mask pairs).
 
 {"version": 1, "data": ..., "n_splits": 5, "repeats": 1, "seed": ..., "group_by": ...,
  "classes": [...], "folds": [{"repeat": 0, "fold": 0, "train": [relpaths], "test": [relpaths]}, ...]}
@@ -12,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import Dataset
+from .dataset import PAIRS_SOURCE, Dataset, group_keys
 from .errors import UserError
 from .files import read_json_mapping, write_json_atomic
 from .layout import fold_name
@@ -170,11 +171,12 @@ def check_foldable(dataset: Dataset, n_splits: int, groups: list[str] | None = N
     """Raise a UserError naming a class that has fewer images (or groups) than folds."""
     if n_splits < 2:
         raise UserError(f"--folds {n_splits}: need at least 2 folds")
+    what = "image-mask pair(s)" if dataset.source == PAIRS_SOURCE else "image(s)"
     for label, count in dataset.class_counts().items():
         if count < n_splits:
             raise UserError(
-                f"class '{label}' has {count} image(s) in {dataset.root}, fewer than --folds {n_splits}; "
-                f"add images or use --folds {max(2, count)} or fewer"
+                f"class '{label}' has {count} {what} in {dataset.root}, fewer than --folds {n_splits}; "
+                f"add {what.replace('(s)', 's')} or use --folds {max(2, count)} or fewer"
             )
     if groups is not None:
         per_class: dict[str, set] = {}
@@ -189,3 +191,63 @@ def check_foldable(dataset: Dataset, n_splits: int, groups: list[str] | None = N
                     f"class '{label}' spans only {len(gs)} group(s), fewer than --folds {n_splits}: some test folds would "
                     f"lack it; use --folds {max(2, len(gs))} or another --group-by"
                 )
+
+
+def make_split(
+    dataset: Dataset, n_splits: int = 5, repeats: int = 1, group_by: str | None = None, seed: int = 0
+) -> Split:
+    """Repeated stratified k-fold over a dataset's items; with `group_by` each group lies in one test fold.
+
+    One rule for every task (`classify split` and `classify cv` over images, `segment cv` and the
+    workflow's pair split over image-mask pairs, whose class is their cell line or 'cells'):
+    - every class needs at least `n_splits` items, and with `group_by` at least `n_splits` groups
+      (`check_foldable`): otherwise some test folds would lack it; the smallest is named;
+    - folds are stratified by class; with `group_by`, StratifiedGroupKFold keeps each group whole;
+    - a fold left with no test item is refused, naming it.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The items (images, or pairs as `pairs_dataset` gives them), each with a class label.
+    n_splits : int
+        Folds per repeat (>= 2).
+    repeats : int
+        Repeat r shuffles with seed `seed + r` (>= 1).
+    group_by : str or None
+        `prompts.dataset.group_keys`' column or `regex:PATTERN`.
+    seed : int
+        The first repeat's shuffling seed.
+
+    Returns
+    -------
+    Split
+        Folds ordered repeat-major (index = repeat * n_splits + fold), paths data-relative and sorted.
+    """
+    import numpy as np
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if repeats < 1:
+        raise UserError(f"--repeats {repeats}: need at least 1")
+    groups = group_keys(dataset, group_by)
+    check_foldable(dataset, n_splits, groups)
+    paths = np.array([r.path for r in dataset.records])
+    labels = np.array([r.label for r in dataset.records])
+    folds: list[Fold] = []
+    for rep in range(repeats):
+        if groups is None:
+            splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed + rep)
+            parts = splitter.split(paths, labels)
+        else:
+            splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + rep)
+            parts = splitter.split(paths, labels, groups=np.array(groups))
+        for k, (tr, te) in enumerate(parts):
+            check_fold_not_empty(te, k, rep)
+            folds.append(Fold(len(folds), rep, k, tuple(sorted(paths[tr].tolist())), tuple(sorted(paths[te].tolist()))))
+    return Split(data=str(dataset.root), n_splits=n_splits, repeats=repeats, seed=seed, group_by=group_by,
+                 classes=dataset.classes, folds=folds)
+
+
+def check_fold_not_empty(test_rows, fold: int, repeat: int) -> None:
+    """A fold with no test item tests nothing: refuse it, naming the fold and what to change."""
+    if len(test_rows) == 0:
+        raise UserError(f"fold {fold} of repeat {repeat} is empty; use fewer --folds or another --group-by")

@@ -1,67 +1,64 @@
-"""The segmentation cross-validation: every (synthetic tree, mix, fold) trained and tested once.
+"""`segment cv`: the cross-validation protocol (`analysis.crossval`) with the segmentation task.
 
-Reads top to bottom, like `classify cv`:
-1. read the pairs and the split (or make one), the mixes and the synthetic trees;
-2. list the jobs; build each job's training set; refuse leaks (`LeakError`): a synthetic pair
-   that is a test pair of its fold (path or sha256), a tree whose generator or conditions came
-   from a test pair of the fold (its fingerprint.json);
-3. compare the run's fingerprint with the one OUT holds (a different one needs overwrite);
-4. load the pairs at the U-Net's size; record the fingerprint (and the split, when made here);
-5. train and test each job on the fold's real test pairs only, saving its result at once (a
-   re-run skips it), with outline overlays of the first fold's first test pairs;
-6. summarise over folds, compare each mix with `real` (corrected t-test, Holm), give verdicts.
+The protocol owns the skeleton (output folder, split, mixes, jobs, fingerprints with the reading rule, reuse,
+claims, the run, the paired comparison with `real`, the Holm families); this module adds only what
+segmentation does differently:
+1. its items: image-mask pairs (`prompts.pairs.read_pairs`) keyed by the sha256 of both files; synthetic
+   pairs from `controlnet generate`'s trees; leaks refused (`LeakError`): a synthetic pair that is a test
+   pair of its fold (path or sha256), a tree whose generator or conditions came from a test pair of the fold;
+2. `train_and_score`: a U-Net trained on the job's pairs and scored on the fold's real test pairs only
+   (`Runner.train_and_score`), with outline overlays of the first fold's first test pairs;
+3. its metrics (`segment.metrics.METRICS`, AP at IoU 0.5 the primary), its mixes (the segmentation
+   vocabulary: real, real+P, synthetic), its results record (verdicts: one Holm family over every synthetic mix).
 
-`run_cv(data_section, segment_section)` is the Python API: validated settings in, the results
-dictionary out, `prompts.errors.UserError` (and its `LeakError`) for bad input. Nothing imports
-TensorFlow before step 3, so a bad input is one line on stderr.
+`run_cv(data_section, segment_section)` is the Python API: validated settings in, the results dictionary
+out, `prompts.errors.UserError` (and its `LeakError`) for bad input. Nothing imports TensorFlow before the
+inputs are checked, so a bad input is one line on stderr.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from analysis import stats
+from analysis import crossval
+from analysis.crossval import REAL_TREE, FoldTree, Inputs, Job  # noqa: F401  (REAL_TREE re-exported for the report)
 from prompts import fingerprint
+from prompts.dataset import Dataset, pairs_dataset
 from prompts.errors import UserError
-from prompts.files import write_json_atomic
-from prompts.guard import check_output_dir
 from prompts.layout import FINGERPRINT_FILE, REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE, fold_name
-from prompts.splits import Fold, Split, read_split, write_split
+from prompts.mixes import SEGMENTATION, Mix
+from prompts.splits import Fold, Split
 
 from . import metrics
-from .mixes import Mix, PairItem, parse_mixes, training_set
+from .mixes import PairItem, training_set
 from .synthetic import LeakError, SyntheticPairs, check_provenance, read_synthetic, tree_record
 
 log = logging.getLogger(__name__)
-REAL_TREE = "real"  # tree name of mixes that use no synthetic pairs
 OVERLAYS_DIR = "overlays"
 PRIMARY = "ap50"
+# settings that reach a job only through its pairs (or not at all)
+_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "weights", "delta", "overlays", "realism", "synthetic", "output"})
+_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, RUNS_DIR, OVERLAYS_DIR)
+SMOKE_WARNING = ("segment.weights is {w}: the U-Net's encoder starts from random weights{narrow}; with few pairs its "
+                 "scores and p-values are a smoke test, not an answer; use --weights imagenet or an encoder weights file")
 
 
-@dataclass
-class Job:
-    fold: Fold
-    mix: Mix
-    tree: str
-    train: list[PairItem]
-    test: list[PairItem]
-    shortfall: int = 0
-    leaky: bool = False
-    synthetic_root: str | None = None
+def run_cv(data_section, seg, progress: bool = True) -> dict:
+    """Run (or resume) the segmentation CV and return the results dictionary (each run also in OUT/runs).
 
-    @property
-    def result_path(self) -> Path:
-        return Path(RUNS_DIR) / self.tree / self.mix.name / f"{self.fold.name}.json"
+    data_section: `prompts.schema.DataSection` (data, split, reading rule); seg: `prompts.schema.SegmentSection`.
+    Raises UserError (LeakError for leaks) before anything is written when an input is bad.
+    """
+    from .model import check_backbone, check_image_size, normalize_weights
 
-
-# ---------------------------------------------------------------- inputs
+    check_backbone(seg.backbone)
+    check_image_size(seg.image_size)
+    normalize_weights(seg.weights)
+    return crossval.run(SegmentTask(data_section, seg, progress))
 
 
 def _item(pair, source: str = "real") -> PairItem:
@@ -70,70 +67,115 @@ def _item(pair, source: str = "real") -> PairItem:
     return PairItem(Path(pair.image), Path(pair.mask), h(pair.image), h(pair.mask), source, pair.name)
 
 
-def load_inputs(data_section, seg):
-    """(pairs dataset, items by data-relative path, split, mixes, synthetic pairs or None); writes nothing."""
-    from prompts.pairs import read_pairs
+class SegmentTask(crossval.Task):
+    """Segmentation's part of the protocol: image-mask pairs, the U-Net, AP at IoU 0.5."""
 
-    from .folds import make_split, pairs_dataset
+    command, section_name, run_name = "segment cv", "segment", "segmentation CV run"
+    noun, generator = "pairs", "controlnet generate"
+    output_names = _OUTPUT_NAMES
+    metrics, primary, vocabulary = metrics.METRICS, PRIMARY, SEGMENTATION
+    vs_real_fields = ("diff_mean", "diff_std", "t", "p", "ci", "j", "diffs")
+    bulky = ("losses", "test")
+    keys_read_pixels = False  # pairs are keyed by their files' bytes: the protocol adds the reading rule
+    unchecked_warning = (f"%d synthetic tree(s) have no record of the pairs their generator was trained on (images in "
+                         f"{FINGERPRINT_FILE}), e.g. %s: cannot check that they never saw their fold's test pairs")
 
-    if not data_section.data:
-        raise UserError("no data folder: pass --data DIR (or data.data in --config)")
-    out = check_output_dir(seg.output, data=data_section.data)
-    root = Path(data_section.data)
-    pairs = read_pairs(root)
-    if not pairs:
-        raise UserError(f"{root} holds no image-mask pairs; expected {root}/images/ + {root}/masks/ or Cellpose's name.tif + name_masks.tif")
-    dataset = pairs_dataset(root, pairs)
-    items = {p.name: _item(p) for p in pairs}
-    if data_section.split:
-        split = read_split(data_section.split, dataset)
-    else:
-        split = make_split(dataset, seg.folds, seg.repeats, seg.group_by, seg.seed)
-        split.path = out / SPLIT_FILE
-    mixes = parse_mixes(seg.mixes)
-    syn = read_synthetic(seg.synthetic) if seg.synthetic and any(m.uses_synthetic for m in mixes) else None
-    if syn is None and any(m.uses_synthetic for m in mixes):
-        need = ", ".join(m.name for m in mixes if m.uses_synthetic)
-        raise UserError(f"mixes {need} need synthetic pairs: pass --synthetic DIR (written by `controlnet generate`) or drop them from --mixes")
-    return dataset, items, split, mixes, syn
+    def __init__(self, data, seg, progress: bool = True):
+        super().__init__(data, seg, progress)
+        self.items: dict[str, PairItem] = {}
+        self.syn: SyntheticPairs | None = None
+        self.runner: Runner | None = None
+        self.first_fold = 0
+
+    # -- items
+
+    def read_items(self) -> Dataset:
+        from prompts.pairs import read_pairs
+
+        root = Path(self.data.data)
+        pairs = read_pairs(root)
+        if not pairs:
+            raise UserError(f"{root} holds no image-mask pairs; expected {root}/images/ + {root}/masks/ or Cellpose's name.tif + name_masks.tif")
+        self.items = {p.name: _item(p) for p in pairs}
+        return pairs_dataset(root, pairs)
+
+    def read_synthetic(self, mixes: list[Mix]) -> SyntheticPairs | None:
+        seg = self.section
+        self.syn = read_synthetic(seg.synthetic) if seg.synthetic and any(m.uses_synthetic for m in mixes) else None
+        return self.syn
+
+    def fold_items(self, fold: Fold) -> tuple[list[PairItem], list[PairItem]]:
+        return [self.items[p] for p in fold.train], [self.items[p] for p in fold.test]
+
+    def tree_items(self, fold: Fold, name: str) -> FoldTree:
+        """The fold's own tree is checked against the fold's test pairs by what its generator and conditions came from."""
+        tree, leaky = self.syn.tree(fold.index, name)
+        root = Path(self.data.data)
+        test_hashes = {p: self.items[p].image_sha for p in fold.test}
+        test_hashes.update({_mask_rel(self.items[p], root): self.items[p].mask_sha for p in fold.test})
+        checked = leaky or check_provenance(fold.index, tree.root, self.syn.root, test_hashes)
+        return FoldTree([_item(p, "synthetic") for p in tree.pairs], leaky, tree.root, checked)
+
+    def training_set(self, mix: Mix, real, synthetic, rng):
+        return training_set(mix, real, synthetic, rng)
+
+    def check_no_leak(self, job: Job) -> None:
+        check_no_leak(job)
+
+    # -- training
+
+    def start(self, inputs: Inputs, jobs: list[Job]) -> None:
+        from analysis.keras import import_keras
+
+        from .model import normalize_weights
+
+        w = normalize_weights(self.section.weights)
+        if w in ("tiny", "none"):
+            log.warning(SMOKE_WARNING.format(w=w, narrow=" and a narrow decoder" if w == "tiny" else ""))
+        import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
+        self.runner = Runner(self.section, self.progress)
+        self.first_fold = inputs.split.folds[0].index
+
+    def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
+        return run_fingerprint(self.items, inputs.split, inputs.synthetic, jobs, self.runner, self.section)
+
+    def job_fingerprint(self, job: Job) -> str:
+        return self.runner.fingerprint(job)
+
+    def prepare(self, todo: list[Job]) -> None:
+        self.runner.cache.load([it for j in todo for it in (*j.train, *j.test)], self.progress)
+        if todo:
+            self.runner.trainer  # noqa: B018 - built before anything is written, so a bad weights file writes nothing
+
+    def train_and_score(self, job: Job) -> dict:
+        """The job's result record; overlays (first fold only) under OUT/overlays/<tree>/<mix>/<fold>, paths OUT-relative."""
+        out = Path(self.section.output)
+        first = self.first_fold
+        overlay_dir = out / OVERLAYS_DIR / job.tree / job.mix.name / fold_name(first) if job.fold.index == first else None
+        res = self.runner.train_and_score(job, overlay_dir)
+        res["overlays"] = [Path(p).relative_to(out).as_posix() for p in res["overlays"]]
+        return res
+
+    # -- summary
+
+    def row_fields(self, runs: list[dict]) -> dict:
+        return {"overlays": next((r.get("overlays", []) for r in runs if r.get("overlays")), [])}
+
+    def results(self, inputs: Inputs, common: dict, tables: dict, runs: list[dict]) -> dict:
+        """The results record, each synthetic mix's verdict against `real` (one Holm family) in its row."""
+        crossval.holm_verdicts(tables, PRIMARY, common["n_train_mean"], common["n_test_mean"], common["n_splits"],
+                               self.section.delta)
+        return {"version": 1, "task": "segmentation", **common, "n_pairs": len(inputs.dataset.records), "primary": PRIMARY,
+                "settings": dataclasses.asdict(self.section), "tables": tables, "runs": runs}
 
 
-def plan_jobs(items: dict[str, PairItem], split: Split, mixes: list[Mix], syn: SyntheticPairs | None, seed: int) -> list[Job]:
-    """Every (tree, mix, fold) job with its training and test pairs, leak-checked."""
-    trees = syn.names if syn else []
-    unchecked: list[Path] = []
-    jobs = []
-    for fold in split.folds:
-        real = [items[p] for p in fold.train]
-        test = [items[p] for p in fold.test]
-        test_hashes = {p: items[p].image_sha for p in fold.test}
-        test_hashes.update({_mask_rel(items[p], split): items[p].mask_sha for p in fold.test})
-        for name in trees:
-            tree, leaky = syn.tree(fold.index, name)
-            if not leaky and not check_provenance(fold.index, tree.root, syn.root, test_hashes):
-                unchecked.append(tree.root)
-        for mix in mixes:
-            for name in (trees if mix.uses_synthetic else [REAL_TREE]):
-                synthetic, leaky, root = [], False, None
-                if mix.uses_synthetic:
-                    tree, leaky = syn.tree(fold.index, name)
-                    root = str(tree.root)
-                    synthetic = [_item(p, "synthetic") for p in tree.pairs]
-                rng = np.random.default_rng([seed, fold.index, zlib.crc32(mix.name.encode()), zlib.crc32(name.encode())])
-                train, shortfall = training_set(mix, real, synthetic, rng)
-                job = Job(fold, mix, name, train, test, shortfall, leaky, root)
-                check_no_leak(job)
-                jobs.append(job)
-    if unchecked:
-        log.warning("%d synthetic tree(s) have no record of the pairs their generator was trained on (images in %s), e.g. %s: "
-                    "cannot check that they never saw their fold's test pairs", len(unchecked), FINGERPRINT_FILE, unchecked[0])
-    return jobs
+# ---------------------------------------------------------------- leaks
 
 
-def _mask_rel(item: PairItem, split: Split) -> str:
+def _mask_rel(item: PairItem, root: Path) -> str:
     """The mask's path relative to the data folder (for the provenance check by path)."""
     try:
-        return item.mask.relative_to(Path(split.data)).as_posix()
+        return item.mask.relative_to(root).as_posix()
     except ValueError:
         return item.mask.as_posix()
 
@@ -185,8 +227,9 @@ class Runner:
             "train": [(it.key, it.source) for it in job.train], "test": [it.key for it in job.test],
         })
 
-    def run(self, job: Job, overlay_dir: Path | None) -> dict:
-        """Train on job.train, segment job.test -> the per-fold result record."""
+    def train_and_score(self, job: Job, overlay_dir: Path | None) -> dict:
+        """Train on job.train, segment job.test -> the per-fold result record (overlays of the first test pairs
+        into overlay_dir when given)."""
         from .model import instances, targets
 
         s = self.seg
@@ -209,7 +252,7 @@ class Runner:
                 overlays.append(path.as_posix())
         return {
             "fold": job.fold.index, "repeat": job.fold.repeat, "mix": job.mix.name, "tree": job.tree, "leaky": job.leaky,
-            "synthetic_tree": job.synthetic_root, "fingerprint": self.fingerprint(job), "metrics": scores,
+            "synthetic_tree": job.synthetic_root, "fingerprint": job.fingerprint, "metrics": scores,
             "n_train": len(job.train), "n_test": len(job.test),
             "n_train_real": sum(it.source != "synthetic" for it in job.train),
             "synthetic_fraction": sum(it.source == "synthetic" for it in job.train) / max(1, len(job.train)),
@@ -218,69 +261,12 @@ class Runner:
         }
 
 
-# settings that reach a job only through its pairs (or not at all)
-_JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "weights", "delta", "overlays", "realism", "synthetic", "output"})
-_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, RUNS_DIR, OVERLAYS_DIR)
-SMOKE_WARNING = ("segment.weights is {w}: the U-Net's encoder starts from random weights{narrow}; with few pairs its "
-                 "scores and p-values are a smoke test, not an answer; use --weights imagenet or an encoder weights file")
-
-
-# ---------------------------------------------------------------- the protocol
-
-
-def run_cv(data_section, seg, progress: bool = True) -> dict:
-    """Run (or resume) the whole protocol and return the results dictionary (also written to OUT/runs).
-
-    data_section: `prompts.schema.DataSection` (data, split); seg: `prompts.schema.SegmentSection`.
-    Raises UserError (LeakError for leaks) before anything is written when an input is bad.
-    """
-    from tqdm import tqdm
-
-    from .model import check_backbone, check_image_size, import_keras, normalize_weights
-
-    t_start = time.perf_counter()
-    check_backbone(seg.backbone)
-    check_image_size(seg.image_size)
-    w = normalize_weights(seg.weights)
-    dataset, items, split, mixes, syn = load_inputs(data_section, seg)
-    out = Path(seg.output)
-    jobs = plan_jobs(items, split, mixes, syn, seg.seed)
-    if w in ("tiny", "none"):
-        log.warning(SMOKE_WARNING.format(w=w, narrow=" and a narrow decoder" if w == "tiny" else ""))
-    import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-    runner = Runner(seg, progress)
-    current = run_fingerprint(items, split, syn, jobs, runner, seg)
-    check_reuse(out, current, overwrite=seg.overwrite)
-    todo, results = [], []
-    for job in jobs:
-        saved = _load_result(out / job.result_path)
-        if saved is not None and saved.get("fingerprint") == runner.fingerprint(job):
-            results.append(saved)
-        else:
-            todo.append(job)
-    runner.cache.load([it for j in todo for it in (*j.train, *j.test)], progress)
-    if todo:
-        runner.trainer  # noqa: B018 - built before anything is written, so a bad weights file writes nothing
-    fingerprint.write(out / FINGERPRINT_FILE, current)
-    if not data_section.split:
-        write_split(split.path, split)
-    first = split.folds[0].index
-    bar = tqdm(todo, desc="folds x mixes", unit="run", disable=not progress or not todo)
-    for job in bar:
-        bar.set_postfix_str(f"{job.tree} {job.mix.name} {job.fold.name}")
-        overlay_dir = out / OVERLAYS_DIR / job.tree / job.mix.name / fold_name(first) if job.fold.index == first else None
-        res = runner.run(job, overlay_dir)
-        res["overlays"] = [Path(p).relative_to(out).as_posix() for p in res["overlays"]]
-        write_json_atomic(out / job.result_path, res)
-        results.append(res)
-    summary = summarize(results, dataset, split, mixes, syn, seg)
-    summary["timing"] = {"seconds_total": round(time.perf_counter() - t_start, 2), "runs_trained": len(todo),
-                         "runs_reused": len(jobs) - len(todo)}
-    return summary
+# ---------------------------------------------------------------- the run's fingerprint
 
 
 def run_fingerprint(items: dict[str, PairItem], split: Split, syn: SyntheticPairs | None, jobs: list[Job], runner, seg) -> dict:
-    """What determines a CV run's results: settings, initial network, data pairs, split, synthetic trees."""
+    """The parts of what determines a CV run's results: settings, initial network, data pairs, split, synthetic trees
+    (the protocol adds the reading rule)."""
     from .model import weights_id
 
     settings = {k: v for k, v in fingerprint.settings_part(seg).items() if k not in ("weights", "realism", "output", "delta")}
@@ -295,92 +281,5 @@ def run_fingerprint(items: dict[str, PairItem], split: Split, syn: SyntheticPair
             synthetic[t.root.relative_to(syn.root).as_posix() or "."] = {
                 "pairs": sorted(_item(p, "synthetic").key for p in t.pairs),
                 "record": fingerprint.digest(found[1]) if found else None}
-    return fingerprint.make(**parts, weights=weights_id(seg.weights), model=runner.key, data=data, split=folds,
-                            synthetic=synthetic, metrics=metrics.METRICS_VERSION)
-
-
-def check_reuse(out: Path, current: dict, overwrite: bool) -> None:
-    """Refuse to mix results of other inputs into OUT, or to replace files it did not write, unless overwrite."""
-    path = out / FINGERPRINT_FILE
-    recorded = fingerprint.read(path) if path.exists() else None
-    if not path.exists() and not overwrite:
-        ours = [n for n in _OUTPUT_NAMES if (out / n).exists()]
-        if ours:
-            raise UserError(f"--output {out} already holds {ours[0]} but no {FINGERPRINT_FILE} of a segmentation CV run; "
-                            "pass --overwrite (segment.overwrite: true) to replace it or choose another --output")
-    if recorded is not None and not overwrite:
-        fingerprint.check(recorded, current, f"the segmentation CV run in {out}",
-                          "pass --overwrite (segment.overwrite: true) to recompute it there (runs whose own inputs did not "
-                          "change are reused) or choose another --output")
-
-
-def _load_result(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-# ---------------------------------------------------------------- summary
-
-
-def summarize(results: list[dict], dataset, split: Split, mixes: list[Mix], syn, seg) -> dict:
-    """Mean/std over folds per (tree, mix), the paired comparison with `real`, Holm over the family, verdicts."""
-    by: dict[tuple[str, str], dict[int, dict]] = {}
-    for r in results:
-        by.setdefault((r["tree"], r["mix"]), {})[r["fold"]] = r
-    names = (syn.names if syn else []) or [REAL_TREE]
-    n_train = float(np.mean([len(f.train) for f in split.folds]))
-    n_test = float(np.mean([len(f.test) for f in split.folds]))
-    real_runs = by.get((REAL_TREE, "real"), {})
-    tables = {}
-    for t in names:
-        rows = []
-        for mix in mixes:
-            tree = t if mix.uses_synthetic else REAL_TREE
-            runs = by.get((tree, mix.name), {})
-            folds = sorted(runs)
-            row = {"mix": mix.name, "tree": tree, "uses_synthetic": mix.uses_synthetic, "folds": folds, "metrics": {}, "vs_real": {}}
-            for m in metrics.METRICS:
-                vals = [runs[k]["metrics"][m] for k in folds]
-                mean, std = stats.mean_std(vals)
-                row["metrics"][m] = {"mean": mean, "std": std, "folds": vals}
-                if real_runs and mix.name != "real":
-                    vs = stats.paired_vs_real(runs, real_runs, m, n_train, n_test)
-                    lo, hi = stats.corrected_interval(vs["diff_mean"], vs["diff_std"], len(vs["diffs"]), n_train, n_test, 0.95)
-                    row["vs_real"][m] = {"diff_mean": vs["diff_mean"], "diff_std": vs["diff_std"], "t": vs["t"], "p": vs["p"],
-                                         "ci": [lo, hi], "j": len(vs["diffs"]), "diffs": vs["diffs"]}
-            row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
-            row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
-            row["shortfall"] = int(sum(runs[k].get("shortfall", 0) for k in folds))
-            row["overlays"] = next((runs[k].get("overlays", []) for k in folds if runs[k].get("overlays")), [])
-            rows.append(row)
-        tables[t] = rows
-    _add_verdicts(tables, n_train, n_test, split.n_splits, seg.delta)
-    return {
-        "version": 1, "task": "segmentation", "data": str(dataset.root),
-        "split": str(split.path) if split.path else None, "group_by": split.group_by,
-        "synthetic": str(syn.root) if syn else None, "synthetic_per_fold": sorted(syn.per_fold) if syn else [],
-        "n_pairs": len(dataset.records), "n_folds": len(split.folds), "n_splits": split.n_splits, "repeats": split.repeats,
-        "n_train_mean": n_train, "n_test_mean": n_test, "primary": PRIMARY,
-        "settings": dataclasses.asdict(seg), "tables": tables,
-        "runs": [{k: v for k, v in r.items() if k not in ("losses", "test")} for r in results],
-    }
-
-
-def _add_verdicts(tables: dict, n_train: float, n_test: float, k_folds: int, delta: float) -> None:
-    """One Holm family over every synthetic mix of every tree on the primary metric; a verdict per row (in place).
-
-    The rule is `analysis.verdicts` (shared with `classify cv`): equivalent within ±delta by TOST first, then
-    helps / hurts by the Holm-adjusted corrected t-test, else inconclusive with the CV repeats that would settle it.
-    """
-    from analysis.verdicts import decide_family
-
-    family = {f"{r['tree']}/{r['mix']}": r for rows in tables.values() for r in rows
-              if r["uses_synthetic"] and PRIMARY in r["vs_real"]}
-    verdicts = decide_family({k: r["vs_real"][PRIMARY]["diffs"] for k, r in family.items()}, n_train, n_test,
-                             delta=delta, folds=k_folds)
-    for key, v in verdicts.items():
-        r = family[key]
-        r["vs_real"][PRIMARY]["p_holm"] = v.p_holm
-        r["verdict"] = dataclasses.asdict(v)
+    return {**parts, "weights": weights_id(seg.weights), "model": runner.key, "data": data, "split": folds,
+            "synthetic": synthetic, "metrics": metrics.METRICS_VERSION}

@@ -1,15 +1,11 @@
 """Training mixes of a fold: real pairs, real + P % synthetic pairs, synthetic pairs only.
 
-The names of `classify`'s mixes (`real`, `real+P`, `synthetic`), counted over all pairs (no
-classes): `real+P` adds round-half-up(P % x the fold's real training pairs) synthetic pairs,
-`synthetic` takes as many synthetic pairs as the fold has real ones.
-
-TODO(lead): the grammar duplicates classify.mixes.parse_mixes (its real/real+P/synthetic part);
-move it to the shared `analysis` layer and keep only the pair counting here.
+The grammar is the core's (`prompts.mixes`, the segmentation vocabulary: `real`, `real+P`, `synthetic`),
+counted over all pairs (no classes): `real+P` adds round-half-up(P % x the fold's real training pairs)
+synthetic pairs, `synthetic` takes as many synthetic pairs as the fold has real ones.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,44 +14,13 @@ import numpy as np
 
 from prompts.errors import UserError
 from prompts.layout import count_of_fraction
-
-_PLUS = re.compile(r"^real\+(\d+(\.\d+)?)%?$")
-
-
-@dataclass(frozen=True)
-class Mix:
-    name: str
-    kind: str  # real | plus | synthetic
-    percent: float = 0.0
-
-    @property
-    def uses_synthetic(self) -> bool:
-        return self.kind != "real"
+from prompts.mixes import SEGMENTATION, Mix
+from prompts.mixes import parse_mixes as _parse
 
 
 def parse_mixes(names) -> list[Mix]:
-    """'real,real+50,synthetic' or a list -> [Mix]; other names are a UserError."""
-    if isinstance(names, str):
-        names = names.split(",")
-    out = []
-    for raw in names:
-        name = str(raw).strip().replace("%", "")
-        if not name:
-            continue
-        if m := _PLUS.match(name):
-            p = float(m.group(1))
-            if p <= 0:
-                raise UserError(f"--mixes {raw}: the percentage must be positive")
-            out.append(Mix(f"real+{p:g}", "plus", p))
-        elif name in ("real", "synthetic"):
-            out.append(Mix(name, name))
-        else:
-            raise UserError(f"--mixes {raw}: unknown mix; use real, real+P (e.g. real+50) or synthetic")
-    if not out:
-        raise UserError("--mixes: no mix given")
-    if len({m.name for m in out}) != len(out):
-        raise UserError(f"--mixes {','.join(map(str, names))}: a mix is listed twice")
-    return out
+    """'real,real+50,synthetic' or a list -> [Mix] of the segmentation vocabulary; other names are a UserError."""
+    return _parse(names, SEGMENTATION)
 
 
 @dataclass(frozen=True)

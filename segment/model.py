@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from analysis.keras import import_keras
 from prompts.errors import UserError
 from prompts.files import sha256_file
 
@@ -41,34 +41,6 @@ _SKIPS = {
                        "block6a_expand_activation", "top_activation"],
 }
 SMOKE_WEIGHTS = ("tiny", "none")
-
-
-def import_keras():
-    """Import Keras without TensorFlow's start-up lines on stderr (they bypass Python's logging).
-
-    TODO(lead): the same function as classify.model.import_keras; move it down to a shared layer.
-    """
-    if "keras" in sys.modules:
-        return sys.modules["keras"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            import keras
-
-            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))  # the first operation initialises the devices
-            try:
-                from absl import logging as absl_logging
-
-                absl_logging.set_verbosity(absl_logging.ERROR)
-            except ImportError:
-                pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    return keras
 
 
 def check_backbone(backbone: str) -> str:

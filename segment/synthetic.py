@@ -14,15 +14,16 @@ tree whose record names a test pair of its fold, by path or by content.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from prompts import fingerprint
+from analysis.crossval import SyntheticTrees, find_test_file, read_tree_record, recorded_files
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, fold_name, parse_fold_name
 
 IMAGES_DIR = "images"
 SHARED = None  # the fold key of trees shared by every fold
+GENERATOR = "controlnet generate"  # what writes a tree (and its record) again
 
 
 class LeakError(UserError):
@@ -36,31 +37,12 @@ class Tree:
     pairs: list  # prompts.pairs.Pair
 
 
-@dataclass
-class SyntheticPairs:
-    root: Path
-    shared: dict[str, Tree] = field(default_factory=dict)
-    per_fold: dict[int, dict[str, Tree]] = field(default_factory=dict)
+class SyntheticPairs(SyntheticTrees):
+    """`controlnet generate`'s trees of image-mask pairs (`Tree`), by name."""
 
-    @property
-    def names(self) -> list[str]:
-        names = set(self.shared)
-        for trees in self.per_fold.values():
-            names |= set(trees)
-        return sorted(names)
-
-    def tree(self, fold_index: int, name: str) -> tuple[Tree, bool]:
-        """(tree for this fold, leaky): a fold's own tree, else the shared one (leaky)."""
-        own = self.per_fold.get(fold_index, {}).get(name)
-        if own is not None:
-            return own, False
-        if name in self.shared:
-            return self.shared[name], True
-        raise UserError(f"synthetic folder {self.root} has no {name} pairs for {fold_name(fold_index)} and no shared {name}/; "
-                        f"generate {fold_name(fold_index)}/{name}/ with `controlnet generate`")
-
-    def trees(self) -> list[Tree]:
-        return [*self.shared.values(), *(t for _, by in sorted(self.per_fold.items()) for t in by.values())]
+    def missing(self, fold_index: int, name: str) -> str:
+        return (f"synthetic folder {self.root} has no {name} pairs for {fold_name(fold_index)} and no shared {name}/; "
+                f"generate {fold_name(fold_index)}/{name}/ with `controlnet generate`")
 
 
 def _trees_in(folder: Path, default_name: str) -> dict[str, Tree]:
@@ -116,13 +98,7 @@ def tree_record(tree: Path, syn_root: Path) -> tuple[Path, dict] | None:
         candidates.append(parent / FINGERPRINT_FILE)
         if parent == syn_root or parse_fold_name(parent.name) is not None:
             break
-    for f in candidates:
-        if f.is_file():
-            rec = fingerprint.read(f)
-            if rec is None:
-                raise UserError(f"{f} is not a readable fingerprint (JSON); re-run `controlnet generate` for this tree")
-            return f, rec
-    return None
+    return read_tree_record(candidates, GENERATOR)
 
 
 def trained_on(tree: Path, syn_root: Path) -> dict[str, str] | None:
@@ -130,14 +106,7 @@ def trained_on(tree: Path, syn_root: Path) -> dict[str, str] | None:
     found = tree_record(tree, syn_root)
     if found is None or "images" not in found[1]:
         return None
-    f, rec = found
-    out: dict[str, str] = {}
-    for key in ("images", "masks"):
-        part = rec.get(key, {})
-        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in part.items()):
-            raise UserError(f"{f}: '{key}' must map data-relative paths to sha256 hex digests; re-run `controlnet generate`")
-        out.update(part)
-    return out
+    return recorded_files(*found, ("images", "masks"), GENERATOR)
 
 
 def check_provenance(fold_index: int, tree: Path, syn_root: Path, test: dict[str, str]) -> bool:
@@ -149,12 +118,9 @@ def check_provenance(fold_index: int, tree: Path, syn_root: Path, test: dict[str
     used = trained_on(tree, syn_root)
     if used is None:
         return False
-    by_hash = {h: p for p, h in test.items()}
-    for path, sha in sorted(used.items()):
-        hit = path if path in test else by_hash.get(sha)
-        if hit is not None:
-            how = "" if hit == path else f" (as {path}, same content)"
-            raise LeakError(f"synthetic pairs {tree} were made from {fold_name(fold_index)}'s test pair {hit}{how}: it would leak "
-                            "test images into training; generate per fold from the fold's training pairs (`controlnet train "
-                            "--split` and `controlnet generate --split` with this split)")
+    if found := find_test_file(used, test):
+        hit, how = found
+        raise LeakError(f"synthetic pairs {tree} were made from {fold_name(fold_index)}'s test pair {hit}{how}: it would leak "
+                        "test images into training; generate per fold from the fold's training pairs (`controlnet train "
+                        "--split` and `controlnet generate --split` with this split)")
     return True

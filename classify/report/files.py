@@ -14,10 +14,11 @@ import json
 import logging
 from pathlib import Path
 
+from analysis.crossval import write_results
 from analysis.stats import METRICS
 from prompts import layout
 from prompts.errors import UserError
-from prompts.files import write_json_atomic, write_text_atomic
+from prompts.files import write_text_atomic
 
 from ..results import SMOKE, CVResults
 from .cautions import smoke_reasons
@@ -184,7 +185,6 @@ def write_reports(results, out, dropped=None) -> list[Path]:
     smoke = smoke_reasons(res)
     blocks = build_report(res, realism, blind, dropped=(entries, source))
     texts = {
-        layout.RESULTS_CSV: results_csv(res, smoke),
         FOLDS_CSV: folds_csv(res, res.classes),
         layout.REPORT_MD: report_markdown_of(blocks),
         layout.REPORT_HTML: report_html_of(blocks),
@@ -192,8 +192,7 @@ def write_reports(results, out, dropped=None) -> list[Path]:
     record = dict(raw) if raw is not None else dataclasses.asdict(res)
     record["flags"] = {**res.flags, **({SMOKE: smoke} if smoke else {})}
     record["dropped"] = {"source": source, "entries": entries} if entries else None
-    write_json_atomic(out / layout.RESULTS_JSON, {**record, "realism": realism})
-    paths = [out / layout.RESULTS_JSON]
+    paths = write_results(out, {**record, "realism": realism}, results_csv(res, smoke))
     for name, text in texts.items():
         write_text_atomic(out / name, text)
         paths.append(out / name)
