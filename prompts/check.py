@@ -6,8 +6,9 @@ workflow needs, the output folder (not inside the data, not an existing file), e
 names (models given as paths, weights, templates, split, blind key and answers, prompts file),
 the mix names, the template class keys, `group_by` and the fold count against the smallest class.
 A segmentation study (`study.task: segmentation`) is checked for its own values instead: readable
-image-mask pairs, the fold count against the pairs, synthetic pairs planned (its mix names are
-checked by `study.segmentation`, which may read the segment room).
+image-mask pairs, the fold count against the pairs, synthetic pairs planned, a base model.
+Which values a task checks is written once, in the task registry `TASKS` below (`register` adds a
+task; `study/tasks.py` is the workflow's side of the same registry): nothing else branches on the task.
 
     check_file(path)                  -> list of error lines ([] when the study can run)
     check_mapping(raw, study_file)    -> (Study or None, list of error lines)   (Snakemake's merged config)
@@ -15,14 +16,14 @@ checked by `study.segmentation`, which may read the segment room).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import KEYWORDS, Study, build_study, field_help, missing_required
 from .errors import UserError
 
 WORKFLOW = "workflow"
-SEGMENTATION = "segmentation"
-CLASSIFICATION_ONLY = ("lora.",)  # required keys a segmentation study does not need (its model: controlnet.model)
 # Path keys a study's jobs read: when set, the file or folder must exist (models may be hub ids).
 INPUT_PATHS = (
     ("data", "templates"), ("data", "split"), ("lora", "model"), ("lora", "model_config"), ("generate", "model"),
@@ -72,22 +73,48 @@ def _reading(study: Study, where: str) -> list[str]:
     return []
 
 
+@dataclass(frozen=True)
+class TaskCheck:
+    """The checks of one study task: its values against the data, and the workflow-required keys it does not need."""
+
+    values: Callable[[Study], list[str]]  # error lines (without the file prefix)
+    not_required: tuple[str, ...] = ()  # prefixes of `required=("workflow",)` keys the task does without
+
+
+TASKS: dict[str, TaskCheck] = {}
+
+
+def register(task: str, check: TaskCheck) -> TaskCheck:
+    """Add (or replace) the checks of `task` (a value of study.task)."""
+    TASKS[task] = check
+    return check
+
+
 def check_study(study: Study, study_file) -> list[str]:
     """Every error of a schema-valid study that its jobs would meet, one line each, prefixed with the file."""
     where = f"{study_file}: "
-    segmentation = study.study.task == SEGMENTATION
-    missing = [key for key in missing_required(study, WORKFLOW) if not (segmentation and key.startswith(CLASSIFICATION_ONLY))]
+    task = TASKS[study.study.task]
+    missing = [key for key in missing_required(study, WORKFLOW) if not key.startswith(task.not_required)]
     errors = [f"{where}{key} is missing: {field_help(key)}" for key in missing]
     if errors:
         return errors
     errors += _reading(study, where)
     if errors:
         return errors
-    errors += [where + e for e in _paths(study)]
+    errors += [where + e for e in _paths(study) + _bounds(study)]
     if errors:
         return errors
-    errors += [where + e for e in (_segmentation_values(study) if segmentation else _values(study))]
+    errors += [where + e for e in task.values(study)]
     return errors
+
+
+def _bounds(study: Study) -> list[str]:
+    """Values bounded by other values: the search's workers by its trials (the schema bounds each alone)."""
+    s = study.search
+    if s.workers > s.trials:
+        return [f"search.workers {s.workers} is more than search.trials {s.trials} (a worker without a trial to run "
+                f"only waits): use search.workers {s.trials} or fewer"]
+    return []
 
 
 def _paths(study: Study) -> list[str]:
@@ -99,8 +126,6 @@ def _paths(study: Study) -> list[str]:
         errors.append(f"study.output {out} is inside the data folder {data}; outputs never go into the data folder")
     elif out.exists() and not out.is_dir():
         errors.append(f"study.output {out} is an existing file; name a folder for the study's outputs")
-    if study.lora.per == "all" and study.study.task != SEGMENTATION:
-        errors.append("lora.per: all is not run by the workflow (generate samples per class): use class or cell_line_class")
     for section, key in INPUT_PATHS:
         value = getattr(getattr(study, section), key)
         for v in value if isinstance(value, list) else [value]:
@@ -134,6 +159,8 @@ def _values(study: Study) -> list[str]:
     from .templates import load_templates
 
     errors = []
+    if study.lora.per == "all":
+        errors.append("lora.per: all is not run by the workflow (generate samples per class): use class or cell_line_class")
     try:
         parse_mixes(study.classify.mixes)
     except UserError as err:
@@ -167,6 +194,9 @@ def _segmentation_values(study: Study) -> list[str]:
 
     data, cn, seg = Path(study.data.data), study.controlnet, study.segment
     errors = []
+    if not (cn.model or study.lora.model or study.generate.model):
+        errors.append("controlnet.model is missing: give a diffusers folder, a .safetensors file, a hub id, "
+                      "or `tiny` (the offline smoke model)")
     if not (cn.augment or cn.densities) or cn.count == 0:
         errors.append("controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
                       "set controlnet.augment, controlnet.densities or controlnet.count")
@@ -187,6 +217,10 @@ def _segmentation_values(study: Study) -> list[str]:
         errors.append(f"segment.folds {seg.folds} is more than the {len(pairs)} image–mask pairs in {data}; "
                       f"use segment.folds {max(2, len(pairs))} or fewer, or add pairs")
     return errors
+
+
+register("classification", TaskCheck(_values))
+register("segmentation", TaskCheck(_segmentation_values, not_required=("lora.",)))  # its model: controlnet.model
 
 
 def _check_minority(study: Study, classes) -> None:

@@ -251,10 +251,16 @@ class StudyLayout:
         OUT/lora/fold_<k>/<group>/         one LoRA per fold and group (+ .<group>.sha256 beside it)
         OUT/synthetic/fold_<k>/w<weight>/  one tree per fold and LoRA weight (+ .w<weight>.sha256)
         OUT/synthetic/manifest.jsonl, dropped.json
+        OUT/controlnet/fold_<k>/controlnet/  one ControlNet per fold (segmentation; + .controlnet.sha256)
+        OUT/synthetic/fold_<k>/<tree>/     one tree of image-mask pairs per fold (segmentation: aug, density<X>)
         OUT/realism/, OUT/report/          published from OUT/.stage/ only when their job succeeded
         OUT/logs/<rule>[/fold_<k>]/<name>.log
         OUT/dropped/<time>/                outputs of earlier settings, moved aside (never deleted)
         OUT/.study.lock                    held by the one run on this output (host, pid, start)
+        OUT/.stage/, OUT/.generate/, OUT/.pairs/   the jobs' own working folders (hidden; see `working_dirs`)
+
+    Every folder the workflow writes records what it wrote (`OUTPUTS_FILE`, at every depth, see
+    study.outputs.claim_tree); a file no record lists is the user's and is never deleted or replaced.
     """
 
     out: Path
@@ -332,6 +338,33 @@ class StudyLayout:
         return self.generate_staging_root / f"{fold_name(int(fold))}_{weight_dir}"
 
     @property
+    def pairs_staging_root(self) -> Path:
+        return self.out / ".pairs"
+
+    def pairs_staging(self, fold: int) -> Path:
+        """A segmentation pairs job's own --synthetic root; its finished trees are renamed into `pairs_tree`."""
+        return self.pairs_staging_root / fold_name(int(fold))
+
+    def staged_pairs_tree(self, fold: int, tree: str) -> Path:
+        """Where the pairs job of `fold` writes `tree` in its staging root (renamed to `pairs_tree` when finished)."""
+        return fold_root(self.pairs_staging(fold), int(fold)) / tree
+
+    @property
+    def working_dirs(self) -> list[Path]:
+        """The jobs' own hidden working folders: replaced by the toolkit as its jobs need (not user space)."""
+        return [self.stage_root, self.generate_staging_root, self.pairs_staging_root]
+
+    @property
+    def controlnet_root(self) -> Path:
+        return self.out / "controlnet"
+
+    def controlnet_dir(self, fold: int) -> Path:
+        return controlnet_dir(self.controlnet_root, int(fold))
+
+    def pairs_tree(self, fold: int, tree: str) -> Path:
+        return fold_root(self.synthetic_root, int(fold)) / tree
+
+    @property
     def logs_dir(self) -> Path:
         return self.out / "logs"
 
@@ -347,6 +380,12 @@ class StudyLayout:
 
     def synthetic_pattern(self) -> str:
         return f"{self.synthetic_root}/{FOLD_PREFIX}{{fold}}/{{weight}}"
+
+    def controlnet_pattern(self) -> str:
+        return f"{self.controlnet_root}/{FOLD_PREFIX}{{fold}}/{CONTROLNET_DIR}"
+
+    def pairs_tree_pattern(self, tree: str) -> str:
+        return f"{self.synthetic_root}/{FOLD_PREFIX}{{fold}}/{tree}"
 
     def log(self, rule: str, *parts: str) -> str:
         """OUT/logs/<rule>[/<part>...].log (parts may hold Snakemake wildcards)."""

@@ -44,21 +44,30 @@ def start(plan, kind: str, workdir: Path) -> None:
     lay = plan.layout
     if kind == "dry" and not lay.out.is_dir():
         return  # nothing made yet: nothing to lock, verify or move, and a dry run writes nothing
-    if not lock.acquire(lay.lock_file):
+    try:
+        locked = lock.acquire(lay.lock_file)
+    except UserError as err:
         if kind == "run":
+            _fail(err)
+        note(f"{err}: this dry run shows the plan as the files are now")
+        locked = None
+    if not locked:
+        if locked is False and kind == "run":
             _fail(lock.refuse(lay.lock_file))
-        note(f"a run is working on {lay.out} ({lock.holder(lay.lock_file)}): this dry run shows the plan as the files are now")
+        if locked is False:
+            note(f"a run is working on {lay.out} ({lock.holder(lay.lock_file)}): this dry run shows the plan as the files are now")
         return
-    for folder in (lay.report_dir, lay.realism_dir):  # replaced whole when published: Snakemake deletes them first
-        foreign = outputs.foreign_entries(None, folder)
-        if foreign:
-            _fail(f"{folder} holds {', '.join(foreign)}, which the toolkit did not write; move it out of that folder "
-                  "before running the study again (the folder is replaced whole by the next report): nothing was run")
+    try:
+        check_owned(plan, workdir)
+    except UserError as err:
+        if kind == "run":
+            _fail(err)
+        note(f"a run would stop here: {err}")
     for f in lock.clear_stale_snakemake_locks(lay.out, workdir):
         note(f"removed Snakemake's lock {f}, left on {lay.out} by a run that is gone (killed?): no run holds {lay.lock_file}")
     for folder in outputs.unseal_changed(plan.sealed_folders()):
         note(f"{folder} changed since its job wrote it (a file deleted or edited): its job runs again")
-    stale = outputs.stale_outputs(plan)
+    stale = plan.stale_outputs()
     if kind == "dry":
         for item in stale:
             note(f"would move aside {item['path']} ({item['reason']}) to {lay.dropped_root}/")
@@ -69,17 +78,52 @@ def start(plan, kind: str, workdir: Path) -> None:
     write_study(plan)
 
 
+def check_owned(plan, workdir: Path) -> None:
+    """UserError (one line) when a folder output the plan may (re)make, or an output of earlier settings it would
+    move aside, holds a file the toolkit did not write, at any depth: Snakemake deletes a job's folder output
+    before the job runs, so this is the last moment nothing of the user's has been touched."""
+    lay = plan.layout
+    for folder in plan.folder_outputs():
+        outputs.refuse_foreign(Path(folder), incomplete=lock.snakemake_incomplete(workdir, folder))
+    for item in plan.stale_outputs():
+        outputs.refuse_foreign(Path(item["path"]), incomplete=lock.snakemake_incomplete(workdir, item["path"]),
+                               why=f"would be moved to {lay.dropped_root}/ ({item['reason']})")
+    study_file = lay.study_file
+    if (study_file.exists() or study_file.is_symlink()) and not _is_our_study_file(study_file):
+        raise UserError(f"{study_file} exists and is not the merged study the workflow writes there; move it away "
+                        "(the workflow writes OUT/study.yaml for its jobs): nothing was run")
+
+
+_STUDY_HEADER = "# Written by the workflow"
+
+
+def _is_our_study_file(path: Path) -> bool:
+    from prompts.fingerprint import written_by
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    if written_by(path):
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith(_STUDY_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_study(plan) -> None:
     """OUT/study.yaml: the merged, validated, path-resolved study; rewritten only when it changed."""
     from prompts.config import as_dict, dump_yaml
     from prompts.files import write_text_atomic
+    from prompts.fingerprint import claim
     from prompts.schema import SECTIONS
 
-    text = ("# Written by the workflow from the --configfile(s) and --config overrides of its last run; every job reads it.\n"
+    text = (_STUDY_HEADER + " from the --configfile(s) and --config overrides of its last run; every job reads it.\n"
             + dump_yaml({name: as_dict(getattr(plan.study, name)) for name in SECTIONS}))
     target = plan.layout.study_file
     if not target.is_file() or target.read_text(encoding="utf-8") != text:
         write_text_atomic(target, text)
+    claim(target.parent, [target.name], "workflow")
 
 
 def _fail(err: UserError):

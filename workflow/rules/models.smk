@@ -1,15 +1,4 @@
-# Offline stand-ins: the tiny Stable Diffusion and calibrated classifier weights.
-
-
-rule tiny_model:
-    """The tiny random Stable Diffusion (`lora.model: tiny`): an offline smoke model."""
-    output:
-        directory(L.tiny_model_dir),
-    log:
-        L.log("tiny_model"),
-    threads: 1
-    shell:
-        ENV + "{PY} -m lora tiny-model {output:q}" + LOGGED
+# Offline stand-in: calibrated classifier weights (the tiny Stable Diffusion is common.smk's, shared by every task).
 
 
 rule calibrate_weights:
