@@ -82,10 +82,11 @@ WORKFLOW = "workflow"  # the command name in the records the workflow itself wri
 
 def claim_tree(folder: Path, command: str = WORKFLOW) -> None:
     """Record in every folder under `folder` (itself included) that `command` wrote what it holds now."""
-    from prompts.fingerprint import claim
+    from prompts.fingerprint import claim, claimed
 
     for dirpath, dirnames, filenames in os.walk(folder):
-        names = [n for n in dirnames + filenames if n not in (layout.OUTPUTS_FILE, SNAKEMAKE_STAMP)]
+        known = claimed(dirpath)  # a name a command claimed keeps that command as its writer
+        names = [n for n in dirnames + filenames if n not in (layout.OUTPUTS_FILE, SNAKEMAKE_STAMP) and n not in known]
         if names:
             claim(dirpath, names, command)
 

@@ -144,7 +144,7 @@ def _builtin() -> None:
                       ("rules/classification.smk", "rules/models.smk", "rules/lora.smk", "rules/generate.smk",
                        "rules/classify.smk", "rules/search.smk"),
                       example=_classification_example, stale_change={"generate": {"lora_weights": [1.0]}},
-                      bad_value=({"classify": {"mixes": ["real", "real+500"]}}, "classify.mixes")))
+                      bad_value=({"classify": {"mixes": ["real", "nonsense"]}}, "classify.mixes")))
     if "segmentation" not in _TASKS:
         register(Task("segmentation", _resolve_segmentation, ("rules/segmentation.smk",),
                       example=_segmentation_example, stale_change={"controlnet": {"densities": []}},
