@@ -153,6 +153,11 @@ def resolve(study, study_file: Path) -> SegPlan:
     return plan
 
 
+def resolve_task(study, study_file: Path, config: dict) -> SegPlan:
+    """The task registry's entry (study/tasks.py): `resolve`; the merged config is not needed here."""
+    return resolve(study, study_file)
+
+
 def _check_mixes(mixes, where: str) -> None:
     """segment.mixes as `segment cv` reads them (the segment room's grammar: real, real+P, synthetic).
 

@@ -4,7 +4,7 @@ Every task's plan (a `study.plan.Plan` for classification, a `study.segmentation
 segmentation, ...) implements one protocol, `StudyPlan`: what `workflow/rules/common.smk`,
 `study.guard` and `study.outputs` read, whatever the task. A task registers here:
 
-    register(Task(name="phenotyping", resolve=my_resolve, rules=("rules/phenotyping.smk",)))
+    register(Task(name="phenotyping", resolver="study.phenotyping:resolve", rules=("rules/phenotyping.smk",), example=...))
 
 and gets the whole shared machinery (the check, the lock, the ownership guard, moving aside outputs of
 earlier settings, the publishing of realism and the report) and the promise tests
@@ -64,11 +64,21 @@ class Task:
     """
 
     name: str
-    resolve: Callable[..., StudyPlan]  # (study, study_file, config) -> plan; raises prompts.errors.UserError
+    # "module:function" of (study, study_file, config) -> plan, raising prompts.errors.UserError: named, not
+    # imported, so that the registry imports no plan module (each plan module may read the registry)
+    resolver: str
     rules: tuple[str, ...]
     example: Callable[[Path], None] | None = None
     stale_change: dict = field(default_factory=dict)
     bad_value: tuple[dict, str] | None = None
+
+
+    def resolve(self, study, study_file: Path, config: dict) -> StudyPlan:
+        """The plan of a checked study of this task."""
+        import importlib
+
+        module, function = self.resolver.split(":")
+        return getattr(importlib.import_module(module), function)(study, study_file, config)
 
 
 _TASKS: dict[str, Task] = {}
@@ -89,18 +99,6 @@ def get(name: str) -> Task:
     """The registered task `name` (the schema's check has already refused an unknown study.task)."""
     _builtin()
     return _TASKS[name]
-
-
-def _resolve_classification(study, study_file: Path, config: dict):
-    from .plan import resolve_classification
-
-    return resolve_classification(study, study_file, config)
-
-
-def _resolve_segmentation(study, study_file: Path, config: dict):
-    from .segmentation import resolve
-
-    return resolve(study, study_file)
 
 
 _CLASSIFICATION_EXAMPLE = """\
@@ -140,12 +138,12 @@ def _segmentation_example(folder: Path) -> None:
 
 def _builtin() -> None:
     if "classification" not in _TASKS:
-        register(Task("classification", _resolve_classification,
+        register(Task("classification", "study.plan:resolve_classification",
                       ("rules/classification.smk", "rules/models.smk", "rules/lora.smk", "rules/generate.smk",
                        "rules/classify.smk", "rules/search.smk"),
                       example=_classification_example, stale_change={"generate": {"lora_weights": [1.0]}},
                       bad_value=({"classify": {"mixes": ["real", "nonsense"]}}, "classify.mixes")))
     if "segmentation" not in _TASKS:
-        register(Task("segmentation", _resolve_segmentation, ("rules/segmentation.smk",),
+        register(Task("segmentation", "study.segmentation:resolve_task", ("rules/segmentation.smk",),
                       example=_segmentation_example, stale_change={"controlnet": {"densities": []}},
                       bad_value=({"segment": {"folds": 9}}, "segment.folds 9")))
