@@ -84,7 +84,7 @@ def check_owned(plan, workdir: Path) -> None:
     before the job runs, so this is the last moment nothing of the user's has been touched."""
     lay = plan.layout
     for folder in plan.folder_outputs():
-        outputs.refuse_foreign(Path(folder), incomplete=lock.snakemake_incomplete(workdir, folder))
+        outputs.refuse_foreign(Path(folder), incomplete=lock.snakemake_incomplete(workdir, folder) or _legacy_tiny_model(lay, folder))
     for item in plan.stale_outputs():
         outputs.refuse_foreign(Path(item["path"]), incomplete=lock.snakemake_incomplete(workdir, item["path"]),
                                why=f"would be moved to {lay.dropped_root}/ ({item['reason']})")
@@ -92,6 +92,15 @@ def check_owned(plan, workdir: Path) -> None:
     if (study_file.exists() or study_file.is_symlink()) and not _is_our_study_file(study_file):
         raise UserError(f"{study_file} exists and is not the merged study the workflow writes there; move it away "
                         "(the workflow writes OUT/study.yaml for its jobs): nothing was run")
+
+
+def _legacy_tiny_model(lay, folder) -> bool:
+    """The tiny model of a study made before folder outputs had records: unsealed, with the marker `lora tiny-model`
+    writes (re-made whole once after an upgrade, as every job whose command text changed)."""
+    from prompts.layout import TINY_MODEL_MARKER, seal_file
+
+    folder = Path(folder)
+    return folder == lay.tiny_model_dir and (folder / TINY_MODEL_MARKER).is_file() and not seal_file(folder).exists()
 
 
 _STUDY_HEADER = "# Written by the workflow"
