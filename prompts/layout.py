@@ -246,6 +246,7 @@ class StudyLayout:
 
         OUT/study.yaml                     the merged, validated study every job reads (--config)
         OUT/folds.json                     the split (unless data.split names the user's file)
+        OUT/templates.yaml                 the default prompt templates (unless data.templates names the user's)
         OUT/models/tiny-sd/                `lora.model: tiny`
         OUT/models/classifier.weights.h5   `classify.weights: calibrated`
         OUT/lora/fold_<k>/<group>/         one LoRA per fold and group (+ .<group>.sha256 beside it)
@@ -272,6 +273,11 @@ class StudyLayout:
     @property
     def study_file(self) -> Path:
         return self.out / self.STUDY_FILE
+
+    @property
+    def templates_file(self) -> Path:
+        """OUT/templates.yaml: the toolkit's default templates, copied in when data.templates names none."""
+        return self.out / "templates.yaml"
 
     @property
     def lock_file(self) -> Path:

@@ -88,6 +88,12 @@ def check_owned(plan, workdir: Path) -> None:
     for item in plan.stale_outputs():
         outputs.refuse_foreign(Path(item["path"]), incomplete=lock.snakemake_incomplete(workdir, item["path"]),
                                why=f"would be moved to {lay.dropped_root}/ ({item['reason']})")
+    from prompts.fingerprint import written_by
+
+    templates = lay.templates_file
+    if (templates.exists() or templates.is_symlink()) and not getattr(plan, "templates_given", True) and not written_by(templates):
+        raise UserError(f"{templates} exists and the toolkit did not write it; the workflow copies its default templates "
+                        "there: move it away, or name it as data.templates: nothing was run")
     study_file = lay.study_file
     if (study_file.exists() or study_file.is_symlink()) and not _is_our_study_file(study_file):
         raise UserError(f"{study_file} exists and is not the merged study the workflow writes there; move it away "

@@ -16,6 +16,7 @@
 
     python -m study.outputs seal FOLDER
     python -m study.outputs publish STAGED FINAL
+    python -m study.outputs default-templates FILE
 """
 from __future__ import annotations
 
@@ -216,10 +217,22 @@ def move_aside(plan, stale: list[dict]) -> Path | None:
     return target_root
 
 
+def write_default_templates(target: Path) -> None:
+    """Copy the toolkit's default prompt templates to `target` (OUT/templates.yaml), recorded as the workflow's."""
+    from prompts.fingerprint import claim
+    from prompts.templates import DEFAULT_TEMPLATES
+
+    claim(target.parent, [target.name], WORKFLOW)
+    write_text_atomic(target, Path(DEFAULT_TEMPLATES).read_text(encoding="utf-8"))
+
+
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 2 and args[0] == "seal":
         seal(Path(args[1]))
+        return 0
+    if len(args) == 2 and args[0] == "default-templates":
+        write_default_templates(Path(args[1]))
         return 0
     if len(args) == 3 and args[0] == "publish":
         try:
@@ -228,7 +241,7 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    print("usage: python -m study.outputs seal FOLDER | publish STAGED FINAL", file=sys.stderr)
+    print("usage: python -m study.outputs seal FOLDER | publish STAGED FINAL | default-templates FILE", file=sys.stderr)
     return 2
 
 

@@ -48,7 +48,8 @@ class Plan:
     layout: StudyLayout
     data: Path
     images: list[str]  # every data image (and labels.csv): inputs of the first jobs
-    templates: Path
+    templates: Path  # data.templates, or OUT/templates.yaml: the default templates copied in (`default_templates`)
+    templates_given: bool  # data.templates names the user's templates file: an input, never written
     split: Path
     split_given: bool  # data.split names the user's split file: an input, never written
     folds: list[int]
@@ -230,7 +231,6 @@ def _validate(config: dict, study_file: Path) -> None:
 def _resolve(study, study_file: Path) -> Plan:
     from prompts.dataset import read_dataset
     from prompts.images import file_of
-    from prompts.templates import DEFAULT_TEMPLATES
 
     lay = StudyLayout(Path(study.study.output).resolve())
     data = Path(study.data.data).resolve()
@@ -255,7 +255,8 @@ def _resolve(study, study_file: Path) -> Plan:
     calibrated = cw == CALIBRATED
     plan = Plan(
         study_file=study_file, layout=lay, data=data, images=images,
-        templates=Path(study.data.templates).resolve() if study.data.templates else DEFAULT_TEMPLATES,
+        templates=Path(study.data.templates).resolve() if study.data.templates else lay.templates_file,
+        templates_given=bool(study.data.templates),
         split=split, split_given=split_given, folds=list(range(n_folds)), groups=_groups(records, study.lora.per),
         weights=list(dict.fromkeys(float(w) for w in study.generate.lora_weights)),
         lora_model=lora_model, generate_model=gen_model, tiny_model=tiny_dir in (lora_model, gen_model),
@@ -268,6 +269,15 @@ def _resolve(study, study_file: Path) -> Plan:
             f"{study_file}: classify.weights is none: the classifier starts from random weights, so every mix scores "
             "alike and the report means nothing; use imagenet (real runs) or calibrated (offline smoke runs)")
     return plan
+
+
+def default_templates_digest() -> str:
+    """The sha256 of the toolkit's default templates: the `default_templates` rule's param, so a job follows their
+    content while no path of the toolkit's folder enters an input (moving the folder re-runs nothing)."""
+    from prompts.fingerprint import file_sha256
+    from prompts.templates import DEFAULT_TEMPLATES
+
+    return file_sha256(DEFAULT_TEMPLATES)
 
 
 def _files_of(path) -> list[str]:
