@@ -1,9 +1,13 @@
 """What the workflow does once its plan is checked, before Snakemake builds the job graph.
 
-    run (jobs execute)   take the study lock (refused: one line, exit 2), clear Snakemake's stale
-                         locks on OUT, unseal changed folder outputs, move aside outputs of earlier
-                         settings, write OUT/study.yaml (the merged study every job reads)
-    dry run (-n)         the same checks, but only says what it would move; nothing is locked for long
+    run (jobs execute)   take the study lock (refused: one line, exit 2, also for a folder that cannot
+                         be written), refuse a file of the user's at any depth of a folder output the
+                         plan may re-make or move (`check_owned`: Snakemake deletes a job's folder
+                         output before the job runs), clear Snakemake's stale locks on OUT, unseal
+                         changed folder outputs, move aside outputs of earlier settings, write
+                         OUT/study.yaml (the merged study every job reads)
+    dry run (-n)         the same checks, but only notes what a run would refuse or move; nothing is
+                         locked for long
     job step             (a SLURM job or a subprocess of Snakemake) nothing: the main run did it
 """
 from __future__ import annotations
