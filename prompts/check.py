@@ -93,7 +93,9 @@ def register(task: str, check: TaskCheck) -> TaskCheck:
 def check_study(study: Study, study_file) -> list[str]:
     """Every error of a schema-valid study that its jobs would meet, one line each, prefixed with the file."""
     where = f"{study_file}: "
-    task = TASKS[study.study.task]
+    task = TASKS.get(study.study.task)
+    if task is None:  # a value the schema admits but no task registered: a toolkit error, said in one line
+        return [f"{where}study.task {study.study.task} is not a registered task (known: {', '.join(TASKS)})"]
     missing = [key for key in missing_required(study, WORKFLOW) if not key.startswith(task.not_required)]
     errors = [f"{where}{key} is missing: {field_help(key)}" for key in missing]
     if errors:
