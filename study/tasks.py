@@ -2,9 +2,11 @@
 
 Every task's plan (a `study.plan.Plan` for classification, a `study.segmentation.SegPlan` for
 segmentation, ...) implements one protocol, `StudyPlan`: what `workflow/rules/common.smk`,
-`study.guard` and `study.outputs` read, whatever the task. A task registers here:
+`study.guard` and `study.outputs` read, whatever the task. A task registers with one entry in `_builtin()` below (and its
+value checks with `prompts.check.register`):
 
-    register(Task(name="phenotyping", resolver="study.phenotyping:resolve", rules=("rules/phenotyping.smk",), example=...))
+    register(Task("phenotyping", "study.phenotyping:resolve", ("rules/phenotyping.smk",),
+                  example=..., stale_change={...}, bad_value=({...}, "...")))
 
 and gets the whole shared machinery (the check, the lock, the ownership guard, moving aside outputs of
 earlier settings, the publishing of realism and the report) and the promise tests
