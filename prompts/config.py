@@ -142,6 +142,7 @@ class Study:
     search: typing.Any = None
     segment: typing.Any = None
     controlnet: typing.Any = None
+    phenotype: typing.Any = None
     path: Path | None = None
 
 

@@ -1,7 +1,7 @@
 """One schema for the study YAML file: one dataclass per section.
 
 Each room owns its section's file (`lora.py`, `generate.py`, `classify.py`, `blind.py`,
-`search.py`, `segment.py`, `controlnet.py`); `data.py` and `study.py` are shared. Fields carry `help` (documented in the
+`search.py`, `segment.py`, `controlnet.py`, `phenotype.py`); `data.py` and `study.py` are shared. Fields carry `help` (documented in the
 README), `path` (resolved relative to the study file), `result` (changes the result: fingerprints
 and workflow re-runs follow it), numeric bounds and the commands that require them
 (`prompts/schema/_field.py`).
@@ -12,6 +12,7 @@ from .controlnet import ControlnetSection
 from .data import DataSection
 from .generate import GenerateSection
 from .lora import LoraSection
+from .phenotype import PhenotypeSection
 from .search import SearchSection
 from .segment import SegmentSection
 from .study import StudySection
@@ -26,8 +27,9 @@ SECTIONS = {
     "search": SearchSection,
     "segment": SegmentSection,
     "controlnet": ControlnetSection,
+    "phenotype": PhenotypeSection,
 }
 
 
 __all__ = ["SECTIONS", "DataSection", "LoraSection", "GenerateSection", "ClassifySection", "StudySection", "BlindSection",
-           "SearchSection", "SegmentSection", "ControlnetSection"]
+           "SearchSection", "SegmentSection", "ControlnetSection", "PhenotypeSection"]

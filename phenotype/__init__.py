@@ -1,0 +1,1 @@
+"""Per-cell phenotyping and counting in co-cultures (`python -m phenotype cv`)."""

@@ -1,0 +1,61 @@
+"""`python -m phenotype cv` — per-cell phenotyping and counting in co-cultures: every classifier under every
+training regime (zero-shot from monocultures, retrained with k annotated co-culture images, co-culture only)
+in the same folds, with reports."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from prompts.errors import run_cli, setup_logging
+
+log = logging.getLogger("phenotype")
+
+READING = ("normalize", "percentiles", "channels", "z", "t")  # data section: how lab files are read
+COMMANDS = {
+    "cv": ("cross-validate per-cell classifiers under each training regime on the co-culture images, and write reports",
+           ("data", *READING), None),
+}
+
+
+def parser():
+    from prompts.cli import Parser, add_config_flag, add_section_flags
+    from prompts.schema import SECTIONS
+
+    ap = Parser(prog="python -m phenotype", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, (help_text, data_keys, keys) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text + ". Flags override --config.")
+        add_config_flag(p)
+        add_section_flags(p, SECTIONS["data"], data_keys)
+        add_section_flags(p, SECTIONS["phenotype"], keys)
+        g = p.add_argument_group("running")
+        g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+        g.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+@run_cli
+def main(argv=None) -> int:
+    from prompts.cli import read_settings
+
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    study = read_settings(args, f"phenotype {args.command}", ("data", "phenotype"))
+    return cmd_cv(study.data, study.phenotype, args.progress)
+
+
+def cmd_cv(data, ph, progress: bool) -> int:
+    from .cv import run_cv
+    from .report import write_reports
+
+    results = run_cv(data, ph, progress)
+    paths = write_reports(results, ph.output)
+    log.info("wrote %s", ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
