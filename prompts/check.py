@@ -225,6 +225,26 @@ register("classification", TaskCheck(_values))
 register("segmentation", TaskCheck(_segmentation_values, not_required=("lora.",)))  # its model: controlnet.model
 
 
+def _phenotyping_values(study: Study) -> list[str]:
+    """Co-culture images present, and the fold count against them (the phenotype room checks its layouts at its first job)."""
+    from .images import is_image_file
+
+    data, ph = Path(study.data.data), study.phenotype
+    co = data / "co"
+    if not co.is_dir():
+        return [f"data.data {data} has no co/ folder; a phenotyping study needs co-culture images in {co}/ "
+                "(images/ + masks/ + cell_types.csv, see docs/tutorials/phenotyping.md)"]
+    images = co / "images" if (co / "images").is_dir() else co
+    n = sum(1 for p in images.iterdir() if p.is_file() and is_image_file(p) and not p.stem.endswith("_masks"))
+    if ph.folds > n:
+        return [f"phenotype.folds {ph.folds} is more than the {n} co-culture images in {images}; "
+                f"use phenotype.folds {max(2, n)} or fewer, or add images"]
+    return []
+
+
+register("phenotyping", TaskCheck(_phenotyping_values, not_required=("lora.",)))  # no diffusion model
+
+
 def _check_minority(study: Study, classes) -> None:
     m = study.classify.minority_class
     if m is not None and m not in classes:

@@ -254,6 +254,8 @@ class StudyLayout:
         OUT/synthetic/manifest.jsonl, dropped.json
         OUT/controlnet/fold_<k>/controlnet/  one ControlNet per fold (segmentation; + .controlnet.sha256)
         OUT/synthetic/fold_<k>/<tree>/     one tree of image-mask pairs per fold (segmentation: aug, density<X>)
+        OUT/regimes/<regime>/              one phenotyping regime alone (`phenotype cv`; + .<regime>.sha256);
+                                           the baseline's holds the feature cache every phenotyping job reads
         OUT/realism/, OUT/report/          published from OUT/.stage/ only when their job succeeded
         OUT/logs/<rule>[/fold_<k>]/<name>.log
         OUT/dropped/<time>/                outputs of earlier settings, moved aside (never deleted)
@@ -380,7 +382,24 @@ class StudyLayout:
     def synthetic_tree(self, fold: int, weight_dir: str) -> Path:
         return fold_root(self.synthetic_root, int(fold)) / weight_dir
 
-    # Snakemake patterns of the same paths ({fold}, {group}, {weight} wildcards).
+    @property
+    def regimes_root(self) -> Path:
+        """OUT/regimes/: one folder per phenotyping regime (`study.task: phenotyping`)."""
+        return self.out / "regimes"
+
+    def regime_dir(self, regime: str) -> Path:
+        """OUT/regimes/<regime>/: `phenotype cv` of that one regime (its report, results and overlays)."""
+        return self.regimes_root / regime
+
+    def feature_cache(self, baseline: str) -> Path:
+        """The per-cell feature cache of a phenotyping study: inside the baseline regime's folder, whose job
+        computes every cell's features once; every other phenotyping job reads it and adds nothing."""
+        return self.regime_dir(baseline) / "cache"
+
+    # Snakemake patterns of the same paths ({fold}, {group}, {weight}, {regime} wildcards).
+    def regime_pattern(self) -> str:
+        return f"{self.regimes_root}/{{regime}}"
+
     def lora_pattern(self) -> str:
         return f"{self.lora_root}/{FOLD_PREFIX}{{fold}}/{{group}}"
 

@@ -138,6 +138,28 @@ def _segmentation_example(folder: Path) -> None:
     (Path(folder) / "study.yaml").write_text(_SEGMENTATION_EXAMPLE, encoding="utf-8")
 
 
+_PHENOTYPING_EXAMPLE = """\
+study: {output: out, task: phenotyping}
+data: {data: data}
+phenotype: {crop_size: 32, regimes: [zero-shot, retrained, co-only], k: [1], models: [reference], folds: 2,
+            trees: 20, overlays: 1}
+"""
+
+
+def _phenotyping_example(folder: Path) -> None:
+    """2 numpy-drawn cell types (small bright, large dim): 1 monoculture image each and 4 co-culture images
+    (96 px, 6 cells each), the reference method only, 2 folds, regimes zero-shot, retrained-k1, co-only."""
+    import numpy as np
+
+    from phenotype.scenes import synthetic_cell, write_study_data
+
+    rng = np.random.default_rng(0)
+    pools = {"small_bright": [synthetic_cell(5, 210, "small_bright", rng) for _ in range(12)],
+             "large_dim": [synthetic_cell(10, 100, "large_dim", rng) for _ in range(12)]}
+    write_study_data(Path(folder) / "data", pools, mono_images=1, co_images=4, cells_per_image=6, size=(96, 96), seed=0)
+    (Path(folder) / "study.yaml").write_text(_PHENOTYPING_EXAMPLE, encoding="utf-8")
+
+
 def _builtin() -> None:
     if "classification" not in _TASKS:
         register(Task("classification", "study.plan:resolve_classification",
@@ -149,3 +171,7 @@ def _builtin() -> None:
         register(Task("segmentation", "study.segmentation:resolve_task", ("rules/segmentation.smk",),
                       example=_segmentation_example, stale_change={"controlnet": {"densities": []}},
                       bad_value=({"segment": {"folds": 9}}, "segment.folds 9")))
+    if "phenotyping" not in _TASKS:
+        register(Task("phenotyping", "study.phenotyping:resolve_task", ("rules/phenotyping.smk",),
+                      example=_phenotyping_example, stale_change={"phenotype": {"regimes": ["zero-shot", "co-only"]}},
+                      bad_value=({"phenotype": {"folds": 9}}, "phenotype.folds 9")))
