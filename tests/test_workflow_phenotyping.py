@@ -137,3 +137,16 @@ def test_a_bad_baseline_is_one_line_before_any_job(tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert res.returncode == 2 and len(lines) == 1 and "phenotype.baseline retrained-k7" in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_slurm_profile_sizes_every_phenotyping_rule():
+    """Each rule of phenotyping.smk has its SLURM size and threads; none asks for a GPU (CPU jobs)."""
+    text = (ROOT / "workflow" / "rules" / "phenotyping.smk").read_text()
+    profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    rules = re.findall(r"^\s*rule (\w+):", text, re.M)
+    assert rules == ["pheno_regime", "pheno_cv"]
+    for name in rules:
+        size = profile["set-resources"][name]
+        assert size["mem_mb"] > 0 and size["runtime"] > 0 and "gpu" not in size, name
+        assert profile["set-threads"][name] >= 1, name
+    assert "gpu=" not in text
