@@ -6,10 +6,11 @@ workflow needs, the output folder (not inside the data, not an existing file), e
 names (models given as paths, weights, templates, split, blind key and answers, prompts file),
 the mix names, the template class keys, `group_by` and the fold count against the smallest class.
 A segmentation study (`study.task: segmentation`) is checked for its own values instead: readable
-image-mask pairs, the fold count against the pairs, synthetic pairs planned (its mix names are
-checked by `study.segmentation`, which may read the segment room). Last, for either task, the reading
-rule against the workflow's commands and the headers of the data's lab files (`lab_file_headers`:
-channels, z, t, scenes, sizes; no pixel decoded).
+image-mask pairs, the fold count against the pairs, its mix names, synthetic pairs planned, a base model.
+Which values a task checks is written once, in the task registry `TASKS` below (`register` adds a
+task; `study/tasks.py` is the workflow's side of the same registry): nothing else branches on the task.
+Last, for every task, the reading rule against the workflow's commands and the headers of the data's
+lab files (`lab_file_headers`: channels, z, t, scenes, sizes; no pixel decoded).
 
     check_file(path)                  -> list of error lines ([] when the study can run)
     check_mapping(raw, study_file)    -> (Study or None, list of error lines)   (Snakemake's merged config)
@@ -17,14 +18,14 @@ channels, z, t, scenes, sizes; no pixel decoded).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .config import KEYWORDS, Study, build_study, field_help, missing_required
 from .errors import UserError
 
 WORKFLOW = "workflow"
-SEGMENTATION = "segmentation"
-CLASSIFICATION_ONLY = ("lora.",)  # required keys a segmentation study does not need (its model: controlnet.model)
 # Path keys a study's jobs read: when set, the file or folder must exist (models may be hub ids).
 INPUT_PATHS = (
     ("data", "templates"), ("data", "split"), ("lora", "model"), ("lora", "model_config"), ("generate", "model"),
@@ -74,29 +75,46 @@ def _reading(study: Study, where: str) -> list[str]:
     return []
 
 
+@dataclass(frozen=True)
+class TaskCheck:
+    """The checks of one study task: its values against the data, and the workflow-required keys it does not need."""
+
+    values: Callable[[Study], list[str]]  # error lines (without the file prefix)
+    not_required: tuple[str, ...] = ()  # prefixes of `required=("workflow",)` keys the task does without
+    pixel_commands: tuple[str, ...] = ()  # the task's workflow commands that decode real images under the reading rule
+    # (study, reading) -> [(image name relative to data.data, class or set)] of the images its jobs decode; None: not checked
+    images: Callable | None = None
+
+
+TASKS: dict[str, TaskCheck] = {}
+
+
+def register(task: str, check: TaskCheck) -> TaskCheck:
+    """Add (or replace) the checks of `task` (a value of study.task)."""
+    TASKS[task] = check
+    return check
+
+
 def check_study(study: Study, study_file) -> list[str]:
     """Every error of a schema-valid study that its jobs would meet, one line each, prefixed with the file."""
     where = f"{study_file}: "
-    segmentation = study.study.task == SEGMENTATION
-    missing = [key for key in missing_required(study, WORKFLOW) if not (segmentation and key.startswith(CLASSIFICATION_ONLY))]
+    task = TASKS.get(study.study.task)
+    if task is None:  # a value the schema admits but no task registered: a toolkit error, said in one line
+        return [f"{where}study.task {study.study.task} is not a registered task (known: {', '.join(TASKS)})"]
+    missing = [key for key in missing_required(study, WORKFLOW) if not key.startswith(task.not_required)]
     errors = [f"{where}{key} is missing: {field_help(key)}" for key in missing]
     if errors:
         return errors
     errors += _reading(study, where)
     if errors:
         return errors
-    errors += [where + e for e in _paths(study)]
+    errors += [where + e for e in _paths(study) + _bounds(study)]
     if errors:
         return errors
-    errors += [where + e for e in (_segmentation_values(study) if segmentation else _values(study))]
+    errors += [where + e for e in task.values(study)]
     if errors:
         return errors
     return [where + e for e in lab_file_headers(study)]
-
-
-# The commands of each task's workflow that decode real images under the reading rule.
-PIXEL_COMMANDS = {"classification": ("lora train", "generate", "classify realism", "classify cv"),
-                  SEGMENTATION: ("controlnet train", "segment realism", "segment cv")}
 
 
 def lab_file_headers(study: Study) -> list[str]:
@@ -110,25 +128,40 @@ def lab_file_headers(study: Study) -> list[str]:
     from .labcheck import check_commands, check_lab_files
     from .normalize import from_section
 
+    task = TASKS[study.study.task]
     reading = from_section(study.data)
-    errors = check_commands(reading, PIXEL_COMMANDS.get(study.study.task, ()), study.generate.init_images)
+    errors = check_commands(reading, task.pixel_commands, study.generate.init_images)
+    if task.images is None:
+        return errors
     try:
-        items = _study_images(study, reading)
+        items = task.images(study, reading)
     except UserError:
         return errors  # the data folder's own errors are said by the checks above
     return errors + check_lab_files(study.data.data, items, reading, study.data.skip_bad_images)
 
 
-def _study_images(study: Study, reading) -> list[tuple[str, str]]:
-    """(image name relative to data.data, class or pair group) of every image the study's jobs decode."""
-    if study.study.task == SEGMENTATION:
-        from .pairs import read_pairs
-
-        return [(p.name, p.label or "") for p in read_pairs(Path(study.data.data))]
+def _class_images(study: Study, reading) -> list[tuple[str, str]]:
+    """(image name relative to data.data, class) of every image of a classification study."""
     from .dataset import list_images
 
     dataset = list_images(study.data.data, skip_bad_images=study.data.skip_bad_images, reading=reading)
     return [(r.path, r.label) for r in dataset.records]
+
+
+def _pair_images(study: Study, reading) -> list[tuple[str, str]]:
+    """(image name relative to data.data, set) of every image of an image-mask pair study."""
+    from .pairs import read_pairs
+
+    return [(p.name, p.label or "") for p in read_pairs(Path(study.data.data))]
+
+
+def _bounds(study: Study) -> list[str]:
+    """Values bounded by other values: the search's workers by its trials (the schema bounds each alone)."""
+    s = study.search
+    if s.workers > s.trials:
+        return [f"search.workers {s.workers} is more than search.trials {s.trials} (a worker without a trial to run "
+                f"only waits): use search.workers {s.trials} or fewer"]
+    return []
 
 
 def _paths(study: Study) -> list[str]:
@@ -140,8 +173,6 @@ def _paths(study: Study) -> list[str]:
         errors.append(f"study.output {out} is inside the data folder {data}; outputs never go into the data folder")
     elif out.exists() and not out.is_dir():
         errors.append(f"study.output {out} is an existing file; name a folder for the study's outputs")
-    if study.lora.per == "all" and study.study.task != SEGMENTATION:
-        errors.append("lora.per: all is not run by the workflow (generate samples per class): use class or cell_line_class")
     for section, key in INPUT_PATHS:
         value = getattr(getattr(study, section), key)
         for v in value if isinstance(value, list) else [value]:
@@ -176,6 +207,8 @@ def _values(study: Study) -> list[str]:
     from .templates import load_templates
 
     errors = []
+    if study.lora.per == "all":
+        errors.append("lora.per: all is not run by the workflow (generate samples per class): use class or cell_line_class")
     try:
         parse_mixes(study.classify.mixes)
     except UserError as err:
@@ -211,6 +244,9 @@ def _segmentation_values(study: Study) -> list[str]:
 
     data, cn, seg = Path(study.data.data), study.controlnet, study.segment
     errors = [e for e in [mixes_error("segment", seg.mixes, SEGMENTATION)] if e]
+    if not (cn.model or study.lora.model or study.generate.model):
+        errors.append("controlnet.model is missing: give a diffusers folder, a .safetensors file, a hub id, "
+                      "or `tiny` (the offline smoke model)")
     if not (cn.augment or cn.densities) or cn.count == 0:
         errors.append("controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
                       "set controlnet.augment, controlnet.densities or controlnet.count")
@@ -231,6 +267,32 @@ def _segmentation_values(study: Study) -> list[str]:
         errors.append(f"segment.folds {seg.folds} is more than the {len(pairs)} image–mask pairs in {data}; "
                       f"use segment.folds {max(2, len(pairs))} or fewer, or add pairs")
     return errors
+
+
+register("classification", TaskCheck(_values, pixel_commands=("lora train", "generate", "classify realism", "classify cv"),
+                                     images=_class_images))
+register("segmentation", TaskCheck(_segmentation_values, not_required=("lora.",),  # its model: controlnet.model
+                                   pixel_commands=("controlnet train", "segment realism", "segment cv"), images=_pair_images))  # its model: controlnet.model
+
+
+def _phenotyping_values(study: Study) -> list[str]:
+    """Co-culture images present, and the fold count against them (the phenotype room checks its layouts at its first job)."""
+    from .images import is_image_file
+
+    data, ph = Path(study.data.data), study.phenotype
+    co = data / "co"
+    if not co.is_dir():
+        return [f"data.data {data} has no co/ folder; a phenotyping study needs co-culture images in {co}/ "
+                "(images/ + masks/ + cell_types.csv, see docs/tutorials/phenotyping.md)"]
+    images = co / "images" if (co / "images").is_dir() else co
+    n = sum(1 for p in images.iterdir() if p.is_file() and is_image_file(p) and not p.stem.endswith("_masks"))
+    if ph.folds > n:
+        return [f"phenotype.folds {ph.folds} is more than the {n} co-culture images in {images}; "
+                f"use phenotype.folds {max(2, n)} or fewer, or add images"]
+    return []
+
+
+register("phenotyping", TaskCheck(_phenotyping_values, not_required=("lora.",)))  # no diffusion model
 
 
 def _check_minority(study: Study, classes) -> None:

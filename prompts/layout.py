@@ -246,15 +246,24 @@ class StudyLayout:
 
         OUT/study.yaml                     the merged, validated study every job reads (--config)
         OUT/folds.json                     the split (unless data.split names the user's file)
+        OUT/templates.yaml                 the default prompt templates (unless data.templates names the user's)
         OUT/models/tiny-sd/                `lora.model: tiny`
         OUT/models/classifier.weights.h5   `classify.weights: calibrated`
         OUT/lora/fold_<k>/<group>/         one LoRA per fold and group (+ .<group>.sha256 beside it)
         OUT/synthetic/fold_<k>/w<weight>/  one tree per fold and LoRA weight (+ .w<weight>.sha256)
         OUT/synthetic/manifest.jsonl, dropped.json
+        OUT/controlnet/fold_<k>/controlnet/  one ControlNet per fold (segmentation; + .controlnet.sha256)
+        OUT/synthetic/fold_<k>/<tree>/     one tree of image-mask pairs per fold (segmentation: aug, density<X>)
+        OUT/regimes/<regime>/              one phenotyping regime alone (`phenotype cv`; + .<regime>.sha256);
+                                           the baseline's holds the feature cache every phenotyping job reads
         OUT/realism/, OUT/report/          published from OUT/.stage/ only when their job succeeded
         OUT/logs/<rule>[/fold_<k>]/<name>.log
         OUT/dropped/<time>/                outputs of earlier settings, moved aside (never deleted)
         OUT/.study.lock                    held by the one run on this output (host, pid, start)
+        OUT/.stage/, OUT/.generate/, OUT/.pairs/   the jobs' own working folders (hidden; see `working_dirs`)
+
+    Every folder the workflow writes records what it wrote (`OUTPUTS_FILE`, at every depth, see
+    study.outputs.claim_tree); a file no record lists is the user's and is never deleted or replaced.
     """
 
     out: Path
@@ -266,6 +275,11 @@ class StudyLayout:
     @property
     def study_file(self) -> Path:
         return self.out / self.STUDY_FILE
+
+    @property
+    def templates_file(self) -> Path:
+        """OUT/templates.yaml: the toolkit's default templates, copied in when data.templates names none."""
+        return self.out / "templates.yaml"
 
     @property
     def lock_file(self) -> Path:
@@ -332,6 +346,33 @@ class StudyLayout:
         return self.generate_staging_root / f"{fold_name(int(fold))}_{weight_dir}"
 
     @property
+    def pairs_staging_root(self) -> Path:
+        return self.out / ".pairs"
+
+    def pairs_staging(self, fold: int) -> Path:
+        """A segmentation pairs job's own --synthetic root; its finished trees are renamed into `pairs_tree`."""
+        return self.pairs_staging_root / fold_name(int(fold))
+
+    def staged_pairs_tree(self, fold: int, tree: str) -> Path:
+        """Where the pairs job of `fold` writes `tree` in its staging root (renamed to `pairs_tree` when finished)."""
+        return fold_root(self.pairs_staging(fold), int(fold)) / tree
+
+    @property
+    def working_dirs(self) -> list[Path]:
+        """The jobs' own hidden working folders: replaced by the toolkit as its jobs need (not user space)."""
+        return [self.stage_root, self.generate_staging_root, self.pairs_staging_root]
+
+    @property
+    def controlnet_root(self) -> Path:
+        return self.out / "controlnet"
+
+    def controlnet_dir(self, fold: int) -> Path:
+        return controlnet_dir(self.controlnet_root, int(fold))
+
+    def pairs_tree(self, fold: int, tree: str) -> Path:
+        return fold_root(self.synthetic_root, int(fold)) / tree
+
+    @property
     def logs_dir(self) -> Path:
         return self.out / "logs"
 
@@ -341,12 +382,35 @@ class StudyLayout:
     def synthetic_tree(self, fold: int, weight_dir: str) -> Path:
         return fold_root(self.synthetic_root, int(fold)) / weight_dir
 
-    # Snakemake patterns of the same paths ({fold}, {group}, {weight} wildcards).
+    @property
+    def regimes_root(self) -> Path:
+        """OUT/regimes/: one folder per phenotyping regime (`study.task: phenotyping`)."""
+        return self.out / "regimes"
+
+    def regime_dir(self, regime: str) -> Path:
+        """OUT/regimes/<regime>/: `phenotype cv` of that one regime (its report, results and overlays)."""
+        return self.regimes_root / regime
+
+    def feature_cache(self, baseline: str) -> Path:
+        """The per-cell feature cache of a phenotyping study: inside the baseline regime's folder, whose job
+        computes every cell's features once; every other phenotyping job reads it and adds nothing."""
+        return self.regime_dir(baseline) / "cache"
+
+    # Snakemake patterns of the same paths ({fold}, {group}, {weight}, {regime} wildcards).
+    def regime_pattern(self) -> str:
+        return f"{self.regimes_root}/{{regime}}"
+
     def lora_pattern(self) -> str:
         return f"{self.lora_root}/{FOLD_PREFIX}{{fold}}/{{group}}"
 
     def synthetic_pattern(self) -> str:
         return f"{self.synthetic_root}/{FOLD_PREFIX}{{fold}}/{{weight}}"
+
+    def controlnet_pattern(self) -> str:
+        return f"{self.controlnet_root}/{FOLD_PREFIX}{{fold}}/{CONTROLNET_DIR}"
+
+    def pairs_tree_pattern(self, tree: str) -> str:
+        return f"{self.synthetic_root}/{FOLD_PREFIX}{{fold}}/{tree}"
 
     def log(self, rule: str, *parts: str) -> str:
         """OUT/logs/<rule>[/<part>...].log (parts may hold Snakemake wildcards)."""

@@ -51,14 +51,37 @@ def main(argv=None) -> int:
 
 
 def cmd_cv(data, seg, progress: bool) -> int:
+    from prompts.fingerprint import claim
+
     from .cv import run_cv
     from .report import load_realism, write_reports
 
+    names = _cv_output_names(data, seg)
     load_realism(seg.realism)  # a bad --realism stops now, not after the CV
     results = run_cv(data, seg, progress)
+    claim(seg.output, names, "segment cv")  # after every check, before the report is written
     paths = write_reports(results, seg.output)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0
+
+
+def _cv_output_names(data, seg) -> list[str]:
+    """What `segment cv` writes into --output; refuses (whatever --overwrite says) a file of those names it did not write."""
+    from pathlib import Path
+
+    from prompts import layout
+    from prompts.fingerprint import claimed, written_by
+    from prompts.guard import check_output_dir, check_outputs
+
+    from .cv import OVERLAYS_DIR
+
+    out = check_output_dir(seg.output, data=data.data)
+    files = [layout.REPORT_MD, layout.REPORT_HTML, layout.RESULTS_CSV, layout.RESULTS_JSON, layout.SPLIT_FILE,
+             layout.FINGERPRINT_FILE]
+    legacy = not claimed(out) and written_by(Path(out) / layout.FINGERPRINT_FILE)  # a run from before outputs records
+    if not legacy:
+        check_outputs(out, files)
+    return files + [layout.RUNS_DIR, OVERLAYS_DIR]
 
 
 def cmd_realism(data, seg, progress: bool) -> int:
@@ -74,6 +97,9 @@ def cmd_realism(data, seg, progress: bool) -> int:
     for name in (REALISM_JSON, REALISM_MD):  # a finished realism report is replaced only when asked
         check_new_file(Path(seg.output) / name, overwrite=seg.overwrite, data=data.data)
     result = run_realism(data, seg, progress)
+    from prompts.fingerprint import claim
+
+    claim(seg.output, [REALISM_JSON, REALISM_MD], "segment realism")  # its own: --overwrite may replace them later
     paths = write_realism(result, seg.output)
     log.info("wrote %s", ", ".join(str(p) for p in paths))
     return 0

@@ -203,13 +203,33 @@ def build(default_file: Path, best_file: Path, search_dir: Path | None) -> dict:
             "search_page": str(Path(search_dir) / "search.html") if search_dir else None}
 
 
+def check_targets(output, data_folders) -> list[Path]:
+    """[OUTPUT.md, OUTPUT.html] if both may be written: never inside a study's data folder (also through `..` or a
+    symlink), never through a symlink, never over a file the toolkit did not write; its own are replaced."""
+    from prompts.guard import check_file_target, refuse_foreign
+
+    output = Path(output)
+    if not output.name or output.name in (".", ".."):
+        raise UserError(f"--output {output}: give a path without suffix (OUTPUT.html and OUTPUT.md are written)")
+    targets = [output.with_suffix(".md"), output.with_suffix(".html")]
+    for target in targets:
+        for data in data_folders:
+            check_file_target(target, data=data)
+        refuse_foreign(target)
+    return targets
+
+
 def write_comparison(default_file, best_file, search_dir, output) -> list[Path]:
-    """OUTPUT.html and OUTPUT.md (output: a path without suffix)."""
+    """OUTPUT.html and OUTPUT.md (output: a path without suffix); UserError (one line, nothing written) for an output
+    inside either study's data folder or over a file the toolkit did not write."""
+    from prompts.fingerprint import claim
+
     from .search_report import _render
 
+    data = [load_study(f).data.data for f in (default_file, best_file)]
+    md, page = check_targets(output, [d for d in data if d])
     ctx = build(Path(default_file), Path(best_file), Path(search_dir) if search_dir else None)
-    output = Path(output)
-    md, page = output.with_suffix(".md"), output.with_suffix(".html")
+    claim(md.parent, [md.name, page.name], "study compare")
     write_text_atomic(md, markdown(ctx))
     write_text_atomic(page, _render("compare.html.j2", fmt=_fmt, **ctx))
     return [page, md]

@@ -11,6 +11,7 @@ however it ends (kill -9 included), so a held lock always means a live run:
 """
 from __future__ import annotations
 
+import base64
 import datetime
 import fcntl
 import json
@@ -33,10 +34,17 @@ def holder(lock_file: Path) -> str:
 
 
 def acquire(lock_file: Path) -> bool:
-    """Take the study lock (True), or False when a live run holds it. Kept until the process ends."""
+    """Take the study lock (True), or False when a live run holds it. Kept until the process ends.
+
+    Raises UserError (one line) when the lock cannot be written at all (a read-only output folder).
+    """
     lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a read-only folder or parent, a full disk: one line, not a traceback
+        raise UserError(f"study.output {lock_file.parent}: cannot write there ({err.strerror}); "
+                        "choose a folder you can write to (or make this one writable)") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -71,3 +79,22 @@ def clear_stale_snakemake_locks(out: Path, workdir: Path) -> list[Path]:
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed
+
+
+def snakemake_incomplete(workdir: Path, output) -> bool:
+    """True when Snakemake (run from `workdir`) marks `output` as written by a job that never finished.
+
+    Snakemake records such an output in `.snakemake/incomplete/` under its path in url-safe base64, cut
+    into parts of the file system's longest name, all but the last prefixed with '@' (its `_record_path`).
+    """
+    root = Path(workdir) / ".snakemake" / "incomplete"
+    if not root.is_dir():
+        return False
+    try:
+        max_len = os.pathconf(root, "PC_NAME_MAX") or 255
+    except (OSError, ValueError):
+        max_len = 255
+    b64 = base64.urlsafe_b64encode(str(output).encode()).decode()
+    parts = [b64[i:i + max_len - 1] for i in range(0, len(b64), max_len - 1)]
+    parts = ["@" + s for s in parts[:-1]] + parts[-1:]
+    return root.joinpath(*parts).is_file()

@@ -7,12 +7,16 @@
   changed) loses its seal, so Snakemake re-runs the job that makes it, and everything downstream.
 - publish: `realism` and `cv` write into OUT/.stage/; only a finished folder is copied (hard
   links) over the published one, so a failing job never destroys the last good report.
-- prune: synthetic trees and LoRA folders that the current study no longer defines (other LoRA
-  weights, folds or groups) are moved to OUT/dropped/<time>/ and listed in SYN/dropped.json,
-  which the report shows; nothing is deleted.
+- prune: outputs the current study no longer defines (`plan.stale_outputs()`: synthetic trees and
+  LoRA folders of other LoRA weights, folds or groups; pair trees and ControlNets of other trees or
+  folds) are moved to OUT/dropped/<time>/ and listed in SYN/dropped.json, which the report shows;
+  nothing is deleted.
+- own: a file under OUT that no record of the toolkit lists is the user's (`foreign_files`); no
+  run deletes or replaces it, and the guard refuses before any job (study/guard.py).
 
     python -m study.outputs seal FOLDER
     python -m study.outputs publish STAGED FINAL
+    python -m study.outputs default-templates FILE
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def checksums(folder: Path) -> str:
 
 
 def seal(folder: Path) -> Path:
-    """Write the seal of a finished folder output; returns the seal file."""
+    """Write the seal of a finished folder output (the record of every file its job wrote); returns the seal file."""
     target = layout.seal_file(folder)
     write_text_atomic(target, checksums(folder))
     return target
@@ -66,33 +70,99 @@ def unseal_changed(folders) -> list[Path]:
     return changed
 
 
-def foreign_entries(staged: Path | None, final: Path) -> list[str]:
-    """Names in the published folder that no command wrote: neither claimed in its outputs record, nor made anew by the
-    staged job (e.g. a figure the user saved into OUT/report). Publishing never deletes them."""
-    from prompts.fingerprint import claimed, written_by
+# --------------------------------------------------------------------------- ownership at every depth
+#
+# The rule: a file under OUT is the toolkit's when the outputs record of its own folder lists it
+# (`prompts.fingerprint.claim`; a published folder is claimed at every depth), when the seal of the
+# folder output it lies in lists it (a seal is the record of every file its job wrote, at any depth),
+# or when its content says so (`written_by`).
+# Anything else is the user's: no run deletes or replaces it, at any depth; the guard refuses first.
 
-    if not final.is_dir() or not claimed(final):
-        return []  # no outputs record (an older or another room's folder): nothing tells ours from the user's
-    ours = set(claimed(final)) | {layout.OUTPUTS_FILE, ".snakemake_timestamp"}
-    if staged is not None and staged.is_dir():
-        ours |= {p.name for p in staged.iterdir()}
-    return sorted(p.name for p in final.iterdir() if p.name not in ours and not written_by(p))
+WORKFLOW = "workflow"  # the command name in the records the workflow itself writes
+
+
+def claim_tree(folder: Path, command: str = WORKFLOW) -> None:
+    """Record in every folder under `folder` (itself included) that `command` wrote what it holds now."""
+    from prompts.fingerprint import claim, claimed
+
+    for dirpath, dirnames, filenames in os.walk(folder):
+        known = claimed(dirpath)  # a name a command claimed keeps that command as its writer
+        names = [n for n in dirnames + filenames if n not in (layout.OUTPUTS_FILE, SNAKEMAKE_STAMP) and n not in known]
+        if names:
+            claim(dirpath, names, command)
+
+
+def _sealed_names(folder: Path) -> set[str]:
+    """Paths (relative to the folder's parent, posix) its seal lists: the files its job wrote."""
+    sealed = layout.seal_file(folder)
+    try:
+        lines = sealed.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    return {line.split("  ", 1)[1] for line in lines if "  " in line}
+
+
+def _is_ours(path: Path, claimed_names: dict, sealed: set[str], parent: Path) -> bool:
+    from prompts.fingerprint import written_by
+
+    if path.name == SNAKEMAKE_STAMP and not path.is_symlink():
+        return True
+    if path.name in claimed_names and path.name != layout.OUTPUTS_FILE:
+        return True
+    if not path.is_symlink() and path.relative_to(parent).as_posix() in sealed:
+        return True
+    return written_by(path) is not None
+
+
+def foreign_files(folder: Path, *, incomplete: bool = False) -> list[Path]:
+    """Files (and symlinks) under `folder`, at any depth, that no record of the toolkit lists: the user's.
+
+    incomplete: Snakemake marks the folder as the output of a job that never finished (killed): all
+    of it is that job's. A user's file or symlink where the folder itself should be counts too.
+    """
+    from prompts.fingerprint import claimed
+
+    folder = Path(folder)
+    if not (folder.exists() or folder.is_symlink()):
+        return []
+    if folder.is_symlink() or not folder.is_dir():
+        return [] if _is_ours(folder, claimed(folder.parent), set(), folder.parent) else [folder]
+    if incomplete:
+        return []
+    sealed, parent = _sealed_names(folder), folder.parent
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        names = claimed(here)
+        links = [n for n in dirnames if (here / n).is_symlink()]  # never followed: judged as files
+        for name in sorted(filenames + links):
+            if not _is_ours(here / name, names, sealed, parent):
+                found.append(here / name)
+    return found
+
+
+def refuse_foreign(folder: Path, *, incomplete: bool = False, why: str = "is replaced whole when its job runs again") -> None:
+    """One-line UserError naming the first file of the user's under `folder` (nothing is touched)."""
+    foreign = foreign_files(folder, incomplete=incomplete)
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise UserError(f"{foreign[0]}{more} was not written by the toolkit, and {folder} {why}; "
+                        "move it out of that folder, then run again: nothing was run or replaced")
 
 
 def publish(staged: Path, final: Path) -> None:
-    """Copy a finished staged folder into place (hard links where possible) and seal it.
+    """Copy a finished staged folder into place (hard links where possible), record it as ours, seal it.
 
-    Raises UserError, replacing nothing, when the published folder holds a file the toolkit did not write.
+    Raises UserError, replacing nothing, when the published folder holds a file the toolkit did not write
+    (at any depth).
     """
     staged, final = Path(staged), Path(final)
-    foreign = foreign_entries(staged, final)
-    if foreign:
-        raise UserError(f"{final} holds {', '.join(foreign)}, which the toolkit did not write; move it out of that folder "
-                        "(the new results wait in " + str(staged) + "), then run again: nothing was replaced")
+    refuse_foreign(final, why=f"would be replaced whole by the new results waiting in {staged}")
     tmp = final.parent / f".{final.name}.publishing"
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(staged, tmp, copy_function=_link_or_copy)
+    claim_tree(tmp)  # written anew (atomic replace): the staged folder's hard links are untouched
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -109,58 +179,19 @@ def _link_or_copy(src, dst):
 # --------------------------------------------------------------------------- outputs of earlier settings
 
 def stale_outputs(plan) -> list[dict]:
-    """Synthetic trees and LoRA folders under OUT that the plan no longer defines: [{kind, path, reason}]."""
-    if plan.task == "segmentation":
-        return _stale_segmentation_outputs(plan)
-    lay = plan.layout
-    folds, weights, groups = set(plan.folds), set(plan.weight_dirs), {g["group"] for g in plan.groups}
-    found = []
-    for fold_dir in _fold_dirs(lay.synthetic_root):
-        k = layout.parse_fold_name(fold_dir.name)
-        for tree in sorted(p for p in fold_dir.iterdir() if p.is_dir() and layout.parse_weight_dir(p.name) is not None):
-            if k not in folds:
-                found.append({"kind": "synthetic tree", "path": tree, "reason": f"fold {k} is not in the current split"})
-            elif tree.name not in weights:
-                found.append({"kind": "synthetic tree", "path": tree,
-                              "reason": f"LoRA weight {layout.parse_weight_dir(tree.name)!r} is not in generate.lora_weights"})
-    for fold_dir in _fold_dirs(lay.lora_root):
-        k = layout.parse_fold_name(fold_dir.name)
-        for group in sorted(p for p in fold_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if k not in folds:
-                found.append({"kind": "LoRA", "path": group, "reason": f"fold {k} is not in the current split"})
-            elif group.name not in groups:
-                found.append({"kind": "LoRA", "path": group, "reason": f"group {group.name!r} is not in the current study"})
-    return found
+    """The outputs of earlier settings under OUT (each task's plan knows its own: `plan.stale_outputs()`)."""
+    return plan.stale_outputs()
 
 
-def _stale_segmentation_outputs(plan) -> list[dict]:
-    """Pairs trees (`aug`, `density<X>`) and fold ControlNets under OUT that a segmentation plan no longer defines."""
-    folds, trees = set(plan.folds), set(plan.trees)
-    found = []
-    for fold_dir in _fold_dirs(plan.synthetic_root):
-        k = layout.parse_fold_name(fold_dir.name)
-        for tree in sorted(p for p in fold_dir.iterdir() if p.is_dir() and layout.parse_pairs_tree(p.name) is not False):
-            if k not in folds:
-                found.append({"kind": "synthetic pairs", "path": tree, "reason": f"fold {k} is not in the current split"})
-            elif tree.name not in trees:
-                found.append({"kind": "synthetic pairs", "path": tree,
-                              "reason": f"tree {tree.name} is not planned (controlnet.augment, controlnet.densities)"})
-    for fold_dir in _fold_dirs(plan.controlnet_root):
-        k = layout.parse_fold_name(fold_dir.name)
-        cn = fold_dir / layout.CONTROLNET_DIR
-        if k not in folds and cn.is_dir():
-            found.append({"kind": "ControlNet", "path": cn, "reason": f"fold {k} is not in the current split"})
-    return found
-
-
-def _fold_dirs(root: Path) -> list[Path]:
+def fold_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and layout.parse_fold_name(p.name) is not None)
 
 
 def move_aside(plan, stale: list[dict]) -> Path | None:
-    """Move `stale` outputs (and their seals) to OUT/dropped/<time>/ and add them to SYN/dropped.json."""
+    """Move `stale` outputs (`plan.stale_outputs()`, and their seals) to OUT/dropped/<time>/ and list them in
+    SYN/dropped.json, which the report shows: the one mechanism of every task (nothing is deleted)."""
     if not stale:
         return None
     lay = plan.layout
@@ -186,10 +217,22 @@ def move_aside(plan, stale: list[dict]) -> Path | None:
     return target_root
 
 
+def write_default_templates(target: Path) -> None:
+    """Copy the toolkit's default prompt templates to `target` (OUT/templates.yaml), recorded as the workflow's."""
+    from prompts.fingerprint import claim
+    from prompts.templates import DEFAULT_TEMPLATES
+
+    claim(target.parent, [target.name], WORKFLOW)
+    write_text_atomic(target, Path(DEFAULT_TEMPLATES).read_text(encoding="utf-8"))
+
+
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 2 and args[0] == "seal":
         seal(Path(args[1]))
+        return 0
+    if len(args) == 2 and args[0] == "default-templates":
+        write_default_templates(Path(args[1]))
         return 0
     if len(args) == 3 and args[0] == "publish":
         try:
@@ -198,7 +241,7 @@ def main(argv=None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    print("usage: python -m study.outputs seal FOLDER | publish STAGED FINAL", file=sys.stderr)
+    print("usage: python -m study.outputs seal FOLDER | publish STAGED FINAL | default-templates FILE", file=sys.stderr)
     return 2
 
 

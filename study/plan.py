@@ -39,13 +39,17 @@ CALIBRATED, NONE = "calibrated", "none"
 
 @dataclass
 class Plan:
-    """A study resolved into the workflow's paths and job wildcards (all paths absolute)."""
+    """A classification study resolved into the workflow's paths and job wildcards (all paths absolute).
+
+    Implements `study.tasks.StudyPlan`, the one interface of every task's plan.
+    """
 
     study_file: Path  # the first --configfile: relative paths are relative to its folder
     layout: StudyLayout
     data: Path
     images: list[str]  # every data image (and labels.csv): inputs of the first jobs
-    templates: Path
+    templates: Path  # data.templates, or OUT/templates.yaml: the default templates copied in (`default_templates`)
+    templates_given: bool  # data.templates names the user's templates file: an input, never written
     split: Path
     split_given: bool  # data.split names the user's split file: an input, never written
     folds: list[int]
@@ -59,7 +63,7 @@ class Plan:
     blind_inputs: list[str] = field(default_factory=list)  # files of classify.blind (the CV report adds them)
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # rule -> {param name: "section.key=value"}
     warnings: list[str] = field(default_factory=list)
-    task: str = "classification"  # study.task; a segmentation study is a `study.segmentation.SegPlan`
+    task: str = "classification"  # study.task (the registry: study/tasks.py)
     study: object = None  # the validated prompts.config.Study
 
     @property
@@ -90,6 +94,34 @@ class Plan:
     def targets(self) -> list[str]:
         """What `rule all` asks for: the published report and realism, and every seal."""
         return [str(self.layout.report_dir), str(self.layout.realism_dir)] + [str(layout.seal_file(d)) for d in self.sealed_folders()]
+
+    def folder_outputs(self) -> list[str]:
+        """Every folder output a job may (re)make (hidden working folders aside): the guard checks each first."""
+        return ([str(self.layout.tiny_model_dir)] if self.tiny_model else []) + self.sealed_folders()
+
+    def stale_outputs(self) -> list[dict]:
+        """Synthetic trees and LoRA folders under OUT that the plan no longer defines: [{kind, path, reason}]."""
+        from .outputs import fold_dirs
+
+        lay = self.layout
+        folds, weights, groups = set(self.folds), set(self.weight_dirs), {g["group"] for g in self.groups}
+        found = []
+        for fold_dir in fold_dirs(lay.synthetic_root):
+            k = layout.parse_fold_name(fold_dir.name)
+            for tree in sorted(p for p in fold_dir.iterdir() if p.is_dir() and layout.parse_weight_dir(p.name) is not None):
+                if k not in folds:
+                    found.append({"kind": "synthetic tree", "path": tree, "reason": f"fold {k} is not in the current split"})
+                elif tree.name not in weights:
+                    found.append({"kind": "synthetic tree", "path": tree,
+                                  "reason": f"LoRA weight {layout.parse_weight_dir(tree.name)!r} is not in generate.lora_weights"})
+        for fold_dir in fold_dirs(lay.lora_root):
+            k = layout.parse_fold_name(fold_dir.name)
+            for group in sorted(p for p in fold_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if k not in folds:
+                    found.append({"kind": "LoRA", "path": group, "reason": f"fold {k} is not in the current split"})
+                elif group.name not in groups:
+                    found.append({"kind": "LoRA", "path": group, "reason": f"group {group.name!r} is not in the current study"})
+        return found
 
     def group(self, name: str) -> dict:
         return next(g for g in self.groups if g["group"] == name)
@@ -169,15 +201,18 @@ def from_config(config: dict, study_file, config_args=None) -> Plan:
     study, errors = check_mapping(config, study_file)
     if errors:
         _fail(errors)
-    if study.study.task == "segmentation":
-        from study.segmentation import load_or_exit
+    from .tasks import get
 
-        return load_or_exit(study, study_file)
-    _validate(config, study_file)
     try:
-        return _resolve(study, study_file)
+        return get(study.study.task).resolve(study, study_file, config)
     except UserError as err:
         _fail([str(err)])
+
+
+def resolve_classification(study, study_file: Path, config: dict) -> Plan:
+    """The plan of a checked classification study (the task registry's entry, study/tasks.py)."""
+    _validate(config, study_file)
+    return _resolve(study, study_file)
 
 
 def _validate(config: dict, study_file: Path) -> None:
@@ -196,7 +231,6 @@ def _validate(config: dict, study_file: Path) -> None:
 def _resolve(study, study_file: Path) -> Plan:
     from prompts.dataset import read_dataset
     from prompts.images import file_of
-    from prompts.templates import DEFAULT_TEMPLATES
 
     lay = StudyLayout(Path(study.study.output).resolve())
     data = Path(study.data.data).resolve()
@@ -221,7 +255,8 @@ def _resolve(study, study_file: Path) -> Plan:
     calibrated = cw == CALIBRATED
     plan = Plan(
         study_file=study_file, layout=lay, data=data, images=images,
-        templates=Path(study.data.templates).resolve() if study.data.templates else DEFAULT_TEMPLATES,
+        templates=Path(study.data.templates).resolve() if study.data.templates else lay.templates_file,
+        templates_given=bool(study.data.templates),
         split=split, split_given=split_given, folds=list(range(n_folds)), groups=_groups(records, study.lora.per),
         weights=list(dict.fromkeys(float(w) for w in study.generate.lora_weights)),
         lora_model=lora_model, generate_model=gen_model, tiny_model=tiny_dir in (lora_model, gen_model),
@@ -234,6 +269,15 @@ def _resolve(study, study_file: Path) -> Plan:
             f"{study_file}: classify.weights is none: the classifier starts from random weights, so every mix scores "
             "alike and the report means nothing; use imagenet (real runs) or calibrated (offline smoke runs)")
     return plan
+
+
+def default_templates_digest() -> str:
+    """The sha256 of the toolkit's default templates: the `default_templates` rule's param, so a job follows their
+    content while no path of the toolkit's folder enters an input (moving the folder re-runs nothing)."""
+    from prompts.fingerprint import file_sha256
+    from prompts.templates import DEFAULT_TEMPLATES
+
+    return file_sha256(DEFAULT_TEMPLATES)
 
 
 def _files_of(path) -> list[str]:

@@ -41,10 +41,19 @@ def ranked_trials(ostudy) -> list:
 
 
 def write_best_study(study, params: dict, path: Path) -> Path:
-    """The user's study with the best parameters, its outputs in path's folder (validated by reading it back)."""
+    """The user's study with the best parameters, its outputs in path's folder (validated by reading it back).
+
+    Raises UserError (one line, nothing written) when `path` is a file the toolkit did not write (the user's own).
+    """
+    from prompts.fingerprint import claim
+    from prompts.guard import refuse_foreign
+
     from .trials import best_study, write_trial_study
 
-    write_trial_study(best_study(study, params, path.parent), path)
+    refuse_foreign(path, flag="search best study")
+    best = best_study(study, params, path.parent)
+    claim(path.parent, [path.name], "study search")
+    write_trial_study(best, path)
     return path
 
 

@@ -5,16 +5,16 @@ The segmentation rules (workflow/rules/segmentation.smk) run, per study file:
     [tiny model] -> pairs split -> one ControlNet per fold (its training pairs only)
     -> synthetic pairs per fold (trees `aug`, `density<X>`) -> manifest -> realism -> CV and report
 
-`resolve(study, study_file)` turns the validated study into a `SegPlan`: absolute paths (the
-same `prompts.layout.StudyLayout` as a classification study: OUT/study.yaml, OUT/folds.json, the
-lock, OUT/.stage/, seals), folds, trees, and the readable re-run params of each rule
+`resolve(study, study_file)` turns the checked study into a `SegPlan` (the `study.tasks.StudyPlan`
+of every task): absolute paths (all from the same `prompts.layout.StudyLayout` as a classification
+study), folds, trees, outputs of earlier settings, and the readable re-run params of each rule
 (`P.params(rule)`: one `section.key=value` per result-changing key its command reads, as
 `study.plan` does for classification, so changing `segment.epochs` re-runs realism and the CV
 only, never a ControlNet, and a dry run's reason names the key).
 
 `python -m study.segmentation split --config STUDY --output FILE` writes the folds over the pairs
 (`segment.folds`, `repeats`, `group_by`, `seed`) in the split-file format of `classify split`.
-TODO(lead): a `segment split` command would own this; the workflow's `pairs_split` rule then calls it.
+(`segment cv` run by hand writes its own split into its --output; the workflow writes one for every job to follow.)
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from prompts.errors import run_cli, setup_logging
 from prompts.fingerprint import settings_part
 from prompts.layout import StudyLayout
 
-from .params import DATA_KEYS, TINY, _fail, _keys, readable
+from .params import DATA_KEYS, TINY, _keys, readable
 
 TASK = "segmentation"
 # segment keys read by `segment realism` and by the split (the CV reads the whole section).
@@ -41,12 +41,12 @@ JOB_KEYS = ("output", "synthetic", "fold", "overwrite")
 class SegPlan:
     """A segmentation study file resolved into the workflow's paths and job wildcards (all paths absolute).
 
-    What common.smk and `study.guard` read for every task: `layout`, `split`, `tiny_model`,
-    `warnings`, `study`, `sealed_folders()`, `params(rule)`.
+    Implements `study.tasks.StudyPlan`, the one interface of every task's plan; every path comes from
+    its `layout` (`prompts.layout.StudyLayout`).
     """
 
     study_file: Path
-    out: Path
+    layout: StudyLayout
     data: Path
     pair_files: list[str]  # every data image and mask: inputs of the split, ControlNet and segment jobs
     split: Path
@@ -61,120 +61,86 @@ class SegPlan:
     task: str = TASK
     study: object = None  # the validated prompts.config.Study (written to OUT/study.yaml by the guard)
 
-    # ------------------------------------------------------------------ output paths
     @property
-    def layout(self) -> StudyLayout:
-        return StudyLayout(self.out)
-
-    @property
-    def model_dir(self) -> Path:
-        return self.layout.tiny_model_dir
-
-    @property
-    def controlnet_root(self) -> Path:
-        return self.out / "controlnet"
-
-    @property
-    def synthetic_root(self) -> Path:
-        return self.layout.synthetic_root
-
-    @property
-    def manifest(self) -> Path:
-        return self.layout.manifest
-
-    @property
-    def realism_dir(self) -> Path:
-        return self.layout.realism_dir
-
-    @property
-    def report_dir(self) -> Path:
-        return self.layout.report_dir
-
-    def controlnet_dir(self, fold) -> str:
-        return str(layout.controlnet_dir(self.controlnet_root, int(fold)))
+    def out(self) -> Path:
+        return self.layout.out
 
     def controlnet_dirs(self) -> list[str]:
-        return [self.controlnet_dir(k) for k in self.folds]
-
-    def controlnet_pattern(self) -> str:
-        """CN/fold_{fold}/controlnet with the `fold` wildcard (the output of the per-fold `controlnet` rule)."""
-        return str(self.controlnet_root / (layout.FOLD_PREFIX + "{fold}") / layout.CONTROLNET_DIR)
+        return [str(self.layout.controlnet_dir(k)) for k in self.folds]
 
     def controlnet_seal(self, fold) -> str:
-        return str(layout.seal_file(self.controlnet_dir(fold)))
+        return str(layout.seal_file(self.layout.controlnet_dir(int(fold))))
+
+    def all_tree_dirs(self) -> list[str]:
+        return [str(self.layout.pairs_tree(k, t)) for k in self.folds for t in self.trees]
 
     def all_tree_seals(self) -> list[str]:
         return [str(layout.seal_file(d)) for d in self.all_tree_dirs()]
 
     def targets(self) -> list[str]:
         """What `rule all` asks for: the published report and realism, and every seal (ControlNets, trees, both)."""
-        return [str(self.report_dir), str(self.realism_dir)] + [str(layout.seal_file(d)) for d in self.sealed_folders()]
+        lay = self.layout
+        return [str(lay.report_dir), str(lay.realism_dir)] + [str(layout.seal_file(d)) for d in self.sealed_folders()]
 
     def sealed_folders(self) -> list[str]:
         """Every folder output with a seal: ControlNets, synthetic trees, the published realism and report."""
-        return self.controlnet_dirs() + self.all_tree_dirs() + [str(self.realism_dir), str(self.report_dir)]
+        return self.controlnet_dirs() + self.all_tree_dirs() + [str(self.layout.realism_dir), str(self.layout.report_dir)]
+
+    def folder_outputs(self) -> list[str]:
+        """Every folder output a job may (re)make (hidden working folders aside): the guard checks each first."""
+        return ([str(self.layout.tiny_model_dir)] if self.tiny_model else []) + self.sealed_folders()
 
     def params(self, rule: str) -> dict:
         """The rule's `params`: one readable `section.key=value` per result-changing setting (see `study.plan.Plan.params`)."""
         return {name: (lambda wildcards, text=text: text) for name, text in self.settings[rule].items()}
 
-    def tree_dir(self, fold, tree: str) -> str:
-        return str(layout.fold_root(self.synthetic_root, int(fold)) / tree)
+    def stale_outputs(self) -> list[dict]:
+        """Pairs trees (`aug`, `density<X>`) and fold ControlNets under OUT that the plan no longer defines.
 
-    def tree_pattern(self, tree: str) -> str:
-        """SYN/fold_{fold}/<tree> with the `fold` wildcard (an output of the per-fold `pairs` rule)."""
-        return str(self.synthetic_root / (layout.FOLD_PREFIX + "{fold}") / tree)
+        `segment cv` reads every tree under OUT/synthetic/, so a tree of earlier settings would enter the CV.
+        """
+        from .outputs import fold_dirs
 
-    def all_tree_dirs(self) -> list[str]:
-        return [self.tree_dir(k, t) for k in self.folds for t in self.trees]
-
-    def staging_dir(self, fold) -> Path:
-        """A pairs job's own --synthetic root; its finished trees are renamed into SYN/fold_<k>/."""
-        return self.out / ".pairs" / layout.fold_name(int(fold))
-
-    @property
-    def aside_root(self) -> Path:
-        """Where synthetic trees of earlier settings go (a tree no longer planned would still be read by `segment cv`)."""
-        return self.out / ".aside"
-
-    def staged_tree_dir(self, fold, tree: str) -> str:
-        """Where the pairs job of `fold` writes `tree` in its staging root (renamed to `tree_dir` when finished)."""
-        return str(layout.fold_root(self.staging_dir(fold), int(fold)) / tree)
+        lay, folds, trees = self.layout, set(self.folds), set(self.trees)
+        found = []
+        for fold_dir in fold_dirs(lay.synthetic_root):
+            k = layout.parse_fold_name(fold_dir.name)
+            for tree in sorted(p for p in fold_dir.iterdir() if p.is_dir() and layout.parse_pairs_tree(p.name) is not False):
+                if k not in folds:
+                    found.append({"kind": "synthetic pairs", "path": tree, "reason": f"fold {k} is not in the current split"})
+                elif tree.name not in trees:
+                    found.append({"kind": "synthetic pairs", "path": tree,
+                                  "reason": f"tree {tree.name} is not planned (controlnet.augment, controlnet.densities)"})
+        for fold_dir in fold_dirs(lay.controlnet_root):
+            k = layout.parse_fold_name(fold_dir.name)
+            cn = fold_dir / layout.CONTROLNET_DIR
+            if k not in folds and cn.is_dir():
+                found.append({"kind": "ControlNet", "path": cn, "reason": f"fold {k} is not in the current split"})
+        return found
 
 
 def resolve(study, study_file: Path) -> SegPlan:
-    """The plan of a validated segmentation study; bad input raises `prompts.errors.UserError` (one line)."""
-    from prompts.errors import UserError
+    """The plan of a study that `prompts.check` passed (the task registry's entry, study/tasks.py).
+
+    Every value was checked there, once for every task; what remains is reading: raises
+    `prompts.errors.UserError` (one line) only for what the check cannot see (the mix grammar of the segment room).
+    """
     from prompts.pairs import read_pairs
 
     where = str(study_file)
-    if not study.study.output:
-        raise UserError(f"{where}: study.output is missing: name the folder of the study's outputs (relative to the study file)")
-    if not study.data.data:
-        raise UserError(f"{where}: data.data is missing: name the folder of image-mask pairs (relative to the study file)")
-    out, data = Path(study.study.output).resolve(), Path(study.data.data).resolve()
-    if out == data or data in out.parents:
-        raise UserError(f"{where}: study.output {out} is inside the data folder {data}; outputs never go into the data folder")
+    lay = StudyLayout(Path(study.study.output).resolve())
+    data = Path(study.data.data).resolve()
     cn, seg = study.controlnet, study.segment
     model_name = cn.model or study.lora.model or study.generate.model
-    if not model_name:
-        raise UserError(f"{where}: controlnet.model is missing: give a diffusers folder, a .safetensors file, a hub id, "
-                        "or `tiny` (the offline smoke model)")
     _check_mixes(seg.mixes, where)
     pairs = read_pairs(data)
-    if not pairs:
-        raise UserError(f"{where}: data.data {data} holds no image-mask pairs; expected {data}/images/ + {data}/masks/ "
-                        "or Cellpose's name.tif + name_masks.tif")
     trees = ([layout.pairs_tree_name(None)] if cn.augment else []) + [layout.pairs_tree_name(d) for d in cn.densities]
-    if not trees or cn.count == 0:
-        raise UserError(f"{where}: controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
-                        "set controlnet.augment, controlnet.densities or controlnet.count")
     split_given = bool(study.data.split)
-    split = Path(study.data.split).resolve() if split_given else StudyLayout(out).split_file
+    split = Path(study.data.split).resolve() if split_given else lay.split_file
     n_folds = len(_read_split(split, data, pairs).folds) if split_given else seg.folds * seg.repeats
     tiny = model_name == TINY
-    model = str(StudyLayout(out).tiny_model_dir) if tiny else model_name
-    plan = SegPlan(study_file=study_file, out=out, data=data,
+    model = str(lay.tiny_model_dir) if tiny else model_name
+    plan = SegPlan(study_file=study_file, layout=lay, data=data,
                    pair_files=sorted({str(p) for pair in pairs for p in (pair.image, pair.mask)}),
                    split=split, split_given=split_given, folds=list(range(n_folds)), trees=list(dict.fromkeys(trees)),
                    model=model, tiny_model=tiny,
@@ -187,8 +153,16 @@ def resolve(study, study_file: Path) -> SegPlan:
     return plan
 
 
+def resolve_task(study, study_file: Path, config: dict) -> SegPlan:
+    """The task registry's entry (study/tasks.py): `resolve`; the merged config is not needed here."""
+    return resolve(study, study_file)
+
+
 def _check_mixes(mixes, where: str) -> None:
-    """segment.mixes as `segment cv` reads them (the segment room's grammar: real, real+P, synthetic)."""
+    """segment.mixes as `segment cv` reads them (the segment room's grammar: real, real+P, synthetic).
+
+    It moves into `prompts.check` with the per-task mix vocabulary of `prompts.mixes` (issue 25 item 1).
+    """
     from prompts.errors import UserError
     from segment.mixes import parse_mixes
 
@@ -247,37 +221,6 @@ def write_pairs_split(data_cfg, seg, output) -> Path:
     return output
 
 
-# ---------------------------------------------------------------------- `set-aside`: trees of earlier settings
-
-
-def set_aside_stale_trees(plan: SegPlan, fold: int, stamp: str) -> list[Path]:
-    """Move SYN/fold_<k>/<tree>/ folders of trees the study no longer plans to OUT/.aside/<stamp>/fold_<k>/.
-
-    `segment cv` reads every tree under SYN, so a tree of earlier settings (another density) would
-    enter the CV. Only folders `controlnet generate` wrote (their fingerprint.json names the tree) are
-    moved; anything else there is a UserError naming it. Returns the new places.
-    """
-    from prompts import fingerprint
-    from prompts.errors import UserError
-
-    fold_dir = layout.fold_root(plan.synthetic_root, int(fold))
-    if not fold_dir.is_dir():
-        return []
-    moved = []
-    for child in sorted(fold_dir.iterdir()):
-        if child.name in plan.trees or child.name.startswith("."):
-            continue
-        record = fingerprint.read(child / layout.FINGERPRINT_FILE) if child.is_dir() else None
-        if not record or record.get("tree") != child.name:
-            raise UserError(f"{child} is not a tree of synthetic pairs the workflow wrote and `segment cv` would read it; "
-                            f"move it out of {fold_dir}")
-        target = plan.aside_root / stamp / layout.fold_name(int(fold)) / child.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        child.rename(target)
-        moved.append(target)
-    return moved
-
-
 @run_cli
 def main(argv=None):
     from prompts.cli import Parser, add_config_flag, add_section_flags, read_settings
@@ -293,38 +236,10 @@ def main(argv=None):
     add_section_flags(p, SECTIONS["segment"], keys=SPLIT_KEYS)
     p.add_argument("--output", required=True, help="the split file to write (JSON)")
     p.add_argument("-v", "--verbose", action="store_true")
-    p = sub.add_parser("set-aside", help="move a fold's synthetic trees that the study no longer plans out of OUT/synthetic/",
-                       description="Trees of earlier settings (e.g. another density) go to OUT/.aside/, so `segment cv` reads only "
-                       "the planned trees.")
-    add_config_flag(p)
-    p.add_argument("--fold", type=int, required=True, help="the fold index K")
-    p.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    if args.command == "set-aside":
-        import time
-
-        from prompts.config import load_study
-        from prompts.errors import UserError
-
-        if not args.config:
-            raise UserError("--config is missing: give the study file")
-        study_file = Path(args.config).resolve()
-        for path in set_aside_stale_trees(resolve(load_study(study_file), study_file), args.fold, time.strftime("%Y%m%d-%H%M%S")):
-            print(f"moved aside: {path}")
-        return
     study = read_settings(args, "segment split", ("data", "segment"))
     print(write_pairs_split(study.data, study.segment, args.output))
-
-
-def load_or_exit(study, study_file: Path) -> SegPlan:
-    """`resolve`, with a UserError printed as one line and exit status 2 (the workflow's start)."""
-    from prompts.errors import UserError
-
-    try:
-        return resolve(study, study_file)
-    except UserError as err:
-        _fail([str(err)])
 
 
 if __name__ == "__main__":

@@ -446,7 +446,7 @@ def test_publishing_a_report_never_deletes_a_file_the_user_put_there(tmp_path):
     (final / "report.md").write_text("old")
     claim(final, ["report.md"], "classify cv")
     (final / "my_figure.png").write_bytes(b"the user's")
-    with pytest.raises(UserError, match=r"holds my_figure.png, which the toolkit did not write.*nothing was replaced"):
+    with pytest.raises(UserError, match=r"my_figure.png was not written by the toolkit.*nothing was run or replaced"):
         publish(staged, final)
     assert (final / "my_figure.png").read_bytes() == b"the user's" and (final / "report.md").read_text() == "old"
     (final / "my_figure.png").unlink()  # the user moved it out: the new report goes in

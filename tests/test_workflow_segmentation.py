@@ -155,7 +155,7 @@ def test_the_slurm_profile_sizes_every_segmentation_rule():
     """Each rule of segmentation.smk has its SLURM size; exactly the rules asking for a GPU get one."""
     import yaml
 
-    text = (ROOT / "workflow" / "rules" / "segmentation.smk").read_text()
+    text = "".join((ROOT / "workflow" / "rules" / name).read_text() for name in ("segmentation.smk", "common.smk"))
     profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
     blocks = re.split(r"^\s*rule (\w+):", text, flags=re.M)[1:]
     rules = dict(zip(blocks[::2], blocks[1::2]))
@@ -167,24 +167,31 @@ def test_the_slurm_profile_sizes_every_segmentation_rule():
 
 
 def test_trees_of_earlier_settings_are_moved_aside_and_foreign_folders_refused(tmp_path):
-    """`segment cv` reads every tree under SYN: a tree the study no longer plans leaves it; a folder we did not write stops the run."""
+    """`segment cv` reads every tree under SYN: a tree the study no longer plans goes to OUT/dropped/ (the one
+    mechanism of every task); a user's file inside one stops the run instead."""
     from prompts import fingerprint
     from prompts.errors import UserError
-    from study.segmentation import SegPlan, set_aside_stale_trees
+    from prompts.layout import StudyLayout
+    from study import guard, outputs
+    from study.segmentation import SegPlan
 
-    plan = SegPlan(study_file=tmp_path / "study.yaml", out=tmp_path / "out", data=tmp_path / "data", pair_files=[],
-                   split=tmp_path / "out" / "split.json", split_given=False, folds=[0], trees=["aug"], model="tiny", tiny_model=True)
-    fold = plan.synthetic_root / "fold_0"
+    plan = SegPlan(study_file=tmp_path / "study.yaml", layout=StudyLayout(tmp_path / "out"), data=tmp_path / "data",
+                   pair_files=[], split=tmp_path / "out" / "split.json", split_given=False, folds=[0], trees=["aug"],
+                   model="tiny", tiny_model=False)
+    fold = plan.layout.synthetic_root / "fold_0"
     for tree in ("aug", "density9.0"):
         (fold / tree / "images").mkdir(parents=True)
         fingerprint.write(fold / tree / "fingerprint.json", {"fold": 0, "tree": tree})
-    (moved,) = set_aside_stale_trees(plan, 0, "t1")
-    assert moved == plan.aside_root / "t1" / "fold_0" / "density9.0" and (moved / "images").is_dir()
-    assert sorted(p.name for p in fold.iterdir()) == ["aug"]
-    (fold / "mine").mkdir()
-    with pytest.raises(UserError, match="mine"):
-        set_aside_stale_trees(plan, 0, "t2")
-    assert (fold / "mine").is_dir()
+        outputs.seal(fold / tree)
+    (fold / "density9.0" / "images" / "mine.txt").write_text("the user's")
+    with pytest.raises(UserError, match="mine.txt"):
+        guard.check_owned(plan, tmp_path)
+    (fold / "density9.0" / "images" / "mine.txt").unlink()
+    guard.check_owned(plan, tmp_path)
+    moved = outputs.move_aside(plan, plan.stale_outputs())
+    assert (moved / "synthetic" / "fold_0" / "density9.0" / "images").is_dir()
+    assert sorted(p.name for p in fold.iterdir()) == [".aug.sha256", "aug"]
+    assert [d["path"] for d in json.loads(plan.layout.dropped_file.read_text())["dropped"]] == ["synthetic/fold_0/density9.0"]
 
 
 def test_a_given_split_file_sets_the_folds_and_is_never_written(tmp_path):
@@ -226,10 +233,11 @@ def test_the_study_check_asks_a_segmentation_study_for_its_own_values(tmp_path):
 
 def test_stale_trees_and_controlnets_of_a_segmentation_study_are_found_for_moving_aside(tmp_path):
     """The guard's stale outputs for a SegPlan: trees no longer planned, folds no longer in the split."""
+    from prompts.layout import StudyLayout
     from study.outputs import stale_outputs
     from study.segmentation import SegPlan
 
-    plan = SegPlan(study_file=tmp_path / "study.yaml", out=tmp_path / "out", data=tmp_path / "data", pair_files=[],
+    plan = SegPlan(study_file=tmp_path / "study.yaml", layout=StudyLayout(tmp_path / "out"), data=tmp_path / "data", pair_files=[],
                    split=tmp_path / "out" / "folds.json", split_given=False, folds=[0], trees=["aug"], model="tiny", tiny_model=True)
     for rel in ("synthetic/fold_0/aug", "synthetic/fold_0/density2.0", "synthetic/fold_1/aug", "controlnet/fold_0/controlnet",
                 "controlnet/fold_1/controlnet", "synthetic/fold_0/notes"):

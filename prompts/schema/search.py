@@ -22,6 +22,7 @@ from ._field import opt
 
 # The search-space keys, in the order trials suggest them; each maps onto the study
 # (lora.<key>, except alpha_ratio -> lora.alpha = ratio x rank, lora_weight -> generate.lora_weights).
+MAX_WORKERS = 64  # trial workers at once: each is a Snakemake job holding one core or GPU slot and the storage
 SPACE_KEYS = ("rank", "alpha_ratio", "unet_lr", "text_encoder_lr", "epochs", "network", "lora_weight")
 
 
@@ -43,8 +44,8 @@ class SearchSection:
     f1_mix: str = opt("real+50", "with objective realism+f1: the training mix whose macro F1 is measured")
     pruner: Literal["median", "none"] = opt("median", "Optuna's median pruner on the running per-class objective, or none")
     pruner_startup_trials: int = opt(5, "complete trials before the median pruner may prune (Optuna's default)", ge=0)
-    workers: int = opt(2, "trial workers the workflow's `search` target runs at once (Snakemake jobs, one core or GPU slot each, one storage)",
-                       ge=1)
+    workers: int = opt(2, "trial workers the workflow's `search` target runs at once (Snakemake jobs, one core or GPU slot each, "
+                       f"one storage); at most search.trials and {MAX_WORKERS}", ge=1, le=MAX_WORKERS)
     seed: int = opt(0, "seed of the TPE sampler (mixed with the process id when several processes share a storage) and of the images")
     # the search space
     rank: str | list[int] = opt([4, 8, 16, 32], "LoRA rank: a list, a range 'LOW..HIGH', or [] to keep lora.rank")

@@ -10,6 +10,7 @@ from ._field import opt
 class StudySection:
     output: str | None = opt(None, "folder of the whole study's outputs (the workflow): split, LoRAs, synthetic images, realism, report",
                              path=True, required=("workflow",))
-    task: Literal["classification", "segmentation"] = opt(
-        "classification", "what the workflow studies: classification (LoRAs, images, `classify cv`) or segmentation "
-        "(image-mask pairs: ControlNets, synthetic pairs, `segment cv`)", result=False)
+    task: Literal["classification", "segmentation", "phenotyping"] = opt(
+        "classification", "what the workflow studies: classification (LoRAs, images, `classify cv`), segmentation "
+        "(image-mask pairs: ControlNets, synthetic pairs, `segment cv`) or phenotyping (per-cell types and counts in "
+        "co-cultures: each regime, then `phenotype cv`)", result=False)

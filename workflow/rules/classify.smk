@@ -1,5 +1,6 @@
 # Realism and the cross-validation with its report. Each writes into OUT/.stage/ (Snakemake removes a
-# failed job's outputs: only the staged folder goes); a finished folder is then published into OUT/.
+# failed job's outputs: only the staged folder goes); common.smk's publish_* rules then put a finished
+# folder into OUT/.
 
 
 rule realism:
@@ -21,18 +22,6 @@ rule realism:
     shell:
         ENV + GPU + "{PY} -m classify realism --config {STUDY} --synthetic {SYNTHETIC_ROOT} {WEIGHTS_FLAG} "
         "--output {output:q} --no-progress" + LOGGED
-
-
-rule publish_realism:
-    """The finished realism folder into OUT/realism/ (hard links), sealed."""
-    input:
-        L.staged(L.realism_dir),
-    output:
-        folder=report(directory(L.realism_dir), patterns=["{name}.md"], category="Realism", caption="../report/realism.rst"),
-        seal=str(layout.seal_file(L.realism_dir)),
-    localrule: True
-    shell:
-        ENV + PUBLISH + "{input:q} {output.folder:q}"
 
 
 rule cv:
@@ -58,16 +47,3 @@ rule cv:
     shell:
         ENV + GPU + "{PY} -m classify cv --config {STUDY} --split {input.split:q} --synthetic {SYNTHETIC_ROOT} "
         "--realism {params.realism} {WEIGHTS_FLAG} --output {output:q} --no-progress" + LOGGED
-
-
-rule publish_report:
-    """The finished CV report into OUT/report/ (hard links), sealed: replaced only by a complete new one."""
-    input:
-        L.staged(L.report_dir),
-    output:
-        folder=report(directory(L.report_dir), htmlindex="report.html", category="Cross-validation",
-                      caption="../report/cv.rst"),
-        seal=str(layout.seal_file(L.report_dir)),
-    localrule: True
-    shell:
-        ENV + PUBLISH + "{input:q} {output.folder:q}"

@@ -1,15 +1,21 @@
-# Offline stand-ins: the tiny Stable Diffusion and calibrated classifier weights.
+# Offline stand-in: calibrated classifier weights (the tiny Stable Diffusion is common.smk's, shared by every task),
+# and the default prompt templates copied into OUT.
 
 
-rule tiny_model:
-    """The tiny random Stable Diffusion (`lora.model: tiny`): an offline smoke model."""
-    output:
-        directory(L.tiny_model_dir),
-    log:
-        L.log("tiny_model"),
-    threads: 1
-    shell:
-        ENV + "{PY} -m lora tiny-model {output:q}" + LOGGED
+if not P.templates_given:
+
+    rule default_templates:
+        """The toolkit's default templates into OUT/templates.yaml, an input of every LoRA and generation job: their
+        content is this rule's param, so no job's input names the toolkit's folder (moving it re-runs nothing)."""
+        output:
+            str(L.templates_file),
+        params:
+            sha256=lambda wildcards, digest=studyplan.default_templates_digest(): digest,
+        log:
+            L.log("default_templates"),
+        localrule: True
+        shell:
+            ENV + "{PY} -m study.outputs default-templates {output:q}" + LOGGED
 
 
 rule calibrate_weights:

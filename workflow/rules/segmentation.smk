@@ -1,30 +1,17 @@
-# The segmentation study (`study.task: segmentation`), in place of the classification rules:
-# [tiny model] -> pairs split -> one ControlNet per fold -> synthetic pairs per fold and tree
-# (`aug`, `density<X>`) -> manifest -> realism -> cross-validation and report.
-# P is a study.segmentation.SegPlan: folds, trees and readable params (`P.params(rule)`); paths from
-# its StudyLayout (L) as for classification. ControlNets and pair trees are sealed folder outputs;
-# realism and the report are written into OUT/.stage/ and published whole, as classification's.
-# Rule names differ from the classification rules' so the SLURM profile sizes each (publish_* are
-# the same local rules).
+# The segmentation study (`study.task: segmentation`): its own jobs only (common.smk has the tiny model and
+# the publishing of realism and the report):
+# pairs split -> one ControlNet per fold -> synthetic pairs per fold and tree (`aug`, `density<X>`)
+# -> manifest -> realism -> cross-validation and report.
+# P is a study.segmentation.SegPlan: folds, trees and readable params (`P.params(rule)`); every path comes
+# from its StudyLayout (L). ControlNets and pair trees are sealed folder outputs; realism and the report are
+# written into OUT/.stage/ and published whole. Rule names differ from the classification rules' so the SLURM
+# profile sizes each.
 
-CN_ROOT = quote(P.controlnet_root)
+CN_ROOT = quote(L.controlnet_root)
 SEG_MODEL = quote(P.model)
 TREES = P.trees
-SEG_REPORT_INPUTS = dict(trees=P.all_tree_seals(), manifest=str(P.manifest), split=SPLIT, pairs=P.pair_files,
+SEG_REPORT_INPUTS = dict(trees=P.all_tree_seals(), manifest=str(L.manifest), split=SPLIT, pairs=P.pair_files,
                          weights=P.unet_weights)
-
-
-if P.tiny_model:
-
-    rule tiny_model:
-        """The tiny random Stable Diffusion (`controlnet.model: tiny`): an offline smoke model."""
-        output:
-            directory(L.tiny_model_dir),
-        log:
-            L.log("tiny_model"),
-        threads: 1
-        shell:
-            ENV + "{PY} -m lora tiny-model {output:q}" + LOGGED
 
 
 if not P.split_given:
@@ -51,7 +38,7 @@ rule controlnet:
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        **sealed(P.controlnet_pattern()),
+        **sealed(L.controlnet_pattern()),
     params:
         **P.params("controlnet"),
     log:
@@ -69,7 +56,7 @@ rule pairs:
 
     One job per fold loads the pipeline once for all its trees. It writes into its own staging root
     (resumed after a kill: finished pairs are kept) and renames each finished tree into OUT/synthetic/fold_<k>/,
-    then seals it.
+    then seals it. Trees of earlier settings were moved to OUT/dropped/ before any job (study/guard.py).
     """
     input:
         controlnet=lambda wc: P.controlnet_seal(wc.fold),
@@ -77,14 +64,14 @@ rule pairs:
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        trees=[directory(P.tree_pattern(t)) for t in TREES],
-        seals=[str(layout.seal_file(P.tree_pattern(t))) for t in TREES],
+        trees=[directory(L.pairs_tree_pattern(t)) for t in TREES],
+        seals=[str(layout.seal_file(L.pairs_tree_pattern(t))) for t in TREES],
     params:
         **P.params("pairs"),
-        stage=lambda wc: quote(P.staging_dir(wc.fold)),
+        stage=lambda wc: quote(L.pairs_staging(wc.fold)),
         move=lambda wc: " && ".join(
-            f"mv {quote(P.staged_tree_dir(wc.fold, t))} {quote(P.tree_dir(wc.fold, t))}" for t in TREES),
-        seal=lambda wc: " && ".join(SEAL + quote(P.tree_dir(wc.fold, t)) for t in TREES),
+            f"mv {quote(L.staged_pairs_tree(wc.fold, t))} {quote(L.pairs_tree(wc.fold, t))}" for t in TREES),
+        seal=lambda wc: " && ".join(SEAL + quote(L.pairs_tree(wc.fold, t)) for t in TREES),
     log:
         L.log("pairs", FOLD),
     threads: 1
@@ -94,8 +81,7 @@ rule pairs:
         # --overwrite: the staging root is this job's own; pairs left there by a killed run of other settings are remade.
         ENV + GPU + "{PY} -m controlnet generate --config {STUDY} --model {SEG_MODEL} --split {input.split:q} "
         "--fold {wildcards.fold} --output {CN_ROOT} --synthetic {params.stage} --overwrite --no-progress" + LOGGED + "; "
-        "{params.move} && rm -r {params.stage} && "
-        "{PY} -m study.segmentation set-aside --config {STUDY} --fold {wildcards.fold} >> {log:q} 2>&1 && {params.seal}"
+        "{params.move} && rm -r {params.stage} && {params.seal}"
 
 
 rule pairs_manifest:
@@ -106,7 +92,7 @@ rule pairs_manifest:
         split=SPLIT,
         model=MODEL_INPUT,
     output:
-        str(P.manifest),
+        str(L.manifest),
     log:
         L.log("pairs_manifest"),
     threads: 1
@@ -132,18 +118,6 @@ rule seg_realism:
         ENV + GPU + "{PY} -m segment realism --config {STUDY} --synthetic {SYNTHETIC_ROOT} --output {output:q} --no-progress" + LOGGED
 
 
-rule publish_realism:
-    """The finished realism folder into OUT/realism/ (hard links), sealed."""
-    input:
-        L.staged(L.realism_dir),
-    output:
-        folder=directory(L.realism_dir),
-        seal=str(layout.seal_file(L.realism_dir)),
-    localrule: True
-    shell:
-        ENV + PUBLISH + "{input:q} {output.folder:q}"
-
-
 rule seg_cv:
     """Segmentation cross-validation over every mix and tree, tested on real pairs only, and the report."""
     input:
@@ -162,15 +136,3 @@ rule seg_cv:
     shell:
         ENV + GPU + "{PY} -m segment cv --config {STUDY} --split {input.split:q} --synthetic {SYNTHETIC_ROOT} "
         "--realism {params.realism} --output {output:q} --no-progress" + LOGGED
-
-
-rule publish_report:
-    """The finished CV report into OUT/report/ (hard links), sealed: replaced only by a complete new one."""
-    input:
-        L.staged(L.report_dir),
-    output:
-        folder=report(directory(L.report_dir), htmlindex="report.html", category="Cross-validation"),
-        seal=str(layout.seal_file(L.report_dir)),
-    localrule: True
-    shell:
-        ENV + PUBLISH + "{input:q} {output.folder:q}"
