@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from .errors import UserError
 from .images import is_image_file
 from .layout import check_name
+from .masks import mask_problem, read_mask_array, lossy_problem, read_mask
 
 IMAGES_DIR = "images"
 MASKS_DIR = "masks"
@@ -48,53 +49,13 @@ class Pair:
 
 # --------------------------------------------------------------------------- masks
 
-def _read_mask_array(path: Path) -> np.ndarray:
-    """The raw mask array as stored (any dtype, any dims); UserError when it cannot be decoded."""
-    try:
-        if path.suffix.lower() in _TIFF:
-            import tifffile
+def load_mask(path: str | os.PathLike, kind: str = "auto") -> np.ndarray:
+    """A mask file as int32 (H, W) instance labels: 0 background, 1..N cells (`prompts.masks.read_mask`).
 
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as im:
-            return np.asarray(im)  # colour masks keep their channels: the caller refuses them, naming the file
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise UserError(f"cannot decode mask {path}: {err.__class__.__name__}: {err}; replace or remove it") from None
-
-
-def _mask_problem(arr: np.ndarray) -> str | None:
-    """Why `arr` is not an instance label image (H, W), or None."""
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2:
-        return (f"mask has shape {arr.shape}, not one plane (H, W); save instance labels as one 8/16-bit grayscale "
-                "plane (0 background, 1..N cells)")
-    if arr.dtype == bool:
-        return None
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.round(arr)):
-            return "mask is not integer (it holds fractional values); save instance labels 0..N as an 8/16-bit integer image"
-    elif arr.dtype.kind not in "iu":
-        return f"mask has dtype {arr.dtype}, not integer; save instance labels 0..N as an 8/16-bit integer image"
-    if arr.size and arr.min() < 0:
-        return "mask has negative values; instance labels are 0 (background) and 1..N"
-    if arr.size and arr.max() > np.iinfo(np.int32).max:
-        return "mask has labels above 2^31-1; relabel the instances 1..N"
-    return None
-
-
-def load_mask(path: str | os.PathLike) -> np.ndarray:
-    """An instance mask file as int32 (H, W): 0 background, 1..N cells (ids as stored, not renumbered).
-
-    Raises `UserError` naming the file when it is not an integer label image of one plane.
+    kind: 'auto' (a mask of one non-zero value is binary), 'instance' (ids as stored, not renumbered) or
+    'binary' (connected components, touching cells split). Raises `UserError` naming the file.
     """
-    path = Path(path)
-    arr = _read_mask_array(path)
-    problem = _mask_problem(arr)
-    if problem:
-        raise UserError(f"{path}: {problem}")
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    return arr.astype(np.int32)
+    return read_mask(path, kind).labels
 
 
 def _mask_header(path: Path) -> tuple[tuple[int, ...], str | None]:
@@ -109,8 +70,8 @@ def _mask_header(path: Path) -> tuple[tuple[int, ...], str | None]:
         except Exception as err:  # tifffile raises many types for broken files
             return (), f"cannot decode mask: {err.__class__.__name__}: {err}; replace or remove it"
         if dtype.kind == "f" or len(shape) != 2:
-            arr = _read_mask_array(path)
-            return arr.shape[:2], _mask_problem(arr)
+            arr = read_mask_array(path)
+            return arr.shape[:2], mask_problem(arr)
         if dtype.kind not in "iub":
             return shape, f"mask has dtype {dtype}, not integer; save instance labels 0..N as an 8/16-bit integer image"
         return shape, None
@@ -121,8 +82,8 @@ def _mask_header(path: Path) -> tuple[tuple[int, ...], str | None]:
         return (), f"cannot decode mask: {err.__class__.__name__}: {err}; replace or remove it"
     if mode in ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N"):
         return (h, w), None
-    arr = _read_mask_array(path)
-    return arr.shape[:2], _mask_problem(arr)
+    arr = read_mask_array(path)
+    return arr.shape[:2], mask_problem(arr)
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int]:
@@ -234,6 +195,9 @@ def _layout_pairs(folder: Path, rel, problems: list[str]) -> list[tuple[Path, Pa
 
 def _check_pair(image: Path, mask: Path, rel) -> str | None:
     """One line when the mask is not a label image or its shape differs from the image's, else None."""
+    problem = lossy_problem(mask)
+    if problem:
+        return f"{rel(mask)}: {problem}"
     shape, problem = _mask_header(mask)
     if problem:
         return f"{rel(mask)}: {problem}"

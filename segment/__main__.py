@@ -9,11 +9,13 @@ from prompts.errors import UserError, run_cli, setup_logging
 
 log = logging.getLogger("segment")
 
+READING = ("masks", "normalize", "percentiles", "channels", "z", "t")  # data section: how masks and lab images are read
+
 COMMANDS = {
-    "cv": ("cross-validate a U-Net over real + synthetic pair mixes, tested on real pairs, and write reports",
-           ("data", "split"), None),
+    "cv": ("cross-validate a segmentation model (U-Net, StarDist or the classical floor) over real + synthetic pair mixes, tested on real pairs, and write reports",
+           ("data", "split", *READING), None),
     "realism": ("KID, a two-sample test and the mask consistency of synthetic pairs against the real pairs",
-                ("data",), ("output", "synthetic", "backbone", "weights", "image_size", "epochs", "batch_size",
+                ("data", *READING), ("output", "synthetic", "backbone", "weights", "image_size", "epochs", "batch_size",
                             "learning_rate", "augment", "min_size", "seed", "overwrite")),
 }
 

@@ -158,15 +158,15 @@ def check_no_leak(job: Job) -> None:
 
 
 class Runner:
-    """Trains and tests jobs with one reusable U-Net (`model.Trainer`)."""
+    """Trains and tests jobs with one reusable U-Net (`model.Trainer`), or StarDist, or the classical floor."""
 
-    def __init__(self, seg, progress: bool = True):
+    def __init__(self, seg, progress: bool = True, mask_kind: str = "auto", out: Path | None = None):
         from .model import model_key
         from .pixels import PairCache
 
-        self.seg, self.progress = seg, progress
+        self.seg, self.progress, self.mask_kind, self.out = seg, progress, mask_kind, out
         self.key = model_key(seg.backbone, seg.weights, seg.image_size, seg.seed)
-        self.cache = PairCache(seg.image_size)
+        self.cache = PairCache(seg.image_size, mask_kind)
         self._trainer = None
 
     @property
@@ -182,45 +182,62 @@ class Runner:
         settings = {k: v for k, v in fingerprint.settings_part(self.seg).items() if k not in _JOB_FREE}
         return fingerprint.digest({
             "settings": settings, "model": self.key, "mix": job.mix.kind, "metrics": metrics.METRICS_VERSION,
-            "train": [(it.key, it.source) for it in job.train], "test": [it.key for it in job.test],
+            "masks": self.mask_kind, "train": [(it.key, it.source) for it in job.train], "test": [it.key for it in job.test],
         })
 
     def run(self, job: Job, overlay_dir: Path | None) -> dict:
-        """Train on job.train, segment job.test -> the per-fold result record."""
-        from .model import instances, targets
+        """Train on job.train, segment job.test at each image's own size -> the per-fold result record."""
+        from prompts.masks import read_mask
+
+        from . import native
+        from .models import predict_floor, train_and_predict
 
         s = self.seg
         t0 = time.perf_counter()
-        x, y = self.cache.arrays(job.train)
-        y_cls = np.stack([targets(m) for m in y])
+        reads = [read_mask(it.mask, self.mask_kind) for it in job.test]
+        truths = [r.labels for r in reads]
+        names = [it.name or it.image.name for it in job.test]
         seed = s.seed * 1000 + job.fold.index  # the same shuffling and augmentation for every mix of a fold
-        losses = self.trainer.train(x, y_cls, s.epochs, s.batch_size, seed, s.augment)
-        x_test, y_test = self.cache.arrays(job.test)
-        probs = self.trainer.predict(x_test, s.batch_size)
-        pred = [instances(p, s.min_size) for p in probs]
-        scores = metrics.score_set(zip(y_test, pred))
+        preds, losses, training = train_and_predict(self, job, seed)
+        scores = metrics.score_set(zip(truths, preds))
+        floor = None
+        if job.mix.name == "real" and s.model != "otsu-watershed":  # the floor beside every learned model, on the same test pairs
+            floor_preds = predict_floor([it.image for it in job.test], s.min_size)
+            floor = {"metrics": metrics.score_set(zip(truths, floor_preds)),
+                     "per_set": native.per_set_scores(names, truths, floor_preds)}
+        predictions = []
+        if self.out is not None:
+            for name, pred in zip(names, preds):
+                path = native.prediction_path(self.out, job.tree, job.mix.name, job.fold.name, name)
+                predictions.append(native.write_prediction(path, pred).relative_to(self.out).as_posix())
         overlays = []
         if overlay_dir is not None:
             from .overlay import write_overlay
 
-            for i in range(min(s.overlays, len(job.test))):
-                path = overlay_dir / f"{i:02d}.png"
-                write_overlay(path, x_test[i], y_test[i], pred[i])
+            for i in native.overlay_picks(names, s.overlays):
+                path = overlay_dir / native.set_of(names[i]) / f"{i:02d}.png"
+                image = native.contrast_stretch(native.load_image_native(job.test[i].image))
+                write_overlay(path, image, truths[i], preds[i])
                 overlays.append(path.as_posix())
+        kinds = [r.kind for r in reads]
         return {
             "fold": job.fold.index, "repeat": job.fold.repeat, "mix": job.mix.name, "tree": job.tree, "leaky": job.leaky,
             "synthetic_tree": job.synthetic_root, "fingerprint": self.fingerprint(job), "metrics": scores,
+            "model": s.model, "training": training, "floor": floor,
+            "per_set": native.per_set_scores(names, truths, preds),
+            "per_image": native.per_image_rows(names, truths, preds, kinds),
+            "mask_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
             "n_train": len(job.train), "n_test": len(job.test),
             "n_train_real": sum(it.source != "synthetic" for it in job.train),
             "synthetic_fraction": sum(it.source == "synthetic" for it in job.train) / max(1, len(job.train)),
             "shortfall": job.shortfall, "losses": [round(v, 6) for v in losses], "seconds": round(time.perf_counter() - t0, 3),
-            "test": [str(it.image) for it in job.test], "overlays": overlays,
+            "test": [str(it.image) for it in job.test], "overlays": overlays, "predictions": predictions,
         }
 
 
 # settings that reach a job only through its pairs (or not at all)
 _JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "weights", "delta", "overlays", "realism", "synthetic", "output"})
-_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, RUNS_DIR, OVERLAYS_DIR)
+_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, RUNS_DIR, OVERLAYS_DIR, "predictions")
 SMOKE_WARNING = ("segment.weights is {w}: the U-Net's encoder starts from random weights{narrow}; with few pairs its "
                  "scores and p-values are a smoke test, not an answer; use --weights imagenet or an encoder weights file")
 
@@ -248,7 +265,7 @@ def run_cv(data_section, seg, progress: bool = True) -> dict:
     if w in ("tiny", "none"):
         log.warning(SMOKE_WARNING.format(w=w, narrow=" and a narrow decoder" if w == "tiny" else ""))
     import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-    runner = Runner(seg, progress)
+    runner = Runner(seg, progress, data_section.masks, out)
     current = run_fingerprint(items, split, syn, jobs, runner, seg)
     check_reuse(out, current, overwrite=seg.overwrite)
     todo, results = [], []
@@ -259,7 +276,7 @@ def run_cv(data_section, seg, progress: bool = True) -> dict:
         else:
             todo.append(job)
     runner.cache.load([it for j in todo for it in (*j.train, *j.test)], progress)
-    if todo:
+    if todo and seg.model == "unet":
         runner.trainer  # noqa: B018 - built before anything is written, so a bad weights file writes nothing
     fingerprint.write(out / FINGERPRINT_FILE, current)
     if not data_section.split:

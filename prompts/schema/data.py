@@ -28,4 +28,8 @@ class DataSection:
     channels: list[str | int] = opt([], "channels by OME name or 0-based index: one is grayscale, two or three map to red, green, "
                                     "blue (default: as stored)")
     z: str | int = opt("max", "z-stacks: max (maximum projection), middle, or a 0-based plane index")
+    masks: Literal["auto", "instance", "binary"] = opt(
+        "auto", "segmentation masks: instance (values are cell ids), binary (non-zero is foreground: cells are its connected "
+        "components, touching ones split by a distance-transform watershed), or auto (decided per file: one non-zero value "
+        "is binary)")
     t: str | int = opt(0, "time series: a 0-based time index, or each (one image per time point)")
