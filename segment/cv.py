@@ -371,10 +371,16 @@ def summarize(results: list[dict], dataset, split: Split, mixes: list[Mix], syn,
             row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
             row["shortfall"] = int(sum(runs[k].get("shortfall", 0) for k in folds))
             row["overlays"] = next((runs[k].get("overlays", []) for k in folds if runs[k].get("overlays")), [])
+            row["per_set"] = pooled_sets([runs[k] for k in folds])
             rows.append(row)
         tables[t] = rows
-    _add_verdicts(tables, n_train, n_test, split.n_splits, seg.delta)
+    floor = floor_summary(list(real_runs.values()))
+    learned = learning_check(tables, floor, seg.model)
+    if learned is None:
+        _add_verdicts(tables, n_train, n_test, split.n_splits, seg.delta)
     return {
+        "model": seg.model, "floor": floor, "not_learned": learned,
+        "training": next((r.get("training") for r in results if r.get("training")), None),
         "version": 1, "task": "segmentation", "data": str(dataset.root),
         "split": str(split.path) if split.path else None, "group_by": split.group_by,
         "synthetic": str(syn.root) if syn else None, "synthetic_per_fold": sorted(syn.per_fold) if syn else [],
@@ -383,6 +389,57 @@ def summarize(results: list[dict], dataset, split: Split, mixes: list[Mix], syn,
         "settings": dataclasses.asdict(seg), "tables": tables,
         "runs": [{k: v for k, v in r.items() if k not in ("losses", "test")} for r in results],
     }
+
+
+NOT_LEARNED = "the model did not learn; more epochs, more pairs, or a larger model"
+MIN_AP50 = 0.05  # a `real` baseline below this AP50 has not learned, whatever the floor does
+
+
+def _mean_over(runs: list[dict], get) -> dict:
+    vals = [get(r) for r in runs]
+    mean, std = stats.mean_std(vals)
+    return {"mean": mean, "std": std, "folds": vals}
+
+
+def pooled_sets(runs: list[dict]) -> dict:
+    """Per set: mean ± sd over folds of AP50, F1, mean matched IoU, PQ, and objects true / predicted summed over folds."""
+    names = sorted({s for r in runs for s in r.get("per_set", {})})
+    out = {}
+    for name in names:
+        have = [r["per_set"][name] for r in runs if name in r.get("per_set", {})]
+        out[name] = {m: _mean_over(have, lambda x, m=m: x[m]) for m in ("ap50", "ap50_90", "f1", "mean_iou", "pq")}
+        out[name].update(n_true=int(sum(x["n_true"] for x in have)), n_pred=int(sum(x["n_pred"] for x in have)),
+                         n_images=int(sum(x["n_images"] for x in have)))
+    return out
+
+
+def floor_summary(real_runs: list[dict]) -> dict | None:
+    """The classical floor on the `real` mix's test pairs: mean ± sd over folds of every metric, and per set."""
+    have = [r["floor"] for r in real_runs if r.get("floor")]
+    if not have:
+        return None
+    return {"model": "otsu-watershed", "metrics": {m: _mean_over(have, lambda x, m=m: x["metrics"][m]) for m in metrics.METRICS},
+            "per_set": pooled_sets(have)}
+
+
+def learning_check(tables: dict, floor: dict | None, model: str) -> str | None:
+    """Why no verdict may be given (the `real` baseline did not learn), or None when verdicts may be given.
+
+    A `real` baseline whose mean AP50 is below MIN_AP50, or not above the classical floor's on the
+    same test pairs, has not learned: comparing mixes of such a model says nothing about the mixes.
+    """
+    if model == "otsu-watershed":
+        return "the classical floor needs no training, so the mixes cannot differ: no verdict"
+    real = next((r for rows in tables.values() for r in rows if r["mix"] == "real" and r["folds"]), None)
+    if real is None:
+        return None
+    ap = real["metrics"][PRIMARY]["mean"]
+    if ap < MIN_AP50:
+        return f"`real` AP50 is {ap:.3f} (< {MIN_AP50}): {NOT_LEARNED}"
+    if floor is not None and ap <= floor["metrics"][PRIMARY]["mean"]:
+        return (f"`real` AP50 {ap:.3f} does not beat the classical floor (Otsu + watershed, AP50 "
+                f"{floor['metrics'][PRIMARY]['mean']:.3f}): {NOT_LEARNED}")
+    return None
 
 
 def _add_verdicts(tables: dict, n_train: float, n_test: float, k_folds: int, delta: float) -> None:
