@@ -45,6 +45,7 @@ from prompts.config import as_dict, dump_yaml
 from prompts.errors import UserError
 from prompts.files import temp_dir_beside, write_text_atomic
 from prompts.guard import check_output_dir
+from prompts.pair_layouts import layout_of
 from prompts.pairs import Pair, load_mask, read_pairs
 
 from . import masks as M
@@ -80,7 +81,7 @@ class Job:
 
 # --------------------------------------------------------------------------- planning (all checks, no writes)
 
-def fold_pairs(data: str, split: str | None, fold) -> list[tuple[int | None, list[Pair], list[Pair]]]:
+def fold_pairs(data: str, split: str | None, fold, pair_layout=None) -> list[tuple[int | None, list[Pair], list[Pair]]]:
     """[(fold or None, training pairs, test pairs)] of a data folder, for every selected fold of `split`.
 
     The split file is `classify split`'s format (prompts/splits.py) whose entries are pair names
@@ -88,7 +89,7 @@ def fold_pairs(data: str, split: str | None, fold) -> list[tuple[int | None, lis
     """
     from prompts.splits import read_split
 
-    pairs = read_pairs(data)
+    pairs = read_pairs(data, pair_layout)  # pair_layout: prompts.pair_layouts.PairLayout of the data section (None: default)
     if not split:
         if fold is not None:
             raise UserError(f"--fold {fold} needs --split FILE (a split file whose entries are the pairs' image paths)")
@@ -165,7 +166,7 @@ def plan(cfg, data_cfg) -> list[Job]:
 
     check_model(cfg.model, cfg.allow_pickle)
     jobs = []
-    for fold, train, test in fold_pairs(data_cfg.data, data_cfg.split, cfg.fold):
+    for fold, train, test in fold_pairs(data_cfg.data, data_cfg.split, cfg.fold, layout_of(data_cfg)):
         job = Job(fold, train, Path(data_cfg.data), layout.controlnet_dir(out, fold), test, resolve_lora(cfg.lora, fold))
         if job.lora is not None:
             check_no_test_files(fp.read(job.lora.parent / layout.FINGERPRINT_FILE), test, job.data_root, f"LoRA {job.lora}")

@@ -162,6 +162,7 @@ def _values(study: Study) -> list[str]:
 def _segmentation_values(study: Study) -> list[str]:
     """Pairs readable, synthetic pairs planned, folds (or the given split) against the pairs."""
     from .dataset import Dataset, Record
+    from .pair_layouts import layout_of
     from .pairs import read_pairs
     from .splits import read_split
 
@@ -171,7 +172,7 @@ def _segmentation_values(study: Study) -> list[str]:
         errors.append("controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
                       "set controlnet.augment, controlnet.densities or controlnet.count")
     try:
-        pairs = read_pairs(data)
+        pairs = read_pairs(data, layout_of(study.data))
     except UserError as err:
         return errors + [f"data.data: {err}"]
     if not pairs:

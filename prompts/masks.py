@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
@@ -141,7 +140,7 @@ def mask_problem(arr: np.ndarray) -> str | None:
 
 
 def _bits(dtype: np.dtype) -> int:
-    return 1 if dtype == bool else np.dtype(dtype).itemsize * 8
+    return 1 if np.dtype(dtype).kind == "b" else np.dtype(dtype).itemsize * 8
 
 
 def read_mask(path: str | os.PathLike, kind: str = "auto") -> MaskRead:

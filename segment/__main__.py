@@ -9,7 +9,7 @@ from prompts.errors import UserError, run_cli, setup_logging
 
 log = logging.getLogger("segment")
 
-READING = ("masks", "normalize", "percentiles", "channels", "z", "t")  # data section: how masks and lab images are read
+READING = ("masks", "images_dir", "masks_dir", "mask_name", "pairs", "normalize", "percentiles", "channels", "z", "t")  # data section: how pairs are found, how masks and lab images are read
 
 COMMANDS = {
     "cv": ("cross-validate a segmentation model (U-Net, StarDist or the classical floor) over real + synthetic pair mixes, tested on real pairs, and write reports",

@@ -72,6 +72,7 @@ def _item(pair, source: str = "real") -> PairItem:
 
 def load_inputs(data_section, seg):
     """(pairs dataset, items by data-relative path, split, mixes, synthetic pairs or None); writes nothing."""
+    from prompts.pair_layouts import layout_of
     from prompts.pairs import read_pairs
 
     from .folds import make_split, pairs_dataset
@@ -80,7 +81,7 @@ def load_inputs(data_section, seg):
         raise UserError("no data folder: pass --data DIR (or data.data in --config)")
     out = check_output_dir(seg.output, data=data_section.data)
     root = Path(data_section.data)
-    pairs = read_pairs(root)
+    pairs = read_pairs(root, layout_of(data_section))
     if not pairs:
         raise UserError(f"{root} holds no image-mask pairs; expected {root}/images/ + {root}/masks/ or Cellpose's name.tif + name_masks.tif")
     dataset = pairs_dataset(root, pairs)

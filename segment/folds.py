@@ -19,7 +19,7 @@ NO_CLASS = "cells"  # the label of pairs that belong to no class or cell line
 
 def pairs_dataset(root, pairs) -> Dataset:
     """The pairs as a Dataset of their images (`Pair.name`, data-relative; label: the pair's class, else 'cells')."""
-    records = [Record(p.name, p.label or NO_CLASS, group=p.label) for p in pairs]
+    records = [Record(p.name, p.label or NO_CLASS, group=getattr(p, "group", None) or p.label) for p in pairs]
     return Dataset(Path(root), records, "pairs")
 
 

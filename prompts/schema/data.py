@@ -32,4 +32,11 @@ class DataSection:
         "auto", "segmentation masks: instance (values are cell ids), binary (non-zero is foreground: cells are its connected "
         "components, touching ones split by a distance-transform watershed), or auto (decided per file: one non-zero value "
         "is binary)")
+    images_dir: str = opt("images", "segmentation pairs: the folder name of the images (DATA/<images_dir>/ or DATA/<class>/<images_dir>/)")
+    masks_dir: str = opt("masks", "segmentation pairs: the folder name of the masks beside the images folder")
+    mask_name: str | None = opt(None, "segmentation pairs: the mask's file stem made from the image's, a template "
+                                "('man_seg{stem[1:]}', '{stem[4:]}') or a regex pair 're:PATTERN=>REPLACEMENT' (default: the same "
+                                "name, or name_mask(s), name_cp_masks)")
+    pairs: str | None = opt(None, "segmentation pairs: a CSV file with columns image,mask[,class][,group] (paths relative to the "
+                            "data folder) instead of folders", path=True)
     t: str | int = opt(0, "time series: a 0-based time index, or each (one image per time point)")
