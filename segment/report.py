@@ -263,7 +263,8 @@ def build_report(results: dict, out: Path, realism: dict | None = None) -> list:
     models = models_table(results)
     if models is not None:
         blocks += [Heading("Models"), models]
-    blocks.append(Text(statistics_note(results), "note"))
+    if not results.get("not_learned"):  # the verdict method is explained only where verdicts are given
+        blocks.append(Text(statistics_note(results), "note"))
     for t in trees:
         blocks += [Heading(f"Mixes — {tree_title(t)}"), mix_table(results, t)]
     blocks += [Heading("Per set"), set_table(results)]

@@ -175,3 +175,34 @@ def test_stardist_cv_runs_on_blob_scenes_with_the_floor_beside_it(tmp_path):
     for run in results["runs"]:
         assert run["floor"]["metrics"]["n_true"] == run["metrics"]["n_true"] > 0
         assert len(run["predictions"]) == run["n_test"] and tifffile.imread(out / run["predictions"][0]).shape == (64, 64)
+
+
+def test_a_baseline_that_did_not_learn_gets_no_verdict(tmp_path):
+    """epochs: 1 with the tiny U-Net on blob scenes: the real baseline does not beat the floor -> flagged, no verdict."""
+    pytest.importorskip("keras")
+    from prompts.blobs import make_blob_pairs
+    from segment.__main__ import main
+
+    data = make_blob_pairs(tmp_path / "blobs", n=6, size=64, seed=0)
+    out = tmp_path / "out"
+    syn = make_blob_pairs(tmp_path / "syn" / "aug", n=4, size=64, seed=9).parent
+    assert main(["cv", "--no-progress", "--data", str(data), "--output", str(out), "--synthetic", str(syn), "--folds", "2",
+                 "--mixes", "real,real+50", "--weights", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["not_learned"] and "did not learn; more epochs, more pairs, or a larger model" in results["not_learned"]
+    assert not any(r.get("verdict") for rows in results["tables"].values() for r in rows)
+    md = (out / "report.md").read_text()
+    assert "No verdict" in md and "equivalent" not in md.lower().replace("equivalence", "")
+
+
+def test_learning_check_rules():
+    from segment.cv import learning_check
+
+    def tables(ap):
+        return {"real": [{"mix": "real", "folds": [0, 1], "metrics": {"ap50": {"mean": ap}}}]}
+
+    floor = {"metrics": {"ap50": {"mean": 0.4}}}
+    assert "< 0.05" in learning_check(tables(0.003), None, "unet")
+    assert "classical floor" in learning_check(tables(0.3), floor, "unet")
+    assert learning_check(tables(0.6), floor, "unet") is None
+    assert "no verdict" in learning_check(tables(0.6), floor, "otsu-watershed")
