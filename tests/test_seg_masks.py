@@ -118,3 +118,22 @@ def test_binary_masks_give_k_objects_in_cv_scoring_and_in_controlnet_conditions(
     (job,) = plan_conditions(cfg, None, [pair])
     assert int(job.mask.max()) >= k - 1  # centre-cropped to 64 px: at most one border blob cut away
     assert int(job.mask.max()) > 1
+
+
+def test_prompts_show_knows_pair_data_and_bits_per_file_kind(tmp_path, capsys):
+    from prompts.__main__ import main
+
+    fg, k = _blobs()
+    _rgb(tmp_path / "images" / "a.png", fg.shape)  # 8-bit image
+    tifffile.imwrite(tmp_path / "images" / "b.tif", (fg * 3000).astype(np.uint16))  # 16-bit image using 12 bits
+    (tmp_path / "masks").mkdir()
+    Image.fromarray((fg * 255).astype(np.uint8)).save(tmp_path / "masks" / "a.png")
+    lab = np.zeros(fg.shape, np.uint16)
+    lab[fg] = 1
+    lab[:, 40:][fg[:, 40:]] = 2
+    tifffile.imwrite(tmp_path / "masks" / "b.tif", lab)
+    main(["show", "--data", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "2 image–mask pairs" in out and "binary 1, instance 1" in out
+    assert "7 of 8 bits; 12 of 16 bits" in out and "16 of 8" not in out  # the RGB image holds 90: 7 bits
+    assert f"{2}/" in out and f"/{k}" in out  # objects per image: 2 (instance ids) .. k (binary blobs)
