@@ -62,10 +62,8 @@ def sample(dataset, per_class: int) -> dict[str, list]:
 
 def used_bits(dataset, records) -> str:
     """'12 of 16 bits' from the largest raw value of some images (a 12-bit camera stored in 16 bits)."""
-    import numpy as np
 
     from .images import raw_planes
-
     from .pair_summary import bits_text
 
     return bits_text([p for r in records for p in raw_planes(dataset.abspath(r))])
