@@ -88,7 +88,7 @@ def plan_conditions(cfg, fold: int | None, train: list[Pair]) -> list[PairJob]:
     for p in train:
         if p.label is not None:
             layout.check_name(p.label, "class")
-        by_label.setdefault(p.label, []).append((p.name, M.resize_mask(load_mask(p.mask), size)))
+        by_label.setdefault(p.label, []).append((p.name, M.resize_mask(load_mask(p.mask, p.mask_kind), size)))
     labels = sorted(by_label, key=lambda x: (x is None, x or ""))
     scale = size / REFERENCE_SIZE
     trees: list[float | None] = ([None] if cfg.augment else []) + [float(d) for d in cfg.densities]

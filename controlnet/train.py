@@ -185,8 +185,15 @@ def job_fingerprint(job: Job, cfg, data_cfg) -> dict:
     settings = train_settings(cfg)
     parts = fp.make(settings=settings, model=[fp.model_part(cfg.model), fp.model_part(cfg.model_config)],
                     lora=fp.file_sha256(job.lora) if job.lora else None, images=images, masks=masks,
-                    labels=[p.label for p in job.pairs], split=fp.file_sha256(data_cfg.split) if data_cfg.split else None)
+                    labels=[p.label for p in job.pairs], split=fp.file_sha256(data_cfg.split) if data_cfg.split else None,
+                    **_mask_kind_part(data_cfg))
     return {**parts, "images": images, "masks": masks, "fold": job.fold, "settings": settings}
+
+
+def _mask_kind_part(data_cfg) -> dict:
+    """data.masks in the fingerprint when it is not the default `auto` (so earlier fingerprints stay valid)."""
+    kind = getattr(data_cfg, "masks", "auto")
+    return {} if kind == "auto" else {"mask_kind": kind}
 
 
 def train_settings(cfg) -> dict:
@@ -237,7 +244,7 @@ def load_training_set(pairs: list[Pair], resolution: int) -> tuple[torch.Tensor,
     for p in pairs:
         img = center_crop(resize_shortest_side(load_image(p.image).convert("RGB"), resolution), resolution)
         images.append(torch.from_numpy(np.array(img, np.uint8)).permute(2, 0, 1))
-        conds.append(torch.from_numpy(M.render_condition(M.resize_mask(load_mask(p.mask), resolution))))
+        conds.append(torch.from_numpy(M.render_condition(M.resize_mask(load_mask(p.mask, p.mask_kind), resolution))))
     return torch.stack(images), torch.stack(conds)
 
 

@@ -33,17 +33,19 @@ class PairLayout:
     masks: str = "masks"
     mask_name: str | None = None
     csv: str | None = None
+    mask_kind: str = "auto"  # data.masks: how the masks found are read (prompts.masks), stamped on each Pair
 
     @property
     def default(self) -> bool:
-        return (self.images, self.masks, self.mask_name, self.csv) == ("images", "masks", None, None)
+        return (self.images, self.masks, self.mask_name, self.csv, self.mask_kind) == ("images", "masks", None, None, "auto")
 
 
 def layout_of(data_section) -> PairLayout:
     """The PairLayout of a `data` section (its images_dir, masks_dir, mask_name and pairs keys)."""
     pairs = getattr(data_section, "pairs", None)
     return PairLayout(getattr(data_section, "images_dir", "images") or "images", getattr(data_section, "masks_dir", "masks") or "masks",
-                      getattr(data_section, "mask_name", None), pairs if pairs not in (None, "", "auto") else None)
+                      getattr(data_section, "mask_name", None), pairs if pairs not in (None, "", "auto") else None,
+                      getattr(data_section, "masks", "auto") or "auto")
 
 
 def check_mask_name(rule: str) -> None:

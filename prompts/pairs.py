@@ -48,6 +48,7 @@ class Pair:
     name: str
     label: str | None = None
     group: str | None = None  # a CSV layout's group column (kept in one fold by `group_by: group`)
+    mask_kind: str = "auto"  # data.masks: read the mask with load_mask(pair.mask, pair.mask_kind)
 
 
 # --------------------------------------------------------------------------- masks
@@ -335,7 +336,8 @@ def read_pairs(data_dir: str | os.PathLike, layout: PairLayout | None = None) ->
         raise UserError(f"{len(problems)} bad image–mask pair(s) in {root}:\n" + "\n".join(shown) + more)
     if not found:
         raise _nothing_pairs(root, layout)
-    pairs = [Pair(image=i, mask=m, name=rel(i), label=label, group=group) for i, m, label, group in found]
+    pairs = [Pair(image=i, mask=m, name=rel(i), label=label, group=group, mask_kind=layout.mask_kind)
+             for i, m, label, group in found]
     names = [p.name for p in pairs]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
