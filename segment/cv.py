@@ -161,11 +161,11 @@ def check_no_leak(job: Job) -> None:
 class Runner:
     """Trains and tests jobs with one reusable U-Net (`model.Trainer`), or StarDist, or the classical floor."""
 
-    def __init__(self, seg, progress: bool = True, mask_kind: str = "auto", out: Path | None = None):
+    def __init__(self, seg, progress: bool = True, mask_kind: str = "auto", out: Path | None = None, images_dir: str = "images"):
         from .model import model_key
         from .pixels import PairCache
 
-        self.seg, self.progress, self.mask_kind, self.out = seg, progress, mask_kind, out
+        self.seg, self.progress, self.mask_kind, self.out, self.images_dir = seg, progress, mask_kind, out, images_dir
         self.key = model_key(seg.backbone, seg.weights, seg.image_size, seg.seed)
         self.cache = PairCache(seg.image_size, mask_kind)
         self._trainer = None
@@ -205,7 +205,7 @@ class Runner:
         if job.mix.name == "real" and s.model != "otsu-watershed":  # the floor beside every learned model, on the same test pairs
             floor_preds = predict_floor([it.image for it in job.test], s.min_size)
             floor = {"metrics": metrics.score_set(zip(truths, floor_preds)),
-                     "per_set": native.per_set_scores(names, truths, floor_preds)}
+                     "per_set": native.per_set_scores(names, truths, floor_preds, self.images_dir)}
         predictions = []
         if self.out is not None:
             for name, pred in zip(names, preds):
@@ -215,8 +215,8 @@ class Runner:
         if overlay_dir is not None:
             from .overlay import write_overlay
 
-            for i in native.overlay_picks(names, s.overlays):
-                path = overlay_dir / native.set_of(names[i]) / f"{i:02d}.png"
+            for i in native.overlay_picks(names, s.overlays, self.images_dir):
+                path = overlay_dir / native.set_of(names[i], self.images_dir) / f"{i:02d}.png"
                 image = native.contrast_stretch(native.load_image_native(job.test[i].image))
                 write_overlay(path, image, truths[i], preds[i])
                 overlays.append(path.as_posix())
@@ -225,8 +225,8 @@ class Runner:
             "fold": job.fold.index, "repeat": job.fold.repeat, "mix": job.mix.name, "tree": job.tree, "leaky": job.leaky,
             "synthetic_tree": job.synthetic_root, "fingerprint": self.fingerprint(job), "metrics": scores,
             "model": s.model, "training": training, "floor": floor,
-            "per_set": native.per_set_scores(names, truths, preds),
-            "per_image": native.per_image_rows(names, truths, preds, kinds),
+            "per_set": native.per_set_scores(names, truths, preds, self.images_dir),
+            "per_image": native.per_image_rows(names, truths, preds, kinds, self.images_dir),
             "mask_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
             "n_train": len(job.train), "n_test": len(job.test),
             "n_train_real": sum(it.source != "synthetic" for it in job.train),
@@ -266,7 +266,7 @@ def run_cv(data_section, seg, progress: bool = True) -> dict:
     if w in ("tiny", "none"):
         log.warning(SMOKE_WARNING.format(w=w, narrow=" and a narrow decoder" if w == "tiny" else ""))
     import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-    runner = Runner(seg, progress, data_section.masks, out)
+    runner = Runner(seg, progress, data_section.masks, out, data_section.images_dir)
     current = run_fingerprint(items, split, syn, jobs, runner, seg)
     check_reuse(out, current, overwrite=seg.overwrite)
     todo, results = [], []

@@ -15,13 +15,27 @@ import numpy as np
 MODELS = ("unet", "stardist", "otsu-watershed")
 
 
+def floor_instances(image: np.ndarray, min_size: int) -> np.ndarray:
+    """Instances (H, W) int32 of one image (H, W[, C]) by the classical floor, objects bright or dark.
+
+    Otsu's threshold splits the pixels in two; the objects are the smaller side (cells cover less of
+    a field than the background), so dark cells on a bright field (brightfield, stains) are
+    inverted first. Fluorescence, where cells are bright, is read as is.
+    """
+    from analysis.classical import foreground, otsu_watershed
+
+    grey = np.asarray(image, dtype=np.float32)
+    grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
+    if foreground(grey).mean() > 0.5:
+        grey = grey.max() - grey
+    return otsu_watershed(grey, min_size)
+
+
 def predict_floor(images, min_size: int) -> list[np.ndarray]:
     """Instances (H, W) int32 of each image (paths) by Otsu + distance-transform watershed, at native size."""
-    from analysis.classical import otsu_watershed
-
     from .native import load_image_native
 
-    return [otsu_watershed(load_image_native(p), min_size) for p in images]
+    return [floor_instances(load_image_native(p), min_size) for p in images]
 
 
 def _unet(runner, job, seed: int) -> tuple[list[np.ndarray], list[float], dict]:

@@ -7,8 +7,9 @@ instances are found: instances are made, matched and counted at native resolutio
 mask as stored. Models that need no resizing (the classical floor, StarDist) predict the native
 image directly.
 
-A pair's *set* is its image's folder less a trailing `images` (`cls_a/images/x.png` -> `cls_a`,
-`01/t000.tif` -> `01`, `images/x.png` -> `all`): the class or sub-folder a lab filed it under.
+A pair's *set* is its image's folder less a trailing images folder (`data.images_dir`, default
+`images`): `cls_a/images/x.png` -> `cls_a`, `01/t000.tif` -> `01`, `images/x.png` -> `all`; the
+class, sequence or sub-folder a lab filed it under.
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ ALL_SET = "all"
 PREDICTIONS_DIR = "predictions"
 
 
-def set_of(name: str) -> str:
+def set_of(name: str, images_dir: str = "images") -> str:
     """The set of a pair from its data-relative image name (see the module docstring)."""
     parent = PurePosixPath(name).parent
     parts = list(parent.parts)
-    if parts and parts[-1] == "images":
+    if parts and parts[-1] == images_dir:
         parts = parts[:-1]
     return "/".join(parts) or ALL_SET
 
@@ -90,31 +91,33 @@ def write_prediction(path: Path, labels: np.ndarray) -> Path:
     return path
 
 
-def per_image_rows(names: list[str], truths: list[np.ndarray], preds: list[np.ndarray], kinds: list[str]) -> list[dict]:
+def per_image_rows(names: list[str], truths: list[np.ndarray], preds: list[np.ndarray], kinds: list[str],
+                   images_dir: str = "images") -> list[dict]:
     """One row per test image: name, set, mask kind, size, counts true/predicted, AP50, F1, mean matched IoU, PQ."""
     rows = []
     for name, t, p, kind in zip(names, truths, preds, kinds):
         s = metrics.score_image(t, p)
-        rows.append({"name": name, "set": set_of(name), "mask_kind": kind, "height": int(t.shape[0]), "width": int(t.shape[1]),
+        rows.append({"name": name, "set": set_of(name, images_dir), "mask_kind": kind, "height": int(t.shape[0]), "width": int(t.shape[1]),
                      "n_true": s["n_true"], "n_pred": s["n_pred"], "ap50": s["ap50"], "ap50_90": s["ap50_90"], "f1": s["f1"],
                      "mean_iou": s["mean_iou"], "pq": s["pq"], "tp": s["tp"], "fp": s["fp"], "fn": s["fn"]})
     return rows
 
 
-def per_set_scores(names: list[str], truths: list[np.ndarray], preds: list[np.ndarray]) -> dict[str, dict]:
+def per_set_scores(names: list[str], truths: list[np.ndarray], preds: list[np.ndarray],
+                   images_dir: str = "images") -> dict[str, dict]:
     """Pooled metrics (`metrics.score_set`) of each set of the test images, by set name."""
     by: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        by.setdefault(set_of(name), []).append(i)
+        by.setdefault(set_of(name, images_dir), []).append(i)
     return {s: metrics.score_set([(truths[i], preds[i]) for i in idx]) for s, idx in sorted(by.items())}
 
 
-def overlay_picks(names: list[str], per_set: int) -> list[int]:
+def overlay_picks(names: list[str], per_set: int, images_dir: str = "images") -> list[int]:
     """Indices of the first `per_set` test images of every set (overlays for every set, not only the first)."""
     seen: dict[str, int] = {}
     picks = []
     for i, name in enumerate(names):
-        s = set_of(name)
+        s = set_of(name, images_dir)
         if seen.get(s, 0) < per_set:
             seen[s] = seen.get(s, 0) + 1
             picks.append(i)

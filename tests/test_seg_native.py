@@ -96,6 +96,28 @@ def test_floor_on_blob_scenes_scores_the_hand_value():
     assert s["n_true"] == 4 and s["ap50"] == pytest.approx(1.0)
 
 
+def test_floor_finds_dark_cells_on_a_bright_field():
+    """Blob scenes (stained cells darker than the background): the floor inverts them and finds the cells."""
+    from prompts.blobs import blob_scene
+    from segment.models import floor_instances
+
+    pairs = []
+    for i in range(6):
+        rgb, truth = blob_scene(96, np.random.default_rng([0, i]))
+        pairs.append((truth, floor_instances(rgb, 4)))
+    s = score_set(pairs)
+    assert s["ap50"] > 0.9 and abs(s["n_pred"] - s["n_true"]) <= 3, s  # measured 0.989, 91 predicted for 90 cells
+    flipped = 255 - blob_scene(96, np.random.default_rng([0, 0]))[0]  # the same scene as fluorescence: bright cells
+    assert floor_instances(flipped, 4).max() == pairs[0][1].max()
+
+
+def test_sets_follow_the_images_folder_name():
+    from segment.native import set_of
+
+    assert set_of("cls_a/images/x.png") == "cls_a" and set_of("images/x.png") == "all" and set_of("01/t000.tif") == "01"
+    assert set_of("hela/img/dna-1.png", "img") == "hela" and set_of("img/a.png", "img") == "all"
+
+
 # ---------------------------------------------------------------- against StarDist's own matching
 
 stardist_matching = pytest.importorskip("stardist.matching")
