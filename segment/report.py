@@ -83,7 +83,7 @@ def answer(results: dict, tree: str) -> str:
     rows = [r for r in results["tables"][tree] if r.get("verdict")]
     head = f"**{tree_title(tree)}:** adding synthetic pairs"
     if results.get("not_learned"):
-        return f"{head}: **no verdict** — {results['not_learned']}."
+        return f"{head}: **No verdict** — {results['not_learned']}."
     if not rows:
         return f"{head}: no answer — the run has no `real` mix to compare with, or no synthetic mix."
     best = max(rows, key=lambda r: (r["verdict"]["word"] == HELPS, r["verdict"]["mean_diff"]))
@@ -255,8 +255,6 @@ def build_report(results: dict, out: Path, realism: dict | None = None) -> list:
                        "(background, interior, boundary), instances by a watershed from the interior's components."))
     if results.get("training"):
         blocks.append(Text(f"Training and scoring: {results['training']['note']}.", "note"))
-    if results.get("not_learned"):
-        blocks.append(Text(f"**No verdict:** {results['not_learned']}.", "warn"))
     table = verdicts_block(results)
     if table is not None:
         blocks += [Heading("Verdicts"), table]
