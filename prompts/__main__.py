@@ -16,7 +16,7 @@ from .schema import DataSection
 from .templates import load_templates
 
 READING_KEYS = ("normalize", "percentiles", "channels", "z", "t")
-PAIR_KEYS = ("masks", "images_dir", "masks_dir", "mask_name", "pairs")  # segmentation pair data: how pairs are found and read
+from .schema.data import PAIR_KEYS  # segmentation pair data: how pairs are found and read
 
 
 def show(data: str, templates: str | None, per: str) -> str:

@@ -15,6 +15,10 @@ ALL = ("lora train", "generate", "classify split", "classify cv", "classify real
        "classify blind-test", "study search", "generate --dry-run", "segment cv", "segment realism")
 
 
+# keys only segmentation reads (how pairs are found and masks read); classification studies ignore them
+PAIR_KEYS = ("masks", "images_dir", "masks_dir", "mask_name", "pairs")
+
+
 @dataclass
 class DataSection:
     data: str | None = opt(None, "dataset folder: DATA/<class>/ or DATA/<cell_line>/<class>/, optional labels.csv; segmentation: image-mask pairs", path=True, required=ALL + ("workflow",))
