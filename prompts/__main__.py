@@ -13,10 +13,10 @@ from .cli import Parser, add_config_flag, add_section_flags
 from .dataset import read_dataset
 from .errors import UserError, run_cli
 from .schema import DataSection
+from .schema.data import PAIR_KEYS  # segmentation pair data: how pairs are found and read
 from .templates import load_templates
 
 READING_KEYS = ("normalize", "percentiles", "channels", "z", "t")
-from .schema.data import PAIR_KEYS  # segmentation pair data: how pairs are found and read
 
 
 def show(data: str, templates: str | None, per: str) -> str:
