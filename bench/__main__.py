@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-ROOMS = ("lora", "generate", "classify", "search", "workflow", "decode", "controlnet", "phenotype")
+ROOMS = ("lora", "generate", "classify", "search", "workflow", "decode", "controlnet", "segment", "phenotype")
 DEFAULT = ("lora", "generate", "classify", "search", "decode")  # workflow runs the demo study twice (about half an hour): ask for it
 
 

@@ -31,6 +31,7 @@ from prompts import layout
 from prompts.errors import UserError
 from prompts.files import atomic_path, write_text_atomic
 from prompts.guard import check_output_dir
+from prompts.pair_layouts import layout_of
 from prompts.pairs import IMAGES_DIR, MASKS_DIR, Pair, load_mask
 
 from . import masks as M
@@ -87,7 +88,7 @@ def plan_conditions(cfg, fold: int | None, train: list[Pair]) -> list[PairJob]:
     for p in train:
         if p.label is not None:
             layout.check_name(p.label, "class")
-        by_label.setdefault(p.label, []).append((p.name, M.resize_mask(load_mask(p.mask), size)))
+        by_label.setdefault(p.label, []).append((p.name, M.resize_mask(load_mask(p.mask, p.mask_kind), size)))
     labels = sorted(by_label, key=lambda x: (x is None, x or ""))
     scale = size / REFERENCE_SIZE
     trees: list[float | None] = ([None] if cfg.augment else []) + [float(d) for d in cfg.densities]
@@ -238,7 +239,7 @@ def plan(cfg, data_cfg) -> list[FoldPlan]:
     canonical_sampler(cfg.sampler)
     check_model(cfg.model, cfg.allow_pickle)
     plans = []
-    for fold, train, test in fold_pairs(data_cfg.data, data_cfg.split, cfg.fold):
+    for fold, train, test in fold_pairs(data_cfg.data, data_cfg.split, cfg.fold, layout_of(data_cfg)):
         cn = layout.controlnet_dir(cfg.output, fold)
         if not is_finished(cn):
             raise UserError(f"no finished ControlNet in {cn}; train it with `python -m controlnet train` (same --data, --split, --output)")

@@ -45,6 +45,7 @@ from prompts.config import as_dict, dump_yaml
 from prompts.errors import UserError
 from prompts.files import temp_dir_beside, write_text_atomic
 from prompts.guard import check_output_dir
+from prompts.pair_layouts import layout_of
 from prompts.pairs import Pair, load_mask, read_pairs
 
 from . import masks as M
@@ -80,7 +81,7 @@ class Job:
 
 # --------------------------------------------------------------------------- planning (all checks, no writes)
 
-def fold_pairs(data: str, split: str | None, fold) -> list[tuple[int | None, list[Pair], list[Pair]]]:
+def fold_pairs(data: str, split: str | None, fold, pair_layout=None) -> list[tuple[int | None, list[Pair], list[Pair]]]:
     """[(fold or None, training pairs, test pairs)] of a data folder, for every selected fold of `split`.
 
     The split file is `classify split`'s format (prompts/splits.py) whose entries are pair names
@@ -88,7 +89,7 @@ def fold_pairs(data: str, split: str | None, fold) -> list[tuple[int | None, lis
     """
     from prompts.splits import read_split
 
-    pairs = read_pairs(data)
+    pairs = read_pairs(data, pair_layout)  # pair_layout: prompts.pair_layouts.PairLayout of the data section (None: default)
     if not split:
         if fold is not None:
             raise UserError(f"--fold {fold} needs --split FILE (a split file whose entries are the pairs' image paths)")
@@ -165,7 +166,7 @@ def plan(cfg, data_cfg) -> list[Job]:
 
     check_model(cfg.model, cfg.allow_pickle)
     jobs = []
-    for fold, train, test in fold_pairs(data_cfg.data, data_cfg.split, cfg.fold):
+    for fold, train, test in fold_pairs(data_cfg.data, data_cfg.split, cfg.fold, layout_of(data_cfg)):
         job = Job(fold, train, Path(data_cfg.data), layout.controlnet_dir(out, fold), test, resolve_lora(cfg.lora, fold))
         if job.lora is not None:
             check_no_test_files(fp.read(job.lora.parent / layout.FINGERPRINT_FILE), test, job.data_root, f"LoRA {job.lora}")
@@ -187,8 +188,14 @@ def job_fingerprint(job: Job, cfg, data_cfg) -> dict:
     parts = fp.make(settings=settings, model=[fp.model_part(cfg.model), fp.model_part(cfg.model_config)],
                     lora=fp.file_sha256(job.lora) if job.lora else None, images=images, masks=masks,
                     labels=[p.label for p in job.pairs], split=fp.file_sha256(data_cfg.split) if data_cfg.split else None,
-                    reading=reading)
+                    reading=reading, **_mask_kind_part(data_cfg))
     return {**parts, "images": images, "masks": masks, "fold": job.fold, "settings": settings, "reading": reading}
+
+
+def _mask_kind_part(data_cfg) -> dict:
+    """data.masks in the fingerprint when it is not the default `auto` (so earlier fingerprints stay valid)."""
+    kind = getattr(data_cfg, "masks", "auto")
+    return {} if kind == "auto" else {"mask_kind": kind}
 
 
 def train_settings(cfg) -> dict:
@@ -239,7 +246,7 @@ def load_training_set(pairs: list[Pair], resolution: int) -> tuple[torch.Tensor,
     for p in pairs:
         img = center_crop(resize_shortest_side(load_image(p.image).convert("RGB"), resolution), resolution)
         images.append(torch.from_numpy(np.array(img, np.uint8)).permute(2, 0, 1))
-        conds.append(torch.from_numpy(M.render_condition(M.resize_mask(load_mask(p.mask), resolution))))
+        conds.append(torch.from_numpy(M.render_condition(M.resize_mask(load_mask(p.mask, p.mask_kind), resolution))))
     return torch.stack(images), torch.stack(conds)
 
 

@@ -13,6 +13,7 @@ from .cli import Parser, add_config_flag, add_section_flags
 from .dataset import read_dataset
 from .errors import UserError, run_cli
 from .schema import DataSection
+from .schema.data import PAIR_KEYS  # segmentation pair data: how pairs are found and read
 from .templates import load_templates
 
 READING_KEYS = ("normalize", "percentiles", "channels", "z", "t")
@@ -61,19 +62,11 @@ def sample(dataset, per_class: int) -> dict[str, list]:
 
 def used_bits(dataset, records) -> str:
     """'12 of 16 bits' from the largest raw value of some images (a 12-bit camera stored in 16 bits)."""
-    import numpy as np
 
     from .images import raw_planes
+    from .pair_summary import bits_text
 
-    top, dtype = 0, None
-    for r in records:
-        for p in raw_planes(dataset.abspath(r)):
-            dtype = p.dtype
-            if p.dtype.kind in "ub":
-                top = max(top, int(p.max()))
-    if dtype is None or dtype.kind not in "ub":
-        return "float" if dtype is not None else "?"
-    return f"{max(1, int(top).bit_length())} of {np.dtype(dtype).itemsize * 8} bits"
+    return bits_text([p for r in records for p in raw_planes(dataset.abspath(r))])
 
 
 def describe_reading(dataset, reading, per_class: int) -> str:
@@ -133,13 +126,13 @@ def write_sheet(path, dataset, per_class: int, overwrite: bool) -> None:
 def main(argv=None):
     parser = Parser(prog="python -m prompts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    p = sub.add_parser("show", help="print the groups found, their image counts and prompts")
+    p = sub.add_parser("show", help="print the groups found, their image counts and prompts (pair data: sets, pairs, mask kinds, objects, bits)")
     p.add_argument("--data", help="dataset folder (or data.data of --config)")
     p.add_argument("--templates", help="prompt templates YAML (default: the shipped organ-on-chip templates)")
     p.add_argument("--per", choices=["class", "cell_line_class"], default=None,
                    help="group by class or by (cell line, class); default: cell_line_class when the data has cell lines")
     add_config_flag(p)
-    add_section_flags(p, DataSection, keys=("skip_bad_images", *READING_KEYS))
+    add_section_flags(p, DataSection, keys=("skip_bad_images", *READING_KEYS, *PAIR_KEYS))
     p.add_argument("--sheet", metavar="PNG", help="also write a contact sheet of the images as normalised (never inside the data folder)")
     p.add_argument("--sheet-images", type=int, default=6, help="images per class on the contact sheet (default 6)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --sheet file")
@@ -196,6 +189,11 @@ def main(argv=None):
         raise UserError("--data is missing: give the dataset folder, or data.data in the study file (--config)")
     if args.sheet_images < 1:
         raise UserError(f"--sheet-images {args.sheet_images}: must be at least 1")
+    from .pair_summary import is_pair_data, show_pairs
+
+    if is_pair_data(data, study.data):  # segmentation pairs: sets, pairs, mask kinds, objects, bits (not classes and prompts)
+        print(show_pairs(data, study.data))
+        return
     dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images)
     from .images import current_reading, fit_reading, set_reading
 

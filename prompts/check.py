@@ -150,9 +150,10 @@ def _class_images(study: Study, reading) -> list[tuple[str, str]]:
 
 def _pair_images(study: Study, reading) -> list[tuple[str, str]]:
     """(image name relative to data.data, set) of every image of an image-mask pair study."""
+    from .pair_layouts import layout_of
     from .pairs import read_pairs
 
-    return [(p.name, p.label or "") for p in read_pairs(Path(study.data.data))]
+    return [(p.name, p.label or "") for p in read_pairs(Path(study.data.data), layout_of(study.data))]
 
 
 def _bounds(study: Study) -> list[str]:
@@ -239,6 +240,7 @@ def _segmentation_values(study: Study) -> list[str]:
     """Pairs readable, synthetic pairs planned, folds (or the given split) against the pairs."""
     from .dataset import Dataset, Record
     from .mixes import SEGMENTATION, mixes_error
+    from .pair_layouts import layout_of
     from .pairs import read_pairs
     from .splits import read_split
 
@@ -251,7 +253,7 @@ def _segmentation_values(study: Study) -> list[str]:
         errors.append("controlnet makes no synthetic pairs (augment: false, no densities, or count: 0); "
                       "set controlnet.augment, controlnet.densities or controlnet.count")
     try:
-        pairs = read_pairs(data)
+        pairs = read_pairs(data, layout_of(study.data))
     except UserError as err:
         return errors + [f"data.data: {err}"]
     if not pairs:

@@ -326,9 +326,9 @@ def pairs_dataset(root, pairs) -> Dataset:
         The data folder the pairs were read from.
     pairs : list of prompts.pairs.Pair
         `Pair.name` (data-relative) becomes the record's path; its class (`Pair.label`, else 'cells')
-        the record's label and group.
+        the record's label; its group is the pairs CSV's `group` column when given, else its class.
     """
-    records = [Record(p.name, p.label or NO_CLASS, group=p.label) for p in pairs]
+    records = [Record(p.name, p.label or NO_CLASS, group=getattr(p, "group", None) or p.label) for p in pairs]
     return Dataset(Path(root), records, PAIRS_SOURCE)
 
 

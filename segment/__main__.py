@@ -9,9 +9,10 @@ from prompts.errors import UserError, run_cli, setup_logging
 
 log = logging.getLogger("segment")
 
-READING = ("normalize", "percentiles", "channels", "z", "t")  # data section: how lab files are read (prompts/normalize.py)
+READING = ("masks", "images_dir", "masks_dir", "mask_name", "pairs", "normalize", "percentiles", "channels", "z", "t")  # data section: how pairs are found, how masks and lab images are read
+
 COMMANDS = {
-    "cv": ("cross-validate a U-Net over real + synthetic pair mixes, tested on real pairs, and write reports",
+    "cv": ("cross-validate a segmentation model (U-Net, StarDist or the classical floor) over real + synthetic pair mixes, tested on real pairs, and write reports",
            ("data", "split", *READING), None),
     "realism": ("KID, a two-sample test and the mask consistency of synthetic pairs against the real pairs",
                 ("data", *READING), ("output", "synthetic", "backbone", "weights", "image_size", "epochs", "batch_size",

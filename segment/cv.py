@@ -22,9 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
-from analysis import crossval
+from analysis import crossval, stats
 from analysis.crossval import REAL_TREE, FoldTree, Inputs, Job  # noqa: F401  (REAL_TREE re-exported for the report)
 from prompts import fingerprint
 from prompts.dataset import Dataset, pairs_dataset
@@ -42,7 +40,7 @@ OVERLAYS_DIR = "overlays"
 PRIMARY = "ap50"
 # settings that reach a job only through its pairs (or not at all)
 _JOB_FREE = frozenset({"mixes", "folds", "repeats", "group_by", "weights", "delta", "overlays", "realism", "synthetic", "output"})
-_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, RUNS_DIR, OVERLAYS_DIR)
+_OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, SPLIT_FILE, RUNS_DIR, OVERLAYS_DIR, "predictions")
 SMOKE_WARNING = ("segment.weights is {w}: the U-Net's encoder starts from random weights{narrow}; with few pairs its "
                  "scores and p-values are a smoke test, not an answer; use --weights imagenet or an encoder weights file")
 
@@ -90,10 +88,11 @@ class SegmentTask(crossval.Task):
     # -- items
 
     def read_items(self) -> Dataset:
+        from prompts.pair_layouts import layout_of
         from prompts.pairs import read_pairs
 
         root = Path(self.data.data)
-        pairs = read_pairs(root)
+        pairs = read_pairs(root, layout_of(self.data))
         if not pairs:
             raise UserError(f"{root} holds no image-mask pairs; expected {root}/images/ + {root}/masks/ or Cellpose's name.tif + name_masks.tif")
         self.items = {p.name: _item(p) for p in pairs}
@@ -133,7 +132,7 @@ class SegmentTask(crossval.Task):
         if w in ("tiny", "none"):
             log.warning(SMOKE_WARNING.format(w=w, narrow=" and a narrow decoder" if w == "tiny" else ""))
         import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-        self.runner = Runner(self.section, self.progress)
+        self.runner = Runner(self.section, self.progress, self.data.masks, Path(self.section.output), self.data.images_dir)
         self.first_fold = inputs.split.folds[0].index
 
     def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
@@ -144,7 +143,7 @@ class SegmentTask(crossval.Task):
 
     def prepare(self, todo: list[Job]) -> None:
         self.runner.cache.load([it for j in todo for it in (*j.train, *j.test)], self.progress)
-        if todo:
+        if todo and self.section.model == "unet":
             self.runner.trainer  # noqa: B018 - built before anything is written, so a bad weights file writes nothing
 
     def train_and_score(self, job: Job) -> dict:
@@ -159,13 +158,18 @@ class SegmentTask(crossval.Task):
     # -- summary
 
     def row_fields(self, runs: list[dict]) -> dict:
-        return {"overlays": next((r.get("overlays", []) for r in runs if r.get("overlays")), [])}
+        return {"overlays": next((r.get("overlays", []) for r in runs if r.get("overlays")), []), "per_set": pooled_sets(runs)}
 
     def results(self, inputs: Inputs, common: dict, tables: dict, runs: list[dict]) -> dict:
-        """The results record, each synthetic mix's verdict against `real` (one Holm family) in its row."""
-        crossval.holm_verdicts(tables, PRIMARY, common["n_train_mean"], common["n_test_mean"], common["n_splits"],
-                               self.section.delta)
-        return {"version": 1, "task": "segmentation", **common, "n_pairs": len(inputs.dataset.records), "primary": PRIMARY,
+        """The results record, each synthetic mix's verdict against `real` (one Holm family) in its row, unless the
+        `real` baseline did not learn (`learning_check`): then no verdict at all, and the reason."""
+        seg = self.section
+        floor = floor_summary([r for r in runs if r["mix"] == "real" and r["tree"] == REAL_TREE])
+        learned = learning_check(tables, floor, seg.model)
+        if learned is None:
+            crossval.holm_verdicts(tables, PRIMARY, common["n_train_mean"], common["n_test_mean"], common["n_splits"], seg.delta)
+        training = next((r.get("training") for r in runs if r.get("training")), None)
+        return {"model": seg.model, "floor": floor, "not_learned": learned, "training": training, "version": 1, "task": "segmentation", **common, "n_pairs": len(inputs.dataset.records), "primary": PRIMARY,
                 "settings": dataclasses.asdict(self.section), "tables": tables, "runs": runs}
 
 
@@ -200,15 +204,15 @@ def check_no_leak(job: Job) -> None:
 
 
 class Runner:
-    """Trains and tests jobs with one reusable U-Net (`model.Trainer`)."""
+    """Trains and tests jobs with one reusable U-Net (`model.Trainer`), or StarDist, or the classical floor."""
 
-    def __init__(self, seg, progress: bool = True):
+    def __init__(self, seg, progress: bool = True, mask_kind: str = "auto", out: Path | None = None, images_dir: str = "images"):
         from .model import model_key
         from .pixels import PairCache
 
-        self.seg, self.progress = seg, progress
+        self.seg, self.progress, self.mask_kind, self.out, self.images_dir = seg, progress, mask_kind, out, images_dir
         self.key = model_key(seg.backbone, seg.weights, seg.image_size, seg.seed)
-        self.cache = PairCache(seg.image_size)
+        self.cache = PairCache(seg.image_size, mask_kind)
         self._trainer = None
 
     @property
@@ -224,40 +228,56 @@ class Runner:
         settings = {k: v for k, v in fingerprint.settings_part(self.seg).items() if k not in _JOB_FREE}
         return fingerprint.digest({
             "settings": settings, "model": self.key, "mix": job.mix.kind, "metrics": metrics.METRICS_VERSION,
-            "train": [(it.key, it.source) for it in job.train], "test": [it.key for it in job.test],
+            "masks": self.mask_kind, "train": [(it.key, it.source) for it in job.train], "test": [it.key for it in job.test],
         })
 
     def train_and_score(self, job: Job, overlay_dir: Path | None) -> dict:
-        """Train on job.train, segment job.test -> the per-fold result record (overlays of the first test pairs
-        into overlay_dir when given)."""
-        from .model import instances, targets
+        """Train on job.train, segment job.test at each image's own size -> the per-fold result record."""
+        from prompts.masks import read_mask
+
+        from . import native
+        from .models import predict_floor, train_and_predict
 
         s = self.seg
         t0 = time.perf_counter()
-        x, y = self.cache.arrays(job.train)
-        y_cls = np.stack([targets(m) for m in y])
+        reads = [read_mask(it.mask, self.mask_kind) for it in job.test]
+        truths = [r.labels for r in reads]
+        names = [it.name or it.image.name for it in job.test]
         seed = s.seed * 1000 + job.fold.index  # the same shuffling and augmentation for every mix of a fold
-        losses = self.trainer.train(x, y_cls, s.epochs, s.batch_size, seed, s.augment)
-        x_test, y_test = self.cache.arrays(job.test)
-        probs = self.trainer.predict(x_test, s.batch_size)
-        pred = [instances(p, s.min_size) for p in probs]
-        scores = metrics.score_set(zip(y_test, pred))
+        preds, losses, training = train_and_predict(self, job, seed)
+        scores = metrics.score_set(zip(truths, preds))
+        floor = None
+        if job.mix.name == "real" and s.model != "otsu-watershed":  # the floor beside every learned model, on the same test pairs
+            floor_preds = predict_floor([it.image for it in job.test], s.min_size)
+            floor = {"metrics": metrics.score_set(zip(truths, floor_preds)),
+                     "per_set": native.per_set_scores(names, truths, floor_preds, self.images_dir)}
+        predictions = []
+        if self.out is not None:
+            for name, pred in zip(names, preds):
+                path = native.prediction_path(self.out, job.tree, job.mix.name, job.fold.name, name)
+                predictions.append(native.write_prediction(path, pred).relative_to(self.out).as_posix())
         overlays = []
         if overlay_dir is not None:
             from .overlay import write_overlay
 
-            for i in range(min(s.overlays, len(job.test))):
-                path = overlay_dir / f"{i:02d}.png"
-                write_overlay(path, x_test[i], y_test[i], pred[i])
+            for i in native.overlay_picks(names, s.overlays, self.images_dir):
+                path = overlay_dir / native.set_of(names[i], self.images_dir) / f"{i:02d}.png"
+                image = native.contrast_stretch(native.load_image_native(job.test[i].image))
+                write_overlay(path, image, truths[i], preds[i])
                 overlays.append(path.as_posix())
+        kinds = [r.kind for r in reads]
         return {
             "fold": job.fold.index, "repeat": job.fold.repeat, "mix": job.mix.name, "tree": job.tree, "leaky": job.leaky,
             "synthetic_tree": job.synthetic_root, "fingerprint": job.fingerprint, "metrics": scores,
+            "model": s.model, "training": training, "floor": floor,
+            "per_set": native.per_set_scores(names, truths, preds, self.images_dir),
+            "per_image": native.per_image_rows(names, truths, preds, kinds, self.images_dir),
+            "mask_kinds": {k: kinds.count(k) for k in sorted(set(kinds))},
             "n_train": len(job.train), "n_test": len(job.test),
             "n_train_real": sum(it.source != "synthetic" for it in job.train),
             "synthetic_fraction": sum(it.source == "synthetic" for it in job.train) / max(1, len(job.train)),
             "shortfall": job.shortfall, "losses": [round(v, 6) for v in losses], "seconds": round(time.perf_counter() - t0, 3),
-            "test": [str(it.image) for it in job.test], "overlays": overlays,
+            "test": [str(it.image) for it in job.test], "overlays": overlays, "predictions": predictions,
         }
 
 
@@ -283,3 +303,57 @@ def run_fingerprint(items: dict[str, PairItem], split: Split, syn: SyntheticPair
                 "record": fingerprint.digest(found[1]) if found else None}
     return {**parts, "weights": weights_id(seg.weights), "model": runner.key, "data": data, "split": folds,
             "synthetic": synthetic, "metrics": metrics.METRICS_VERSION}
+
+
+# ---------------------------------------------------------------- flags
+
+
+NOT_LEARNED = "the model did not learn; more epochs, more pairs, or a larger model"
+MIN_AP50 = 0.05  # a `real` baseline below this AP50 has not learned, whatever the floor does
+
+
+def _mean_over(runs: list[dict], get) -> dict:
+    vals = [get(r) for r in runs]
+    mean, std = stats.mean_std(vals)
+    return {"mean": mean, "std": std, "folds": vals}
+
+
+def pooled_sets(runs: list[dict]) -> dict:
+    """Per set: mean ± sd over folds of AP50, F1, mean matched IoU, PQ, and objects true / predicted summed over folds."""
+    names = sorted({s for r in runs for s in r.get("per_set", {})})
+    out = {}
+    for name in names:
+        have = [r["per_set"][name] for r in runs if name in r.get("per_set", {})]
+        out[name] = {m: _mean_over(have, lambda x, m=m: x[m]) for m in ("ap50", "ap50_90", "f1", "mean_iou", "pq")}
+        out[name].update(n_true=int(sum(x["n_true"] for x in have)), n_pred=int(sum(x["n_pred"] for x in have)),
+                         n_images=int(sum(x["n_images"] for x in have)))
+    return out
+
+
+def floor_summary(real_runs: list[dict]) -> dict | None:
+    """The classical floor on the `real` mix's test pairs: mean ± sd over folds of every metric, and per set."""
+    have = [r["floor"] for r in real_runs if r.get("floor")]
+    if not have:
+        return None
+    return {"model": "otsu-watershed", "metrics": {m: _mean_over(have, lambda x, m=m: x["metrics"][m]) for m in metrics.METRICS},
+            "per_set": pooled_sets(have)}
+
+
+def learning_check(tables: dict, floor: dict | None, model: str) -> str | None:
+    """Why no verdict may be given (the `real` baseline did not learn), or None when verdicts may be given.
+
+    A `real` baseline whose mean AP50 is below MIN_AP50, or not above the classical floor's on the
+    same test pairs, has not learned: comparing mixes of such a model says nothing about the mixes.
+    """
+    if model == "otsu-watershed":
+        return "the classical floor needs no training, so the mixes cannot differ: no verdict"
+    real = next((r for rows in tables.values() for r in rows if r["mix"] == "real" and r["folds"]), None)
+    if real is None:
+        return None
+    ap = real["metrics"][PRIMARY]["mean"]
+    if ap < MIN_AP50:
+        return f"`real` AP50 is {ap:.3f} (< {MIN_AP50}): {NOT_LEARNED}"
+    if floor is not None and ap <= floor["metrics"][PRIMARY]["mean"]:
+        return (f"`real` AP50 {ap:.3f} does not beat the classical floor (Otsu + watershed, AP50 "
+                f"{floor['metrics'][PRIMARY]['mean']:.3f}): {NOT_LEARNED}")
+    return None

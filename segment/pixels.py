@@ -2,8 +2,10 @@
 
 An image is decoded by the project's decoder (`prompts.images.load_image`: 16-bit scaled, grey
 kept grey), resized to S x S (bilinear; non-square images are squashed, not cropped, so no cell
-is lost), and grey is repeated into 3 channels. Its mask is resized with nearest neighbour, so
-labels stay labels; metrics are computed at this size.
+is lost), and grey is repeated into 3 channels. Its mask is read by the one mask reader
+(`prompts.masks.read_mask`, `data.masks`: binary masks become cells) and resized with nearest
+neighbour, so labels stay labels. This is the training size only: metrics are computed at each
+test image's own size (`segment.native`).
 """
 from __future__ import annotations
 
@@ -25,20 +27,26 @@ def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((size, size), Image.Resampling.NEAREST), dtype=np.int32)
 
 
-def load_mask_array(path, size: int) -> np.ndarray:
-    """(S, S) int32 instance labels of a mask file (read with `prompts.pairs.load_mask`)."""
-    from prompts.pairs import load_mask
+def load_mask_native(path, kind: str = "auto") -> np.ndarray:
+    """(H, W) int32 instance labels of a mask file at its own size (`prompts.masks.read_mask`)."""
+    from prompts.masks import read_mask
 
-    return resize_labels(load_mask(path), size)
+    return read_mask(path, kind).labels
+
+
+def load_mask_array(path, size: int, kind: str = "auto") -> np.ndarray:
+    """(S, S) int32 instance labels of a mask file (read with `prompts.masks.read_mask`)."""
+    return resize_labels(load_mask_native(path, kind), size)
 
 
 class PairCache:
     """Arrays of every pair used, loaded once, addressed by the image's sha256 key."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, mask_kind: str = "auto"):
+        self.size, self.mask_kind = size, mask_kind
         self.images: dict[str, np.ndarray] = {}
         self.masks: dict[str, np.ndarray] = {}
+        self.kinds: dict[str, str] = {}  # the mask kind decided per file ('instance' or 'binary')
 
     def load(self, items, progress: bool = False) -> None:
         from tqdm import tqdm
@@ -46,7 +54,11 @@ class PairCache:
         todo = {it.key: it for it in items if it.key not in self.images}
         for key, it in tqdm(todo.items(), desc="pairs", unit="pair", disable=not progress or not todo):
             self.images[key] = load_image_array(it.image, self.size)
-            self.masks[key] = load_mask_array(it.mask, self.size)
+            from prompts.masks import read_mask
+
+            read = read_mask(it.mask, self.mask_kind)
+            self.masks[key] = resize_labels(read.labels, self.size)
+            self.kinds[key] = read.kind
 
     def arrays(self, items) -> tuple[np.ndarray, np.ndarray]:
         """(n, S, S, 3) float32 0..255 and (n, S, S) int32 labels."""

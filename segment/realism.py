@@ -38,6 +38,7 @@ def encoder_features(seg, x: np.ndarray) -> np.ndarray:
 
 def run_realism(data_section, seg, progress: bool = True) -> dict:
     """KID, C2ST and mask consistency per synthetic tree; returns the realism record (also what write_realism writes)."""
+    from prompts.pair_layouts import layout_of
     from prompts.pairs import read_pairs
 
     from .cv import _item
@@ -51,14 +52,14 @@ def run_realism(data_section, seg, progress: bool = True) -> dict:
     check_backbone(seg.backbone)
     check_image_size(seg.image_size)
     w = normalize_weights(seg.weights)
-    real = [_item(p) for p in read_pairs(data_section.data)]
+    real = [_item(p) for p in read_pairs(data_section.data, layout_of(data_section))]
     syn = read_synthetic(seg.synthetic)
     sets = {name: [_item(p, "synthetic") for t in syn.trees() if t.name == name for p in t.pairs] for name in syn.names}
     if w in ("tiny", "none"):
         log.warning("segment.weights is %s: random encoder features and a U-Net trained from scratch; these realism scores "
                     "are a smoke test", w)
     import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-    cache = PairCache(seg.image_size)
+    cache = PairCache(seg.image_size, data_section.masks)
     cache.load([*real, *(it for items in sets.values() for it in items)], progress)
     x_real, y_real = cache.arrays(real)
     f_real = encoder_features(seg, x_real)  # built before training: the same seeded encoder for real and synthetic

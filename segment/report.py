@@ -82,6 +82,8 @@ def answer(results: dict, tree: str) -> str:
     """One sentence per tree: the verdict of its best mix (a helping one first), and the mixes that hurt."""
     rows = [r for r in results["tables"][tree] if r.get("verdict")]
     head = f"**{tree_title(tree)}:** adding synthetic pairs"
+    if results.get("not_learned"):
+        return f"{head}: **No verdict** — {results['not_learned']}."
     if not rows:
         return f"{head}: no answer — the run has no `real` mix to compare with, or no synthetic mix."
     best = max(rows, key=lambda r: (r["verdict"]["word"] == HELPS, r["verdict"]["mean_diff"]))
@@ -117,42 +119,102 @@ def verdicts_block(results: dict) -> Table | None:
                          results["repeats"])
 
 
+SHOWN = ["ap50", "ap75", "ap50_90", "f1", "mean_iou", "pq", "iou"]  # the report's columns (results.csv has every metric)
+
+
 def mix_table(results: dict, tree: str) -> Table:
-    cols = ["mix", "synthetic %", *(LABELS[m] for m in METRICS), "verdict"]
+    cols = ["mix", "synthetic %", *(LABELS[m] for m in SHOWN), "verdict"]
     rows = []
     for r in results["tables"][tree]:
         v = _verdict(r)
         rows.append([Cell(r["mix"]), Cell(f"{100 * r['synthetic_fraction']:.0f}"),
-                     *(Cell(fmt(r["metrics"][m]["mean"], r["metrics"][m]["std"]), bold=m == PRIMARY) for m in METRICS),
+                     *(Cell(fmt(r["metrics"][m]["mean"], r["metrics"][m]["std"]), bold=m == PRIMARY) for m in SHOWN),
                      Cell(verdict_word(v) if v else "—", bold=bool(v) and v.word in ("helps", "hurts"))])
     return Table(cols, rows, caption=f"Mean ± sd over {results['n_folds']} folds, {tree_title(tree)}; tested on real pairs only.")
 
 
 def overlay_blocks(results: dict, out: Path) -> list:
-    """One row of outline overlays per (tree, mix) that has them (the first fold's first test pairs)."""
+    """Outline overlays per (tree, mix) and per set (the first fold's first test pairs of every set), with a legend."""
     blocks, seen = [], set()
     for rows in results["tables"].values():
         for r in rows:
             if not r.get("overlays") or (r["tree"], r["mix"]) in seen:
                 continue
             seen.add((r["tree"], r["mix"]))
-            images = [data_uri((out / p).read_bytes()) for p in r["overlays"] if (out / p).is_file()]
-            if images:
-                table = Table([f"{r['mix']} ({tree_title(r['tree'])})"], [[Cell("", images=images)]], compact=True)
-                blocks.append(table)
+            by_set: dict[str, list[str]] = {}
+            for p in r["overlays"]:
+                if (out / p).is_file():
+                    by_set.setdefault(_overlay_set(p), []).append(data_uri((out / p).read_bytes()))
+            for name, images in by_set.items():
+                blocks.append(Table([f"{r['mix']} ({tree_title(r['tree'])}) — set {name}"], [[Cell("", images=images)]], compact=True))
     if not blocks:
         return []
-    return [Heading("Predicted (magenta) against true (green) outlines, first fold"),
-            Text("White where both outlines agree. The images are the first fold's first real test pairs at the U-Net's size."),
+    return [Heading("Predicted against true outlines, first fold, every set"),
+            Text("Legend: **green** = true outline, **magenta** = predicted outline, **white** = both agree. Each image is "
+                 "shown at its own size, contrast-stretched for display (1st–99.8th percentile of its pixels after the "
+                 "study's reading rule); the first fold's first test pairs of every set."),
             Row(blocks)]
 
 
+def _overlay_set(path: str) -> str:
+    """The set an overlay was drawn for: its folder below overlays/<tree>/<mix>/<fold>/."""
+    parts = Path(path).parts
+    return "/".join(parts[4:-1]) if len(parts) > 5 else "all"
+
+
+def models_table(results: dict) -> Table | None:
+    """The model against the classical floor on the same `real` test pairs (mean ± sd over folds)."""
+    floor = results.get("floor")
+    real = next((r for rows in results["tables"].values() for r in rows if r["mix"] == "real" and r["folds"]), None)
+    if real is None:
+        return None
+    rows = [[Cell(f"{results.get('model', 'unet')} (mix real)"),
+             *(Cell(fmt(real["metrics"][m]["mean"], real["metrics"][m]["std"]), bold=m == PRIMARY) for m in SHOWN)]]
+    if floor:
+        rows.append([Cell("otsu-watershed (classical floor, no training)"),
+                     *(Cell(fmt(floor["metrics"][m]["mean"], floor["metrics"][m]["std"])) for m in SHOWN)])
+    return Table(["model", *(LABELS[m] for m in SHOWN)], rows,
+                 caption="Models side by side on the same real test pairs; verdicts compare mixes within one model.")
+
+
+def set_table(results: dict) -> Table:
+    """Per (mix, set): images, objects true / predicted (summed over folds), AP50, F1, mean matched IoU (mean ± sd over folds)."""
+    cols = ["tree", "mix", "set", "images", "objects true", "objects predicted", "AP50", "object F1", "mean matched IoU"]
+    rows = []
+    for rows_t in results["tables"].values():
+        for r in rows_t:
+            for name, v in r.get("per_set", {}).items():
+                rows.append([r["tree"], r["mix"], name, str(v["n_images"]), str(v["n_true"]), str(v["n_pred"]),
+                             fmt(v["ap50"]["mean"], v["ap50"]["std"]), fmt(v["f1"]["mean"], v["f1"]["std"]),
+                             fmt(v["mean_iou"]["mean"], v["mean_iou"]["std"])])
+    floor = results.get("floor") or {}
+    for name, v in floor.get("per_set", {}).items():
+        rows.append(["real", "otsu-watershed (floor)", name, str(v["n_images"]), str(v["n_true"]), str(v["n_pred"]),
+                     fmt(v["ap50"]["mean"], v["ap50"]["std"]), fmt(v["f1"]["mean"], v["f1"]["std"]),
+                     fmt(v["mean_iou"]["mean"], v["mean_iou"]["std"])])
+    return Table(cols, rows, caption="Each set is the class or sub-folder its pairs were filed under; objects summed over folds.")
+
+
+def image_table(results: dict) -> Table:
+    """Per test image of the `real` mix: counts, AP50, F1, mean matched IoU at the image's own size."""
+    cols = ["fold", "image", "set", "mask", "size", "objects true", "objects predicted", "AP50", "object F1", "mean matched IoU"]
+    rows = []
+    for r in sorted(results["runs"], key=lambda r: (r["tree"], r["mix"], r["fold"])):
+        if r["mix"] != "real":
+            continue
+        for i in r.get("per_image", []):
+            rows.append([str(r["fold"]), i["name"], i["set"], i["mask_kind"], f"{i['width']}x{i['height']}", str(i["n_true"]),
+                         str(i["n_pred"]), f"{i['ap50']:.3f}", f"{i['f1']:.3f}", f"{i['mean_iou']:.3f}"])
+    return Table(cols, rows, caption="Mix `real`; every test image of every fold, scored at its own resolution. "
+                 "Predicted masks: predictions/<mix>/fold_K/<image path>.tif (16-bit labels).")
+
+
 def fold_table(results: dict) -> Table:
-    cols = ["tree", "mix", "fold", "repeat", *(LABELS[m] for m in METRICS), "tp", "fp", "fn", "train pairs", "leaky"]
+    cols = ["tree", "mix", "fold", "repeat", *(LABELS[m] for m in SHOWN), "tp", "fp", "fn", "train pairs", "leaky"]
     rows = []
     for r in sorted(results["runs"], key=lambda r: (r["tree"], r["mix"], r["fold"])):
         m = r["metrics"]
-        rows.append([r["tree"], r["mix"], str(r["fold"]), str(r["repeat"]), *(f"{m[k]:.3f}" for k in METRICS),
+        rows.append([r["tree"], r["mix"], str(r["fold"]), str(r["repeat"]), *(f"{m[k]:.3f}" for k in SHOWN),
                      str(m["tp"]), str(m["fp"]), str(m["fn"]), str(r["n_train"]), "yes" if r.get("leaky") else ""])
     return Table(cols, rows)
 
@@ -191,13 +253,21 @@ def build_report(results: dict, out: Path, realism: dict | None = None) -> list:
                        f"{', grouped by ' + results['group_by'] if results.get('group_by') else ''}. U-Net: {s['backbone']} encoder "
                        f"({s['weights']}), {s['image_size']} px, {s['epochs']} epochs, batch {s['batch_size']}, 3 classes "
                        "(background, interior, boundary), instances by a watershed from the interior's components."))
+    if results.get("training"):
+        blocks.append(Text(f"Training and scoring: {results['training']['note']}.", "note"))
     table = verdicts_block(results)
     if table is not None:
         blocks += [Heading("Verdicts"), table]
-    blocks.append(Text(statistics_note(results), "note"))
+    models = models_table(results)
+    if models is not None:
+        blocks += [Heading("Models"), models]
+    if not results.get("not_learned"):  # the verdict method is explained only where verdicts are given
+        blocks.append(Text(statistics_note(results), "note"))
     for t in trees:
         blocks += [Heading(f"Mixes — {tree_title(t)}"), mix_table(results, t)]
+    blocks += [Heading("Per set"), set_table(results)]
     blocks += overlay_blocks(results, out)
+    blocks += [Heading("Per image"), image_table(results)]
     blocks += realism_blocks(realism)
     blocks += [Heading("Every run"), fold_table(results)]
     return blocks

@@ -122,9 +122,12 @@ def test_cv_end_to_end_with_a_synthetic_mix_and_resume(blobs, tmp_path):
     rows = {r["mix"]: r for r in results["tables"]["aug"]}
     assert rows["synthetic"]["synthetic_fraction"] == 1.0 and rows["real"]["synthetic_fraction"] == 0.0
     assert 0 < rows["real+50"]["synthetic_fraction"] < 1
-    for mix in ("real+50", "synthetic"):
-        assert rows[mix]["verdict"]["word"] in ("helps", "hurts", "equivalent", "inconclusive")
-        assert "p_holm" in rows[mix]["vs_real"]["ap50"]
+    for mix in ("real+50", "synthetic"):  # 1 epoch: the baseline may not have learned, and then no verdict is given
+        if results["not_learned"]:
+            assert "verdict" not in rows[mix]
+        else:
+            assert rows[mix]["verdict"]["word"] in ("helps", "hurts", "equivalent", "inconclusive")
+            assert "p_holm" in rows[mix]["vs_real"]["ap50"]
     for r in results["runs"]:  # tested on the fold's real test pairs only
         assert r["n_test"] == len(split.folds[r["fold"]].test)
         assert r["n_train_real"] == (0 if r["mix"] == "synthetic" else len(split.folds[r["fold"]].train))
@@ -134,7 +137,10 @@ def test_cv_end_to_end_with_a_synthetic_mix_and_resume(blobs, tmp_path):
     assert "Smoke run" in md and "`tiny` smoke model" in md and "tiny random Stable Diffusion" in md
     assert "adding synthetic pairs" in md
     assert page.count("data:image/png;base64,") == 3 * 2  # 2 overlays for each of the 3 (tree, mix) runs of the first fold
-    assert "Verdicts" in md and "one Holm family" in md
+    assert ("Verdicts" in md and "one Holm family" in md) or ("No verdict" in md and "did not learn" in md)
+    assert "otsu-watershed" in md and "Per image" in md and "Per set" in md
+    for r in results["runs"]:  # predicted masks kept, at each test image's own size
+        assert len(r["predictions"]) == r["n_test"] and all((out / p).is_file() for p in r["predictions"])
     for run in results["runs"]:
         for p in run["overlays"]:
             assert (out / p).is_file()

@@ -211,11 +211,14 @@ CLASSIFY_ALSO = {"folds": {"split"}, "repeats": {"split"}, "group_by": {"split"}
 
 def _result_keys():
     from prompts.schema import SECTIONS
+    from prompts.schema.data import PAIR_KEYS
 
     for name in ("data", "lora", "generate", "classify"):
         cls = SECTIONS[name]
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if name == "data" and f.name in PAIR_KEYS:
+                continue  # segmentation pairs only: a classification study's jobs do not read them
             if f.metadata.get("result", True) and not f.metadata.get("path"):
                 yield name, f, hints[f.name]
 

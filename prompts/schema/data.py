@@ -15,6 +15,10 @@ ALL = ("lora train", "generate", "classify split", "classify cv", "classify real
        "classify blind-test", "study search", "generate --dry-run", "segment cv", "segment realism", "phenotype cv")
 
 
+# keys only segmentation reads (how pairs are found and masks read); classification studies ignore them
+PAIR_KEYS = ("masks", "images_dir", "masks_dir", "mask_name", "pairs")
+
+
 @dataclass
 class DataSection:
     data: str | None = opt(None, "dataset folder: DATA/<class>/ or DATA/<cell_line>/<class>/, optional labels.csv; segmentation: image-mask pairs; phenotyping: mono/<type>/ and co/", path=True, required=ALL + ("workflow",))
@@ -28,4 +32,15 @@ class DataSection:
     channels: list[str | int] = opt([], "channels by OME name or 0-based index: one is grayscale, two or three map to red, green, "
                                     "blue (default: as stored)")
     z: str | int = opt("max", "z-stacks: max (maximum projection), middle, or a 0-based plane index")
+    masks: Literal["auto", "instance", "binary"] = opt(
+        "auto", "segmentation masks: instance (values are cell ids), binary (non-zero is foreground: cells are its connected "
+        "components, touching ones split by a distance-transform watershed), or auto (decided per file: one non-zero value "
+        "is binary)")
+    images_dir: str = opt("images", "segmentation pairs: the folder name of the images (DATA/<images_dir>/ or DATA/<class>/<images_dir>/)")
+    masks_dir: str = opt("masks", "segmentation pairs: the folder name of the masks beside the images folder")
+    mask_name: str | None = opt(None, "segmentation pairs: the mask's file stem made from the image's, a template "
+                                "('man_seg{stem[1:]}', '{stem[4:]}') or a regex pair 're:PATTERN=>REPLACEMENT' (default: the same "
+                                "name, or name_mask(s), name_cp_masks)")
+    pairs: str | None = opt(None, "segmentation pairs: a CSV file with columns image,mask[,class][,group] (paths relative to the "
+                            "data folder) instead of folders", path=True)
     t: str | int = opt(0, "time series: a 0-based time index, or each (one image per time point)")

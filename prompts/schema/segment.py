@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ._field import opt
 
@@ -17,10 +18,16 @@ class SegmentSection:
     group_by: str | None = opt(None, "keep groups in one fold: cell_line, group, a labels.csv column, or regex:PATTERN")
     seed: int = opt(0, "random seed (folds, initial weights, mixes, augmentation)")
     mixes: list[str] = opt(["real", "real+50", "real+100", "synthetic"], "training mixes: real, real+P, synthetic")
+    model: Literal["unet", "stardist", "otsu-watershed"] = opt(
+        "unet", "segmentation model: unet (Keras U-Net), stardist (StarDist 2D, trained from scratch or from segment.pretrained), "
+        "or otsu-watershed (the classical floor, no training; it is also scored beside every learned model)")
+    pretrained: str | None = opt(None, "stardist: a StarDist 2D model folder (config.json + weights) to fine-tune instead of "
+                                 "training from scratch", path=True)
     backbone: str = opt("MobileNetV2", "U-Net encoder from keras.applications: MobileNetV2 or EfficientNetB0")
     weights: str = opt("imagenet", "encoder weights: imagenet (Keras cache or download), a .weights.h5 file, none (random), "
                        "or tiny (random, narrow: smoke runs)", path=True, result=True)
-    image_size: int = opt(256, "U-Net input size in pixels (square, a multiple of 32); metrics are computed at this size", ge=32)
+    image_size: int = opt(256, "U-Net training size in pixels (square, a multiple of 32): pairs are resized to it for training; metrics are "
+                     "computed at each test image's own size", ge=32)
     epochs: int = opt(50, "training epochs per run", ge=1)
     batch_size: int = opt(8, "batch size", ge=1)
     learning_rate: float = opt(1e-3, "Adam learning rate", gt=0)
