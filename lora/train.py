@@ -33,6 +33,7 @@ from diffusion.formats import from_peft
 from prompts import layout
 from prompts.cli import cpu_processes
 from prompts.errors import Terminated, UserError
+from prompts.schema.lora import together_size
 
 from .checkpoints import list_checkpoints, load_checkpoint, register_lora_hooks, save_checkpoint
 from .data import ImageSet, apply_flips, epoch_batches, epoch_order, flip_flags, load_images, pixel_batch, steps_per_epoch
@@ -143,17 +144,21 @@ def cache_latents(vae, images: ImageSet, flips: bool, seed: int, device, dtype) 
     return torch.stack(out)
 
 
-def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, weight_dtype, accelerator) -> torch.Tensor:
-    """The diffusion loss of one batch (a scalar): noise the latents [B, 4, h, w] at random timesteps (drawn from
-    `generator`, with the noise offset), predict the noise (or v) from the text states `hidden` [B, 77, dim],
-    mean squared error per image, min-SNR weighted when asked, averaged."""
+def draw_noise(shape: torch.Size, generator: torch.Generator, settings, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise [B, 4, h, w] (with the noise offset) and timesteps [B] of one step, drawn on the CPU from `generator`
+    in a fixed order (noise, offset, timesteps): the same draws give the same step in every trainer."""
+    noise = torch.randn(shape, generator=generator)
+    if settings.noise_offset:
+        noise = noise + settings.noise_offset * torch.randn(shape[0], shape[1], 1, 1, generator=generator)
+    t = torch.randint(0, num_train_timesteps, (shape[0],), generator=generator)
+    return noise, t
+
+
+def per_sample_loss(unet, noise_scheduler, latents, noise, t, hidden, settings, weight_dtype, accelerator) -> torch.Tensor:
+    """The diffusion loss of each sample [B]: noise the latents [B, 4, h, w] at timesteps `t` [B], predict the noise
+    (or v) from the text states `hidden` [B, 77, dim], mean squared error per image, min-SNR weighted when asked."""
     from diffusers.training_utils import compute_snr
 
-    device = latents.device
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    if settings.noise_offset:
-        noise = noise + settings.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=generator).to(device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     epsilon = noise_scheduler.config.prediction_type == "epsilon"
     target = noise if epsilon else noise_scheduler.get_velocity(latents, noise, t)
@@ -164,7 +169,14 @@ def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, 
         snr = compute_snr(noise_scheduler, t)
         weight = torch.clamp(snr, max=settings.min_snr_gamma)
         loss = loss * (weight / snr if epsilon else weight / (snr + 1))
-    return loss.mean()
+    return loss
+
+
+def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, weight_dtype, accelerator) -> torch.Tensor:
+    """The diffusion loss of one batch (a scalar): `per_sample_loss` at noise and timesteps drawn from `generator`, averaged."""
+    noise, t = draw_noise(latents.shape, generator, settings, noise_scheduler.config.num_train_timesteps)
+    device = latents.device
+    return per_sample_loss(unet, noise_scheduler, latents, noise.to(device), t.to(device), hidden, settings, weight_dtype, accelerator).mean()
 
 
 # --------------------------------------------------------------------------- the training loop of one group
@@ -331,6 +343,8 @@ def run(settings, data_settings, resume: str | None = None) -> list[Path]:
     # Several processes without CUDA (torchrun, `accelerate launch --multi_gpu` on a CPU machine): data-parallel
     # on the CPU with gloo; accelerate picks that only when told `cpu=True`.
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=cpu_processes() or None)
+    if accelerator.num_processes > 1 and together_size(settings.together, 2) > 1:
+        raise UserError("--together trains its groups in one process; drop --together or run one process")
     if accelerator.is_main_process:
         log.info("training %d LoRA(s): %s", len(jobs), ", ".join(str(j.out_dir) for j in jobs))
     done = []
@@ -338,13 +352,30 @@ def run(settings, data_settings, resume: str | None = None) -> list[Path]:
         if job.finished:
             log.info("%s: finished already from the same inputs, kept", job.out_dir)
             done.append(job.out_dir)
-            continue
+    for chunk in together_chunks([j for j in jobs if not j.finished], settings.together):
         try:
-            done.append(train_group(job, settings, data_settings, accelerator, resume))
+            if len(chunk) == 1:
+                done.append(train_group(chunk[0], settings, data_settings, accelerator, resume))
+            else:
+                from .together import train_together
+
+                done.extend(train_together(chunk, settings, data_settings, accelerator, resume))
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (prompts.errors.Terminated: SLURM's time limit)
-            raise Interrupted(resume_hint(job, settings, len(done)), terminated=isinstance(stop, Terminated)) from None
+            raise Interrupted(resume_hint(chunk[0], settings, len(done)), terminated=isinstance(stop, Terminated)) from None
     accelerator.end_training()
     return done
+
+
+def together_chunks(jobs: list[LoraJob], together) -> list[list[LoraJob]]:
+    """The jobs in plan order, cut into runs of `lora.together` groups of one fold (each alone when it is unset)."""
+    from itertools import groupby
+
+    chunks = []
+    for _, fold_jobs in groupby(jobs, key=lambda j: j.fold):
+        fold_jobs = list(fold_jobs)
+        size = together_size(together, len(fold_jobs))
+        chunks += [fold_jobs[i:i + size] for i in range(0, len(fold_jobs), size)]
+    return chunks
 
 
 class Interrupted(KeyboardInterrupt):
