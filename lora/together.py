@@ -334,7 +334,7 @@ def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, re
         if not all(torch.isfinite(p).all() for p in r.params):
             raise Diverged(diverged_message(r.job, settings, "the LoRA weights stopped being finite numbers", r.update, r.total_updates))
         stats = throughput_stats(r.step - r.first_step, r.update, 1, settings.batch_size, r.cache_seconds, t_end - t_start, step_seconds)
-        stats["trained_together"] = {"groups": len(runs), "steps_per_second_is_per_joint_step": True}
+        stats["trained_together"] = {"groups": len(runs), "with": [o.job.display_name for o in runs]}  # step times: joint steps
         if r.tracker is not None:
             r.tracker.finish()
         lora = from_peft(accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder) if train_te else None, adapter=r.adapter)

@@ -1,6 +1,6 @@
 """`lora.together`: K groups trained in one pass give the LoRAs of K separate runs (tiny model, CPU).
 
-Tolerance: every LoRA tensor within atol 2e-5 + rtol 1e-3 of the separate run's (the factors are of order 1e-2;
+Tolerance: every LoRA tensor within atol 5e-5 + rtol 1e-3 of the separate run's (training moves the factors by ~3e-3;
 the only difference is the order of float sums in a larger batch). Files, metadata (other than the hashes of the
 tensor bytes), fingerprints, loss logs and learning rates are those of the separate runs.
 """
@@ -22,7 +22,7 @@ from lora.__main__ import main  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
-ATOL, RTOL = 2e-5, 1e-3
+ATOL, RTOL = 5e-5, 1e-3
 COUNTS = {"good": 6, "acceptable": 6, "bad": 3}  # "bad" has half the images: half the steps, then it leaves the batch
 BASE = ["--resolution", "64", "--epochs", "2", "--repeats", "1", "--batch-size", "2", "--rank", "4", "--alpha", "2",
         "--lr-scheduler", "cosine", "--validation-images", "1"]
@@ -55,7 +55,7 @@ def both(tmp_path, tiny_model, data, *flags) -> tuple[Path, Path]:
     return alone, together
 
 
-def assert_same_loras(alone: Path, together: Path, groups) -> None:
+def assert_same_loras(alone: Path, together: Path, groups, together_value="all") -> None:
     from safetensors import safe_open
 
     from prompts import layout
@@ -85,7 +85,7 @@ def assert_same_loras(alone: Path, together: Path, groups) -> None:
         import yaml
 
         cfg_a, cfg_b = (yaml.safe_load((f / "config.yaml").read_text()) for f in (a, b))
-        assert cfg_b["lora"].pop("together") == "all" and cfg_a["lora"].pop("together") is None
+        assert str(cfg_b["lora"].pop("together")) == together_value and cfg_a["lora"].pop("together") is None
         assert cfg_a["lora"].pop("output") != cfg_b["lora"].pop("output")
         assert cfg_a == cfg_b
         # the validation image, made with this group's LoRA alone
@@ -94,14 +94,18 @@ def assert_same_loras(alone: Path, together: Path, groups) -> None:
 
         (img_a,), (img_b,) = (sorted((f / "validation").glob("*.png")) for f in (a, b))
         assert np.abs(np.asarray(Image.open(img_a), dtype=int) - np.asarray(Image.open(img_b), dtype=int)).max() <= 2
-        stats = json.loads((b / "stats.json").read_text())
-        assert stats["trained_together"]["groups"] == len(groups)
+
+
+def together_size(folder: Path):
+    """How many groups trained together with this one (stats.json), None when it trained alone."""
+    return json.loads((folder / "stats.json").read_text()).get("trained_together", {}).get("groups")
 
 
 def test_three_groups_together_equal_three_runs(tmp_path, tiny_model, uneven_data):
     """K = 3 with the text encoder trained (routed too), a cosine schedule and an uneven group."""
     alone, together = both(tmp_path, tiny_model, uneven_data)
     assert_same_loras(alone, together, sorted(COUNTS))
+    assert {g: together_size(together / g) for g in COUNTS} == {"good": 3, "acceptable": 3, "bad": 3}
     steps = {g: len(list(csv.DictReader(open(together / g / "loss.csv")))) for g in COUNTS}
     assert steps == {"good": 6, "acceptable": 6, "bad": 4}  # ceil(3/2) x 2 epochs: bad stops, as its own run does
     lora_bad, lora_good = read_lora(together / "bad"), read_lora(together / "good")
@@ -115,10 +119,8 @@ def test_together_in_pairs_with_accumulation_cache_and_convolutions(tmp_path, ti
     alone, together = tmp_path / "alone", tmp_path / "together"
     train(tiny_model, uneven_data, alone, *flags)
     train(tiny_model, uneven_data, together, "--together", "2", *flags)
-    for group in COUNTS:  # the yaml records together: 2
-        cfg = together / group / "config.yaml"
-        cfg.write_text(cfg.read_text().replace("together: 2", "together: all"))
-    assert_same_loras(alone, together, sorted(COUNTS))
+    assert_same_loras(alone, together, sorted(COUNTS), together_value="2")
+    assert {g: together_size(together / g) for g in COUNTS} == {"acceptable": 2, "bad": 2, "good": None}  # plan order
     assert any(k[1].endswith(("conv1", "conv2")) for k in read_lora(together / "bad").modules)
 
 
