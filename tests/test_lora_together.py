@@ -163,3 +163,29 @@ def test_bad_together_value_is_one_line(tmp_path, tiny_model, uneven_data, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "together" in err[0] and "'some'" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_killed_joint_run_continues_to_the_same_loras(tmp_path, tiny_model, uneven_data, monkeypatch):
+    """Ctrl-C right after the first group's checkpoint 2: a plain re-run continues that group from it and starts the
+    others over (they had none yet), so the groups then take different steps in one batch; the LoRAs are those of
+    an uninterrupted joint run."""
+    from lora.checkpoints import KILL_ENV
+
+    flags = ["--together", "all", "--checkpointing-steps", "2", "--text-encoder-lr", "0", "--validation-images", "0"]
+    train(tiny_model, uneven_data, tmp_path / "whole", *flags)
+    monkeypatch.setenv(KILL_ENV, "2:INT")
+    with pytest.raises(SystemExit) as exc:
+        train(tiny_model, uneven_data, tmp_path / "killed", *flags)
+    assert exc.value.code == 130
+    assert (tmp_path / "killed" / ".work" / "acceptable" / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "killed" / "acceptable").exists()
+    monkeypatch.delenv(KILL_ENV)
+    train(tiny_model, uneven_data, tmp_path / "killed", *flags)
+    rows = list(csv.DictReader(open(tmp_path / "killed" / "acceptable" / "loss.csv")))
+    assert [r["update"] for r in rows] == [str(u) for u in range(1, 7)]
+    for group in COUNTS:
+        a, b = read_lora(tmp_path / "whole" / group), read_lora(tmp_path / "killed" / group)
+        for key, module in a.modules.items():
+            torch.testing.assert_close(b.modules[key].up, module.up, atol=ATOL, rtol=RTOL)
+            torch.testing.assert_close(b.modules[key].down, module.down, atol=ATOL, rtol=RTOL)
+    assert not (tmp_path / "killed" / ".work").exists()
