@@ -131,7 +131,9 @@ def add_adapters(unet, text_encoder, settings, k: int) -> list[list[dict]]:
         for comp, model, _ in components:
             config = peft_config({n: kd for (c, n), kd in kinds.items() if c == comp}, settings.rank, settings.alpha,
                                  settings.conv_dim, settings.conv_alpha)
-            model.add_adapter(config, adapter_name=adapter_name(index))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # K adapters: intended
+                model.add_adapter(config, adapter_name=adapter_name(index))
     groups = []
     for index in range(k):
         name = adapter_name(index)
