@@ -189,3 +189,22 @@ def test_killed_joint_run_continues_to_the_same_loras(tmp_path, tiny_model, unev
             torch.testing.assert_close(b.modules[key].up, module.up, atol=ATOL, rtol=RTOL)
             torch.testing.assert_close(b.modules[key].down, module.down, atol=ATOL, rtol=RTOL)
     assert not (tmp_path / "killed" / ".work").exists()
+
+
+def test_a_joint_checkpoint_continues_one_group_at_a_time(tmp_path, tiny_model, uneven_data, monkeypatch):
+    """The checkpoint a joint run writes is the one a separate run writes: dropping --together continues it."""
+    from lora.checkpoints import KILL_ENV
+
+    flags = ["--checkpointing-steps", "2", "--text-encoder-lr", "0", "--validation-images", "0", "--groups", "acceptable", "bad"]
+    train(tiny_model, uneven_data, tmp_path / "alone", *flags)
+    monkeypatch.setenv(KILL_ENV, "2:INT")
+    with pytest.raises(SystemExit):
+        train(tiny_model, uneven_data, tmp_path / "mixed", "--together", "all", *flags)
+    monkeypatch.delenv(KILL_ENV)
+    train(tiny_model, uneven_data, tmp_path / "mixed", *flags)  # one at a time from here
+    assert sorted(p.name for p in (tmp_path / "mixed").iterdir()) == ["acceptable", "bad"]
+    for group in ("acceptable", "bad"):
+        a, b = read_lora(tmp_path / "alone" / group), read_lora(tmp_path / "mixed" / group)
+        for key, module in a.modules.items():
+            torch.testing.assert_close(b.modules[key].up, module.up, atol=ATOL, rtol=RTOL)
+        assert (tmp_path / "alone" / group / "fingerprint.json").read_bytes() == (tmp_path / "mixed" / group / "fingerprint.json").read_bytes()
