@@ -35,8 +35,22 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .data import ImageSet, apply_flips, epoch_batches, epoch_order, flip_flags, load_images, pixel_batch, steps_per_epoch
 from .outputs import tensorboard_tracker, write_group
 from .plan import LoraJob
-from .train import (Diverged, cache_latents, diverged_message, draw_noise, encode_prompts, load_frozen_model,
-                    make_optimizer, per_sample_loss, step_generator, throughput_stats)
+from .train import (
+    LOSS_READ_EVERY,
+    Diverged,
+    add_loss,
+    cache_latents,
+    diverged_message,
+    draw_noise,
+    encode_prompts,
+    load_frozen_model,
+    loss_row,
+    make_optimizer,
+    per_sample_loss,
+    read_losses,
+    step_generator,
+    throughput_stats,
+)
 
 __all__ = ["Router", "add_adapters", "train_together"]
 
@@ -177,8 +191,9 @@ class GroupRun:
     update: int = 0
     first_step: int = 0
     rows: list[dict] = field(default_factory=list)
-    loss_sum: torch.Tensor | None = None  # float64 on the device, read once per update
+    loss_sum: torch.Tensor | None = None  # float64 on the device
     loss_n: int = 0
+    pending: list = field(default_factory=list)  # updates whose loss is still on the device (train.read_losses)
     tracker: object = None
     epochs: dict = field(default_factory=dict)  # this group's batches of the current epoch
 
@@ -319,8 +334,8 @@ def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, re
         group_losses = losses.view(len(active), -1).mean(dim=1)  # each group's loss: the mean over its own samples
         accelerator.backward(group_losses.sum() / accum)  # adapter k gets d(loss_k)/d(its factors) only
         iterations += 1
-        for r, loss, d in zip(active, group_losses.detach().double(), draws):
-            r.loss_sum = loss if r.loss_sum is None else r.loss_sum + loss
+        for r, loss, d in zip(active, group_losses, draws):
+            r.loss_sum = add_loss(r.loss_sum, loss)
             r.loss_n += 1
             r.step += 1
             if r.step % accum == 0 or r.step == r.total_steps:
@@ -394,19 +409,12 @@ def optimizer_update(run: GroupRun, settings, epoch: int, train_te: bool, models
     run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.update += 1
-    mean_loss = float(run.loss_sum.item() / run.loss_n)
+    run.pending.append(loss_row(run.update, epoch, run.lr_scheduler.get_last_lr(), train_te, run.loss_sum, run.loss_n))
     run.loss_sum, run.loss_n = None, 0
     job = run.job
-    if not math.isfinite(mean_loss):
-        raise Diverged(diverged_message(job, settings, f"the training loss became {mean_loss}", run.update, run.total_updates))
-    lrs = run.lr_scheduler.get_last_lr()
-    run.rows.append({"update": run.update, "epoch": epoch, "loss": f"{mean_loss:.6f}", "lr_unet": f"{lrs[0]:.3e}",
-                     "lr_text_encoder": f"{lrs[1]:.3e}" if train_te else ""})
-    if run.tracker is not None:
-        run.tracker.writer.add_scalar("loss", mean_loss, run.update)
-        run.tracker.writer.add_scalar("lr/unet", lrs[0], run.update)
-    if run.update % 10 == 0 or run.update == run.total_updates:
-        log.info("%s: update %d/%d  loss %.4f", job.group, run.update, run.total_updates, mean_loss)
-    if settings.checkpointing_steps and run.update % settings.checkpointing_steps == 0 and run.update < run.total_updates:
+    checkpoint_now = settings.checkpointing_steps and run.update % settings.checkpointing_steps == 0 and run.update < run.total_updates
+    if run.update % LOSS_READ_EVERY == 0 or run.update == run.total_updates or checkpoint_now:
+        read_losses(run.pending, run.rows, job, settings, run.total_updates, accelerator, run.tracker, log.info)
+    if checkpoint_now:
         save_checkpoint(accelerator, job, settings.checkpoints_total_limit, run.update, run.rows,
                         save_state=lambda folder: save_group_state(models, run, folder))

@@ -179,6 +179,44 @@ def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, 
     return per_sample_loss(unet, noise_scheduler, latents, noise.to(device), t.to(device), hidden, settings, weight_dtype, accelerator).mean()
 
 
+# --------------------------------------------------------------------------- the loss log
+
+LOSS_READ_EVERY = 10  # optimizer updates between reads of the loss from the device (each read waits for the device)
+
+
+def add_loss(loss_sum: torch.Tensor | None, loss: torch.Tensor) -> torch.Tensor:
+    """The running sum of a scalar loss, in float64 on its device (the exact sum a Python float would hold)."""
+    loss = loss.detach().double()
+    return loss if loss_sum is None else loss_sum + loss
+
+
+def loss_row(update: int, epoch: int, lrs: list[float], train_te: bool, loss_sum: torch.Tensor, loss_n: int) -> tuple:
+    """A loss-log row of one update without its loss, the mean loss of its steps (a float32 scalar on the device), the U-Net lr."""
+    row = {"update": update, "epoch": epoch, "lr_unet": f"{lrs[0]:.3e}", "lr_text_encoder": f"{lrs[1]:.3e}" if train_te else ""}
+    return row, (loss_sum / loss_n).float(), lrs[0]
+
+
+def read_losses(pending: list, rows: list[dict], job: LoraJob, settings, total_updates: int, accelerator, tracker, info) -> None:
+    """Read the pending updates' losses from the device in one go (averaged over processes), check them, log them.
+
+    Raises Diverged at the first update whose loss is not a finite number (the same on every process: all stop together).
+    """
+    if not pending:
+        return
+    values = accelerator.reduce(torch.stack([loss for _, loss, _ in pending]), reduction="mean").tolist()
+    for (row, _, lr_unet), value in zip(pending, values):
+        update = row["update"]
+        if not math.isfinite(value):
+            raise Diverged(diverged_message(job, settings, f"the training loss became {value}", update, total_updates))
+        rows.append({**row, "loss": f"{value:.6f}"})
+        if tracker is not None:
+            tracker.writer.add_scalar("loss", value, update)  # not tracker.log: it flushes the file every update
+            tracker.writer.add_scalar("lr/unet", lr_unet, update)
+        if update % 10 == 0 or update == total_updates:
+            info("%s: update %d/%d  loss %.4f", job.group, update, total_updates, value)
+    pending.clear()
+
+
 # --------------------------------------------------------------------------- the training loop of one group
 
 def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str | None) -> Path:  # noqa: C901, PLR0915 (the loop, top to bottom)
@@ -247,7 +285,8 @@ def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str 
     info("%s: %d images x %d repeats, %d epochs, %d steps of %d x %d processes, %d updates",
          job.group, n_images, settings.repeats, settings.epochs, total_steps, settings.batch_size, n_processes, total_updates)
     accum = settings.gradient_accumulation_steps
-    step, loss_sum, loss_n = update * accum, 0.0, 0
+    step, loss_sum, loss_n = update * accum, None, 0
+    pending: list = []  # updates whose loss is still on the device (read every LOSS_READ_EVERY updates)
     first_step, t_start, step_seconds = step, time.perf_counter(), []  # wall time of each whole iteration
     t_prev = t_start
     for m in models:
@@ -282,7 +321,8 @@ def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str 
             hidden = text_encoder(token_ids[rows_idx])[0] if train_te else text_states[rows_idx]
             loss = denoising_loss(unet, noise_scheduler, latents, hidden, g, settings, weight_dtype, accelerator)
             accelerator.backward(loss / accum)
-        loss_sum, loss_n, step = loss_sum + loss.detach().item(), loss_n + 1, step + 1
+        loss_sum = add_loss(loss_sum, loss)  # on the device: reading it would wait for the step to finish
+        loss_n, step = loss_n + 1, step + 1
         if not sync:
             continue
         if settings.max_grad_norm > 0:
@@ -294,19 +334,12 @@ def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str 
         lr_scheduler.step()
         torch_optimizer.zero_grad(set_to_none=True)
         update += 1
-        mean_loss = accelerator.reduce(torch.tensor(loss_sum / loss_n, device=device), reduction="mean").item()
-        loss_sum, loss_n = 0.0, 0
-        if not math.isfinite(mean_loss):  # the same reduced value on every process: all stop together
-            raise Diverged(diverged_message(job, settings, f"the training loss became {mean_loss}", update, total_updates))
-        lrs = lr_scheduler.get_last_lr()
-        rows.append({"update": update, "epoch": epoch, "loss": f"{mean_loss:.6f}", "lr_unet": f"{lrs[0]:.3e}",
-                     "lr_text_encoder": f"{lrs[1]:.3e}" if train_te else ""})
-        if tracker is not None:
-            tracker.writer.add_scalar("loss", mean_loss, update)  # not tracker.log: it flushes the file every update
-            tracker.writer.add_scalar("lr/unet", lrs[0], update)
-        if update % 10 == 0 or update == total_updates:
-            info("%s: update %d/%d  loss %.4f", job.group, update, total_updates, mean_loss)
-        if settings.checkpointing_steps and update % settings.checkpointing_steps == 0 and update < total_updates:
+        pending.append(loss_row(update, epoch, lr_scheduler.get_last_lr(), train_te, loss_sum, loss_n))
+        loss_sum, loss_n = None, 0
+        checkpoint_now = settings.checkpointing_steps and update % settings.checkpointing_steps == 0 and update < total_updates
+        if update % LOSS_READ_EVERY == 0 or update == total_updates or checkpoint_now:
+            read_losses(pending, rows, job, settings, total_updates, accelerator, tracker, info)
+        if checkpoint_now:
             save_checkpoint(accelerator, job, settings.checkpoints_total_limit, update, rows)
 
     if not all(torch.isfinite(p).all() for grp in param_groups for p in grp["params"]):

@@ -208,3 +208,15 @@ def test_a_joint_checkpoint_continues_one_group_at_a_time(tmp_path, tiny_model, 
         for key, module in a.modules.items():
             torch.testing.assert_close(b.modules[key].up, module.up, atol=ATOL, rtol=RTOL)
         assert (tmp_path / "alone" / group / "fingerprint.json").read_bytes() == (tmp_path / "mixed" / group / "fingerprint.json").read_bytes()
+
+
+@pytest.mark.parametrize("together", [[], ["--together", "all"]], ids=["alone", "together"])
+def test_a_diverging_run_is_one_line_and_writes_no_lora(tmp_path, tiny_model, uneven_data, capsys, together):
+    """The loss is read from the device every few updates; a non-finite one still stops the run before any LoRA is written."""
+    with pytest.raises(SystemExit) as exc:
+        train(tiny_model, uneven_data, tmp_path / "out", "--unet-lr", "1e30", "--text-encoder-lr", "0", "--epochs", "1",
+              "--validation-images", "0", "--groups", "good", "bad", *together)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "learning rate is likely too high" in err[0] and "--unet-lr 1e+30" in err[0], err
+    assert not [p for p in (tmp_path / "out").glob("*/pytorch_lora_weights.safetensors")]
