@@ -32,24 +32,30 @@ from prompts import layout
 from prompts.errors import UserError
 
 from .checkpoints import load_checkpoint, save_checkpoint
-from .data import ImageSet, apply_flips, epoch_batches, epoch_order, flip_flags, load_images, pixel_batch, steps_per_epoch
+from .data import ImageSet, epoch_batches, epoch_order, load_images, steps_per_epoch
 from .outputs import tensorboard_tracker, write_group
 from .plan import LoraJob
 from .train import (
     LOSS_READ_EVERY,
     Diverged,
+    Prefetch,
+    StepBatch,
     add_loss,
+    batch_latents,
     cache_latents,
     diverged_message,
-    draw_noise,
+    draw_step,
     encode_prompts,
+    latent_shape,
     load_frozen_model,
     loss_row,
     make_optimizer,
     per_sample_loss,
     read_losses,
+    step_batch,
     step_generator,
     throughput_stats,
+    to_device,
 )
 
 __all__ = ["Router", "add_adapters", "train_together"]
@@ -201,9 +207,9 @@ class GroupRun:
     def params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
-    def batch(self, settings) -> tuple[int, list[int]]:
-        """(epoch, image indices) of this group's current step, as its separate run orders them."""
-        epoch, k = divmod(self.step, self.epoch_steps)
+    def batch(self, settings, step: int) -> tuple[int, list[int]]:
+        """(epoch, image indices) of this group's step `step`, as its separate run orders them."""
+        epoch, k = divmod(step, self.epoch_steps)
         if epoch not in self.epochs:
             self.epochs.clear()
             self.epochs[epoch] = epoch_batches(epoch_order(len(self.images), settings.repeats, epoch, settings.seed), settings.batch_size, 1, 0)
@@ -249,7 +255,6 @@ def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, re
     """Train the LoRAs of `jobs` in one pass and write each group's folder as its separate run would; returns them."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
-    from diffusers.utils.torch_utils import randn_tensor
 
     check_together(settings, accelerator)
     device = accelerator.device
@@ -302,44 +307,56 @@ def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, re
         m.train()
     t_start = time.perf_counter()
     t_prev, step_seconds, iterations = t_start, [], 0
-    while active := [r for r in runs if r.step < r.total_steps]:
-        if iterations:
-            t_now = time.perf_counter()
-            step_seconds.append(t_now - t_prev)
-            t_prev = t_now
-        draws = [draw_group(r, settings) for r in active]  # each group's CPU generator, in its separate run's order
-        if settings.cache_latents:
-            latents_parts = [d["latents"] for d in draws]
-        else:
-            pixels = torch.cat([d["pixels"] for d in draws]).to(device, weight_dtype)
-            with torch.no_grad():
-                dist = vae.encode(pixels).latent_dist  # one encode for all groups; each draws its own sample
-            b = settings.batch_size
-            latents_parts = []
-            for i, d in enumerate(draws):
-                mean, std = dist.mean[i * b:(i + 1) * b], dist.std[i * b:(i + 1) * b]
-                eps = randn_tensor(mean.shape, generator=d["generator"], device=dist.parameters.device, dtype=dist.parameters.dtype)
-                latents_parts.append(((mean + std * eps) * vae.config.scaling_factor).float())
-        noise, t = zip(*[draw_noise(lat.shape, d["generator"], settings, noise_scheduler.config.num_train_timesteps)
-                         for lat, d in zip(latents_parts, draws)])
-        latents = torch.cat([lat.to(device) for lat in latents_parts])
-        noise, t = torch.cat(noise).to(device), torch.cat(t).to(device)
-        router.order = [r.adapter for r in active]
-        if train_te:
-            ids = torch.cat([r.token_ids[torch.tensor([r.caption_row[i] for i in d["batch"]], device=device)] for r, d in zip(active, draws)])
-            hidden = text_encoder(ids)[0]
-        else:
-            hidden = torch.cat([r.text_states[torch.tensor([r.caption_row[i] for i in d["batch"]], device=device)] for r, d in zip(active, draws)])
-        losses = per_sample_loss(unet, noise_scheduler, latents, noise, t, hidden, settings, weight_dtype, accelerator)
-        group_losses = losses.view(len(active), -1).mean(dim=1)  # each group's loss: the mean over its own samples
-        accelerator.backward(group_losses.sum() / accum)  # adapter k gets d(loss_k)/d(its factors) only
-        iterations += 1
-        for r, loss, d in zip(active, group_losses, draws):
-            r.loss_sum = add_loss(r.loss_sum, loss)
-            r.loss_n += 1
-            r.step += 1
-            if r.step % accum == 0 or r.step == r.total_steps:
-                optimizer_update(r, settings, d["epoch"], train_te, models, accelerator, device)
+    latents_chw = latent_shape(vae, settings.resolution)
+    n_timesteps = noise_scheduler.config.num_train_timesteps
+
+    def draw(steps: list[tuple[GroupRun, int]]) -> StepBatch:  # in the worker thread only (it alone touches r.epochs)
+        epochs, batches, draws = [], [], []
+        for r, step in steps:
+            epoch, batch = r.batch(settings, step)
+            cache = r.latents_cache
+            chw = tuple(cache.shape[2:]) if cache is not None else latents_chw
+            draws.append(draw_step(step_generator(settings.seed, step, 0), batch, r.images, cache, r.caption_row, settings, chw,
+                                   weight_dtype, n_timesteps))
+            epochs.append(epoch)
+            batches.append(batch)
+        return step_batch(epochs, batches, [r.caption_row for r, _ in steps], draws, pin=device.type == "cuda")
+
+    prefetch = Prefetch(draw)
+    active = [r for r in runs if r.step < r.total_steps]
+    if active:
+        prefetch.submit([(r, r.step) for r in active])
+    try:
+        while active:
+            if iterations:
+                t_now = time.perf_counter()
+                step_seconds.append(t_now - t_prev)
+                t_prev = t_now
+            sb = prefetch.get()  # each group's draws from its own generator, in its separate run's order
+            upcoming = [r for r in active if r.step + 1 < r.total_steps]
+            if upcoming:
+                prefetch.submit([(r, r.step + 1) for r in upcoming])
+            latents = batch_latents(vae, sb, device, weight_dtype)  # one VAE encode (or cache read) for every group
+            router.order = [r.adapter for r in active]
+            rows = [to_device(x, device) for x in sb.caption_rows]
+            if train_te:
+                hidden = text_encoder(torch.cat([r.token_ids[i] for r, i in zip(active, rows)]))[0]
+            else:
+                hidden = torch.cat([r.text_states[i] for r, i in zip(active, rows)])
+            losses = per_sample_loss(unet, noise_scheduler, latents, to_device(sb.noise, device), to_device(sb.t, device), hidden,
+                                     settings, weight_dtype, accelerator)
+            group_losses = losses.view(len(active), -1).mean(dim=1)  # each group's loss: the mean over its own samples
+            accelerator.backward(group_losses.sum() / accum)  # adapter k gets d(loss_k)/d(its factors) only
+            iterations += 1
+            for r, loss, epoch in zip(active, group_losses, sb.epochs):
+                r.loss_sum = add_loss(r.loss_sum, loss)
+                r.loss_n += 1
+                r.step += 1
+                if r.step % accum == 0 or r.step == r.total_steps:
+                    optimizer_update(r, settings, epoch, train_te, models, accelerator, device)
+            active = upcoming
+    finally:
+        prefetch.close()
     router.order = []
 
     # 4. outputs: each group's folder as its separate run writes it, generated with its own adapter
@@ -384,21 +401,6 @@ def resume_group(run: GroupRun, models, settings, accelerator, resume: str | Non
     run.tracker = tensorboard_tracker(job.work_dir / layout.LORA_TENSORBOARD_DIR)
     log.info("%s: %d images x %d repeats, %d epochs, %d steps of %d, %d updates", job.group, len(run.images), settings.repeats,
              settings.epochs, run.total_steps, settings.batch_size, run.total_updates)
-
-
-def draw_group(run: GroupRun, settings) -> dict:
-    """One group's share of a step, drawn from its step generator in its separate run's order: flips, crops (pixels
-    [B, 3, res, res], or cached latents [B, 4, res/8, res/8]); the VAE sample, noise and timesteps follow from it."""
-    epoch, batch = run.batch(settings)
-    g = step_generator(settings.seed, run.step, 0)
-    flips = flip_flags(len(batch), g) if settings.random_flip else torch.zeros(len(batch), 2, dtype=torch.bool)
-    out = {"epoch": epoch, "batch": batch, "generator": g}
-    if run.latents_cache is not None:
-        variant = (flips[:, 0].long() + 2 * flips[:, 1].long()) if settings.random_flip else torch.zeros(len(batch), dtype=torch.long)
-        out["latents"] = run.latents_cache[batch, variant]
-    else:
-        out["pixels"] = apply_flips(pixel_batch(run.images, batch, settings.random_crop, g), flips)
-    return out
 
 
 def optimizer_update(run: GroupRun, settings, epoch: int, train_te: bool, models, accelerator, device) -> None:

@@ -24,6 +24,7 @@ import math
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +37,18 @@ from prompts.errors import Terminated, UserError
 from prompts.schema.lora import together_size
 
 from .checkpoints import list_checkpoints, load_checkpoint, register_lora_hooks, save_checkpoint
-from .data import ImageSet, apply_flips, epoch_batches, epoch_order, flip_flags, load_images, pixel_batch, steps_per_epoch
+from .data import (
+    ImageSet,
+    apply_flips,
+    crop_batch,
+    epoch_batches,
+    epoch_order,
+    flip_flags,
+    load_images,
+    pixel_batch,
+    steps_per_epoch,
+    to_model_range,
+)
 from .outputs import tensorboard_tracker, write_group
 from .plan import LoraJob, plan
 
@@ -172,11 +184,98 @@ def per_sample_loss(unet, noise_scheduler, latents, noise, t, hidden, settings, 
     return loss
 
 
-def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, weight_dtype, accelerator) -> torch.Tensor:
-    """The diffusion loss of one batch (a scalar): `per_sample_loss` at noise and timesteps drawn from `generator`, averaged."""
-    noise, t = draw_noise(latents.shape, generator, settings, noise_scheduler.config.num_train_timesteps)
-    device = latents.device
-    return per_sample_loss(unet, noise_scheduler, latents, noise.to(device), t.to(device), hidden, settings, weight_dtype, accelerator).mean()
+# --------------------------------------------------------------------------- the CPU side of a step, drawn ahead
+
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """x on `device`; on a GPU copied from pinned memory without waiting (the values are the same)."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+@dataclass
+class StepBatch:
+    """Everything one step takes from memory and from its generators, for one or more groups one after another (CPU).
+
+    flips [B, 2]; pixels uint8 [B, 3, res, res] with vae_noise [B, c, h, w] (the VAE posterior sample's noise, in the
+    VAE's dtype), or latents [B, c, h, w] from the cache; noise [B, c, h, w] (with the offset); t [B]; per group: its
+    epoch, its image indices and their caption rows.
+    """
+
+    epochs: list[int]
+    batches: list[list[int]]
+    caption_rows: list[torch.Tensor]
+    flips: torch.Tensor
+    pixels: torch.Tensor | None
+    vae_noise: torch.Tensor | None
+    latents: torch.Tensor | None
+    noise: torch.Tensor
+    t: torch.Tensor
+
+
+def latent_shape(vae, resolution: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the VAE's latents of a resolution x resolution image."""
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return vae.config.latent_channels, resolution // factor, resolution // factor
+
+
+def draw_step(g: torch.Generator, batch: list[int], images: ImageSet, latents_cache, caption_row: list[int], settings,
+              latents_chw: tuple[int, int, int], vae_dtype, num_train_timesteps: int) -> dict:
+    """One group's step on the CPU, drawn from its generator `g` in the one order every trainer uses: flips, crops,
+    the VAE sample's noise, the noise (and its offset), the timesteps. A dict of StepBatch's per-sample fields."""
+    flips = flip_flags(len(batch), g) if settings.random_flip else torch.zeros(len(batch), 2, dtype=torch.bool)
+    out = {"flips": flips, "pixels": None, "vae_noise": None, "latents": None}
+    if latents_cache is not None:
+        variant = (flips[:, 0].long() + 2 * flips[:, 1].long()) if settings.random_flip else torch.zeros(len(batch), dtype=torch.long)
+        out["latents"] = latents_cache[batch, variant]
+    else:
+        out["pixels"] = crop_batch(images, batch, settings.random_crop, g)
+        out["vae_noise"] = torch.randn((len(batch), *latents_chw), generator=g, dtype=vae_dtype)
+    out["noise"], out["t"] = draw_noise(torch.Size((len(batch), *latents_chw)), g, settings, num_train_timesteps)
+    return out
+
+
+def step_batch(epochs: list[int], batches: list[list[int]], caption_rows: list[list[int]], draws: list[dict], pin: bool) -> StepBatch:
+    """The groups' draws one after another (pinned when `pin`, so that the copies to the GPU need not wait)."""
+    def cat(key):
+        if draws[0][key] is None:
+            return None
+        x = torch.cat([d[key] for d in draws])
+        return x.pin_memory() if pin else x
+
+    rows = [torch.tensor([r[i] for i in b]) for r, b in zip(caption_rows, batches)]
+    return StepBatch(epochs, batches, [x.pin_memory() if pin else x for x in rows], cat("flips"), cat("pixels"),
+                     cat("vae_noise"), cat("latents"), cat("noise"), cat("t"))
+
+
+def batch_latents(vae, sb: StepBatch, device, weight_dtype) -> torch.Tensor:
+    """Latents [B, c, h, w] of a step on the device, scaled for the U-Net: the cached ones, or the uint8 pixels moved
+    once, flipped and scaled on the device, one VAE encode, and each sample's own posterior noise."""
+    if sb.latents is not None:
+        return to_device(sb.latents, device)
+    x = to_model_range(apply_flips(to_device(sb.pixels, device), sb.flips)).to(weight_dtype)
+    with torch.no_grad():
+        dist = vae.encode(x).latent_dist
+        return ((dist.mean + dist.std * to_device(sb.vae_noise, device)) * vae.config.scaling_factor).float()
+
+
+class Prefetch:
+    """Draws the next step's StepBatch in a worker thread while the current step trains (data loading off the main
+    thread). The draws depend on the step alone, so the result does not depend on the thread's timing."""
+
+    def __init__(self, draw):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.draw, self.pool, self.future = draw, ThreadPoolExecutor(1, thread_name_prefix="lora-data"), None
+
+    def submit(self, *args) -> None:
+        self.future = self.pool.submit(self.draw, *args)
+
+    def get(self):
+        return self.future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- the loss log
@@ -291,56 +390,65 @@ def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str 
     t_prev = t_start
     for m in models:
         m.train()
-    while step < total_steps:
-        if step > first_step:
-            t_now = time.perf_counter()
-            step_seconds.append(t_now - t_prev)
-            t_prev = t_now
-        epoch, k = divmod(step, epoch_steps)
+    latents_chw = tuple(latents_cache.shape[2:]) if latents_cache is not None else latent_shape(vae, settings.resolution)
+    n_timesteps = noise_scheduler.config.num_train_timesteps
+
+    def draw(s: int) -> StepBatch:  # in the worker thread only (it alone touches epoch_cache)
+        epoch, k = divmod(s, epoch_steps)
         if epoch not in epoch_cache:
             epoch_cache.clear()
             epoch_cache[epoch] = epoch_batches(epoch_order(n_images, settings.repeats, epoch, settings.seed), settings.batch_size, n_processes, rank)
         batch = epoch_cache[epoch][k]
-        g = step_generator(settings.seed, step, rank)
-        flips = flip_flags(len(batch), g) if settings.random_flip else torch.zeros(len(batch), 2, dtype=torch.bool)
-        sync = (step + 1) % accum == 0 or step + 1 == total_steps
-        with contextlib.ExitStack() as no_sync:
-            if not sync and n_processes > 1:  # accumulate locally; DDP averages gradients only on the update step
-                for m in models:
-                    no_sync.enter_context(accelerator.no_sync(m))
-            # latents [B, 4, res/8, res/8] of the batch, scaled for the U-Net
-            if latents_cache is not None:
-                variant = (flips[:, 0].long() + 2 * flips[:, 1].long()) if settings.random_flip else torch.zeros(len(batch), dtype=torch.long)
-                latents = latents_cache[batch, variant].to(device)
-            else:
-                pixels = apply_flips(pixel_batch(images, batch, settings.random_crop, g), flips)
-                with torch.no_grad():
-                    dist = vae.encode(pixels.to(device, weight_dtype)).latent_dist
-                    latents = (dist.sample(generator=g) * vae.config.scaling_factor).float()
-            rows_idx = torch.tensor([caption_row[i] for i in batch], device=device)
-            hidden = text_encoder(token_ids[rows_idx])[0] if train_te else text_states[rows_idx]
-            loss = denoising_loss(unet, noise_scheduler, latents, hidden, g, settings, weight_dtype, accelerator)
-            accelerator.backward(loss / accum)
-        loss_sum = add_loss(loss_sum, loss)  # on the device: reading it would wait for the step to finish
-        loss_n, step = loss_n + 1, step + 1
-        if not sync:
-            continue
-        if settings.max_grad_norm > 0:
-            if accelerator.scaler is None:  # accelerate's wrapper costs more than the norm itself; it is needed only to unscale fp16
-                torch.nn.utils.clip_grad_norm_(lora_params, settings.max_grad_norm, foreach=True)
-            else:
-                accelerator.clip_grad_norm_(lora_params, settings.max_grad_norm)
-        torch_optimizer.step()
-        lr_scheduler.step()
-        torch_optimizer.zero_grad(set_to_none=True)
-        update += 1
-        pending.append(loss_row(update, epoch, lr_scheduler.get_last_lr(), train_te, loss_sum, loss_n))
-        loss_sum, loss_n = None, 0
-        checkpoint_now = settings.checkpointing_steps and update % settings.checkpointing_steps == 0 and update < total_updates
-        if update % LOSS_READ_EVERY == 0 or update == total_updates or checkpoint_now:
-            read_losses(pending, rows, job, settings, total_updates, accelerator, tracker, info)
-        if checkpoint_now:
-            save_checkpoint(accelerator, job, settings.checkpoints_total_limit, update, rows)
+        d = draw_step(step_generator(settings.seed, s, rank), batch, images, latents_cache, caption_row, settings, latents_chw,
+                      weight_dtype, n_timesteps)
+        return step_batch([epoch], [batch], [caption_row], [d], pin=device.type == "cuda")
+
+    prefetch = Prefetch(draw)
+    if step < total_steps:
+        prefetch.submit(step)
+    try:
+        while step < total_steps:
+            if step > first_step:
+                t_now = time.perf_counter()
+                step_seconds.append(t_now - t_prev)
+                t_prev = t_now
+            sb = prefetch.get()
+            if step + 1 < total_steps:
+                prefetch.submit(step + 1)
+            epoch = sb.epochs[0]
+            sync = (step + 1) % accum == 0 or step + 1 == total_steps
+            with contextlib.ExitStack() as no_sync:
+                if not sync and n_processes > 1:  # accumulate locally; DDP averages gradients only on the update step
+                    for m in models:
+                        no_sync.enter_context(accelerator.no_sync(m))
+                latents = batch_latents(vae, sb, device, weight_dtype)  # [B, 4, res/8, res/8], scaled for the U-Net
+                rows_idx = to_device(sb.caption_rows[0], device)
+                hidden = text_encoder(token_ids[rows_idx])[0] if train_te else text_states[rows_idx]
+                loss = per_sample_loss(unet, noise_scheduler, latents, to_device(sb.noise, device), to_device(sb.t, device),
+                                       hidden, settings, weight_dtype, accelerator).mean()
+                accelerator.backward(loss / accum)
+            loss_sum = add_loss(loss_sum, loss)  # on the device: reading it would wait for the step to finish
+            loss_n, step = loss_n + 1, step + 1
+            if not sync:
+                continue
+            if settings.max_grad_norm > 0:
+                if accelerator.scaler is None:  # accelerate's wrapper costs more than the norm itself; it is needed only to unscale fp16
+                    torch.nn.utils.clip_grad_norm_(lora_params, settings.max_grad_norm, foreach=True)
+                else:
+                    accelerator.clip_grad_norm_(lora_params, settings.max_grad_norm)
+            torch_optimizer.step()
+            lr_scheduler.step()
+            torch_optimizer.zero_grad(set_to_none=True)
+            update += 1
+            pending.append(loss_row(update, epoch, lr_scheduler.get_last_lr(), train_te, loss_sum, loss_n))
+            loss_sum, loss_n = None, 0
+            checkpoint_now = settings.checkpointing_steps and update % settings.checkpointing_steps == 0 and update < total_updates
+            if update % LOSS_READ_EVERY == 0 or update == total_updates or checkpoint_now:
+                read_losses(pending, rows, job, settings, total_updates, accelerator, tracker, info)
+            if checkpoint_now:
+                save_checkpoint(accelerator, job, settings.checkpoints_total_limit, update, rows)
+    finally:
+        prefetch.close()
 
     if not all(torch.isfinite(p).all() for grp in param_groups for p in grp["params"]):
         raise Diverged(diverged_message(job, settings, "the LoRA weights stopped being finite numbers", update, total_updates))
