@@ -35,7 +35,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .data import ImageSet, epoch_batches, epoch_order, load_images, steps_per_epoch
 from .outputs import tensorboard_tracker, write_group
 from .plan import LoraJob
-from .train import (
+from .steps import (
     LOSS_READ_EVERY,
     Diverged,
     Prefetch,

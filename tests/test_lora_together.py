@@ -113,8 +113,9 @@ def test_three_groups_together_equal_three_runs(tmp_path, tiny_model, uneven_dat
 
 
 def test_together_in_pairs_with_accumulation_cache_and_convolutions(tmp_path, tiny_model, uneven_data):
-    """K = 2 (two joint runs: 2 + 1 groups), gradient accumulation, cached latents, LoCon convolutions, U-Net only."""
-    flags = ["--gradient-accumulation-steps", "2", "--cache-latents", "--conv-dim", "2", "--text-encoder-lr", "0",
+    """K = 2 (two joint runs: 2 + 1 groups), gradient accumulation, cached latents, LoCon convolutions, gradient
+    checkpointing (the recomputed forward is routed too), U-Net only."""
+    flags = ["--gradient-accumulation-steps", "2", "--cache-latents", "--conv-dim", "2", "--text-encoder-lr", "0", "--gradient-checkpointing",
              "--noise-offset", "0.05", "--min-snr-gamma", "5"]
     alone, together = tmp_path / "alone", tmp_path / "together"
     train(tiny_model, uneven_data, alone, *flags)
