@@ -221,3 +221,9 @@ def test_a_diverging_run_is_one_line_and_writes_no_lora(tmp_path, tiny_model, un
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "learning rate is likely too high" in err[0] and "--unet-lr 1e+30" in err[0], err
     assert not [p for p in (tmp_path / "out").glob("*/pytorch_lora_weights.safetensors")]
+
+
+def test_bf16_together_equals_alone(tmp_path, tiny_model, uneven_data):
+    """Mixed precision bf16 (the frozen weights in bf16, the LoRA factors in fp32): the same LoRAs, within the same tolerance."""
+    alone, together = both(tmp_path, tiny_model, uneven_data, "--mixed-precision", "bf16", "--epochs", "1", "--groups", "good", "bad")
+    assert_same_loras(alone, together, ["bad", "good"])
