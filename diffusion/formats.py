@@ -183,27 +183,27 @@ def peft_config(kinds: dict[str, str], rank: int, alpha: float, conv_dim: int = 
 
 # --------------------------------------------------------------------------- peft models -> LoraWeights
 
-def _peft_modules(model, component: str) -> dict[tuple[str, str], LoraModule]:
-    """LoRA layers of a peft-adapted model (adapter 'default'), copied to float32 on the CPU."""
+def _peft_modules(model, component: str, adapter: str = "default") -> dict[tuple[str, str], LoraModule]:
+    """LoRA layers of one adapter of a peft-adapted model, copied to float32 on the CPU."""
     from peft.tuners.lora import LoraLayer
 
     model = getattr(model, "module", model)  # unwrap DDP
     out = {}
     for name, layer in model.named_modules():
-        if isinstance(layer, LoraLayer) and "default" in layer.lora_A:
+        if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
             out[(component, name)] = LoraModule(
-                down=layer.lora_A["default"].weight.detach().float().cpu().clone(),
-                up=layer.lora_B["default"].weight.detach().float().cpu().clone(),
-                alpha=float(layer.lora_alpha["default"]),
+                down=layer.lora_A[adapter].weight.detach().float().cpu().clone(),
+                up=layer.lora_B[adapter].weight.detach().float().cpu().clone(),
+                alpha=float(layer.lora_alpha[adapter]),
             )
     return out
 
 
-def from_peft(unet, text_encoder=None, metadata: dict | None = None) -> LoraWeights:
-    """The trained LoRA of a U-Net (and optionally a text encoder) that carry peft adapters."""
-    modules = _peft_modules(unet, "unet")
+def from_peft(unet, text_encoder=None, metadata: dict | None = None, adapter: str = "default") -> LoraWeights:
+    """The trained LoRA of a U-Net (and optionally a text encoder) that carry peft adapters (the one named `adapter`)."""
+    modules = _peft_modules(unet, "unet", adapter)
     if text_encoder is not None:
-        modules.update(_peft_modules(text_encoder, "text_encoder"))
+        modules.update(_peft_modules(text_encoder, "text_encoder", adapter))
     return LoraWeights(modules, dict(metadata or {}))
 
 

@@ -89,8 +89,12 @@ def register_lora_hooks(accelerator, models) -> list:
     return [accelerator.register_save_state_pre_hook(save_hook), accelerator.register_load_state_pre_hook(load_hook)]
 
 
-def save_checkpoint(accelerator, job, keep: int, update: int, rows: list[dict]) -> None:
-    """OUT/.work/.../checkpoints/checkpoint-<update>/, built beside and renamed in; keeps the newest `keep`."""
+def save_checkpoint(accelerator, job, keep: int, update: int, rows: list[dict], save_state=None) -> None:
+    """OUT/.work/.../checkpoints/checkpoint-<update>/, built beside and renamed in; keeps the newest `keep`.
+
+    save_state(folder): writes the LoRA weights and optimizer state (default: `accelerator.save_state`; the
+    multi-adapter trainer passes one group's, in the same files).
+    """
     folder = checkpoints_dir(job.work_dir) / f"{layout.LORA_CHECKPOINT_PREFIX}{update}"
     partial = folder.with_name(f".{folder.name}.partial")
     if accelerator.is_main_process and partial.exists():
@@ -98,7 +102,7 @@ def save_checkpoint(accelerator, job, keep: int, update: int, rows: list[dict]) 
     accelerator.wait_for_everyone()
     try:
         try:
-            accelerator.save_state(str(partial))  # all processes must call it
+            (save_state or accelerator.save_state)(str(partial))  # all processes must call it
         except Exception as err:  # torch.save and safetensors report a refused write as their own types
             raise_storage_error(err, folder)
         if accelerator.is_main_process:
@@ -129,16 +133,17 @@ def _testing_signal(update: int) -> None:
 
 # --------------------------------------------------------------------------- load
 
-def load_checkpoint(job, accelerator, optimizer, named: bool) -> tuple[int, list[dict], Path | None]:
+def load_checkpoint(job, accelerator, optimizer, named: bool, load_state=None) -> tuple[int, list[dict], Path | None]:
     """Load the newest loadable checkpoint of `job.checkpoints`: (update, loss rows, folder), or (0, [], None).
 
+    load_state(folder): reads what `save_checkpoint`'s save_state wrote (default: `accelerator.load_state`).
     A checkpoint that fails to load (a damaged file, a foreign optimizer state) is passed over for the
     previous one, saying so; a checkpoint named by --resume PATH (`named`) must load.
     """
     for i, ckpt in enumerate(job.checkpoints):
         try:
             state = read_state(ckpt)
-            accelerator.load_state(str(ckpt))  # LoRA weights (our hook) and the optimizer state
+            (load_state or accelerator.load_state)(str(ckpt))  # LoRA weights (our hook) and the optimizer state
             _check_optimizer_state(optimizer)
             rows = read_loss_rows(ckpt / layout.LORA_LOSS_FILE)
             if state is None or len(rows) != state["update"]:

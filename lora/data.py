@@ -72,20 +72,20 @@ def flip_flags(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def apply_flips(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
-    """Flip each sample of x [B, C, H, W] by its row of flags [B, 2] (works on pixels and latents)."""
-    out = []
-    for sample, (h, v) in zip(x, flags.tolist()):
-        if h:
-            sample = sample.flip(-1)
-        if v:
-            sample = sample.flip(-2)
-        out.append(sample)
-    return torch.stack(out)
+    """Flip each sample of x [B, C, H, W] by its row of flags [B, 2] (works on pixels and latents, on any device)."""
+    flags = flags.to(x.device)
+    x = torch.where(flags[:, 0].view(-1, 1, 1, 1), x.flip(-1), x)  # horizontal
+    return torch.where(flags[:, 1].view(-1, 1, 1, 1), x.flip(-2), x)  # vertical
+
+
+def crop_batch(images: ImageSet, indices: list[int], random_crop: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """uint8 pixels [B, 3, res, res] of the images at `indices` (crops drawn in order from `generator`)."""
+    return torch.stack([crop(images.images[i], images.resolution, random_crop, generator) for i in indices])
 
 
 def pixel_batch(images: ImageSet, indices: list[int], random_crop: bool, generator: torch.Generator) -> torch.Tensor:
     """Pixels [B, 3, res, res] in -1..1 for the images at `indices` (flips are applied by the caller)."""
-    return torch.stack([to_model_range(crop(images.images[i], images.resolution, random_crop, generator)) for i in indices])
+    return to_model_range(crop_batch(images, indices, random_crop, generator))
 
 
 def epoch_order(n: int, repeats: int, epoch: int, seed: int) -> list[int]:

@@ -23,6 +23,7 @@ from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
 from prompts.guard import check_output_dir
 from prompts.images import fit_reading
+from prompts.schema.lora import together_size
 from prompts.splits import read_split
 from prompts.templates import DEFAULT_TEMPLATES, load_templates
 
@@ -77,7 +78,11 @@ def plan(settings, data_settings, resume: str | None = None) -> list[LoraJob]:
     jobs = []
     for fold, part, whole in _fold_parts(settings, data_settings, dataset, every):
         reading = fit_reading([whole.abspath(r) for r in whole.records])  # changes nothing unless percentile-dataset
-        for group, records in layout.lora_groups(part.records, settings.per).items():
+        formed = layout.lora_groups(part.records, settings.per)
+        _check_groups(settings.groups, formed, fold)
+        for group, records in formed.items():
+            if settings.groups and group not in settings.groups:
+                continue
             sub = Dataset(part.root, records, part.source)
             prompts = [templates.for_group(r.label, r.cell_line if settings.per != "class" else None) for r in records]
             jobs.append(LoraJob(group, sub, [p.prompt for p in prompts], prompts[0].negative_prompt,
@@ -96,10 +101,21 @@ def plan(settings, data_settings, resume: str | None = None) -> list[LoraJob]:
     return jobs
 
 
+def _check_groups(wanted: list[str], formed: dict, fold: int | None) -> None:
+    """--groups names only groups the data forms (in this fold)."""
+    missing = sorted(set(wanted) - set(formed))
+    if missing:
+        where = layout.fold_name(fold) if fold is not None else "the data"
+        raise UserError(f"--groups {missing[0]}: no such group in {where} (its groups: {', '.join(sorted(formed)[:8])}); "
+                        "give folder names as `lora train` writes them")
+
+
 def _check_combinations(settings, resume: str | None) -> None:
     """Settings that are valid one by one but not together, or not on this machine."""
     if settings.cache_latents and settings.random_crop:
         raise UserError("--cache-latents cannot be combined with --random-crop (each crop needs its own encoding); drop one")
+    if together_size(settings.together, 2) > 1 and settings.mixed_precision == "fp16":
+        raise UserError("--together does not do fp16 loss scaling per group yet; use --mixed-precision bf16 or no, or drop --together")
     if resume is not None and settings.overwrite:
         raise UserError(f"--resume {resume} continues and --overwrite starts over; drop one of them")
     if settings.optimizer == "adamw8bit":

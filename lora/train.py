@@ -2,7 +2,9 @@
 
 `run()` plans the jobs (`lora.plan`: every input checked, nothing written yet), then trains each
 in turn with `train_group()`: load the frozen model and add LoRA adapters, load the images, resume
-from a checkpoint (`lora.checkpoints`), the loop, and the finished folder (`lora.outputs`).
+from a checkpoint (`lora.checkpoints`), the loop, and the finished folder (`lora.outputs`). With
+`lora.together`, runs of K groups of a fold go to `together.train_together()` instead (one pass for K).
+What a step does is shared with it (`lora.steps`).
 
 Units: a *step* is one forward/backward pass of `batch_size` images on each
 process; an *update* is one optimizer step (every `gradient_accumulation_steps`
@@ -27,74 +29,48 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from diffusion.formats import from_peft
 from prompts import layout
 from prompts.cli import cpu_processes
 from prompts.errors import Terminated, UserError
+from prompts.schema.lora import together_size
 
 from .checkpoints import list_checkpoints, load_checkpoint, register_lora_hooks, save_checkpoint
-from .data import ImageSet, apply_flips, epoch_batches, epoch_order, flip_flags, load_images, pixel_batch, steps_per_epoch
+from .data import (
+    epoch_batches,
+    epoch_order,
+    load_images,
+    steps_per_epoch,
+)
 from .outputs import tensorboard_tracker, write_group
 from .plan import LoraJob, plan
+from .steps import (
+    LOSS_READ_EVERY,
+    Diverged,
+    Prefetch,
+    StepBatch,
+    add_loss,
+    batch_latents,
+    cache_latents,
+    diverged_message,
+    draw_step,
+    encode_prompts,
+    latent_shape,
+    load_frozen_model,
+    loss_row,
+    make_optimizer,
+    per_sample_loss,
+    read_losses,
+    step_batch,
+    step_generator,
+    throughput_stats,
+    to_device,
+)
 
 __all__ = ["Diverged", "Interrupted", "LoraJob", "plan", "run", "train_group"]
 
 log = logging.getLogger("lora")
-
-
-class Diverged(UserError):
-    """The loss or the LoRA weights stopped being finite numbers (a learning rate far too high); nothing was written."""
-
-
-def diverged_message(job: LoraJob, settings, what: str, update: int, total_updates: int) -> str:
-    """The one line for a run whose loss or weights stopped being finite numbers."""
-    lrs = f"--unet-lr {settings.unet_lr:g}" + (f", --text-encoder-lr {settings.text_encoder_lr:g}" if settings.text_encoder_lr > 0 else "")
-    return (f"{job.display_name}: {what} at update {update} of {total_updates}, so no LoRA was written for it; the "
-            f"learning rate is likely too high ({lrs}): lower it"
-            + (", or use --mixed-precision bf16 or no" if settings.mixed_precision == "fp16" else ""))
-
-
-# --------------------------------------------------------------------------- model setup
-
-def step_generator(seed: int, step: int, process: int) -> torch.Generator:
-    """The CPU generator of one step on one process (noise, timesteps, crops, flips, VAE samples)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + process)
-
-
-def load_frozen_model(settings, device, weight_dtype):
-    """The base pipeline on `device`, every weight frozen, in the mixed-precision dtype."""
-    from diffusion.model import load_pipeline
-
-    pipe = load_pipeline(settings.model, torch_dtype=torch.float32, allow_pickle=settings.allow_pickle, config=settings.model_config)
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-        m.requires_grad_(False)
-        m.to(device)
-        if weight_dtype != torch.float32:
-            m.to(dtype=weight_dtype)  # frozen weights in the mixed-precision dtype
-    return pipe
-
-
-def make_optimizer(param_groups: list[dict], settings, device):
-    """AdamW over the LoRA parameters (bitsandbytes' 8-bit AdamW when asked)."""
-    if settings.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(param_groups, weight_decay=settings.weight_decay)
-    # fused: one kernel for all LoRA tensors instead of ~10 per tensor (12x faster on a CPU for the tiny model's 128)
-    return torch.optim.AdamW(param_groups, weight_decay=settings.weight_decay, fused=device.type in ("cpu", "cuda"))
-
-
-def throughput_stats(steps: int, updates: int, n_processes: int, batch_size: int, cache_seconds: float,
-                     loop_seconds: float, step_seconds: list[float]) -> dict:
-    """stats.json of a group: steps and updates run, wall times in seconds, median steps per second, GPU memory."""
-    timed = sorted(step_seconds[1:])  # the first step warms up
-    return {"steps": steps, "updates": updates, "processes": n_processes, "batch_size_per_process": batch_size,
-            "cache_seconds": round(cache_seconds, 4), "loop_seconds": round(loop_seconds, 4),
-            "steps_per_second_median": round(1 / timed[len(timed) // 2], 4) if timed else None,
-            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
-            "step_seconds": [round(t, 5) for t in step_seconds]}
 
 
 def add_lora(unet, text_encoder, settings) -> list[dict]:
@@ -117,54 +93,6 @@ def add_lora(unet, text_encoder, settings) -> list[dict]:
         for p in group["params"]:
             p.data = p.data.float()  # LoRA parameters stay fp32 under mixed precision
     return groups
-
-
-def encode_prompts(tokenizer, captions: list[str]) -> tuple[torch.Tensor, list[int]]:
-    """Token ids [n_unique, 77] of the distinct captions, and each caption's row index."""
-    unique = sorted(set(captions))
-    ids = tokenizer(unique, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return ids, [unique.index(c) for c in captions]
-
-
-@torch.no_grad()
-def cache_latents(vae, images: ImageSet, flips: bool, seed: int, device, dtype) -> torch.Tensor:
-    """VAE latents of every image [N, V, 4, res/8, res/8]; V = 4 flip variants (none, h, v, hv) or 1.
-
-    Each is one sample of the VAE's latent distribution (as kohya caches it), times the scaling factor.
-    """
-    variants = [(False, False), (True, False), (False, True), (True, True)] if flips else [(False, False)]
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(len(images)):
-        x = pixel_batch(images, [i], random_crop=False, generator=g)
-        x = torch.cat([apply_flips(x, torch.tensor([v])) for v in variants])
-        dist = vae.encode(x.to(device, dtype)).latent_dist
-        out.append((dist.sample(generator=g) * vae.config.scaling_factor).float().cpu())
-    return torch.stack(out)
-
-
-def denoising_loss(unet, noise_scheduler, latents, hidden, generator, settings, weight_dtype, accelerator) -> torch.Tensor:
-    """The diffusion loss of one batch (a scalar): noise the latents [B, 4, h, w] at random timesteps (drawn from
-    `generator`, with the noise offset), predict the noise (or v) from the text states `hidden` [B, 77, dim],
-    mean squared error per image, min-SNR weighted when asked, averaged."""
-    from diffusers.training_utils import compute_snr
-
-    device = latents.device
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    if settings.noise_offset:
-        noise = noise + settings.noise_offset * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=generator).to(device)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, t)
-    epsilon = noise_scheduler.config.prediction_type == "epsilon"
-    target = noise if epsilon else noise_scheduler.get_velocity(latents, noise, t)
-    with accelerator.autocast():
-        pred = unet(noisy.to(weight_dtype), t, hidden.to(weight_dtype)).sample
-    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # [B]
-    if settings.min_snr_gamma:
-        snr = compute_snr(noise_scheduler, t)
-        weight = torch.clamp(snr, max=settings.min_snr_gamma)
-        loss = loss * (weight / snr if epsilon else weight / (snr + 1))
-    return loss.mean()
 
 
 # --------------------------------------------------------------------------- the training loop of one group
@@ -235,67 +163,71 @@ def train_group(job: LoraJob, settings, data_settings, accelerator, resume: str 
     info("%s: %d images x %d repeats, %d epochs, %d steps of %d x %d processes, %d updates",
          job.group, n_images, settings.repeats, settings.epochs, total_steps, settings.batch_size, n_processes, total_updates)
     accum = settings.gradient_accumulation_steps
-    step, loss_sum, loss_n = update * accum, 0.0, 0
+    step, loss_sum, loss_n = update * accum, None, 0
+    pending: list = []  # updates whose loss is still on the device (read every LOSS_READ_EVERY updates)
     first_step, t_start, step_seconds = step, time.perf_counter(), []  # wall time of each whole iteration
     t_prev = t_start
     for m in models:
         m.train()
-    while step < total_steps:
-        if step > first_step:
-            t_now = time.perf_counter()
-            step_seconds.append(t_now - t_prev)
-            t_prev = t_now
-        epoch, k = divmod(step, epoch_steps)
+    latents_chw = tuple(latents_cache.shape[2:]) if latents_cache is not None else latent_shape(vae, settings.resolution)
+    n_timesteps = noise_scheduler.config.num_train_timesteps
+
+    def draw(s: int) -> StepBatch:  # in the worker thread only (it alone touches epoch_cache)
+        epoch, k = divmod(s, epoch_steps)
         if epoch not in epoch_cache:
             epoch_cache.clear()
             epoch_cache[epoch] = epoch_batches(epoch_order(n_images, settings.repeats, epoch, settings.seed), settings.batch_size, n_processes, rank)
         batch = epoch_cache[epoch][k]
-        g = step_generator(settings.seed, step, rank)
-        flips = flip_flags(len(batch), g) if settings.random_flip else torch.zeros(len(batch), 2, dtype=torch.bool)
-        sync = (step + 1) % accum == 0 or step + 1 == total_steps
-        with contextlib.ExitStack() as no_sync:
-            if not sync and n_processes > 1:  # accumulate locally; DDP averages gradients only on the update step
-                for m in models:
-                    no_sync.enter_context(accelerator.no_sync(m))
-            # latents [B, 4, res/8, res/8] of the batch, scaled for the U-Net
-            if latents_cache is not None:
-                variant = (flips[:, 0].long() + 2 * flips[:, 1].long()) if settings.random_flip else torch.zeros(len(batch), dtype=torch.long)
-                latents = latents_cache[batch, variant].to(device)
-            else:
-                pixels = apply_flips(pixel_batch(images, batch, settings.random_crop, g), flips)
-                with torch.no_grad():
-                    dist = vae.encode(pixels.to(device, weight_dtype)).latent_dist
-                    latents = (dist.sample(generator=g) * vae.config.scaling_factor).float()
-            rows_idx = torch.tensor([caption_row[i] for i in batch], device=device)
-            hidden = text_encoder(token_ids[rows_idx])[0] if train_te else text_states[rows_idx]
-            loss = denoising_loss(unet, noise_scheduler, latents, hidden, g, settings, weight_dtype, accelerator)
-            accelerator.backward(loss / accum)
-        loss_sum, loss_n, step = loss_sum + loss.detach().item(), loss_n + 1, step + 1
-        if not sync:
-            continue
-        if settings.max_grad_norm > 0:
-            if accelerator.scaler is None:  # accelerate's wrapper costs more than the norm itself; it is needed only to unscale fp16
-                torch.nn.utils.clip_grad_norm_(lora_params, settings.max_grad_norm, foreach=True)
-            else:
-                accelerator.clip_grad_norm_(lora_params, settings.max_grad_norm)
-        torch_optimizer.step()
-        lr_scheduler.step()
-        torch_optimizer.zero_grad(set_to_none=True)
-        update += 1
-        mean_loss = accelerator.reduce(torch.tensor(loss_sum / loss_n, device=device), reduction="mean").item()
-        loss_sum, loss_n = 0.0, 0
-        if not math.isfinite(mean_loss):  # the same reduced value on every process: all stop together
-            raise Diverged(diverged_message(job, settings, f"the training loss became {mean_loss}", update, total_updates))
-        lrs = lr_scheduler.get_last_lr()
-        rows.append({"update": update, "epoch": epoch, "loss": f"{mean_loss:.6f}", "lr_unet": f"{lrs[0]:.3e}",
-                     "lr_text_encoder": f"{lrs[1]:.3e}" if train_te else ""})
-        if tracker is not None:
-            tracker.writer.add_scalar("loss", mean_loss, update)  # not tracker.log: it flushes the file every update
-            tracker.writer.add_scalar("lr/unet", lrs[0], update)
-        if update % 10 == 0 or update == total_updates:
-            info("%s: update %d/%d  loss %.4f", job.group, update, total_updates, mean_loss)
-        if settings.checkpointing_steps and update % settings.checkpointing_steps == 0 and update < total_updates:
-            save_checkpoint(accelerator, job, settings.checkpoints_total_limit, update, rows)
+        d = draw_step(step_generator(settings.seed, s, rank), batch, images, latents_cache, caption_row, settings, latents_chw,
+                      weight_dtype, n_timesteps)
+        return step_batch([epoch], [batch], [caption_row], [d], pin=device.type == "cuda")
+
+    prefetch = Prefetch(draw)
+    if step < total_steps:
+        prefetch.submit(step)
+    try:
+        while step < total_steps:
+            if step > first_step:
+                t_now = time.perf_counter()
+                step_seconds.append(t_now - t_prev)
+                t_prev = t_now
+            sb = prefetch.get()
+            if step + 1 < total_steps:
+                prefetch.submit(step + 1)
+            epoch = sb.epochs[0]
+            sync = (step + 1) % accum == 0 or step + 1 == total_steps
+            with contextlib.ExitStack() as no_sync:
+                if not sync and n_processes > 1:  # accumulate locally; DDP averages gradients only on the update step
+                    for m in models:
+                        no_sync.enter_context(accelerator.no_sync(m))
+                latents = batch_latents(vae, sb, device, weight_dtype)  # [B, 4, res/8, res/8], scaled for the U-Net
+                rows_idx = to_device(sb.caption_rows[0], device)
+                hidden = text_encoder(token_ids[rows_idx])[0] if train_te else text_states[rows_idx]
+                loss = per_sample_loss(unet, noise_scheduler, latents, to_device(sb.noise, device), to_device(sb.t, device),
+                                       hidden, settings, weight_dtype, accelerator).mean()
+                accelerator.backward(loss / accum)
+            loss_sum = add_loss(loss_sum, loss)  # on the device: reading it would wait for the step to finish
+            loss_n, step = loss_n + 1, step + 1
+            if not sync:
+                continue
+            if settings.max_grad_norm > 0:
+                if accelerator.scaler is None:  # accelerate's wrapper costs more than the norm itself; it is needed only to unscale fp16
+                    torch.nn.utils.clip_grad_norm_(lora_params, settings.max_grad_norm, foreach=True)
+                else:
+                    accelerator.clip_grad_norm_(lora_params, settings.max_grad_norm)
+            torch_optimizer.step()
+            lr_scheduler.step()
+            torch_optimizer.zero_grad(set_to_none=True)
+            update += 1
+            pending.append(loss_row(update, epoch, lr_scheduler.get_last_lr(), train_te, loss_sum, loss_n))
+            loss_sum, loss_n = None, 0
+            checkpoint_now = settings.checkpointing_steps and update % settings.checkpointing_steps == 0 and update < total_updates
+            if update % LOSS_READ_EVERY == 0 or update == total_updates or checkpoint_now:
+                read_losses(pending, rows, job, settings, total_updates, accelerator, tracker, info)
+            if checkpoint_now:
+                save_checkpoint(accelerator, job, settings.checkpoints_total_limit, update, rows)
+    finally:
+        prefetch.close()
 
     if not all(torch.isfinite(p).all() for grp in param_groups for p in grp["params"]):
         raise Diverged(diverged_message(job, settings, "the LoRA weights stopped being finite numbers", update, total_updates))
@@ -331,6 +263,8 @@ def run(settings, data_settings, resume: str | None = None) -> list[Path]:
     # Several processes without CUDA (torchrun, `accelerate launch --multi_gpu` on a CPU machine): data-parallel
     # on the CPU with gloo; accelerate picks that only when told `cpu=True`.
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=cpu_processes() or None)
+    if accelerator.num_processes > 1 and together_size(settings.together, 2) > 1:
+        raise UserError("--together trains its groups in one process; drop --together or run one process")
     if accelerator.is_main_process:
         log.info("training %d LoRA(s): %s", len(jobs), ", ".join(str(j.out_dir) for j in jobs))
     done = []
@@ -338,13 +272,30 @@ def run(settings, data_settings, resume: str | None = None) -> list[Path]:
         if job.finished:
             log.info("%s: finished already from the same inputs, kept", job.out_dir)
             done.append(job.out_dir)
-            continue
+    for chunk in together_chunks([j for j in jobs if not j.finished], settings.together):
         try:
-            done.append(train_group(job, settings, data_settings, accelerator, resume))
+            if len(chunk) == 1:
+                done.append(train_group(chunk[0], settings, data_settings, accelerator, resume))
+            else:
+                from .together import train_together
+
+                done.extend(train_together(chunk, settings, data_settings, accelerator, resume))
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (prompts.errors.Terminated: SLURM's time limit)
-            raise Interrupted(resume_hint(job, settings, len(done)), terminated=isinstance(stop, Terminated)) from None
+            raise Interrupted(resume_hint(chunk[0], settings, len(done)), terminated=isinstance(stop, Terminated)) from None
     accelerator.end_training()
     return done
+
+
+def together_chunks(jobs: list[LoraJob], together) -> list[list[LoraJob]]:
+    """The jobs in plan order, cut into runs of `lora.together` groups of one fold (each alone when it is unset)."""
+    from itertools import groupby
+
+    chunks = []
+    for _, fold_jobs in groupby(jobs, key=lambda j: j.fold):
+        fold_jobs = list(fold_jobs)
+        size = together_size(together, len(fold_jobs))
+        chunks += [fold_jobs[i:i + size] for i in range(0, len(fold_jobs), size)]
+    return chunks
 
 
 class Interrupted(KeyboardInterrupt):

@@ -138,6 +138,19 @@ class Plan:
             flags += ["--cell-lines", g["cell_line"]]
         return " ".join(shlex.quote(f) for f in flags)
 
+    def lora_chunks(self) -> list[list[str]]:
+        """The groups of each LoRA job of a fold: one group each, or `lora.together` groups in one joint job."""
+        from prompts.schema.lora import together_size
+
+        names = [g["group"] for g in self.groups]
+        size = together_size(self.study.lora.together, len(names)) if self.study is not None else 1
+        return [names[i:i + size] for i in range(0, len(names), size)]
+
+    @staticmethod
+    def lora_chunk_flags(chunk: list[str]) -> str:
+        """`--groups A B --together all`: one joint `lora train` of exactly these groups."""
+        return " ".join(shlex.quote(f) for f in ["--groups", *chunk, "--together", "all"])
+
     def params(self, rule: str) -> dict:
         """The rule's `params`: one readable `section.key=value` per result-changing setting it reads.
 
@@ -263,6 +276,7 @@ def _resolve(study, study_file: Path) -> Plan:
         classifier_weights=str(lay.calibrated_weights) if calibrated else cw, calibrated=calibrated,
         blind_inputs=_files_of(study.classify.blind), study=study,
     )
+    plan.lora_chunks()  # a bad lora.together: one line now, not a traceback from the rules
     plan.settings = rule_settings(study, gen_model)
     if cw == NONE:
         plan.warnings.append(

@@ -19,6 +19,10 @@ class LoraSection:
     classes: list[str] = opt([], "train only these classes (default: all)", result=False)
     cell_lines: list[str] = opt([], "train only these cell lines (default: all)", result=False)
     fold: int | str | None = opt(None, "with data.split: a fold index K or 'all'", result=False)
+    groups: list[str] = opt([], "train only these groups, by folder name (class, or <cell_line>__<class>; default: all)", result=False)
+    together: int | str | None = opt(
+        None, "train this many groups of a fold at once, in one forward/backward pass (an integer, or 'all'); "
+        "the same LoRAs as one at a time, within float tolerance", result=False)
     network: Literal["kohya", "attention"] = opt(
         "kohya", "adapted modules: kohya (sd-scripts' networks.lora: attention, proj_in/out, feed-forward, CLIP MLP) or attention (q, k, v, out only)"
     )
@@ -53,3 +57,20 @@ class LoraSection:
     validation_images: int = opt(2, "images sampled with Euler a at the end of each LoRA", ge=0, result=False)
     allow_pickle: bool = opt(False, "allow pickle checkpoints (.ckpt/.bin/.pt): they can run code", result=False)
     overwrite: bool = opt(False, "replace a finished LoRA in the output folder", result=False)
+
+
+def together_size(together: int | str | None, n_groups: int) -> int:
+    """How many groups `lora.together` trains at once: 1 when unset, n_groups for 'all', else the integer (>= 1).
+
+    Raises UserError naming the key and value when it is neither an integer >= 1 nor 'all'.
+    """
+    from prompts.errors import UserError
+
+    if together is None:
+        return 1
+    text = str(together).strip().lower()
+    if text == "all":
+        return max(n_groups, 1)
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"lora.together: {together!r} is neither a number of groups (1 or more) nor 'all'; give e.g. 15 or all")
+    return int(text)
