@@ -207,3 +207,23 @@ def test_search_workers_are_bounded_by_the_trials_and_a_stated_maximum(tmp_path,
     study.write_text(f"study: {{output: out}}\ndata: {{data: data}}\nlora: {{model: tiny}}\nsearch: {search}\n")
     errors = check_file(study)
     assert len(errors) == 1 and expected in errors[0], errors
+
+
+# --------------------------------------------------------------------------- the files the guard writes itself
+
+def test_a_users_study_yaml_in_the_output_folder_is_refused_and_the_workflows_own_rewritten(tmp_path):
+    from prompts.layout import StudyLayout
+    from study import guard
+    from study.segmentation import SegPlan
+
+    plan = SegPlan(study_file=tmp_path / "study.yaml", layout=StudyLayout(tmp_path / "out"), data=tmp_path / "data",
+                   pair_files=[], split=tmp_path / "out" / "folds.json", split_given=False, folds=[0], trees=["aug"],
+                   model="tiny", tiny_model=False)
+    mine = plan.layout.study_file
+    mine.parent.mkdir(parents=True)
+    mine.write_text("study: {output: .}\n")
+    with pytest.raises(UserError, match="study.yaml"):
+        guard.check_owned(plan, tmp_path)
+    assert mine.read_text() == "study: {output: .}\n"
+    mine.write_text(guard._STUDY_HEADER + " (an earlier run)\n")
+    guard.check_owned(plan, tmp_path)
