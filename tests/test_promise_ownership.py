@@ -227,3 +227,20 @@ def test_a_users_study_yaml_in_the_output_folder_is_refused_and_the_workflows_ow
     assert mine.read_text() == "study: {output: .}\n"
     mine.write_text(guard._STUDY_HEADER + " (an earlier run)\n")
     guard.check_owned(plan, tmp_path)
+
+
+# --------------------------------------------------------------------------- one plan interface
+
+@pytest.mark.parametrize("task", __import__("study.tasks", fromlist=["names"]).names())
+def test_every_registered_tasks_plan_implements_the_one_plan_interface(task, tmp_path):
+    import yaml
+
+    from study import tasks
+    from study.plan import from_config
+
+    tasks.get(task).example(tmp_path)
+    plan = from_config(yaml.safe_load((tmp_path / "study.yaml").read_text()), tmp_path / "study.yaml")
+    assert isinstance(plan, tasks.StudyPlan) and plan.task == task
+    out = plan.layout.out
+    assert all(Path(p).is_relative_to(out) for p in plan.targets() + plan.folder_outputs())  # every path from StudyLayout
+    assert plan.stale_outputs() == [] and not out.exists()  # planning writes nothing
