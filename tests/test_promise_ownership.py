@@ -207,3 +207,40 @@ def test_search_workers_are_bounded_by_the_trials_and_a_stated_maximum(tmp_path,
     study.write_text(f"study: {{output: out}}\ndata: {{data: data}}\nlora: {{model: tiny}}\nsearch: {search}\n")
     errors = check_file(study)
     assert len(errors) == 1 and expected in errors[0], errors
+
+
+# --------------------------------------------------------------------------- the files the guard writes itself
+
+def test_a_users_study_yaml_in_the_output_folder_is_refused_and_the_workflows_own_rewritten(tmp_path):
+    from prompts.layout import StudyLayout
+    from study import guard
+    from study.segmentation import SegPlan
+
+    plan = SegPlan(study_file=tmp_path / "study.yaml", layout=StudyLayout(tmp_path / "out"), data=tmp_path / "data",
+                   pair_files=[], split=tmp_path / "out" / "folds.json", split_given=False, folds=[0], trees=["aug"],
+                   model="tiny", tiny_model=False)
+    mine = plan.layout.study_file
+    mine.parent.mkdir(parents=True)
+    mine.write_text("study: {output: .}\n")
+    with pytest.raises(UserError, match="study.yaml"):
+        guard.check_owned(plan, tmp_path)
+    assert mine.read_text() == "study: {output: .}\n"
+    mine.write_text(guard._STUDY_HEADER + " (an earlier run)\n")
+    guard.check_owned(plan, tmp_path)
+
+
+# --------------------------------------------------------------------------- one plan interface
+
+@pytest.mark.parametrize("task", __import__("study.tasks", fromlist=["names"]).names())
+def test_every_registered_tasks_plan_implements_the_one_plan_interface(task, tmp_path):
+    import yaml
+
+    from study import tasks
+    from study.plan import from_config
+
+    tasks.get(task).example(tmp_path)
+    plan = from_config(yaml.safe_load((tmp_path / "study.yaml").read_text()), tmp_path / "study.yaml")
+    assert isinstance(plan, tasks.StudyPlan) and plan.task == task
+    out = plan.layout.out
+    assert all(Path(p).is_relative_to(out) for p in plan.targets() + plan.folder_outputs())  # every path from StudyLayout
+    assert plan.stale_outputs() == [] and not out.exists()  # planning writes nothing
