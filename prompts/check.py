@@ -274,7 +274,7 @@ def _segmentation_values(study: Study) -> list[str]:
 register("classification", TaskCheck(_values, pixel_commands=("lora train", "generate", "classify realism", "classify cv"),
                                      images=_class_images))
 register("segmentation", TaskCheck(_segmentation_values, not_required=("lora.",),  # its model: controlnet.model
-                                   pixel_commands=("controlnet train", "segment realism", "segment cv"), images=_pair_images))  # its model: controlnet.model
+                                   pixel_commands=("controlnet train", "segment realism", "segment cv"), images=_pair_images))
 
 
 def _phenotyping_values(study: Study) -> list[str]:

@@ -25,6 +25,7 @@ from prompts import layout
 from prompts.errors import run_cli, setup_logging
 from prompts.fingerprint import settings_part
 from prompts.layout import StudyLayout
+from prompts.schema.data import PAIR_KEYS
 
 from .params import DATA_KEYS, TINY, _keys, readable
 
@@ -125,15 +126,14 @@ def resolve(study, study_file: Path) -> SegPlan:
     Every value was checked there, once for every task; what remains is reading: raises
     `prompts.errors.UserError` (one line) only for what the check cannot see (the mix grammar of the segment room).
     """
+    from prompts.pair_layouts import layout_of
     from prompts.pairs import read_pairs
 
-    where = str(study_file)
     lay = StudyLayout(Path(study.study.output).resolve())
     data = Path(study.data.data).resolve()
     cn, seg = study.controlnet, study.segment
     model_name = cn.model or study.lora.model or study.generate.model
-    _check_mixes(seg.mixes, where)
-    pairs = read_pairs(data)
+    pairs = read_pairs(data, layout_of(study.data))
     trees = ([layout.pairs_tree_name(None)] if cn.augment else []) + [layout.pairs_tree_name(d) for d in cn.densities]
     split_given = bool(study.data.split)
     split = Path(study.data.split).resolve() if split_given else lay.split_file
@@ -158,20 +158,6 @@ def resolve_task(study, study_file: Path, config: dict) -> SegPlan:
     return resolve(study, study_file)
 
 
-def _check_mixes(mixes, where: str) -> None:
-    """segment.mixes as `segment cv` reads them (the segment room's grammar: real, real+P, synthetic).
-
-    It moves into `prompts.check` with the per-task mix vocabulary of `prompts.mixes` (issue 25 item 1).
-    """
-    from prompts.errors import UserError
-    from segment.mixes import parse_mixes
-
-    try:
-        parse_mixes(mixes)
-    except UserError as err:
-        raise UserError(f"{where}: segment.mixes: {err}") from None
-
-
 def rule_settings(study, model_name: str) -> dict[str, dict[str, str]]:
     """{rule: {param name: "section.key=value"}}: the result-changing settings each rule's command reads."""
     from prompts.schema.controlnet import GENERATE_KEYS, TRAIN_KEYS
@@ -180,7 +166,8 @@ def rule_settings(study, model_name: str) -> dict[str, dict[str, str]]:
     model = {"model": model_name, "model_config": cn.model_config, "lora": cn.lora}
     train_keys = [k for k in TRAIN_KEYS if k not in JOB_KEYS]
     generate_keys = [k for k in GENERATE_KEYS if k not in JOB_KEYS]
-    data = readable("data", _keys(study.data, DATA_KEYS))  # the reading rule, as for classification: every step follows it
+    # the reading rule, as for classification, and how pairs are found and masks read: every step follows them
+    data = readable("data", _keys(study.data, (*DATA_KEYS, *PAIR_KEYS)))
     return {
         "split": {**data, **readable("segment", _keys(seg, SPLIT_KEYS))},
         "controlnet": {**data, **readable("controlnet", {**_keys(cn, train_keys), **model})},
@@ -204,6 +191,7 @@ def write_pairs_split(data_cfg, seg, output) -> Path:
     """Grouped, repeated folds over the pairs of `data_cfg.data` -> the split file `output` (written atomically)."""
     from prompts.errors import UserError
     from prompts.guard import check_output_dir
+    from prompts.pair_layouts import layout_of
     from prompts.pairs import read_pairs
     from prompts.splits import write_split
     from segment.folds import make_split, pairs_dataset
@@ -213,7 +201,7 @@ def write_pairs_split(data_cfg, seg, output) -> Path:
     output = Path(output)
     check_output_dir(output.parent, data=data_cfg.data, flag="--output")
     root = Path(data_cfg.data)
-    pairs = read_pairs(root)
+    pairs = read_pairs(root, layout_of(data_cfg))
     if not pairs:
         raise UserError(f"{root} holds no image-mask pairs; expected {root}/images/ + {root}/masks/ or Cellpose's name.tif + name_masks.tif")
     split = make_split(pairs_dataset(root, pairs), seg.folds, seg.repeats, seg.group_by, seg.seed)
