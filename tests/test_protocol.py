@@ -135,7 +135,7 @@ class CentroidTask(crossval.Task):
 
     def results(self, inputs, common, tables, runs):
         crossval.holm_verdicts(tables, self.primary, common["n_train_mean"], common["n_test_mean"], common["n_splits"],
-                               self.section.delta)
+                               self.section.delta, baseline=self.baseline, lower_is_better=self.primary in self.lower_is_better)
         return {"version": 1, **common, "tables": tables, "runs": runs}
 
 
@@ -207,6 +207,86 @@ def test_mixes_a_task_cannot_build_are_refused_with_its_vocabulary(tmp_path):
         task = centroid_task(tmp_path, mixes=("real", "synthetic"))
         task.read_synthetic = lambda mixes: None
         crossval.run(task)
+
+
+# ---------------------------------------------------------------- what a task may choose: lower is better, a baseline, arms
+
+
+class ErrorTask(CentroidTask):
+    """The same task, its verdicts about the error (lower is better) instead of the accuracy."""
+
+    primary, lower_is_better = "error", frozenset({"error"})
+
+
+def test_a_lower_is_better_primary_gives_the_verdicts_of_its_complement(tmp_path):
+    """error = 1 - accuracy: judged as lower-is-better, every verdict and Holm p equals the accuracy's; the
+    recorded differences stay mix - real (the error's are the accuracy's negated)."""
+    (tmp_path / "a").mkdir()
+    by_accuracy = crossval.run(centroid_task(tmp_path / "a"))
+    (tmp_path / "e" / "data").mkdir(parents=True)
+    by_error = crossval.run(ErrorTask(Data(str(tmp_path / "e" / "data")), Section(str(tmp_path / "e" / "out"))))
+    for acc, err in zip(by_accuracy["tables"]["s1"], by_error["tables"]["s1"]):
+        if acc["mix"] == "real":
+            continue
+        assert err["verdict"]["word"] == acc["verdict"]["word"]
+        assert err["verdict"]["p_holm"] == pytest.approx(acc["verdict"]["p_holm"])
+        assert err["vs_real"]["error"]["diffs"] == pytest.approx([-d for d in acc["vs_real"]["accuracy"]["diffs"]])
+    assert crossval.improvements(err, acc, "error", lower_is_better=True) == pytest.approx(
+        [-d for d in crossval.paired_diffs(err, acc, "error")])
+
+
+def median_accuracy(train: list[Point], test: list[Point]) -> float:
+    """Nearest class median on x."""
+    centres = {c: np.median([p.x for p in train if p.label == c]) for c in sorted({p.label for p in train})}
+    return float(np.mean([min(centres, key=lambda c: abs(p.x - centres[c])) == p.label for p in test]))
+
+
+class TwoArmTask(CentroidTask):
+    """Two classifiers side by side (mean and median centroids), compared with `noaug` (here: the real points
+    again), not with `real`."""
+
+    arms, baseline, vocabulary = ("mean", "median"), "noaug", CLASSIFICATION
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: dict[tuple, list[str]] = {}
+
+    def training_set(self, mix, real, synthetic, rng):
+        return (list(real), 0) if mix.kind == "noaug" else super().training_set(mix, real, synthetic, rng)
+
+    def train_and_score(self, job):
+        res = super().train_and_score(job)
+        self.seen[(job.arm, job.fold.index, job.mix.name)] = [p.name for p in job.train]
+        if job.arm == "median":
+            acc = median_accuracy(job.train, job.test)
+            res["metrics"] = {"accuracy": acc, "error": 1 - acc}
+        return {**res, "arm": job.arm}
+
+
+def test_arms_train_on_the_same_sets_and_are_each_compared_with_their_own_baseline(tmp_path):
+    (tmp_path / "data").mkdir()
+    section = Section(str(tmp_path / "out"), mixes=("real", "noaug", "real+50"))
+    task = TwoArmTask(Data(str(tmp_path / "data")), section)
+    res = crossval.run(task)
+    out = tmp_path / "out"
+    assert task.trained == 2 * 3 * 3 and sorted(res["tables"]) == ["mean/s1", "median/s1"]
+    for k in range(3):
+        for mix in ("real", "noaug", "real+50"):
+            assert task.seen[("mean", k, mix)] == task.seen[("median", k, mix)]
+            assert (out / RUNS_DIR / "median" / ("s1" if mix == "real+50" else "real") / mix / f"fold_{k}.json").is_file()
+    means = {}
+    for arm in task.arms:
+        rows = {r["mix"]: r for r in res["tables"][f"{arm}/s1"]}
+        assert all(r["arm"] == arm for r in rows.values()) and rows["noaug"]["vs_real"] == {}
+        base = rows["noaug"]["metrics"]["accuracy"]["folds"]
+        mine = rows["real+50"]["metrics"]["accuracy"]["folds"]
+        assert rows["real+50"]["vs_real"]["accuracy"]["diffs"] == pytest.approx([m - b for m, b in zip(mine, base)])
+        assert rows["real"]["vs_real"]["accuracy"]["diffs"] == [0.0, 0.0, 0.0]  # noaug is real here
+        assert "verdict" in rows["real"] and "verdict" in rows["real+50"] and "verdict" not in rows["noaug"]
+        means[arm] = rows["real"]["metrics"]["accuracy"]["mean"]
+    assert means["mean"] != means["median"]  # the arms really are two classifiers
+    again = TwoArmTask(Data(str(tmp_path / "data")), section)
+    assert crossval.run(again)["tables"] == res["tables"] and again.trained == 0
 
 
 # ---------------------------------------------------------------- one make_split for images and pairs
