@@ -20,7 +20,7 @@ from prompts import fingerprint
 from prompts.dataset import Dataset, Record, pairs_dataset
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
-from prompts.mixes import CLASSIFICATION, SEGMENTATION, mixes_error, parse_mixes
+from prompts.mixes import CLASSIFICATION, PHENOTYPING, SEGMENTATION, mixes_error, parse_mixes
 from prompts.splits import check_fold_not_empty, make_split
 
 pytestmark = pytest.mark.unit
@@ -350,6 +350,14 @@ def test_each_task_parses_its_own_vocabulary_with_one_grammar():
     assert mixes_error("segment", ["real", "balance"], SEGMENTATION) == \
         "segment.mixes: balance: unknown mix; use real, real+P (e.g. real+50) or synthetic"
     assert mixes_error("classify", ["real", "balance"], CLASSIFICATION) is None
+    regimes = parse_mixes("zero-shot,retrained-k1,retrained-k05,co-only", PHENOTYPING)
+    assert [(m.name, m.kind, m.k, m.uses_synthetic) for m in regimes] == [
+        ("zero-shot", "zero-shot", 0, False), ("retrained-k1", "retrained", 1, False), ("retrained-k5", "retrained", 5, False),
+        ("co-only", "co-only", 0, False)]
+    with pytest.raises(UserError, match=r"--mixes real: unknown mix; use zero-shot, retrained-k<k> \(e.g. retrained-k2\) or co-only"):
+        parse_mixes("zero-shot,real", PHENOTYPING)
+    with pytest.raises(UserError, match="k must be at least 1"):
+        parse_mixes("retrained-k0", PHENOTYPING)
 
 
 def test_prompts_check_refuses_a_segmentation_mix_the_task_cannot_build(tmp_path):
