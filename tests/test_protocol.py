@@ -381,22 +381,14 @@ def _refused(main, argv) -> str:
     return str(err.value)
 
 
-def test_segment_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed(tmp_path, capsys):
-    pytest.importorskip("keras")
+def _segment_cv(tmp_path: Path):
+    """(main, argv, section, runs per run) of `segment cv` on 4 blob pairs, 2 folds, one mix."""
     from prompts.blobs import make_blob_pairs
     from segment.__main__ import main
 
     data = make_blob_pairs(tmp_path / "data", n=4, size=64, seed=0)
-    out = tmp_path / "out"
-    argv = ["cv", "--no-progress", "--data", str(data), "--output", str(out), "--mixes", "real", "--folds", "2",
-            "--weights", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--overlays", "0"]
-    assert main([*argv, "--normalize", "percentile"]) == 0
-    _refused(main, [*argv, "--normalize", "none"])
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "reading changed since" in err and "segment.overwrite" in err, err
-    assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
-    res = json.loads((out / RESULTS_JSON).read_text())
-    assert res["timing"]["runs_trained"] == 2 and res["timing"]["runs_reused"] == 0
+    return main, ["cv", "--no-progress", "--data", str(data), "--output", str(tmp_path / "out"), "--mixes", "real", "--folds",
+                  "2", "--weights", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--overlays", "0"], "segment", 2
 
 
 def _sixteen_bit_classes(root: Path) -> Path:
@@ -412,23 +404,48 @@ def _sixteen_bit_classes(root: Path) -> Path:
     return root
 
 
-def test_classify_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed(tmp_path, capsys):
-    pytest.importorskip("keras")
+def _classify_cv(tmp_path: Path):
+    """(main, argv, section, runs per run) of `classify cv` on 2 classes of 16-bit images (the rule changes their pixels)."""
     from classify.__main__ import main
 
     data = _sixteen_bit_classes(tmp_path / "data")
-    out = tmp_path / "out"
-    argv = ["cv", "--no-progress", "--data", str(data), "--output", str(out), "--mixes", "real", "--folds", "2",
-            "--backbone", "EfficientNetB0", "--weights", "none", "--image-size", "32", "--epochs", "1",
-            "--cache-dir", str(tmp_path / "cache")]
+    return main, ["cv", "--no-progress", "--data", str(data), "--output", str(tmp_path / "out"), "--mixes", "real", "--folds", "2",
+                  "--backbone", "EfficientNetB0", "--weights", "none", "--image-size", "32", "--epochs", "1",
+                  "--cache-dir", str(tmp_path / "cache")], "classify", 2
+
+
+def _phenotype_cv(tmp_path: Path):
+    """(main, argv, section, runs per run) of `phenotype cv` (reference classifier, 2 regimes) on drawn co-cultures."""
+    from phenotype.__main__ import main
+    from phenotype.scenes import synthetic_cell, write_study_data
+
+    rng = np.random.default_rng(0)
+    pools = {"small": [synthetic_cell(4, 220, "small", rng) for _ in range(8)],
+             "large": [synthetic_cell(8, 90, "large", rng) for _ in range(8)]}
+    data = tmp_path / "data"
+    write_study_data(data, pools, mono_images=1, co_images=4, cells_per_image=5, size=(80, 80), background=30, seed=1)
+    return main, ["cv", "--no-progress", "--data", str(data), "--output", str(tmp_path / "out"), "--models", "reference",
+                  "--regimes", "zero-shot", "co-only", "--folds", "2", "--trees", "5", "--crop-size", "24"], "phenotype", 4
+
+
+# every cross-validation command on the protocol: a new task registers here, it does not copy the test
+CV_COMMANDS = {"classification": (_classify_cv, True), "segmentation": (_segment_cv, True), "phenotyping": (_phenotype_cv, False)}
+
+
+@pytest.mark.parametrize("task", sorted(CV_COMMANDS))
+def test_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed(task, tmp_path, capsys):
+    make, needs_keras = CV_COMMANDS[task]
+    if needs_keras:
+        pytest.importorskip("keras")
+    main, argv, section, n_runs = make(tmp_path)
     assert main([*argv, "--normalize", "percentile"]) == 0
     capsys.readouterr()
     _refused(main, [*argv, "--normalize", "none"])
     err = capsys.readouterr().err.strip()
-    assert "reading changed since" in err and "classify.overwrite" in err, err
+    assert len(err.splitlines()) == 1 and "reading changed since" in err and f"{section}.overwrite" in err, err
     assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
-    res = json.loads((out / RESULTS_JSON).read_text())
-    assert res["timing"]["runs_trained"] == 2 and res["timing"]["runs_reused"] == 0
+    res = json.loads((tmp_path / "out" / RESULTS_JSON).read_text())
+    assert res["timing"]["runs_trained"] == n_runs and res["timing"]["runs_reused"] == 0
 
 
 # ---------------------------------------------------------------- classification's record: the protocol computes what it did
