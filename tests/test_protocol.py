@@ -437,13 +437,19 @@ def test_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed
     make, needs_keras = CV_COMMANDS[task]
     if needs_keras:
         pytest.importorskip("keras")
+    from prompts.images import current_reading, set_reading
+
     main, argv, section, n_runs = make(tmp_path)
-    assert main([*argv, "--normalize", "percentile"]) == 0
-    capsys.readouterr()
-    _refused(main, [*argv, "--normalize", "none"])
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "reading changed since" in err and f"{section}.overwrite" in err, err
-    assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
+    saved = current_reading()  # a command sets the process's reading rule: later tests get it back
+    try:
+        assert main([*argv, "--normalize", "percentile"]) == 0
+        capsys.readouterr()
+        _refused(main, [*argv, "--normalize", "none"])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "reading changed since" in err and f"{section}.overwrite" in err, err
+        assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
+    finally:
+        set_reading(saved)
     res = json.loads((tmp_path / "out" / RESULTS_JSON).read_text())
     assert res["timing"]["runs_trained"] == n_runs and res["timing"]["runs_reused"] == 0
 
