@@ -18,7 +18,10 @@
    (verdicts over Holm families, flags).
 
 A task supplies only what differs (`Task` below): its items, `train_and_score(job)`, its metric names
-and primary metric, its mix vocabulary, and what its results record and report hold. Nothing here
+and primary metric, its mix vocabulary, and what its results record and report hold. Three choices are the
+task's and default to classification's: `baseline` (the mix every other mix is compared with, `real`),
+`lower_is_better` (metrics where a smaller value is better: verdicts are about the improvement), and `arms`
+(models compared side by side on the same jobs' training sets; one unnamed arm by default). Nothing here
 imports TensorFlow: a task does that in `start`, after every input check, so a bad input is one line.
 """
 from __future__ import annotations
@@ -140,10 +143,12 @@ class Job:
     leaky: bool = False
     synthetic_root: str | None = None  # the tree's folder the synthetic items came from
     fingerprint: str = ""  # set by `run` before the job trains: the identity its saved result carries
+    arm: str = ""  # the model of a task that compares several side by side (Task.arms); "" for one
 
     @property
     def result_path(self) -> Path:
-        return Path(RUNS_DIR) / self.tree / self.mix.name / f"{self.fold.name}.json"
+        arm = (self.arm,) if self.arm else ()
+        return Path(RUNS_DIR, *arm) / self.tree / self.mix.name / f"{self.fold.name}.json"
 
 
 class Task:
@@ -167,6 +172,9 @@ class Task:
     vocabulary: tuple[str, ...] = ()  # prompts.mixes.CLASSIFICATION, SEGMENTATION, ...
     vs_real_fields: tuple[str, ...] = ("diff_mean", "diff_std", "t", "p")  # of VS_REAL_FIELDS
     bulky: tuple[str, ...] = ()  # result fields left out of the results record's "runs" (predictions, losses)
+    baseline = "real"  # the mix (without synthetic items) every other mix is compared with
+    lower_is_better: frozenset = frozenset()  # metrics where smaller is better (errors): verdicts use baseline - mix
+    arms: tuple[str, ...] = ("",)  # models run side by side on every job's training set; ("",): one, unnamed
     # True when item keys hash the pixels as decoded under the reading rule: the rule then reaches every job's
     # fingerprint through its items; otherwise `run` adds the rule to each job's fingerprint itself
     keys_read_pixels = False
@@ -200,6 +208,14 @@ class Task:
     def check_no_leak(self, job: Job) -> None:
         """Raise a UserError when a synthetic training item is a test item of the job's fold."""
         raise NotImplementedError
+
+    def check_split(self, split: Split) -> None:
+        """The task's own demands on the folds (e.g. k training items in every fold); a UserError when unmet."""
+
+    def job_seed(self, fold: Fold, mix: Mix, tree: str) -> list[int]:
+        """The seed a job's training set is drawn with: its own per (fold, mix, tree) by default. A task whose
+        mixes are nested (k = 1 inside k = 2) shares one draw per fold instead."""
+        return [self.section.seed, fold.index, zlib.crc32(mix.name.encode()), zlib.crc32(tree.encode())]
 
     # -- training
     def start(self, inputs: Inputs, jobs: list[Job]) -> None:
@@ -338,6 +354,7 @@ def read_inputs(task: Task) -> Inputs:
     else:
         split, made = make_split(dataset, s.folds, s.repeats, s.group_by, s.seed), True
         split.path = out / SPLIT_FILE
+    task.check_split(split)
     mixes = parse_mixes(s.mixes, task.vocabulary)
     syn = task.read_synthetic(mixes)
     if syn is None and any(m.uses_synthetic for m in mixes):
@@ -348,11 +365,12 @@ def read_inputs(task: Task) -> Inputs:
 
 
 def plan_jobs(task: Task, inputs: Inputs) -> list[Job]:
-    """Every (tree, mix, fold) job with its training and test items, leak-checked.
+    """Every (tree, mix, fold) job with its training and test items, leak-checked, once per arm (`Task.arms`).
 
-    Each job draws its training set with the seed [seed, fold, crc32(mix), crc32(tree)]: the same job draws the
-    same items whatever else the run holds. Trees without a record of what their generator saw are named in one
-    warning; shared trees stand in knowingly and are marked leaky.
+    Each job draws its training set with `Task.job_seed` ([seed, fold, crc32(mix), crc32(tree)] by default): the
+    same job draws the same items whatever else the run holds, and every arm trains on that same set. Trees
+    without a record of what their generator saw are named in one warning; shared trees stand in knowingly and
+    are marked leaky.
     """
     trees = inputs.tree_names if any(m.uses_synthetic for m in inputs.mixes) else []
     unchecked: list[Path] = []
@@ -364,12 +382,12 @@ def plan_jobs(task: Task, inputs: Inputs) -> list[Job]:
         for mix in inputs.mixes:
             for name in (trees if mix.uses_synthetic else [REAL_TREE]):
                 tree = synthetic[name] if mix.uses_synthetic else NO_TREE
-                rng = np.random.default_rng([task.section.seed, fold.index, zlib.crc32(mix.name.encode()),
-                                             zlib.crc32(name.encode())])
+                rng = np.random.default_rng(task.job_seed(fold, mix, name))
                 train, shortfall = task.training_set(mix, real, tree.items, rng)
-                job = Job(fold, mix, name, train, test, shortfall, tree.leaky, str(tree.root) if tree.root else None)
-                task.check_no_leak(job)
-                jobs.append(job)
+                root = str(tree.root) if tree.root else None
+                arms = [Job(fold, mix, name, train, test, shortfall, tree.leaky, root, arm=arm) for arm in task.arms]
+                task.check_no_leak(arms[0])  # every arm has the same training and test items
+                jobs += arms
     if unchecked:
         log.warning(task.unchecked_warning, len(unchecked), unchecked[0])
     return jobs
@@ -436,41 +454,56 @@ def summarize(task: Task, inputs: Inputs, results: list[dict]) -> dict:
     return task.results(inputs, common, tables, runs)
 
 
+def table_name(arm: str, tree: str) -> str:
+    """The key of an arm's tree in the summary tables: the tree's name, `<arm>/<tree>` when the task has arms."""
+    return f"{arm}/{tree}" if arm else tree
+
+
 def summary_tables(task: Task, inputs: Inputs, results: list[dict]) -> tuple[dict[str, list[dict]], float, float]:
     """({tree: [row per mix]}, mean training size, mean test size): each row summarises a (tree, mix) over folds.
 
-    A row holds each metric's mean, std (ddof 1) and per-fold values, and each metric minus `real` paired over
-    the folds both ran on (Nadeau-Bengio corrected t-test), the synthetic fraction, the task's own fields, the
-    folds whose tree was leaky and the total shortfall. Mixes without synthetic items appear in every tree's table.
+    A row holds each metric's mean, std (ddof 1) and per-fold values, and each metric minus the baseline mix
+    (`Task.baseline`, `real`; key "vs_real") paired over the folds both ran on (Nadeau-Bengio corrected t-test),
+    the synthetic fraction, the task's own fields, the folds whose tree was leaky and the total shortfall. Mixes
+    without synthetic items appear in every tree's table. With arms (`Task.arms`), each arm has its own tables
+    (`table_name`), its rows name it ("arm") and are compared with the same arm's baseline.
     """
-    by: dict[tuple[str, str], dict[int, dict]] = {}
+    by: dict[tuple[str, str, str], dict[int, dict]] = {}
     for r in results:
-        by.setdefault((r["tree"], r["mix"]), {})[r["fold"]] = r
+        by.setdefault((r.get("arm", ""), r["tree"], r["mix"]), {})[r["fold"]] = r
     split = inputs.split
     n_train = float(np.mean([len(f.train) for f in split.folds]))
     n_test = float(np.mean([len(f.test) for f in split.folds]))
-    real_runs = by.get((REAL_TREE, "real"))
     tables = {}
-    for t in inputs.tree_names or [REAL_TREE]:
-        rows = []
-        for mix in inputs.mixes:
-            tree = t if mix.uses_synthetic else REAL_TREE
-            runs = by.get((tree, mix.name), {})
-            folds = sorted(runs)
-            row = {"mix": mix.name, "tree": tree, "uses_synthetic": mix.uses_synthetic, "folds": folds, "metrics": {}, "vs_real": {}}
-            for m in task.metrics:
-                vals = [runs[k]["metrics"][m] for k in folds]
-                mean, std = stats.mean_std(vals)
-                row["metrics"][m] = {"mean": mean, "std": std, "folds": vals}
-                if real_runs and mix.name != "real":
-                    row["vs_real"][m] = vs_real(task, runs, real_runs, m, n_train, n_test)
-            row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
-            row.update(task.row_fields([runs[k] for k in folds]))
-            row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
-            row["shortfall"] = total_shortfall([runs[k].get("shortfall") for k in folds])
-            rows.append(row)
-        tables[t] = rows
+    for arm in task.arms:
+        real_runs = by.get((arm, REAL_TREE, task.baseline))
+        for t in inputs.tree_names or [REAL_TREE]:
+            tables[table_name(arm, t)] = _rows(task, inputs, by, arm, t, real_runs, n_train, n_test)
     return tables, n_train, n_test
+
+
+def _rows(task: Task, inputs: Inputs, by: dict, arm: str, t: str, real_runs: dict | None, n_train: float,
+          n_test: float) -> list[dict]:
+    """The rows of one arm's tree table (see `summary_tables`)."""
+    rows = []
+    for mix in inputs.mixes:
+        tree = t if mix.uses_synthetic else REAL_TREE
+        runs = by.get((arm, tree, mix.name), {})
+        folds = sorted(runs)
+        row = {"mix": mix.name, "tree": tree, **({"arm": arm} if arm else {}), "uses_synthetic": mix.uses_synthetic,
+               "folds": folds, "metrics": {}, "vs_real": {}}
+        for m in task.metrics:
+            vals = [runs[k]["metrics"][m] for k in folds]
+            mean, std = stats.mean_std(vals)
+            row["metrics"][m] = {"mean": mean, "std": std, "folds": vals}
+            if real_runs and mix.name != task.baseline:
+                row["vs_real"][m] = vs_real(task, runs, real_runs, m, n_train, n_test)
+        row["synthetic_fraction"] = float(np.mean([runs[k]["synthetic_fraction"] for k in folds])) if folds else 0.0
+        row.update(task.row_fields([runs[k] for k in folds]))
+        row["leaky_folds"] = [k for k in folds if runs[k].get("leaky")]
+        row["shortfall"] = total_shortfall([runs[k].get("shortfall") for k in folds])
+        rows.append(row)
+    return rows
 
 
 def vs_real(task: Task, runs: dict, real_runs: dict, metric: str, n_train: float, n_test: float) -> dict:
@@ -496,35 +529,57 @@ def total_shortfall(values: list):
     return total
 
 
-def holm_verdicts(tables: dict, primary: str, n_train: float, n_test: float, k_folds: int, delta: float) -> None:
-    """A verdict per row against `real` on the primary metric, in place (`row["verdict"]`, `vs_real[primary]["p_holm"]`).
+def holm_verdicts(tables: dict, primary: str, n_train: float, n_test: float, k_folds: int, delta: float, *,
+                  baseline: str = "real", lower_is_better: bool = False) -> None:
+    """A verdict per row against the baseline on the primary metric, in place (`row["verdict"]`, `vs_real[primary]["p_holm"]`).
 
-    Families (Holm within each): every synthetic mix of every tree; the baselines without synthetic items. The
-    rule is `analysis.verdicts`: equivalent within ±delta by TOST first, then helps / hurts by the Holm-adjusted
+    Families (Holm within each): every synthetic mix of every tree (and arm); the mixes without synthetic items.
+    A row is compared with its own arm's baseline row. The verdict is about the improvement: mix - baseline, or
+    baseline - mix when `lower_is_better` (an error), so "helps" always means better. The rule is
+    `analysis.verdicts`: equivalent within ±delta by TOST first, then helps / hurts by the Holm-adjusted
     corrected t-test, else inconclusive with the CV repeats that would settle it.
     """
     from dataclasses import asdict
 
     from analysis.verdicts import decide_family
 
-    real = next((r for rows in tables.values() for r in rows if r["mix"] == "real"), None)
+    bases: dict[str, dict] = {}
+    for rows in tables.values():
+        for r in rows:
+            if r["mix"] == baseline:
+                bases.setdefault(r.get("arm", ""), r)
     for synthetic in (True, False):
-        family = {f"{r['tree']}/{r['mix']}": r for rows in tables.values() for r in rows
-                  if r["uses_synthetic"] == synthetic and r["mix"] != "real" and primary in r["vs_real"]}
-        if not family or real is None:
+        family = {_row_key(r): r for rows in tables.values() for r in rows
+                  if r["uses_synthetic"] == synthetic and r["mix"] != baseline and primary in r["vs_real"]
+                  and r.get("arm", "") in bases}
+        if not family:
             continue
-        diffs = {k: paired_diffs(r, real, primary) for k, r in family.items()}
+        diffs = {k: improvements(r, bases[r.get("arm", "")], primary, lower_is_better) for k, r in family.items()}
         verdicts = decide_family(diffs, n_train, n_test, delta=delta, folds=k_folds)
         for key, v in verdicts.items():
             family[key]["vs_real"][primary]["p_holm"] = v.p_holm
             family[key]["verdict"] = asdict(v)
 
 
+def _row_key(row: dict) -> str:
+    """`tree/mix`, `arm/tree/mix` with arms: a row's name in its Holm family."""
+    return f"{table_name(row.get('arm', ''), row['tree'])}/{row['mix']}"
+
+
 def paired_diffs(row: dict, real: dict, metric: str) -> list[float]:
-    """metric(mix) - metric(real) on each fold both rows ran on, in fold order (as `stats.paired_vs_real` pairs them)."""
+    """metric(mix) - metric(real) on each fold both rows ran on, in fold order (as `stats.paired_vs_real` pairs them).
+
+    A fold where either value is not finite (e.g. a relative error with nothing to count) says nothing: skipped."""
     mine = dict(zip(row["folds"], row["metrics"][metric]["folds"]))
     theirs = dict(zip(real["folds"], real["metrics"][metric]["folds"]))
-    return [mine[k] - theirs[k] for k in sorted(mine) if k in theirs]
+    return [mine[k] - theirs[k] for k in sorted(mine) if k in theirs and np.isfinite(mine[k]) and np.isfinite(theirs[k])]
+
+
+def improvements(row: dict, base: dict, metric: str, lower_is_better: bool = False) -> list[float]:
+    """Per-fold improvement of a row over the baseline row (`paired_diffs`, negated when lower is better):
+    positive always means better."""
+    diffs = paired_diffs(row, base, metric)
+    return [-d for d in diffs] if lower_is_better else diffs
 
 
 def write_results(out, record: dict, csv_text: str) -> list[Path]:

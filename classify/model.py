@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.keras import import_keras  # noqa: F401  (re-exported: callers of classify.model keep working)
+from analysis.keras import calibrate_batchnorm, import_keras  # noqa: F401  (re-exported: callers of classify.model keep working)
 from prompts.errors import UserError
 from prompts.files import sha256_file
 
@@ -242,35 +242,6 @@ def model_key(backbone: str, weights: str | None, image_size: int, seed: int) ->
     ident = f"{name}|{wid}|{image_size}|pixels-v1|keras-{keras.__version__}|{keras.backend.backend()}"
     h = hashlib.sha256(ident.encode()).hexdigest()[:8]
     return f"{name}-{image_size}-{wid}-{h}"
-
-
-def calibrate_batchnorm(base, x: np.ndarray) -> None:
-    """Set every BatchNormalization's moving statistics to its batch statistics on `x`.
-
-    Randomly initialised EfficientNets output features of about 1e-6 (the signal
-    shrinks block by block), which no head can learn from. One training-mode pass
-    with momentum 0 gives a random network with unit-scale activations: useful
-    offline (tests, benchmarks) where no ImageNet weights exist, never for a study.
-    x: (n, S, S, 3) float 0..255, n >= 2.
-    """
-    import keras
-
-    bns = [l for l in _all_layers(base) if isinstance(l, keras.layers.BatchNormalization)]
-    saved = [(l.momentum, l.trainable) for l in bns]
-    base.trainable = True
-    for l in bns:
-        l.momentum = 0.0
-    base(x.astype(np.float32), training=True)
-    for l, (m, t) in zip(bns, saved):
-        l.momentum = m
-    base.trainable = False
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
-        yield layer
 
 
 def write_calibrated_weights(backbone: str, image_size: int, x: np.ndarray, path, seed: int = 0) -> Path:

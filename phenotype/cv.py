@@ -1,9 +1,23 @@
-"""`phenotype cv`: every classifier under every regime in the same folds over the co-culture images.
+"""`phenotype cv`: the cross-validation protocol (`analysis.crossval`) with the phenotyping task.
 
-Order of work: check the settings and the data (nothing is written before), cut every cell once, compute
-every cell's features once per classifier (cached by crop key), then per fold, classifier and regime fit
-on the regime's training cells and predict the fold's test cells. The results dict is what results.json
-holds; `phenotype.report` renders it.
+The protocol owns the skeleton: the output folder, the folds (the one `prompts.splits.make_split`, over the
+co-culture images, grouped by their group key), the regimes as mixes (`prompts.mixes.PHENOTYPING`), the jobs,
+fingerprints with the reading rule, reuse or refusal of what OUT holds, claims, the run with its progress bar,
+the summary, the paired comparison with the baseline regime, one Holm family and the verdicts. This module adds
+only what phenotyping does differently:
+1. its items: the co-culture images; every cell is cut once (`collect_cells`), and a regime's training set is
+   cells: monoculture cells and the annotated cells of the fold's training images the regime names, drawn once
+   per fold (`regimes.fold_seed`) so k = 1 lies inside k = 2; a test cell's crop (by key: SHA-256 of pixels and
+   mask) or a test image in a training set is refused before anything is written;
+2. its arms: the classifiers side by side (`reference`, `cnn`) on every job's same training cells, each cell's
+   features computed once per classifier through the feature cache;
+3. its metrics (`phenotype.metrics`; the count errors are lower-is-better, so a verdict's "helps" is a smaller
+   error), its primary (`phenotype.primary`) and baseline (`phenotype.baseline`);
+4. its results record, which `phenotype.report` renders (summary per classifier and regime, comparisons,
+   per-image counts).
+
+`run_cv(data_section, phenotype_section)` is the Python API: validated settings in, the results dictionary out,
+`prompts.errors.UserError` for bad input. Nothing imports TensorFlow before the inputs are checked.
 """
 from __future__ import annotations
 
@@ -14,28 +28,33 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis import crossval
+from analysis.crossval import Inputs, Job
 from analysis.matching import Match, matching
-from analysis.stats import mean_std
-from analysis.verdicts import decide_family
 from prompts import fingerprint
 from prompts.errors import UserError
-from prompts.guard import check_output_dir, check_outputs, check_replace
-from prompts.layout import REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON
+from prompts.guard import check_outputs
+from prompts.layout import REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
+from prompts.mixes import PHENOTYPING, Mix
 from prompts.pairs import load_mask
 from prompts.splits import Fold
 
 from . import models as M
 from .cells import CLASSICAL, GIVEN, Cell, CellSet, source_cells, truth_cells
 from .data import POINTS, PhenotypeData, read_data
-from .metrics import METRICS, cell_metrics, count_metrics, counts, improvement
-from .regimes import check_k, make_folds, regime_names, training_images, uses_mono
+from .metrics import LOWER_IS_BETTER, METRICS, cell_metrics, count_metrics, counts
+from .regimes import check_k, co_culture_dataset, fold_seed, regime_images, regime_names, training_images, uses_mono
 
 log = logging.getLogger(__name__)
 COMMAND = "phenotype cv"
 OVERLAYS_DIR = "overlays"
 CACHE_DIR = "cache"
 CALIBRATION_CELLS = 256  # monoculture crops that calibrate the BatchNorm of `weights: calibrated`
-OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, OVERLAYS_DIR, CACHE_DIR)
+OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, OVERLAYS_DIR, CACHE_DIR, SPLIT_FILE, RUNS_DIR)
+# settings that change no result (where it is written, and the report's pictures)
+_RUN_FREE = frozenset({"output", "overwrite", "cache_dir", "overlays"})
+# settings that reach one job only through its items and arm, or only the summary
+_JOB_FREE = _RUN_FREE | {"regimes", "k", "baseline", "models", "primary", "delta", "folds", "repeats"}
 
 
 # --------------------------------------------------------------------------- settings
@@ -63,13 +82,6 @@ def check_settings(ph, data: PhenotypeData) -> tuple[list[str], list[str]]:
 
 def training_images_needed(regime: str) -> bool:
     return not regime.startswith("zero-shot")
-
-
-def check_output(ph, data_section) -> Path:
-    out = check_output_dir(ph.output, data=data_section.data)
-    check_outputs(out, OUTPUT_NAMES)
-    check_replace(out / RESULTS_JSON, overwrite=ph.overwrite)
-    return out
 
 
 # --------------------------------------------------------------------------- cells and features
@@ -164,10 +176,15 @@ def feature_caches(cells: StudyCells, models: list[str], ph, cache_dir: Path) ->
 def regime_training_cells(regime: str, fold: Fold, cells: StudyCells, seed: int) -> tuple[list[Cell], list[str]]:
     """(training cells, co-culture images they come from) of `regime` in `fold`; only typed cells."""
     images = training_images(regime, fold, seed)
-    train = [c for c in cells.mono] if uses_mono(regime) else []
+    return regime_cells(regime, images, cells), images
+
+
+def regime_cells(regime: str, images: list[str], cells: StudyCells) -> list[Cell]:
+    """A regime's training cells: the monoculture cells (unless co-only), then the typed cells of `images`."""
+    train = list(cells.mono) if uses_mono(regime) else []
     for name in images:
         train += [c for c in cells.annotated[name].cells if c.true_type is not None]
-    return train, images
+    return train
 
 
 def test_keys(fold: Fold, cells: StudyCells) -> set[str]:
@@ -188,15 +205,6 @@ def check_no_leak(fold: Fold, regime: str, train: list[Cell], images: list[str],
         raise UserError(f"fold {fold.index}, regime {regime}: {len(inside)} test image(s) and {len(leaked)} test crop(s) "
                         "(identical pixels) would reach the classifier; an image is in the data twice (mono and co, or "
                         "two co-culture names): remove the duplicate")
-
-
-def check_folds(folds: list[Fold], regimes: list[str], cells: StudyCells, seed: int) -> None:
-    """`check_no_leak` for every fold and regime, before anything is written."""
-    for fold in folds:
-        keys = test_keys(fold, cells)
-        for regime in regimes:
-            train, images = regime_training_cells(regime, fold, cells, seed)
-            check_no_leak(fold, regime, train, images, keys)
 
 
 def fit_predict(model: str, train: list[Cell], test: list[Cell], cache: M.FeatureCache, types: list[str], ph, seed: int) -> list[str]:
@@ -249,110 +257,229 @@ def score_fold(fold: Fold, preds: dict[str, list[str]], cells: StudyCells, truth
     return metrics, rows
 
 
-# --------------------------------------------------------------------------- the comparisons
+# --------------------------------------------------------------------------- the task
 
 
-def summarize(runs: list[dict], models: list[str], regimes: list[str]) -> dict:
-    out = {}
-    for model in models:
-        for regime in regimes:
-            rs = [r for r in runs if r["model"] == model and r["regime"] == regime]
-            keys = METRICS + (["detection_f1"] if rs and "detection_f1" in rs[0]["metrics"] else [])
-            out.setdefault(model, {})[regime] = {k: dict(zip(("mean", "std"), mean_std([r["metrics"][k] for r in rs]))) for k in keys}
+@dataclasses.dataclass
+class ProtocolSettings:
+    """The phenotype section as the protocol reads it: the expanded regimes are its mixes, the co-culture
+    images' group key (when any image has one) its `group_by`."""
+
+    output: str
+    overwrite: bool
+    folds: int
+    repeats: int
+    seed: int
+    delta: float
+    mixes: list[str] = dataclasses.field(default_factory=list)
+    group_by: str | None = None
+
+
+class RegimeCells(list):
+    """A regime's training cells in one fold (a list of `Cell`), with the co-culture images they come from."""
+
+    def __init__(self, cells: list[Cell], images: list[str]):
+        super().__init__(cells)
+        self.images = images
+
+
+class PhenotypeTask(crossval.Task):
+    """Phenotyping's part of the protocol: co-culture images, cells, classifiers side by side, count errors."""
+
+    command, section_name, run_name = COMMAND, "phenotype", "phenotyping CV run"
+    noun = "cells"
+    output_names = OUTPUT_NAMES
+    vocabulary = PHENOTYPING
+    lower_is_better = frozenset(LOWER_IS_BETTER)
+    vs_real_fields = ("diff_mean", "diff_std", "t", "p", "j")
+    keys_read_pixels = False  # the protocol adds the reading rule to every job's fingerprint
+
+    def __init__(self, data, ph, progress: bool = False):
+        super().__init__(data, ProtocolSettings(ph.output, ph.overwrite, ph.folds, ph.repeats, ph.seed, ph.delta), progress)
+        self.ph = ph
+        self.primary, self.baseline = ph.primary, ph.baseline
+        self.pheno: PhenotypeData | None = None
+        self.cells: StudyCells | None = None
+        self.caches: dict[str, M.FeatureCache] | None = None
+        self.truth: dict[str, np.ndarray] = {}
+        self.det: dict[str, Match] = {}
+        self.timings: dict[str, float] = {}
+        self._test_keys: dict[int, set[str]] = {}
+
+    # -- items
+
+    def read_items(self):
+        data = read_data(self.data.data)
+        models, regimes = check_settings(self.ph, data)
+        check_outputs(self.ph.output, OUTPUT_NAMES)
+        self.pheno, self.arms, self.section.mixes = data, tuple(models), regimes
+        self.section.group_by = "group" if data.has_groups else None
+        detects = segmentation_of(self.ph, data) == CLASSICAL and any(im.mask is not None for im in data.co)
+        self.metrics = (*METRICS, *(("detection_f1",) if detects else ()))
+        return co_culture_dataset(data.root, [im.name for im in data.co], [im.group for im in data.co] if data.has_groups else None)
+
+    def read_synthetic(self, mixes: list[Mix]):
+        return None  # +synthetic (one LoRA per type) is not built yet
+
+    def check_split(self, split) -> None:
+        check_k(split.folds, self.section.mixes)
+
+    def study_cells(self) -> StudyCells:
+        """Every cell of the study, cut once (timed), with the true counts and detection they give."""
+        if self.cells is None:
+            start = time.perf_counter()
+            self.cells = collect_cells(self.pheno, self.ph, self.progress)
+            self.timings["cells_s"] = time.perf_counter() - start
+            self.truth = true_counts(self.pheno, self.cells)
+            self.det = detection(self.pheno, self.cells, segmentation_of(self.ph, self.pheno))
+        return self.cells
+
+    def fold_items(self, fold: Fold) -> tuple[list[str], list[str]]:
+        self.study_cells()
+        return list(fold.train), list(fold.test)
+
+    def job_seed(self, fold: Fold, mix: Mix, tree: str) -> list[int]:
+        return fold_seed(self.ph.seed, fold)
+
+    def training_set(self, mix: Mix, real: list[str], synthetic, rng) -> tuple[RegimeCells, int]:
+        images = regime_images(mix, real, rng)
+        return RegimeCells(regime_cells(mix.name, images, self.study_cells()), images), 0
+
+    def fold_test_keys(self, fold: Fold) -> set[str]:
+        if fold.index not in self._test_keys:
+            self._test_keys[fold.index] = test_keys(fold, self.study_cells())
+        return self._test_keys[fold.index]
+
+    def check_no_leak(self, job: Job) -> None:
+        check_no_leak(job.fold, job.mix.name, job.train, job.train.images, self.fold_test_keys(job.fold))
+
+    # -- training
+
+    def start(self, inputs: Inputs, jobs: list[Job]) -> None:
+        if M.CNN in self.arms:
+            from analysis.keras import import_keras
+
+            import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
+
+    def extractor(self, model: str) -> str:
+        """The identity of a classifier's features (its cache file)."""
+        if model == M.REFERENCE:
+            return M.reference_id()
+        ph = self.ph
+        mono = [c.key for c in self.study_cells().mono[:CALIBRATION_CELLS]]
+        return M.cnn_id(ph.backbone, M.check_weights(ph.weights), ph.cnn_size, ph.mask_channel, ph.seed, mono)
+
+    def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
+        """Settings, classifiers, every cell (crop key, true type), the true counts, the folds (the protocol adds the reading)."""
+        cells = self.study_cells()
+        settings = {k: v for k, v in fingerprint.settings_part(self.ph).items() if k not in _RUN_FREE}
+        data = {"cells": sorted((c.key, c.true_type or "") for c in cells.all_cells()),
+                "truth": {n: t.tolist() for n, t in sorted(self.truth.items())}, "types": self.pheno.types}
+        return {**{f"settings.{k}": v for k, v in settings.items()}, "models": {m: self.extractor(m) for m in self.arms},
+                "data": fingerprint.digest(data), "split": [[f.repeat, f.fold, list(f.train), list(f.test)] for f in inputs.split.folds]}
+
+    def job_fingerprint(self, job: Job) -> str:
+        settings = {k: v for k, v in fingerprint.settings_part(self.ph).items() if k not in _JOB_FREE}
+        cells = self.study_cells()
+        return fingerprint.digest({
+            "settings": settings, "model": self.extractor(job.arm), "regime": job.mix.name, "fold": job.fold.index,
+            "train": [(c.key, c.true_type) for c in job.train], "types": self.pheno.types,
+            "test": [(n, [c.key for c in cells.test[n].cells], self.truth[n].tolist()) for n in job.test],
+            "test_keys": sorted(self.fold_test_keys(job.fold)),
+            "detection": {n: dataclasses.astuple(self.det[n]) for n in job.test if n in self.det},
+        })
+
+    def features(self) -> dict[str, M.FeatureCache]:
+        """Every cell's features per classifier, through the cache (after the claim: the cache may live in OUT)."""
+        if self.caches is None:
+            start = time.perf_counter()
+            ph = self.ph
+            self.caches = feature_caches(self.study_cells(), list(self.arms), ph, Path(ph.cache_dir) if ph.cache_dir else Path(ph.output) / CACHE_DIR)
+            self.timings["features_s"] = time.perf_counter() - start
+        return self.caches
+
+    def train_and_score(self, job: Job) -> dict:
+        """Fit the job's classifier on its regime's cells, type the fold's test cells, count them per image."""
+        caches, cells, ph = self.features(), self.study_cells(), self.ph
+        test_cells = {n: cells.test[n].cells for n in job.test}
+        flat = [c for n in job.test for c in test_cells[n]]
+        start = time.perf_counter()
+        pred = fit_predict(job.arm, list(job.train), flat, caches[job.arm], self.pheno.types, ph, ph.seed + job.fold.index)
+        preds, i = {}, 0
+        for n in job.test:
+            preds[n] = pred[i:i + len(test_cells[n])]
+            i += len(test_cells[n])
+        metrics, image_rows = score_fold(job.fold, preds, cells, self.truth, self.pheno.types, self.det)
+        seconds = round(time.perf_counter() - start, 3)
+        self.timings["fits_s"] = self.timings.get("fits_s", 0.0) + seconds
+        return {"model": job.arm, "regime": job.mix.name, "fold": job.fold.index, "repeat": job.fold.repeat,
+                "metrics": metrics, "n_train_cells": len(job.train), "train_images": list(job.train.images),
+                "n_test_images": len(job.test), "n_test_cells": len(flat), "seconds": seconds,
+                "arm": job.arm, "mix": job.mix.name, "tree": job.tree, "leaky": False, "fingerprint": job.fingerprint,
+                "synthetic_fraction": 0.0, "shortfall": 0, "images": image_rows,
+                "predictions": preds if job.fold.index == 0 else None}
+
+    # -- summary
+
+    def results(self, inputs: Inputs, common: dict, tables: dict, runs: list[dict]) -> dict:
+        """The results record `phenotype.report` renders; verdicts against the baseline, one Holm family."""
+        ph, data, cells = self.ph, self.pheno, self.study_cells()
+        crossval.holm_verdicts(tables, ph.primary, common["n_train_mean"], common["n_test_mean"], common["n_splits"], ph.delta,
+                               baseline=ph.baseline, lower_is_better=ph.primary in self.lower_is_better)
+        models, regimes = list(self.arms), list(self.section.mixes)
+        order = {(m, r): i for i, (m, r) in enumerate((m, r) for r in regimes for m in models)}
+        runs = sorted(runs, key=lambda r: (r["fold"], order[(r["model"], r["regime"])]))
+        images = [{"model": r["model"], "regime": r["regime"], "fold": r["fold"], "repeat": r["repeat"], **row}
+                  for r in runs for row in r["images"]]
+        keep = {(r["model"], r["regime"]): r["predictions"] for r in runs if r.get("predictions") is not None}
+        public = [{k: v for k, v in r.items() if k not in ("images", "predictions")} for r in runs]
+        rows = {m: {r["mix"]: r for r in tables[crossval.table_name(m, crossval.REAL_TREE)]} for m in models}
+        n_cells = len(cells.all_cells())
+        timings = {"cells_s": self.timings.get("cells_s", 0.0), "features_s": self.timings.get("features_s", 0.0),
+                   "fits_s": self.timings.get("fits_s", 0.0)}
+        timings["cells_per_second"] = n_cells / max(timings["cells_s"] + timings["features_s"], 1e-9)
+        timings["seconds_per_regime"] = timings["fits_s"] / max(len(regimes), 1)
+        return {
+            "task": "phenotyping", "data": str(data.root), "types": data.types, "truth": data.truth,
+            "segmentation": segmentation_of(ph, data), "models": models, "regimes": regimes, "baseline": ph.baseline,
+            "primary": ph.primary, "settings": _settings(ph), "n_mono_images": len(data.mono), "n_mono_cells": len(cells.mono),
+            "n_co_images": len(data.co), "n_co_cells": sum(len(s.cells) for s in cells.test.values()), "n_cells": n_cells,
+            "grouped": data.has_groups, "n_splits": common["n_splits"], "repeats": common["repeats"], "notes": data.notes,
+            "timings": timings,
+            "folds": [{"index": f.index, "repeat": f.repeat, "fold": f.fold, "train": list(f.train), "test": list(f.test)}
+                      for f in inputs.split.folds],
+            "runs": public, "images": images, "summary": summary(rows, self.metrics),
+            "comparisons": comparisons(rows, ph.baseline, ph.primary, ph.primary in self.lower_is_better),
+            "_overlay_predictions": keep, "_cells": cells,
+        }
+
+
+def summary(rows: dict[str, dict[str, dict]], metrics: tuple[str, ...]) -> dict:
+    """{classifier: {regime: {metric: {mean, std}}}} from the protocol's rows."""
+    return {m: {regime: {k: {"mean": row["metrics"][k]["mean"], "std": row["metrics"][k]["std"]} for k in metrics}
+                for regime, row in by.items()} for m, by in rows.items()}
+
+
+def comparisons(rows: dict[str, dict[str, dict]], baseline: str, primary: str, lower_is_better: bool) -> list[dict]:
+    """Every (classifier, regime) against (classifier, baseline): per-fold improvements (positive = better) and the verdict."""
+    out = []
+    for model, by in rows.items():
+        base = by.get(baseline)
+        for regime, row in by.items():
+            if base is not None and regime != baseline and "verdict" in row:
+                out.append({"model": model, "regime": regime, "diffs": crossval.improvements(row, base, primary, lower_is_better),
+                            "verdict": row["verdict"]})
     return out
-
-
-def compare(runs: list[dict], models: list[str], regimes: list[str], folds: list[Fold], ph) -> list[dict]:
-    """Every (model, regime) against (model, baseline) on the primary metric: one Holm family, verdicts.
-
-    Differences are improvements (positive = better; for error metrics, baseline minus regime)."""
-    by = {(r["model"], r["regime"], r["fold"]): r["metrics"][ph.primary] for r in runs}
-    diffs = {}
-    for model in models:
-        for regime in regimes:
-            if regime == ph.baseline:
-                continue
-            pairs = [(by[(model, regime, f.index)], by[(model, ph.baseline, f.index)]) for f in folds
-                     if (model, regime, f.index) in by and (model, ph.baseline, f.index) in by]
-            diffs[(model, regime)] = [improvement(ph.primary, a, b) for a, b in pairs
-                                      if np.isfinite(a) and np.isfinite(b)]
-    if not diffs:
-        return []
-    n_train = float(np.mean([len(f.train) for f in folds]))
-    n_test = float(np.mean([len(f.test) for f in folds]))
-    verdicts = decide_family({f"{m}|{r}": d for (m, r), d in diffs.items()}, n_train, n_test, delta=ph.delta, folds=ph.folds)
-    return [{"model": m, "regime": r, "diffs": diffs[(m, r)], "verdict": dataclasses.asdict(verdicts[f"{m}|{r}"])} for m, r in diffs]
-
-
-# --------------------------------------------------------------------------- the run
 
 
 def _settings(ph) -> dict:
     return {k: v for k, v in dataclasses.asdict(ph).items() if k not in ("output", "overwrite")}
 
 
-def _fold_runs(fold: Fold, models, regimes, cells: StudyCells, caches, data, truth, det, ph, keep: dict) -> tuple[list, list]:
-    runs, rows = [], []
-    keys = test_keys(fold, cells)
-    test_cells = {n: cells.test[n].cells for n in fold.test}
-    flat = [c for n in fold.test for c in test_cells[n]]
-    for regime in regimes:
-        train, images = regime_training_cells(regime, fold, cells, ph.seed)
-        check_no_leak(fold, regime, train, images, keys)  # checked before any write too (`check_folds`); kept as a guard
-        for model in models:
-            start = time.perf_counter()
-            pred = fit_predict(model, train, flat, caches[model], data.types, ph, ph.seed + fold.index)
-            preds, i = {}, 0
-            for n in fold.test:
-                preds[n] = pred[i:i + len(test_cells[n])]
-                i += len(test_cells[n])
-            metrics, image_rows = score_fold(fold, preds, cells, truth, data.types, det)
-            runs.append({"model": model, "regime": regime, "fold": fold.index, "repeat": fold.repeat, "metrics": metrics,
-                         "n_train_cells": len(train), "train_images": images, "n_test_images": len(fold.test),
-                         "n_test_cells": len(flat), "seconds": round(time.perf_counter() - start, 3)})
-            rows += [{"model": model, "regime": regime, "fold": fold.index, "repeat": fold.repeat, **r} for r in image_rows]
-            if fold.index == 0:
-                keep[(model, regime)] = preds
-    return runs, rows
-
-
 def run_cv(data_section, ph, progress: bool = False) -> dict:
-    """Run the whole cross-validation; returns the results (see module docstring). Writes only the feature cache."""
-    data = read_data(data_section.data)
-    models, regimes = check_settings(ph, data)
-    out = check_output(ph, data_section)
-    folds = make_folds([im.name for im in data.co], [im.group for im in data.co] if data.has_groups else None,
-                       ph.folds, ph.repeats, ph.seed)
-    check_k(folds, regimes)
-    timings = {}
-    start = time.perf_counter()
-    cells = collect_cells(data, ph, progress)
-    timings["cells_s"] = time.perf_counter() - start
-    check_folds(folds, regimes, cells, ph.seed)
-    fingerprint.claim(out, OUTPUT_NAMES, COMMAND)  # every input checked: OUT is ours from here
-    start = time.perf_counter()
-    caches = feature_caches(cells, models, ph, Path(ph.cache_dir) if ph.cache_dir else out / CACHE_DIR)
-    timings["features_s"] = time.perf_counter() - start
-    seg = segmentation_of(ph, data)
-    truth, det = true_counts(data, cells), detection(data, cells, seg)
-    runs, rows, keep = [], [], {}
-    start = time.perf_counter()
-    for fold in folds:
-        r, i = _fold_runs(fold, models, regimes, cells, caches, data, truth, det, ph, keep)
-        runs += r
-        rows += i
-    timings["fits_s"] = time.perf_counter() - start
-    n_cells = len(cells.all_cells())
-    timings["cells_per_second"] = n_cells / max(timings["cells_s"] + timings["features_s"], 1e-9)
-    timings["seconds_per_regime"] = timings["fits_s"] / max(len(regimes), 1)
-    return {
-        "task": "phenotyping", "data": str(data.root), "types": data.types, "truth": data.truth, "segmentation": seg,
-        "models": models, "regimes": regimes, "baseline": ph.baseline, "primary": ph.primary, "settings": _settings(ph),
-        "n_mono_images": len(data.mono), "n_mono_cells": len(cells.mono), "n_co_images": len(data.co),
-        "n_co_cells": sum(len(s.cells) for s in cells.test.values()), "n_cells": n_cells, "grouped": data.has_groups,
-        "n_splits": ph.folds, "repeats": ph.repeats, "notes": data.notes, "timings": timings,
-        "folds": [{"index": f.index, "repeat": f.repeat, "fold": f.fold, "train": list(f.train), "test": list(f.test)} for f in folds],
-        "runs": runs, "images": rows, "summary": summarize(runs, models, regimes),
-        "comparisons": compare(runs, models, regimes, folds, ph),
-        "_overlay_predictions": keep, "_cells": cells,
-    }
+    """Run (or resume) the whole cross-validation; returns the results (see `PhenotypeTask.results`).
+
+    Each job's result is saved in OUT/runs/<classifier>/real/<regime>/fold_<k>.json and reused while its inputs
+    (the reading rule included) are unchanged; other inputs in the same OUT are refused unless --overwrite.
+    """
+    return crossval.run(PhenotypeTask(data_section, ph, progress))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.keras import calibrate_batchnorm, import_keras
 from prompts.errors import UserError
 from prompts.files import atomic_path
 
@@ -96,32 +97,6 @@ def fit_forest(x: np.ndarray, y: np.ndarray, trees: int, seed: int):
 # --------------------------------------------------------------------------- the cnn
 
 
-def import_keras():
-    """Import Keras quietly (TensorFlow's start-up lines go to fd 2 otherwise).
-
-    TODO(lead): a minimal local copy of `classify.model.import_keras` (a room may not import another room);
-    unify once it lives below the rooms.
-    """
-    import os
-    import sys
-
-    if "keras" in sys.modules:
-        return sys.modules["keras"]
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            import keras
-
-            keras.ops.convert_to_numpy(keras.ops.zeros((1,)))
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    return keras
-
-
 def cnn_inputs(pixels: np.ndarray, masks: np.ndarray, size: int, mask_channel: bool) -> np.ndarray:
     """Crops as the cnn reads them: (n, size, size, 3) float32 0..255.
 
@@ -168,30 +143,6 @@ def check_weights(weights: str | None) -> str | None:
     return str(weights)
 
 
-def _calibrate_batchnorm(base, x: np.ndarray) -> None:
-    """BatchNorm moving statistics := batch statistics on x (random weights give features of ~1e-6 otherwise).
-
-    TODO(lead): the same as `classify.model.calibrate_batchnorm`; unify below the rooms.
-    """
-    keras = import_keras()
-
-    def layers(model):
-        for layer in model.layers:
-            if hasattr(layer, "layers"):
-                yield from layers(layer)
-            yield layer
-
-    bns = [layer for layer in layers(base) if isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [b.momentum for b in bns]
-    base.trainable = True
-    for b in bns:
-        b.momentum = 0.0
-    base(x.astype(np.float32), training=True)
-    for b, m in zip(bns, momenta):
-        b.momentum = m
-    base.trainable = False
-
-
 def build_cnn_base(backbone: str, weights: str | None, size: int, seed: int, calibration: np.ndarray | None = None):
     """The frozen EfficientNet: (n, size, size, 3) float 0..255 -> (n, F) pooled features.
 
@@ -213,7 +164,7 @@ def build_cnn_base(backbone: str, weights: str | None, size: int, seed: int, cal
         if weights == "calibrated":
             if calibration is None or len(calibration) < 2:
                 raise UserError("--weights calibrated needs at least 2 monoculture cells to calibrate on; pass imagenet or a weights file")
-            _calibrate_batchnorm(base, calibration)
+            calibrate_batchnorm(base, calibration)
     else:
         try:
             base = app(include_top=False, weights=weights, input_shape=shape, pooling="avg")

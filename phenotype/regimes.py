@@ -7,22 +7,25 @@ Regimes (each a mix in the study protocol's sense, tested on the same co-culture
   images are the first k of one seeded permutation of the fold's training images, so k = 1 is inside k = 2;
 - `co-only`: the annotated cells of every co-culture training image of the fold.
 
-No cell of a fold's test images reaches its classifier: the regime draws co-culture cells from the fold's
-training images only, and `phenotype.cv` checks the crop keys (SHA-256 of pixels and mask) of what each
-classifier trained on against those of every test cell.
-
-TODO(lead): `make_folds` is the seam for the study protocol (analysis/crossval.py): replace it by the
-protocol's fold maker once it is merged; the Fold objects are `prompts.splits.Fold` already.
+Each regime is a mix of the one grammar (`prompts.mixes.PHENOTYPING`) and runs on the study protocol
+(`analysis.crossval`, see `phenotype.cv`): folds come from the one fold rule (`prompts.splits.make_split`) over the
+co-culture images, grouped by their group key. No cell of a fold's test images reaches its classifier: the
+regime draws co-culture cells from the fold's training images only, and `phenotype.cv` checks the crop keys
+(SHA-256 of pixels and mask) of what each classifier trained on against those of every test cell.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from prompts.dataset import Dataset, Record
 from prompts.errors import UserError
-from prompts.splits import Fold
+from prompts.mixes import PHENOTYPING, RETRAINED, Mix
+from prompts.splits import Fold, make_split
 
-ZERO_SHOT, RETRAINED, CO_ONLY = "zero-shot", "retrained", "co-only"
-REGIMES = (ZERO_SHOT, RETRAINED, CO_ONLY)
+ZERO_SHOT, CO_ONLY = "zero-shot", "co-only"
+REGIMES = PHENOTYPING  # zero-shot, retrained, co-only
 
 
 def regime_names(regimes: list[str], k_list: list[int]) -> list[str]:
@@ -46,36 +49,49 @@ def annotated_k(regime: str) -> int | None:
     return int(regime.rsplit("-k", 1)[1]) if regime.startswith(f"{RETRAINED}-k") else None
 
 
-def make_folds(names: list[str], groups: list[str | None] | None, n_splits: int, repeats: int, seed: int) -> list[Fold]:
-    """Repeated k-fold over the co-culture image names, grouped when `groups` is given.
+CO_CULTURE = "co-culture"  # the class of every co-culture image in the split (folds are not stratified by type)
 
-    Repeat r shuffles with seed `seed + r` (grouped: the groups' order is permuted); folds are repeat-major.
+
+def co_culture_dataset(root, names: list[str], groups: list[str | None] | None) -> Dataset:
+    """The co-culture images as the items the folds are made over; an image without a group is a group of its own.
+
+    Parameters
+    ----------
+    root : path
+        The data folder.
+    names : list of str
+        The co-culture images' data-relative names.
+    groups : list of (str or None), or None
+        Their group keys (plate, well, date), or None without grouping.
     """
-    from sklearn.model_selection import GroupKFold, KFold
+    keys = [None] * len(names) if groups is None else [g if g is not None else f"image:{n}" for g, n in zip(groups, names)]
+    return Dataset(Path(root), [Record(n, CO_CULTURE, group=g) for n, g in zip(names, keys)], "co-culture images")
 
-    if len(names) < n_splits:
-        raise UserError(f"{len(names)} co-culture image(s), fewer than --folds {n_splits}; use --folds {max(2, len(names))} or fewer")
-    names_arr = np.asarray(names)
-    folds: list[Fold] = []
-    for rep in range(repeats):
-        rs = seed + rep
-        if groups is None:
-            parts = KFold(n_splits, shuffle=True, random_state=rs).split(names_arr)
-        else:
-            keys = [g if g is not None else f"image:{n}" for g, n in zip(groups, names)]
-            if len(set(keys)) < n_splits:
-                raise UserError(f"only {len(set(keys))} group(s) of co-culture images for --folds {n_splits}; use fewer folds")
-            order = {g: i for i, g in enumerate(np.random.default_rng(rs).permutation(sorted(set(keys))))}
-            parts = GroupKFold(n_splits).split(names_arr, groups=np.array([order[g] for g in keys]))
-        for k, (tr, te) in enumerate(parts):
-            folds.append(Fold(len(folds), rep, k, tuple(sorted(names_arr[tr].tolist())), tuple(sorted(names_arr[te].tolist()))))
-    return folds
+
+def make_folds(names: list[str], groups: list[str | None] | None, n_splits: int, repeats: int, seed: int) -> list[Fold]:
+    """Repeated k-fold over the co-culture image names, grouped when `groups` is given: the one fold rule
+    (`prompts.splits.make_split`), folds repeat-major."""
+    dataset = co_culture_dataset(".", names, groups)
+    return make_split(dataset, n_splits, repeats, "group" if groups is not None else None, seed).folds
+
+
+def fold_seed(seed: int, fold: Fold) -> list[int]:
+    """The seed of a fold's draw of annotated images: one per fold, shared by every k, so k = 1 lies inside k = 2."""
+    return [seed, fold.index]
+
+
+def regime_images(mix: Mix, train_images: list[str], rng: np.random.Generator) -> list[str]:
+    """The co-culture training images whose annotated cells a regime adds: k drawn by `rng` (seeded by
+    `fold_seed`), all of them (co-only), or none (zero-shot)."""
+    if mix.kind == RETRAINED:
+        order = rng.permutation(len(train_images))
+        return [train_images[i] for i in order[:mix.k]]
+    return list(train_images) if mix.kind == CO_ONLY else []
 
 
 def annotated_images(fold: Fold, k: int, seed: int) -> list[str]:
-    """The k annotated co-culture training images of `fold` (first k of a permutation seeded by seed and fold)."""
-    order = np.random.default_rng([seed, fold.index]).permutation(len(fold.train))
-    return [fold.train[i] for i in order[:k]]
+    """The k annotated co-culture training images of `fold` (first k of a permutation seeded by `fold_seed`)."""
+    return regime_images(Mix(f"{RETRAINED}-k{k}", RETRAINED, k=k), list(fold.train), np.random.default_rng(fold_seed(seed, fold)))
 
 
 def check_k(folds: list[Fold], regimes: list[str]) -> None:

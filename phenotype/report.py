@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.crossval import write_results
 from analysis.encode import data_uri, figure_uri
 from analysis.report import fmt, fmt_p, smoke_banner, verdict_method, verdict_table, verdict_word
 from analysis.tables import Cell, Figure, Heading, Row, Table, Text, attempt, render_html, render_markdown
 from analysis.verdicts import Verdict
-from prompts import fingerprint
 from prompts.files import atomic_path, write_text_atomic
-from prompts.layout import REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON
+from prompts.layout import REPORT_HTML, REPORT_MD
 
-from .cv import COMMAND, OVERLAYS_DIR
+from .cv import OVERLAYS_DIR
 from .metrics import LABELS, LOWER_IS_BETTER, METRICS
 
 TITLE = "Phenotyping and counting report"
@@ -281,9 +281,7 @@ def write_reports(results: dict, out) -> list[Path]:
     results["overlays"] = write_overlays(results, out, int(results["settings"]["overlays"]))
     public = {k: v for k, v in results.items() if not k.startswith("_")}
     blocks = build_report(public, out)
-    paths = [out / REPORT_MD, out / REPORT_HTML, out / RESULTS_CSV, out / RESULTS_JSON]
+    paths = [out / REPORT_MD, out / REPORT_HTML]
     write_text_atomic(paths[0], f"# {TITLE}\n\n" + render_markdown(blocks))
     write_text_atomic(paths[1], render_html(blocks, TITLE))
-    write_text_atomic(paths[2], results_csv(public))
-    fingerprint.write_json(paths[3], public, COMMAND)
-    return paths
+    return paths + write_results(out, public, results_csv(public))  # results.json and .csv: the protocol's writer

@@ -9,9 +9,12 @@ Names (`--mixes`, comma-separated); each task accepts a vocabulary of them:
 - `oversample`    classification baseline: real, minority classes topped up by random duplicates of real images
 - `classweight`   classification baseline: real, class-weighted loss
 - `noaug`         classification baseline: real, classical augmentation off
+- `zero-shot`     phenotyping: monoculture cells only (every cell's type known from its well)
+- `retrained-k<k>` phenotyping: zero-shot plus the annotated cells of k co-culture training images of the fold
+- `co-only`       phenotyping: the annotated cells of every co-culture training image of the fold
 
 The grammar lives in the core so that `prompts check` and the workflow refuse a bad mix before any job;
-the rooms (`classify.mixes`, `segment.mixes`) build the training sets from these names.
+the rooms (`classify.mixes`, `segment.mixes`, `phenotype.regimes`) build the training sets from these names.
 """
 from __future__ import annotations
 
@@ -21,19 +24,23 @@ from dataclasses import dataclass
 from .errors import UserError
 
 _PLUS = re.compile(r"^real\+(\d+(\.\d+)?)%?$")
+_RETRAINED = re.compile(r"^retrained-k(\d+)$")
 PLUS = "plus"  # the kind of `real+P`
+RETRAINED = "retrained"  # the kind of `retrained-k<k>`
 # each task's vocabulary: the kinds of mix it can build (PLUS is written real+P)
 CLASSIFICATION = ("real", PLUS, "synthetic", "balance", "oversample", "classweight", "noaug")
 SEGMENTATION = ("real", PLUS, "synthetic")
-VOCABULARIES = {"classification": CLASSIFICATION, "segmentation": SEGMENTATION}
+PHENOTYPING = ("zero-shot", RETRAINED, "co-only")  # the regimes; none uses synthetic cells (yet)
+VOCABULARIES = {"classification": CLASSIFICATION, "segmentation": SEGMENTATION, "phenotyping": PHENOTYPING}
 _EXAMPLE_PERCENT = {CLASSIFICATION: 25, SEGMENTATION: 50}  # the example each task's message has always given
 
 
 @dataclass(frozen=True)
 class Mix:
     name: str
-    kind: str  # real | plus | synthetic | balance | oversample | classweight | noaug
+    kind: str  # real | plus | synthetic | balance | oversample | classweight | noaug | zero-shot | retrained | co-only
     percent: float = 0.0
+    k: int = 0  # retrained-k<k>: how many annotated images
 
     @property
     def uses_synthetic(self) -> bool:
@@ -56,7 +63,7 @@ def parse_mixes(names, vocabulary: tuple[str, ...] = CLASSIFICATION) -> list[Mix
     names : str or list
         'real,real+25,synthetic' or a list of names (`%` after P is allowed).
     vocabulary : tuple of str
-        The kinds the task builds: `CLASSIFICATION` (default) or `SEGMENTATION`.
+        The kinds the task builds: `CLASSIFICATION` (default), `SEGMENTATION` or `PHENOTYPING`.
 
     Returns
     -------
@@ -76,6 +83,10 @@ def parse_mixes(names, vocabulary: tuple[str, ...] = CLASSIFICATION) -> list[Mix
             if p <= 0:
                 raise UserError(f"--mixes {raw}: the percentage must be positive")
             mix = Mix(f"real+{p:g}", PLUS, p)
+        elif m := _RETRAINED.match(name):
+            if int(m.group(1)) < 1:
+                raise UserError(f"--mixes {raw}: k must be at least 1")
+            mix = Mix(f"{RETRAINED}-k{int(m.group(1))}", RETRAINED, k=int(m.group(1)))
         else:
             mix = Mix(name, name)
         if mix.kind not in vocabulary:
@@ -90,7 +101,7 @@ def parse_mixes(names, vocabulary: tuple[str, ...] = CLASSIFICATION) -> list[Mix
 
 def _vocabulary_text(vocabulary: tuple[str, ...]) -> str:
     example = f"real+P (e.g. real+{_EXAMPLE_PERCENT.get(vocabulary, 25)})"
-    words = [example if k == PLUS else k for k in vocabulary]
+    words = [example if k == PLUS else f"{RETRAINED}-k<k> (e.g. {RETRAINED}-k2)" if k == RETRAINED else k for k in vocabulary]
     return ", ".join(words) if len(words) > 3 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 

@@ -53,7 +53,7 @@ class PhenoPlan:
     baseline: str  # the regime whose job fills the feature cache (and every verdict compares with)
     flags: dict[str, str] = field(default_factory=dict)  # regime -> `phenotype cv` flags that run it alone
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # rule -> {param name: "section.key=value"}
-    split: Path = Path()  # `phenotype cv` makes its folds from phenotype.folds/seed: no split file is written
+    split: Path = Path()  # none given: `phenotype cv` makes its folds from phenotype.folds/seed (the one make_split) and records them in its OUT/split.json
     split_given: bool = False
     tiny_model: bool = False  # no diffusion model: the regimes need none
     warnings: list[str] = field(default_factory=list)

@@ -175,7 +175,9 @@ def test_every_regime_end_to_end_writes_the_reports(rbc_scenes, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cache").iterdir()} == before
 
 
-def test_a_second_run_without_overwrite_is_refused(rbc_scenes, tmp_path, capsys):
+def test_a_second_run_reuses_every_run_and_other_inputs_are_refused_without_overwrite(rbc_scenes, tmp_path, capsys):
+    """The study protocol's reuse: the same inputs again reuse every saved run; another setting (or reading rule) into
+    the same OUT is one line naming --overwrite, and with it only the runs whose inputs changed are recomputed."""
     from phenotype.__main__ import main
 
     root, _ = rbc_scenes
@@ -183,10 +185,16 @@ def test_a_second_run_without_overwrite_is_refused(rbc_scenes, tmp_path, capsys)
     args = ["cv", "--data", str(root), "--output", str(out), "--models", "reference", "--folds", "3", "--regimes", "zero-shot",
             "--crop-size", "40", "--trees", "10", "--no-progress"]
     assert main(args) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert main(args) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["timing"]["runs_reused"] == 3 and again["timing"]["runs_trained"] == 0
+    assert again["summary"] == first["summary"]
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(args)
+        main([*args[:-1], "--trees", "11", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and "--overwrite" in err[-1]
+    assert exit_info.value.code == 2 and len(err) == 1 and "--overwrite (phenotype.overwrite: true)" in err[-1], err
 
 
 @pytest.mark.slow  # about a minute on 2 shared CPU cores: Keras builds EfficientNetB0 and trains heads

@@ -20,7 +20,7 @@ from prompts import fingerprint
 from prompts.dataset import Dataset, Record, pairs_dataset
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
-from prompts.mixes import CLASSIFICATION, SEGMENTATION, mixes_error, parse_mixes
+from prompts.mixes import CLASSIFICATION, PHENOTYPING, SEGMENTATION, mixes_error, parse_mixes
 from prompts.splits import check_fold_not_empty, make_split
 
 pytestmark = pytest.mark.unit
@@ -135,7 +135,7 @@ class CentroidTask(crossval.Task):
 
     def results(self, inputs, common, tables, runs):
         crossval.holm_verdicts(tables, self.primary, common["n_train_mean"], common["n_test_mean"], common["n_splits"],
-                               self.section.delta)
+                               self.section.delta, baseline=self.baseline, lower_is_better=self.primary in self.lower_is_better)
         return {"version": 1, **common, "tables": tables, "runs": runs}
 
 
@@ -209,6 +209,86 @@ def test_mixes_a_task_cannot_build_are_refused_with_its_vocabulary(tmp_path):
         crossval.run(task)
 
 
+# ---------------------------------------------------------------- what a task may choose: lower is better, a baseline, arms
+
+
+class ErrorTask(CentroidTask):
+    """The same task, its verdicts about the error (lower is better) instead of the accuracy."""
+
+    primary, lower_is_better = "error", frozenset({"error"})
+
+
+def test_a_lower_is_better_primary_gives_the_verdicts_of_its_complement(tmp_path):
+    """error = 1 - accuracy: judged as lower-is-better, every verdict and Holm p equals the accuracy's; the
+    recorded differences stay mix - real (the error's are the accuracy's negated)."""
+    (tmp_path / "a").mkdir()
+    by_accuracy = crossval.run(centroid_task(tmp_path / "a"))
+    (tmp_path / "e" / "data").mkdir(parents=True)
+    by_error = crossval.run(ErrorTask(Data(str(tmp_path / "e" / "data")), Section(str(tmp_path / "e" / "out"))))
+    for acc, err in zip(by_accuracy["tables"]["s1"], by_error["tables"]["s1"]):
+        if acc["mix"] == "real":
+            continue
+        assert err["verdict"]["word"] == acc["verdict"]["word"]
+        assert err["verdict"]["p_holm"] == pytest.approx(acc["verdict"]["p_holm"])
+        assert err["vs_real"]["error"]["diffs"] == pytest.approx([-d for d in acc["vs_real"]["accuracy"]["diffs"]])
+    assert crossval.improvements(err, acc, "error", lower_is_better=True) == pytest.approx(
+        [-d for d in crossval.paired_diffs(err, acc, "error")])
+
+
+def median_accuracy(train: list[Point], test: list[Point]) -> float:
+    """Nearest class median on x."""
+    centres = {c: np.median([p.x for p in train if p.label == c]) for c in sorted({p.label for p in train})}
+    return float(np.mean([min(centres, key=lambda c: abs(p.x - centres[c])) == p.label for p in test]))
+
+
+class TwoArmTask(CentroidTask):
+    """Two classifiers side by side (mean and median centroids), compared with `noaug` (here: the real points
+    again), not with `real`."""
+
+    arms, baseline, vocabulary = ("mean", "median"), "noaug", CLASSIFICATION
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: dict[tuple, list[str]] = {}
+
+    def training_set(self, mix, real, synthetic, rng):
+        return (list(real), 0) if mix.kind == "noaug" else super().training_set(mix, real, synthetic, rng)
+
+    def train_and_score(self, job):
+        res = super().train_and_score(job)
+        self.seen[(job.arm, job.fold.index, job.mix.name)] = [p.name for p in job.train]
+        if job.arm == "median":
+            acc = median_accuracy(job.train, job.test)
+            res["metrics"] = {"accuracy": acc, "error": 1 - acc}
+        return {**res, "arm": job.arm}
+
+
+def test_arms_train_on_the_same_sets_and_are_each_compared_with_their_own_baseline(tmp_path):
+    (tmp_path / "data").mkdir()
+    section = Section(str(tmp_path / "out"), mixes=("real", "noaug", "real+50"))
+    task = TwoArmTask(Data(str(tmp_path / "data")), section)
+    res = crossval.run(task)
+    out = tmp_path / "out"
+    assert task.trained == 2 * 3 * 3 and sorted(res["tables"]) == ["mean/s1", "median/s1"]
+    for k in range(3):
+        for mix in ("real", "noaug", "real+50"):
+            assert task.seen[("mean", k, mix)] == task.seen[("median", k, mix)]
+            assert (out / RUNS_DIR / "median" / ("s1" if mix == "real+50" else "real") / mix / f"fold_{k}.json").is_file()
+    means = {}
+    for arm in task.arms:
+        rows = {r["mix"]: r for r in res["tables"][f"{arm}/s1"]}
+        assert all(r["arm"] == arm for r in rows.values()) and rows["noaug"]["vs_real"] == {}
+        base = rows["noaug"]["metrics"]["accuracy"]["folds"]
+        mine = rows["real+50"]["metrics"]["accuracy"]["folds"]
+        assert rows["real+50"]["vs_real"]["accuracy"]["diffs"] == pytest.approx([m - b for m, b in zip(mine, base)])
+        assert rows["real"]["vs_real"]["accuracy"]["diffs"] == [0.0, 0.0, 0.0]  # noaug is real here
+        assert "verdict" in rows["real"] and "verdict" in rows["real+50"] and "verdict" not in rows["noaug"]
+        means[arm] = rows["real"]["metrics"]["accuracy"]["mean"]
+    assert means["mean"] != means["median"]  # the arms really are two classifiers
+    again = TwoArmTask(Data(str(tmp_path / "data")), section)
+    assert crossval.run(again)["tables"] == res["tables"] and again.trained == 0
+
+
 # ---------------------------------------------------------------- one make_split for images and pairs
 
 
@@ -270,6 +350,14 @@ def test_each_task_parses_its_own_vocabulary_with_one_grammar():
     assert mixes_error("segment", ["real", "balance"], SEGMENTATION) == \
         "segment.mixes: balance: unknown mix; use real, real+P (e.g. real+50) or synthetic"
     assert mixes_error("classify", ["real", "balance"], CLASSIFICATION) is None
+    regimes = parse_mixes("zero-shot,retrained-k1,retrained-k05,co-only", PHENOTYPING)
+    assert [(m.name, m.kind, m.k, m.uses_synthetic) for m in regimes] == [
+        ("zero-shot", "zero-shot", 0, False), ("retrained-k1", "retrained", 1, False), ("retrained-k5", "retrained", 5, False),
+        ("co-only", "co-only", 0, False)]
+    with pytest.raises(UserError, match=r"--mixes real: unknown mix; use zero-shot, retrained-k<k> \(e.g. retrained-k2\) or co-only"):
+        parse_mixes("zero-shot,real", PHENOTYPING)
+    with pytest.raises(UserError, match="k must be at least 1"):
+        parse_mixes("retrained-k0", PHENOTYPING)
 
 
 def test_prompts_check_refuses_a_segmentation_mix_the_task_cannot_build(tmp_path):
@@ -293,22 +381,14 @@ def _refused(main, argv) -> str:
     return str(err.value)
 
 
-def test_segment_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed(tmp_path, capsys):
-    pytest.importorskip("keras")
+def _segment_cv(tmp_path: Path):
+    """(main, argv, section, runs per run) of `segment cv` on 4 blob pairs, 2 folds, one mix."""
     from prompts.blobs import make_blob_pairs
     from segment.__main__ import main
 
     data = make_blob_pairs(tmp_path / "data", n=4, size=64, seed=0)
-    out = tmp_path / "out"
-    argv = ["cv", "--no-progress", "--data", str(data), "--output", str(out), "--mixes", "real", "--folds", "2",
-            "--weights", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--overlays", "0"]
-    assert main([*argv, "--normalize", "percentile"]) == 0
-    _refused(main, [*argv, "--normalize", "none"])
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "reading changed since" in err and "segment.overwrite" in err, err
-    assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
-    res = json.loads((out / RESULTS_JSON).read_text())
-    assert res["timing"]["runs_trained"] == 2 and res["timing"]["runs_reused"] == 0
+    return main, ["cv", "--no-progress", "--data", str(data), "--output", str(tmp_path / "out"), "--mixes", "real", "--folds",
+                  "2", "--weights", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "2", "--overlays", "0"], "segment", 2
 
 
 def _sixteen_bit_classes(root: Path) -> Path:
@@ -324,23 +404,54 @@ def _sixteen_bit_classes(root: Path) -> Path:
     return root
 
 
-def test_classify_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed(tmp_path, capsys):
-    pytest.importorskip("keras")
+def _classify_cv(tmp_path: Path):
+    """(main, argv, section, runs per run) of `classify cv` on 2 classes of 16-bit images (the rule changes their pixels)."""
     from classify.__main__ import main
 
     data = _sixteen_bit_classes(tmp_path / "data")
-    out = tmp_path / "out"
-    argv = ["cv", "--no-progress", "--data", str(data), "--output", str(out), "--mixes", "real", "--folds", "2",
-            "--backbone", "EfficientNetB0", "--weights", "none", "--image-size", "32", "--epochs", "1",
-            "--cache-dir", str(tmp_path / "cache")]
-    assert main([*argv, "--normalize", "percentile"]) == 0
-    capsys.readouterr()
-    _refused(main, [*argv, "--normalize", "none"])
-    err = capsys.readouterr().err.strip()
-    assert "reading changed since" in err and "classify.overwrite" in err, err
-    assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
-    res = json.loads((out / RESULTS_JSON).read_text())
-    assert res["timing"]["runs_trained"] == 2 and res["timing"]["runs_reused"] == 0
+    return main, ["cv", "--no-progress", "--data", str(data), "--output", str(tmp_path / "out"), "--mixes", "real", "--folds", "2",
+                  "--backbone", "EfficientNetB0", "--weights", "none", "--image-size", "32", "--epochs", "1",
+                  "--cache-dir", str(tmp_path / "cache")], "classify", 2
+
+
+def _phenotype_cv(tmp_path: Path):
+    """(main, argv, section, runs per run) of `phenotype cv` (reference classifier, 2 regimes) on drawn co-cultures."""
+    from phenotype.__main__ import main
+    from phenotype.scenes import synthetic_cell, write_study_data
+
+    rng = np.random.default_rng(0)
+    pools = {"small": [synthetic_cell(4, 220, "small", rng) for _ in range(8)],
+             "large": [synthetic_cell(8, 90, "large", rng) for _ in range(8)]}
+    data = tmp_path / "data"
+    write_study_data(data, pools, mono_images=1, co_images=4, cells_per_image=5, size=(80, 80), background=30, seed=1)
+    return main, ["cv", "--no-progress", "--data", str(data), "--output", str(tmp_path / "out"), "--models", "reference",
+                  "--regimes", "zero-shot", "co-only", "--folds", "2", "--trees", "5", "--crop-size", "24"], "phenotype", 4
+
+
+# every cross-validation command on the protocol: a new task registers here, it does not copy the test
+CV_COMMANDS = {"classification": (_classify_cv, True), "segmentation": (_segment_cv, True), "phenotyping": (_phenotype_cv, False)}
+
+
+@pytest.mark.parametrize("task", sorted(CV_COMMANDS))
+def test_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed(task, tmp_path, capsys):
+    make, needs_keras = CV_COMMANDS[task]
+    if needs_keras:
+        pytest.importorskip("keras")
+    from prompts.images import current_reading, set_reading
+
+    main, argv, section, n_runs = make(tmp_path)
+    saved = current_reading()  # a command sets the process's reading rule: later tests get it back
+    try:
+        assert main([*argv, "--normalize", "percentile"]) == 0
+        capsys.readouterr()
+        _refused(main, [*argv, "--normalize", "none"])
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "reading changed since" in err and f"{section}.overwrite" in err, err
+        assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
+    finally:
+        set_reading(saved)
+    res = json.loads((tmp_path / "out" / RESULTS_JSON).read_text())
+    assert res["timing"]["runs_trained"] == n_runs and res["timing"]["runs_reused"] == 0
 
 
 # ---------------------------------------------------------------- classification's record: the protocol computes what it did
