@@ -23,6 +23,7 @@ depend on the weights) and reports peak GPU memory too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -89,13 +90,24 @@ def trainer_step_times(model: Path, data: Path, out: Path, args, cache: bool, pr
 
 
 def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) -> dict:
-    """The floor: the same passes with nothing around them. Returns the wall time of each step after the first."""
+    """The floor: the same passes with nothing around them, as a valid training loop has them.
+
+    Per step: a VAE encode (or the cached latent), noise, timesteps, the text-encoder and U-Net forward under
+    autocast, the MSE loss, the backward pass (through a GradScaler in fp16, so small gradients do not
+    underflow), gradient clipping at the trainer's default norm, the AdamW step and the learning-rate
+    schedule's step (the trainer's default schedule); the LoRA parameters stay fp32, as the trainer's.
+    Returns the wall time of each step after the first.
+    """
     from types import SimpleNamespace
+
+    from diffusers.optimization import get_scheduler
 
     from diffusion.model import load_pipeline
     from lora.data import load_images, pixel_batch
     from lora.train import add_lora
+    from prompts.config import field_default
     from prompts.dataset import read_dataset
+    from prompts.schema.lora import LoraSection
 
     device = torch.device(args.device)
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -110,6 +122,11 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
         unet.enable_gradient_checkpointing()
         text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW([{"params": params, "lr": 1e-4}], fused=device.type in ("cpu", "cuda"))  # as the trainer
+    default = {f.name: field_default(f) for f in dataclasses.fields(LoraSection)}
+    schedule = get_scheduler(default["lr_scheduler"], opt, num_warmup_steps=default["lr_warmup_steps"],
+                             num_training_steps=args.steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling; bf16 does not
+    max_norm = default["max_grad_norm"]
     images = load_images(read_dataset(data), args.resolution)
     pixels = pixel_batch(images, list(range(args.batch_size)), False, None).to(device, dtype)
     ids = pipe.tokenizer(["a micrograph"] * args.batch_size, padding="max_length", max_length=77, truncation=True,
@@ -129,8 +146,13 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
         with autocast:
             pred = unet(sched.add_noise(latents, noise, t).to(dtype), t, text(ids)[0]).sample
         loss = F.mse_loss(pred.float(), noise)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        if max_norm > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        scaler.step(opt)
+        scaler.update()
+        schedule.step()
         opt.zero_grad(set_to_none=True)
         loss.item()  # wait for the device, as the trainer's loss log does
         times.append(time.perf_counter() - t0)
