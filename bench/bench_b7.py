@@ -119,7 +119,11 @@ def main(argv=None) -> None:
     ap.add_argument("--policy", default=None, help="Keras dtype policy, e.g. mixed_bfloat16 (default: Keras' float32)")
     ap.add_argument("--no-train", action="store_true", help="feature extraction only")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.backbone, args.size, args.batch, args.steps, args.train_batch, args.finetune_batch, args.json = (
+            "EfficientNetB0", 32, [2], 1, 2, 2, None)
 
     from classify.model import build_base, import_keras
 

@@ -450,7 +450,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--md", default=str(Path(__file__).with_name("lora.md")),
                         help="update this run's section of this markdown file ('' to skip; default bench/lora.md)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.resolution, args.steps, args.rounds, args.md, args.json, args.batch_size = 64, 2, 1, "", None, 1
     if args.vs_example or args.presets:
         args.images = 4
         args.resolution = args.resolution or (64 if args.vs_example else 512 if args.sd15 else 128)
