@@ -453,7 +453,7 @@ def main(argv=None) -> None:
     parser.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.resolution, args.steps, args.rounds, args.md, args.json, args.batch_size = 64, 2, 1, "", None, 1
+        args.resolution, args.steps, args.rounds, args.md, args.json, args.batch_size = 64, 4, 1, "", None, 1
     if args.vs_example or args.presets:
         args.images = 4
         args.resolution = args.resolution or (64 if args.vs_example else 512 if args.sd15 else 128)
