@@ -2,11 +2,14 @@
 
     .venv/bin/python -m bench.bench_lora                      # CPU, a small SD-like model, res 128, batch 2
     .venv/bin/python -m bench.bench_lora --sd15 --device cuda # SD 1.5 architecture (random weights), 512, fp16 + bf16
+    .venv/bin/python -m bench.bench_lora --smoke              # one short round: the script still runs
 
 The bare loop is the floor: the same model with the same LoRA adapters (U-Net and
-text encoder), the same batch and resolution; per step a VAE encode (or a
-pre-encoded latent), noise, a text-encoder and U-Net forward, the MSE loss, the
-backward pass and an AdamW step, with nothing else. The trainer's figures come from
+text encoder, fp32 LoRA parameters), the same batch and resolution; per step a VAE
+encode (or a pre-encoded latent), noise, a text-encoder and U-Net forward, the MSE
+loss, the backward pass, and what any valid training loop has: a GradScaler in fp16,
+gradient clipping at the trainer's default norm, the AdamW step and the trainer's
+default learning-rate schedule; nothing else. The trainer's figures come from
 its own `stats.json` (the wall time of every whole loop iteration after the first,
 which warms up), so model loading, image decoding and output writing are not
 counted on either side. Rounds alternate between the loops; step times are pooled
