@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
-ROOMS = ("lora", "generate", "classify", "search", "workflow", "decode", "controlnet", "segment", "phenotype")
+ROOMS = tuple(sorted(p.stem.removeprefix("bench_") for p in Path(__file__).parent.glob("bench_*.py")))  # every bench module
 DEFAULT = ("lora", "generate", "classify", "search", "decode")  # workflow runs the demo study twice (about half an hour): ask for it
 
 

@@ -7,7 +7,8 @@
 The base is built by `classify.model.build_base` (random weights: a forward pass costs the
 same as with the ImageNet ones) and run as `classify.features.Extractor.features` runs it:
 numpy pixels in, `base(x, training=False)`, numpy features out, so the host-device copies
-are counted. Training steps are `train_on_batch` of two models from `classify.model`:
+are counted; both ways side by side: `base(x, training=False)` called eagerly (before) and the
+compiled predict `Extractor.features` now uses. Training steps are `train_on_batch` of two models from `classify.model`:
 the naive path's full model (frozen base + head, `--no-feature-cache`) and the same model
 with the whole base trainable (the cost of fine-tuning). Each figure: a warm-up call, then
 `--steps` timed calls; images/s is batch / the median call time.
@@ -41,14 +42,24 @@ def median_call_seconds(call, steps: int) -> float:
     return statistics.median(times)
 
 
-def feature_rate(base, size: int, batch: int, steps: int) -> float:
-    """Images/s of the frozen base on numpy pixels (batch, size, size, 3) float 0..255, features back as numpy."""
+def feature_rate(base, size: int, batch: int, steps: int, mode: str = "compiled") -> float:
+    """Images/s of the frozen base on numpy pixels (batch, size, size, 3) float 0..255, features back as numpy.
+
+    mode 'compiled': `classify.features.Extractor.features` as the study runs it (Keras' compiled predict on
+    fixed-shape batches); 'eager': `base(x, training=False)` called from Python, layer by layer (before).
+    """
     import keras
     import numpy as np
 
+    from classify.features import Extractor
+
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
-    seconds = median_call_seconds(lambda: keras.ops.convert_to_numpy(base(x, training=False)), steps)
-    return batch / seconds
+    if mode == "eager":
+        call = lambda: keras.ops.convert_to_numpy(base(x, training=False))  # noqa: E731
+    else:
+        extractor = Extractor(lambda: base, size, batch_size=batch)
+        call = lambda: extractor.features(x)  # noqa: E731
+    return batch / median_call_seconds(call, steps)
 
 
 def train_rate(base, size: int, batch: int, steps: int, whole_base: bool) -> float:
@@ -119,7 +130,11 @@ def main(argv=None) -> None:
     ap.add_argument("--policy", default=None, help="Keras dtype policy, e.g. mixed_bfloat16 (default: Keras' float32)")
     ap.add_argument("--no-train", action="store_true", help="feature extraction only")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.backbone, args.size, args.batch, args.steps, args.train_batch, args.finetune_batch, args.json = (
+            "EfficientNetB0", 32, [2], 1, 2, 2, None)
 
     from classify.model import build_base, import_keras
 
@@ -142,10 +157,15 @@ def main(argv=None) -> None:
         result["matmul_tflops"] = matmul_rate(args.device, 8192 if args.device == "cuda" else 1024) / 1e12
         result["floor_images_per_second"] = result["matmul_tflops"] * 1e3 / result["gflop_per_image"]
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}), flush=True)
+    rows = []
     for batch in args.batch:
-        rate = feature_rate(base, args.size, batch, args.steps)
-        result["features_images_per_second"][batch] = rate
-        print(f"features batch {batch}: {rate:.2f} images/s", flush=True)
+        rates = {mode: feature_rate(base, args.size, batch, args.steps, mode) for mode in ("eager", "compiled")}
+        result["features_images_per_second"][batch] = rates
+        rows.append(f"| {batch} | {rates['eager']:.2f} | {rates['compiled']:.2f} | {rates['compiled'] / rates['eager']:.2f} |")
+        print(f"features batch {batch}: eager {rates['eager']:.2f}, compiled {rates['compiled']:.2f} images/s", flush=True)
+    print(f"\n{args.backbone} {args.size} px, Keras {keras.__version__} ({backend} backend), {device_name(args.device)}:\n")
+    print("| batch | eager `base(x)` (img/s) | compiled predict (img/s) | compiled / eager |\n| --- | --- | --- | --- |")
+    print("\n".join(rows) + "\n", flush=True)
     if not args.no_train:
         for name, whole, batch in (("frozen base + head (naive path)", False, args.train_batch),
                                    ("whole base trainable", True, args.finetune_batch)):

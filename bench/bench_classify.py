@@ -87,7 +87,11 @@ def main(argv=None) -> None:
     ap.add_argument("--syn-per-class", type=int, default=20)
     ap.add_argument("--skip-b7", action="store_true")
     ap.add_argument("--output", default=str(ROOT / "bench" / "classify.md"))
+    ap.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.image_size, args.epochs, args.per_class, args.syn_per_class, args.skip_b7 = 32, 1, 5, 2, True
+        args.output = os.path.join(tempfile.mkdtemp(prefix="bench_classify_smoke_"), "classify.md")
 
     import logging
 

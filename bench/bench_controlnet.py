@@ -101,7 +101,10 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--md", default=str(Path(__file__).with_name("controlnet.md")), help="markdown file to update ('' for none)")
+    p.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = p.parse_args(argv)
+    if args.smoke:
+        args.model, args.resolution, args.batch_size, args.images, args.steps, args.rounds, args.md = "tiny", 32, 1, 2, 2, 1, ""
     from prompts.threads import limit_threads
 
     limit_threads()

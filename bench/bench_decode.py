@@ -103,7 +103,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--md", default=str(OUT_MD), help="markdown file to write ('' to print only)")
+    ap.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.size, args.md = 2, 64, ""
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
         paths = write_inputs(Path(tmp), args.size)
         times = measure(readers(paths), args.rounds)

@@ -2,11 +2,14 @@
 
     .venv/bin/python -m bench.bench_lora                      # CPU, a small SD-like model, res 128, batch 2
     .venv/bin/python -m bench.bench_lora --sd15 --device cuda # SD 1.5 architecture (random weights), 512, fp16 + bf16
+    .venv/bin/python -m bench.bench_lora --smoke              # one short round: the script still runs
 
 The bare loop is the floor: the same model with the same LoRA adapters (U-Net and
-text encoder), the same batch and resolution; per step a VAE encode (or a
-pre-encoded latent), noise, a text-encoder and U-Net forward, the MSE loss, the
-backward pass and an AdamW step, with nothing else. The trainer's figures come from
+text encoder, fp32 LoRA parameters), the same batch and resolution; per step a VAE
+encode (or a pre-encoded latent), noise, a text-encoder and U-Net forward, the MSE
+loss, the backward pass, and what any valid training loop has: a GradScaler in fp16,
+gradient clipping at the trainer's default norm, the AdamW step and the trainer's
+default learning-rate schedule; nothing else. The trainer's figures come from
 its own `stats.json` (the wall time of every whole loop iteration after the first,
 which warms up), so model loading, image decoding and output writing are not
 counted on either side. Rounds alternate between the loops; step times are pooled
@@ -23,6 +26,7 @@ depend on the weights) and reports peak GPU memory too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -89,13 +93,24 @@ def trainer_step_times(model: Path, data: Path, out: Path, args, cache: bool, pr
 
 
 def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) -> dict:
-    """The floor: the same passes with nothing around them. Returns the wall time of each step after the first."""
+    """The floor: the same passes with nothing around them, as a valid training loop has them.
+
+    Per step: a VAE encode (or the cached latent), noise, timesteps, the text-encoder and U-Net forward under
+    autocast, the MSE loss, the backward pass (through a GradScaler in fp16, so small gradients do not
+    underflow), gradient clipping at the trainer's default norm, the AdamW step and the learning-rate
+    schedule's step (the trainer's default schedule); the LoRA parameters stay fp32, as the trainer's.
+    Returns the wall time of each step after the first.
+    """
     from types import SimpleNamespace
+
+    from diffusers.optimization import get_scheduler
 
     from diffusion.model import load_pipeline
     from lora.data import load_images, pixel_batch
     from lora.train import add_lora
+    from prompts.config import field_default
     from prompts.dataset import read_dataset
+    from prompts.schema.lora import LoraSection
 
     device = torch.device(args.device)
     dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -110,6 +125,11 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
         unet.enable_gradient_checkpointing()
         text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW([{"params": params, "lr": 1e-4}], fused=device.type in ("cpu", "cuda"))  # as the trainer
+    default = {f.name: field_default(f) for f in dataclasses.fields(LoraSection)}
+    schedule = get_scheduler(default["lr_scheduler"], opt, num_warmup_steps=default["lr_warmup_steps"],
+                             num_training_steps=args.steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling; bf16 does not
+    max_norm = default["max_grad_norm"]
     images = load_images(read_dataset(data), args.resolution)
     pixels = pixel_batch(images, list(range(args.batch_size)), False, None).to(device, dtype)
     ids = pipe.tokenizer(["a micrograph"] * args.batch_size, padding="max_length", max_length=77, truncation=True,
@@ -129,8 +149,13 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
         with autocast:
             pred = unet(sched.add_noise(latents, noise, t).to(dtype), t, text(ids)[0]).sample
         loss = F.mse_loss(pred.float(), noise)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        if max_norm > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        scaler.step(opt)
+        scaler.update()
+        schedule.step()
         opt.zero_grad(set_to_none=True)
         loss.item()  # wait for the device, as the trainer's loss log does
         times.append(time.perf_counter() - t0)
@@ -428,7 +453,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--md", default=str(Path(__file__).with_name("lora.md")),
                         help="update this run's section of this markdown file ('' to skip; default bench/lora.md)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.resolution, args.steps, args.rounds, args.md, args.json, args.batch_size = 64, 4, 1, "", None, 1
     if args.vs_example or args.presets:
         args.images = 4
         args.resolution = args.resolution or (64 if args.vs_example else 512 if args.sd15 else 128)

@@ -209,7 +209,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="a diffusers folder to use instead (e.g. real SD 1.5)")
     ap.add_argument("--md", default=str(ROOT / "bench" / "search.md"), help="markdown file to update ('' = none)")
     ap.add_argument("--workers", type=int, default=0, help="measure 1 worker against this many (processes on one storage)")
+    ap.add_argument("--smoke", action="store_true", help="one tiny configuration, one step: checks that the script still runs (writes no .md)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.trials, args.per_class, args.images, args.steps, args.max_epochs, args.md, args.workers = 1, 4, 2, 1, 2, "", 0
     if args.workers:
         if args.workers < 2:
             ap.error("--workers: give 2 or more (it is compared with 1)")

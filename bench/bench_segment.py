@@ -81,7 +81,10 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="2 pairs of 32 px, 1 step, 1 round: checks that the script still runs (writes no .md)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.size, args.pairs, args.batch, args.steps, args.rounds = 32, 2, 2, 1, 1
 
     from segment.model import Trainer, import_keras, targets
     from segment.native import unet_native_instances
@@ -131,7 +134,8 @@ def main(argv=None) -> None:
         f"| StarDist / U-Net | {s_sps / u_sps:.2f} | {s_ips / u_ips:.2f} |",
     ])
     print(body)
-    update_markdown(Path(__file__).with_name("segment.md"), str(args.size), body)
+    if not args.smoke:
+        update_markdown(Path(__file__).with_name("segment.md"), str(args.size), body)
 
 
 if __name__ == "__main__":

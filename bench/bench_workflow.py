@@ -153,6 +153,25 @@ def per_rule(jobs: list[dict]) -> dict[str, list[float]]:
     return out
 
 
+def smoke(work: Path, images: int) -> None:
+    """--smoke: the study this benchmark runs, planned by Snakemake (`-n`, no job run), and the published study's
+    schedule estimate from made-up job times: every piece the benchmark calls, in seconds, nothing written."""
+    from prompts.demo import class_counts, write_demo_dataset
+
+    folder = work / "smoke"
+    folder.mkdir(parents=True)
+    write_demo_dataset(folder / "data", per_class=class_counts(images), size=64)
+    (folder / "study.yaml").write_text(STUDY.format(folds=2))
+    env = dict(os.environ, XDG_CACHE_HOME=str(folder / "cache"), HF_HUB_OFFLINE="1")
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(SNAKEFILE), "--configfile", "study.yaml", "--cores", "1", "-n"]
+    res = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"error: the study does not plan in {folder}:\n{res.stderr[-3000:]}")
+    durations, deps = study_dag(5, {r: 1.0 for r in RULES})
+    print(f"smoke: the study plans; published DAG {len(durations)} jobs, critical path {critical_path(durations, deps):.0f} s, "
+          f"1 GPU {list_schedule(durations, deps, 1):.0f} s at 1 s per job")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_workflow", description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=90, help="demo images (make demo: 90)")
@@ -160,8 +179,14 @@ def main(argv=None) -> None:
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "workflow.md")
     p.add_argument("--gpu-times", help="per-job GPU seconds of the published study, e.g. lora=1200,generate=450,realism=900,cv=1800,split=5")
+    p.add_argument("--smoke", action="store_true", help="plan the study (snakemake -n) and schedule the published DAG; run no job")
     args = p.parse_args(argv)
     import tempfile
+
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-workflow-smoke-") as tmp:
+            smoke(Path(tmp), 30)
+        return
 
     from prompts.demo import class_counts, write_demo_dataset
 

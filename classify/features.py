@@ -153,16 +153,39 @@ def _read_shard(shard: Path) -> tuple[list[str], np.ndarray]:
     return keys, feats
 
 
+GPU_FEATURE_BATCH = 64  # images per call of the base on a GPU with the torch backend: enough to fill it
+
+
+def feature_batch_size(batch_size: int) -> int:
+    """Images per call of the frozen base: the study's batch size, and at least GPU_FEATURE_BATCH on a GPU with the
+    torch backend (inference needs no gradients, so a larger batch fits; one call per 16 images is launch-bound)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return max(batch_size, GPU_FEATURE_BATCH)
+    return batch_size
+
+
 class Extractor:
-    """Frozen base (+ augmentation layers for augmented views), built on first use."""
+    """Frozen base (+ augmentation layers for augmented views), built on first use.
+
+    Every call of the base has the same shape (batch_size, S, S, 3): a short last batch is padded with copies of
+    its last image and the padding's outputs dropped (inference BatchNorm treats each image alone, so padding
+    changes no feature). The base runs through Keras' compiled predict (`predict_on_batch`: one traced graph on
+    TensorFlow, no per-layer Python dispatch), traced once.
+    """
 
     def __init__(self, build_base, image_size: int, batch_size: int = 16, seed: int = 0):
         self._build_base = build_base
         self.image_size = image_size
-        self.batch_size = batch_size
+        self.batch_size = feature_batch_size(batch_size)
         self.seed = seed
         self._base = None
         self._aug = None
+        self._aug_graphs: dict[tuple, object] = {}  # batch shape -> compiled augmentation (TensorFlow)
 
     @property
     def base(self):
@@ -173,28 +196,109 @@ class Extractor:
     def pixels(self, paths) -> np.ndarray:
         return np.stack([image_to_array(p, self.image_size) for p in paths]).astype(np.float32)
 
-    def augment(self, x: np.ndarray, keys: list[str], view: str) -> np.ndarray:
-        """Apply the augmentation layers to each image with a seed from (content, view)."""
-        import keras
+    def _padded_batches(self, x: np.ndarray):
+        """(start, n, batch of exactly batch_size) over x, the last one padded with copies of its last image."""
+        bs = self.batch_size
+        for s in range(0, len(x), bs):
+            chunk = x[s:s + bs]
+            n = len(chunk)
+            if n < bs:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], bs - n, axis=0)])
+            yield s, n, chunk
 
-        from .model import augmentation_layers, reseed_layers
+    def augment(self, x: np.ndarray, keys: list[str], view: str) -> np.ndarray:
+        """Apply the augmentation layers to each image with a seed from (content, view).
+
+        Each image's transformation depends only on its own seed, never on the batch. On TensorFlow the whole
+        batch goes through one compiled call (`_augment_graph`); elsewhere, image by image.
+        """
+        from .model import augmentation_layers
 
         if self._aug is None:
             self._aug = augmentation_layers(self.seed)
+        seeds = [zlib.crc32(f"{k}|{view}".encode()) & 0x3FFFFFFF for k in keys]
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            return self._augment_eager(x, seeds)
         out = np.empty_like(x)
-        for i, k in enumerate(keys):
-            reseed_layers(self._aug, zlib.crc32(f"{k}|{view}".encode()) & 0x3FFFFFFF)
+        for s, n, chunk in self._padded_batches(np.asarray(x, np.float32)):
+            batch_seeds = seeds[s:s + n] + [seeds[s + n - 1]] * (len(chunk) - n)
+            out[s:s + n] = self._augment_graph(chunk.shape)(chunk, np.asarray(batch_seeds, np.int64)).numpy()[:n]
+        return out
+
+    def _augment_eager(self, x: np.ndarray, seeds: list[int]) -> np.ndarray:
+        import keras
+
+        from .model import reseed_layers
+
+        out = np.empty_like(x)
+        for i, seed in enumerate(seeds):
+            reseed_layers(self._aug, seed)
             y = x[i : i + 1]
             for layer in self._aug:
                 y = layer(y, training=True)
             out[i] = keras.ops.convert_to_numpy(y)[0]
         return out
 
-    def features(self, x: np.ndarray) -> np.ndarray:
-        """(n, S, S, 3) float 0..255 -> (n, F) float32."""
-        import keras
+    def _augment_graph(self, shape):
+        """A tf.function of a fixed-shape batch and one seed per image: each image reseeds the layers exactly as
+        `model.reseed_layers` does, then passes through them, in order (map_fn, one image at a time)."""
+        shape = tuple(shape)
+        if shape in self._aug_graphs:
+            return self._aug_graphs[shape]
+        import tensorflow as tf
 
-        return keras.ops.convert_to_numpy(self.base(x, training=False)).astype(np.float32)
+        layers = self._aug
+
+        def one(image, seed):
+            for i, layer in enumerate(layers):
+                for gen in getattr(layer, "_seed_generators", []):
+                    dtype = gen.state.dtype
+                    gen.state.assign(tf.stack([tf.cast((seed * 7 + i) % 2_147_483_647, dtype), tf.constant(0, dtype)]))
+            y = image[None]
+            for layer in layers:
+                y = layer(y, training=True)
+            return y[0]
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32), tf.TensorSpec([shape[0]], tf.int64)])
+        def graph(images, seeds):
+            return tf.map_fn(lambda a: one(*a), (images, seeds), fn_output_signature=tf.float32, parallel_iterations=1)
+
+        self._aug_graphs[shape] = graph
+        return graph
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) float 0..255 -> (n, F) float32, in calls of exactly `batch_size` images."""
+        out = [np.asarray(self.base.predict_on_batch(chunk), dtype=np.float32)[:n] for _, n, chunk in self._padded_batches(x)]
+        if not out:
+            return np.zeros((0, int(self.base.output_shape[-1])), np.float32)
+        return np.concatenate(out)
+
+
+class _Decoder:
+    """Decodes images on a few threads ahead of the base (PIL releases the GIL while it decodes), keeping each
+    image's uint8 pixels while the views are computed, so every image is decoded once."""
+
+    def __init__(self, table: ImageTable, size: int, workers: int | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.table, self.size = table, size
+        self.pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1), thread_name_prefix="decode")
+        self.pending: dict[int, object] = {}
+
+    def prefetch(self, rows) -> None:
+        for i in rows:
+            if i not in self.pending:
+                self.pending[i] = self.pool.submit(image_to_array, self.table.paths[i], self.size)
+
+    def pixels(self, rows) -> np.ndarray:
+        """(len(rows), S, S, 3) float32 pixels 0..255; a decoding error is raised here, in the caller's thread."""
+        self.prefetch(rows)
+        return np.stack([self.pending[i].result() for i in rows]).astype(np.float32)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def compute_features(
@@ -202,8 +306,8 @@ def compute_features(
 ) -> dict[str, np.ndarray]:
     """Features of every image of `table` in every view: view -> (n_images, F) float32.
 
-    Only images missing from the cache are decoded and passed through the base;
-    each finished batch is written to the cache at once.
+    Only images missing from the cache are decoded and passed through the base; while one batch runs through
+    the base, the next one is decoded on other threads; each finished batch is written to the cache at once.
     """
     from tqdm import tqdm
 
@@ -216,28 +320,26 @@ def compute_features(
         missing_by_view[view] = [i for i, k in enumerate(table.keys) if k not in cached]
     total = sum(len(m) for m in missing_by_view.values())
     bar = tqdm(total=total, desc="features", unit="img", disable=not progress or total == 0, leave=False)
-    pixel_memo: dict[int, np.ndarray] = {}
-    for view in views:
-        cached, missing = cached_by_view[view], missing_by_view[view]
-        bs = extractor.batch_size
-        for s in range(0, len(missing), bs):
-            rows = missing[s : s + bs]
+    bs = extractor.batch_size
+    work = [(view, missing_by_view[view][s : s + bs]) for view in views for s in range(0, len(missing_by_view[view]), bs)]
+    decoder = _Decoder(table, extractor.image_size)
+    try:
+        for n, (view, rows) in enumerate(work):
+            for _, ahead in work[n + 1 : n + 3]:  # two batches ahead
+                decoder.prefetch(ahead)
             keys = [table.keys[i] for i in rows]
-            x = np.stack([_memo_pixels(pixel_memo, extractor, table, i) for i in rows])
+            x = decoder.pixels(rows)
             if view != PLAIN:
                 x = extractor.augment(x, keys, view)
             f = extractor.features(x)
             cache.save(view, keys, f)
             for k, v in zip(keys, f):
-                cached[k] = v
+                cached_by_view[view][k] = v
             bar.update(len(rows))
+    finally:
+        decoder.close()
+    for view in views:
+        cached = cached_by_view[view]
         out[view] = np.stack([cached[k] for k in table.keys]) if table.keys else np.zeros((0, 0), np.float32)
     bar.close()
     return out
-
-
-def _memo_pixels(memo: dict, extractor: Extractor, table: ImageTable, i: int) -> np.ndarray:
-    """Decoded pixels of image i, kept in memory while views are computed (uint8 to save memory)."""
-    if i not in memo:
-        memo[i] = image_to_array(table.paths[i], extractor.image_size)
-    return memo[i].astype(np.float32)

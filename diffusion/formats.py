@@ -251,17 +251,61 @@ def write_diffusers(lora: LoraWeights, folder: str | os.PathLike, metadata: dict
         )
         if metadata:
             _add_metadata(tmp, metadata)
+        else:
+            canonicalize_file(tmp)
     return folder / DIFFUSERS_WEIGHT_NAME
 
 
 def _add_metadata(path: Path, extra: dict[str, str]) -> None:
     """Rewrite a safetensors file in place with `extra` keys added to its header (LoRA files are small)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         header = dict(f.metadata() or {})
-    save_file(load_file(str(path)), str(path), metadata={**header, **{k: str(v) for k, v in extra.items()}})
+    save_safetensors(load_file(str(path)), path, {**header, **{k: str(v) for k, v in extra.items()}})
+
+
+# --------------------------------------------------------------------------- deterministic files
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its `__metadata__` keys in sorted order.
+
+    safetensors (Rust) writes the metadata from a hash map whose order changes from process to process, so
+    identical tensors and metadata would give different bytes, sha256 and A1111 file hashes. The tensor
+    entries and the data after the header are kept as they are; only the header's metadata is reordered.
+    The header keeps its length (a reordering of the same JSON), so tensor offsets are unchanged.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n].decode("utf-8"))  # dicts keep the file's order of the tensor entries
+    if "__metadata__" not in header:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # another escaping than serde's made it longer: pad to safetensors' 8-byte alignment
+        width = (len(text) + 7) // 8 * 8
+        return width.to_bytes(8, "little") + text + b" " * (width - len(text)) + data[8 + n:]
+    return data[:8] + text + b" " * (n - len(text)) + data[8 + n:]
+
+
+def canonicalize_file(path: str | os.PathLike) -> None:
+    """Rewrite a safetensors file that another library wrote (diffusers' savers) with a sorted header, in place."""
+    path = Path(path)
+    data = path.read_bytes()
+    fixed = canonical_safetensors(data)
+    if fixed != data:
+        path.write_bytes(fixed)
+
+
+def save_safetensors(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write `state` as a safetensors file whose bytes depend only on the tensors and metadata (sorted header).
+
+    Every safetensors file the toolkit writes with more than one metadata key goes through here (or through
+    `canonicalize_file`): the same LoRA gives the same file, sha256 and A1111 hash in any run.
+    """
+    from safetensors.torch import save
+
+    Path(path).write_bytes(canonical_safetensors(save(state, metadata)))
 
 
 def _read_diffusers(state: dict, header: dict, path: Path) -> LoraWeights:
@@ -428,8 +472,6 @@ def kohya_hashes(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> tu
 
 def write_kohya(lora: LoraWeights, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write a kohya/A1111 LoRA file; `metadata` values are strings (ss_* keys), hashes are added."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     state = kohya_state(lora)
     meta = {k: str(v) for k, v in {**lora.metadata, **(metadata or {})}.items()
@@ -441,7 +483,7 @@ def write_kohya(lora: LoraWeights, path: str | os.PathLike, metadata: dict[str, 
     meta.setdefault("ss_base_model_version", "sd_v1")
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = kohya_hashes(state, meta)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", **meta})
+        save_safetensors(state, tmp, {"format": "pt", **meta})
     return path
 
 

@@ -156,17 +156,20 @@ def _load_from_hub(repo_id: str, torch_dtype: torch.dtype):
 def model_hash(model: str | os.PathLike) -> str:
     """AUTOMATIC1111's short model hash: the first 10 hex digits of the checkpoint's SHA-256.
 
-    For a diffusers folder, the hash of its U-Net weights file stands in.
+    For a diffusers folder, the hash of its U-Net weights file stands in. The SHA-256 comes from
+    `prompts.fingerprint.file_sha256`: computed once per file version (real path, size, mtime) and
+    recorded in the per-user hash cache, so every LoRA and generation job of a study (and of the next
+    study on the same model) reuses it instead of reading gigabytes again.
     """
-    from prompts.files import sha256_file
+    from prompts.fingerprint import file_sha256
 
     path = Path(model)
     if path.is_file():
-        return sha256_file(path)[:10]
+        return file_sha256(path)[:10]
     if path.is_dir():
         weights = sorted((path / "unet").glob("*.safetensors")) or sorted((path / "unet").glob("*"))
         if weights:
-            return sha256_file(weights[0])[:10]
+            return file_sha256(weights[0])[:10]
     return str(model).replace("/", "_")[:10]
 
 

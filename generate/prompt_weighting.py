@@ -30,6 +30,7 @@ prompt, so that an image depends on its own prompts only (A1111 at batch size 1)
 from __future__ import annotations
 
 import re
+import weakref
 
 import torch
 
@@ -108,6 +109,26 @@ def parse(text: str) -> list[tuple[str, float]]:
     return [(t, float(w)) for t, w in res]
 
 
+_COMMA_IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def comma_id(tokenizer) -> int | None:
+    """The id of CLIP's ',</w>' token (None when the vocabulary has none), looked up once per tokenizer.
+
+    `get_vocab()` builds the whole vocabulary as a dict (tens of ms on a fast tokenizer): once, not per prompt.
+    """
+    try:
+        return _COMMA_IDS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    value = tokenizer.get_vocab().get(",</w>")
+    try:
+        _COMMA_IDS[tokenizer] = value
+    except TypeError:  # an object that cannot be weakly referenced: no cache, same answer
+        pass
+    return value
+
+
 def chunk(tokenizer, text: str) -> tuple[list[list[int]], list[list[float]]]:
     """A1111's `tokenize_line`: the prompt's chunks of 77 token ids and their per-token weights.
 
@@ -118,7 +139,7 @@ def chunk(tokenizer, text: str) -> tuple[list[list[int]], list[list[float]]]:
     parsed = parse(text)
     ids = tokenizer([t for t, _ in parsed], truncation=False, add_special_tokens=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    comma = tokenizer.get_vocab().get(",</w>")
+    comma = comma_id(tokenizer)
     chunks: list[tuple[list[int], list[float]]] = []
     tokens: list[int] = []
     weights: list[float] = []

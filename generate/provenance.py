@@ -128,20 +128,30 @@ def a1111_parameters(rec: dict) -> str:
     return "\n".join(lines)
 
 
-def save_png(image: Image.Image, path: Path, rec: dict) -> None:
-    """Write `image` atomically with both text chunks; an existing file is replaced only by the rename."""
+PNG_COMPRESS_LEVEL = 1  # zlib level: lossless at every level; 1 encodes several times faster than PIL's 6
+
+
+def save_png(image: Image.Image, path: Path, rec: dict, compress_level: int = PNG_COMPRESS_LEVEL) -> None:
+    """Write `image` atomically with both text chunks; an existing file is replaced only by the rename.
+
+    The bytes depend only on the pixels and `rec` (no time stamp), so the same image is the same file.
+    """
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", a1111_parameters(rec))
     info.add_text(CHUNK, json.dumps(rec, sort_keys=False))
     with atomic_path(path) as tmp:
-        image.save(tmp, pnginfo=info)
+        image.save(tmp, format="PNG", pnginfo=info, compress_level=compress_level)
 
 
 def read_chunk(path: Path) -> dict | None:
-    """The `cellsynth` record of a PNG, or None when it has none (not ours) or cannot be read."""
+    """The `cellsynth` record of a PNG, or None when it has none (not ours) or cannot be read.
+
+    Reads the text chunks before the pixel data (`im.info`, which PIL fills on open) and never decodes the
+    pixels: save_png writes both chunks before the image data.
+    """
     try:
         with Image.open(path) as im:
-            text = im.text.get(CHUNK) if hasattr(im, "text") else None
+            text = im.info.get(CHUNK) if im.format == "PNG" else None
     except (OSError, ValueError, SyntaxError):
         return None
     if text is None:

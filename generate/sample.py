@@ -244,12 +244,28 @@ def to_pil(arr: np.ndarray, gray: bool) -> Image.Image:
     return img.convert("L") if gray else img
 
 
+def initial_noise(batch: list[ImageJob], generators: list[torch.Generator], shape: tuple[int, int, int],
+                  dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Each image's starting latents, drawn up front on the CPU from its own generator: (B, C, H/8, W/8).
+
+    The draw is the one diffusers makes itself (`randn_tensor` with a list of CPU generators: one
+    torch.randn of shape (1, C, h, w) per image, in the run's dtype), so an image's seed gives the same
+    image alone, in any batch and on any device. The tensor is built in pinned memory on CUDA and copied
+    without blocking, so the copy overlaps the text encoder's work.
+    """
+    noise = torch.cat([torch.randn((1, *shape), generator=g, dtype=dtype) for g in generators])
+    if device.type == "cuda":
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
+
+
 def sample_batch(pipe, i2i, batch: list[ImageJob], s: Settings, data_root: Path) -> np.ndarray:
     """Pipeline calls for a batch of jobs with one batch key -> float array (B, H, W, 3) in 0..1.
 
     Prompts are encoded with A1111's weighting and 75-token chunking (`prompt_weighting`); jobs whose
     prompts take different numbers of chunks go through separate calls, so an image depends on its own
-    prompts and seed only.
+    prompts and seed only. Text-to-image starting noise is drawn up front (`initial_noise`); the sampler's
+    own noise (Euler a) comes from the same per-image generators, in the same order as diffusers draws it.
     """
     from .prompt_weighting import prompt_pairs
 
@@ -259,16 +275,60 @@ def sample_batch(pipe, i2i, batch: list[ImageJob], s: Settings, data_root: Path)
         pairs = prompt_pairs(pipe.text_encoder, pipe.tokenizer, [j.prompt for j in batch], [j.negative_prompt for j in batch])
         for length in sorted({c.shape[0] for c, _ in pairs}):
             idx = [i for i, (c, _) in enumerate(pairs) if c.shape[0] == length]
-            kw = dict(prompt_embeds=torch.stack([pairs[i][0] for i in idx]), negative_prompt_embeds=torch.stack([pairs[i][1] for i in idx]),
+            embeds = torch.stack([pairs[i][0] for i in idx])
+            kw = dict(prompt_embeds=embeds, negative_prompt_embeds=torch.stack([pairs[i][1] for i in idx]),
                       num_inference_steps=s.steps, guidance_scale=s.cfg, generator=[gens[i] for i in idx], output_type="np")
             if batch[0].init_image is None:
-                images = pipe(width=s.width, height=s.height, **kw).images
+                scale = pipe.vae_scale_factor
+                shape = (pipe.unet.config.in_channels, s.height // scale, s.width // scale)
+                latents = initial_noise([batch[i] for i in idx], [gens[i] for i in idx], shape, embeds.dtype, embeds.device)
+                images = pipe(width=s.width, height=s.height, latents=latents, **kw).images
             else:
                 starts = [fit(load_image(data_root / batch[i].init_image), s.width, s.height) for i in idx]
                 images = i2i(image=starts, strength=batch[0].strength, **kw).images
             for i, image in zip(idx, images):
                 out[i] = image
     return np.stack(out)
+
+
+class PngWriter:
+    """Writes finished images (PNG with provenance, then the manifest line) on a bounded pool of threads.
+
+    The main thread goes on to sample the next batch while earlier images are encoded (zlib and PIL release
+    the GIL); at most `max_pending` images wait, so memory stays bounded. `drain` waits for every image and
+    re-raises the first error a writer met (a full disk, a vanished folder) in the main thread.
+    """
+
+    def __init__(self, out: Path, workers: int | None = None, max_pending: int = 32):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out, self.max_pending = out, max_pending
+        self.pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1), thread_name_prefix="png")
+        self.pending: list = []
+        self.records: dict[str, dict] = {}  # file -> record of every image written: the run's records, no rescan
+
+    def _write(self, arr: np.ndarray, gray: bool, rec: dict) -> None:
+        prov.save_png(to_pil(arr, gray), self.out / rec["file"], rec)
+        prov.append_line(self.out, rec)
+
+    def submit(self, arr: np.ndarray, gray: bool, rec: dict) -> None:
+        """Queue one image (float H x W x 3 in 0..1) and its record; blocks while `max_pending` are queued."""
+        while len(self.pending) >= self.max_pending:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self._write, arr, gray, rec))
+        self.records[rec["file"]] = rec
+
+    def drain(self) -> None:
+        """Wait for every queued image; the first writer's error is raised here."""
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------- the run
@@ -385,21 +445,23 @@ def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inp
 
     bar = tqdm(total=n_mine, unit="img", disable=not (s.progress and state.is_main_process and n_mine), dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
-    with bar:  # closed on Ctrl-C or SIGTERM too, so the one line that says how to resume comes last
-        for batch in mine:
-            adapters.use(batch[0].loras, batch[0].weight, s.fuse)
-            arrays = sample_batch(pipe, i2i, batch, s, data_root)
-            for job, arr in zip(batch, arrays):
-                bad = problem(arr)
-                if bad:
-                    failed.append(job)
-                    log.error("%s: %s image (seed %d) not saved", job.file, bad, job.seed)
-                    continue
-                rec = dict(planned[job.file], created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-                prov.save_png(to_pil(arr, job.gray), s.output / job.file, rec)
-                prov.append_line(s.output, rec)
-                made += 1
-            bar.update(len(batch))
+    writer = PngWriter(s.output)
+    try:
+        with bar:  # closed on Ctrl-C or SIGTERM too, so the one line that says how to resume comes last
+            for batch in mine:
+                adapters.use(batch[0].loras, batch[0].weight, s.fuse)
+                arrays = sample_batch(pipe, i2i, batch, s, data_root)
+                for job, arr in zip(batch, arrays):
+                    bad = problem(arr)
+                    if bad:
+                        failed.append(job)
+                        log.error("%s: %s image (seed %d) not saved", job.file, bad, job.seed)
+                        continue
+                    writer.submit(arr, job.gray, planned[job.file])
+                    made += 1
+                bar.update(len(batch))
+    finally:
+        writer.close()  # every queued image is written (or its error raised) before the run goes on or stops
     elapsed = time.perf_counter() - t0
     if made:
         log.info("process %d made %d image(s) in %.1f s (%.2f img/s)", state.process_index, made, elapsed, made / elapsed)
@@ -408,7 +470,7 @@ def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inp
     counts = {"planned": len(jobs), "existing": len(jobs) - len(todo), "made": made, "failed": len(failed),
               "seconds": elapsed}
     if state.is_main_process:
-        records, _ = prov.scan(s.output)
+        records = final_records(s.output, records, writer.records, todo, state.num_processes)
         prov.rebuild_manifest(s.output, records)
         counts["made_all"] = sum(j.file in records for j in jobs) - counts["existing"]
     if failed:
@@ -418,6 +480,23 @@ def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inp
             "which makes only the missing images"
         )
     return counts
+
+
+def final_records(out: Path, before: dict[str, dict], written: dict[str, dict], todo: list[ImageJob],
+                  processes: int) -> dict[str, dict]:
+    """Every record in OUT after the run, from memory: what was there before plus what this process wrote.
+
+    With several processes, the images the others made are read from their PNG chunks (text only, no
+    decoding); nothing else is scanned again.
+    """
+    records = {**before, **written}
+    if processes > 1:
+        for job in todo:
+            if job.file not in written:
+                rec = prov.read_chunk(out / job.file)
+                if rec is not None and rec.get("file") == job.file:
+                    records[job.file] = rec
+    return records
 
 
 @functools.lru_cache(maxsize=None)

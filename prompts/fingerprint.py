@@ -51,20 +51,86 @@ def reading_part(reading=None) -> dict:
 
 def _cache_file() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cellsynth" / "hashes.json"
+    return Path(base) / "cellsynth" / "hashes.jsonl"
 
 
-def _load_cache() -> dict:
-    try:
-        return json.loads(_cache_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+class _HashCache:
+    """The on-disk cache of large files' sha256: an append-only JSON-lines file, one `{"key", "sha256"}` per line.
+
+    Each new hash is one O_APPEND write of one line, so several processes (the jobs of a study) add to it at once
+    without a lock and without rewriting it; a reader keeps what it has read and reads only the lines added since,
+    so the cost stays linear in the number of files. A torn last line (a process killed mid-write) is skipped, and
+    the next line written starts on a line of its own.
+    """
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.offset = 0
+        self.entries: dict[str, str] = {}
+
+    def _reset_if_moved(self) -> None:
+        path = _cache_file()
+        if path != self.path:  # XDG_CACHE_HOME changed (tests, another study's cache): start over
+            self.path, self.offset, self.entries = path, 0, {}
+            self._read_legacy(path.with_name("hashes.json"))
+
+    def _read_legacy(self, path: Path) -> None:
+        """Hashes from the older whole-JSON cache file, read once (it is no longer written)."""
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(old, dict):
+            self.entries.update({k: v for k, v in old.items() if isinstance(k, str) and isinstance(v, str)})
+
+    def _read_new_lines(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1  # a last line without its newline is still being written (or torn): later
+        for line in data[:end].splitlines():
+            try:
+                rec = json.loads(line)
+                self.entries[rec["key"]] = rec["sha256"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn line glued to the next one, or foreign text: skipped
+        self.offset += end
+
+    def get(self, key: str) -> str | None:
+        self._reset_if_moved()
+        if key not in self.entries:
+            self._read_new_lines()
+        return self.entries.get(key)
+
+    def put(self, key: str, value: str) -> None:
+        self._reset_if_moved()
+        self.entries[key] = value
+        line = (json.dumps({"key": key, "sha256": value}, ensure_ascii=True) + "\n").encode("utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # after a torn line: start a line of our own
+                os.write(fd, line)  # one write with O_APPEND: lines of several processes do not interleave
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # a read-only cache only costs time
+
+
+_DISK = _HashCache()
 
 
 def file_sha256(path) -> str:
     """sha256 of a file's bytes, cached by (real path, size, mtime) in memory and on disk.
 
-    A base model of several GB is hashed once; a changed file (size or mtime) is hashed again.
+    A base model of several GB is hashed once per machine (and user): every later job, of this study or
+    another, reads its hash from the cache (`_HashCache`); a changed file (size or mtime) is hashed again.
     An image name 'file.czi#scene-2' is the file's hash with its fragment; an OME-Zarr folder is the
     digest of its files' hashes (the same rule as `files_part`).
     """
@@ -84,7 +150,8 @@ def file_sha256(path) -> str:
     skey = f"{real}|{st.st_size}|{st.st_mtime_ns}"
     small = st.st_size < (1 << 20)  # small files: hashing is cheaper than the cache file
     if not small:
-        cached = _load_cache().get(skey)
+        with _CACHE_LOCK:
+            cached = _DISK.get(skey)
         if cached:
             _MEMO[key] = cached
             return cached
@@ -92,12 +159,7 @@ def file_sha256(path) -> str:
     _MEMO[key] = value
     if not small:
         with _CACHE_LOCK:
-            cache = _load_cache()
-            cache[skey] = value
-            try:
-                write_json_atomic(_cache_file(), cache)
-            except OSError:
-                pass  # a read-only cache only costs time
+            _DISK.put(skey, value)
     return value
 
 

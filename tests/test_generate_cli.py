@@ -48,7 +48,7 @@ def test_killed_run_rerun_ends_complete(tiny_model, class_loras, class_data, tmp
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if len(list(out.rglob("*.png"))) >= 3:
+        if len([p for p in out.rglob("*.png") if not p.name.startswith(".")]) >= 3:  # complete images, not temporaries
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"

@@ -28,7 +28,7 @@ class GenerateSection:
     cfg: float = opt(7.0, "classifier-free guidance scale (1: no guidance)", ge=0)
     size: list[int] = opt([512, 512], "width height in pixels (multiples of 8)", ge=8, multiple_of=8)
     batch_size: int = opt(1, "images per pipeline call", ge=1, result=False)
-    seed: int | None = opt(None, "seed of the whole run (per-image seeds derive from it); none: random, recorded")
+    seed: int | None = opt(0, "seed of the whole run (per-image seeds derive from it): the same study makes the same images; null: a random seed, recorded")
     prompt: str | None = opt(None, "free-text prompt instead of the templates; {class} {cell_line} {group} {trigger}, A1111 (word:1.2) and <lora:NAME:W> allowed")
     prompts_file: str | None = opt(None, "one prompt per line, used in turn per image (same fields and tags as prompt)", path=True)
     negative_prompt: str | None = opt(None, "negative prompt (default: the templates')")

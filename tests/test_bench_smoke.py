@@ -1,0 +1,49 @@
+"""Every benchmark still runs: `--help` of each `bench` module, and its one-step `--smoke` mode.
+
+A renamed import or argument (e.g. `generate.plan.Job` -> `ImageJob`) breaks a benchmark only when it is
+run, often months later on a lent GPU; this catches it in the test suite. The smoke modes use tiny models,
+a few pixels and one step: they check that the script runs, not how fast (no figure is checked or written).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+MODULES = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
+
+
+def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_every_benchmark_can_be_asked_for_by_name():
+    from bench.__main__ import ROOMS
+
+    assert sorted(f"bench_{r}" for r in ROOMS) == MODULES
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_help(module):
+    res = run_module(module, "--help", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "--smoke" in res.stdout
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_smoke(module):
+    before = {p.name: p.stat().st_mtime_ns for p in (ROOT / "bench").glob("*.md")}
+    res = run_module(module, "--smoke", timeout=1200)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    assert "Traceback" not in res.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in (ROOT / "bench").glob("*.md")}
+    assert after == before, "a smoke run must not rewrite the benchmark pages"
