@@ -1,7 +1,23 @@
-"""Shared fixtures: small data sets made on the fly, the tiny Stable Diffusion, real data paths."""
+"""Shared fixtures (small data sets made on the fly, the tiny Stable Diffusion, the whole-study runs,
+real data paths) and the test tiers.
+
+Tiers (markers registered in pyproject.toml, `--strict-markers`):
+
+- ``unit``: everything not below; `make test-fast` runs only these (`-m unit`).
+- ``workflow``: starts Snakemake, or runs a study end to end for minutes (the ``slow`` ones).
+- ``slurm``: needs the one-node SLURM cluster. ``browser``: drives headless Chromium.
+- ``gpu``: needs a CUDA device (run on a GPU machine with `-m gpu`).
+
+A test module may declare its tier itself (``pytestmark = pytest.mark.workflow``), and a test
+function may too: an explicit tier always wins. Otherwise `pytest_collection_modifyitems` gives
+each test one tier from what it uses (its fixtures, then what its body calls), so no test file has
+to list them. Each tier has its own timeout (pytest-timeout), unless a test sets one.
+"""
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +81,86 @@ def class_loras(tiny_model, tmp_path_factory) -> Path:
     for i, label in enumerate(("good", "bad")):
         make_lora(tiny_model, root / label, seed=i + 1)
     return root
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory, demo_data) -> Path:
+    """The small classification study (tests/studies.py) run once per session through Snakemake.
+
+    Tests that only read it share it; a test that changes something restores it, or works on
+    `tests.studies.copy_study(local_run, tmp_path / "copy")` (hard links for the large files).
+    """
+    pytest.importorskip("snakemake")
+    from .studies import local_study
+
+    return local_study(tmp_path_factory, demo_data)
+
+
+# --------------------------------------------------------------------------- test tiers
+
+TIERS = ("unit", "workflow", "slurm", "browser", "gpu")
+# Seconds per test (setup included, so a session fixture's first user pays for the run it starts).
+TIER_TIMEOUTS = {"unit": 180, "workflow": 1500, "slurm": 2400, "browser": 600, "gpu": 1800}
+# Fixtures that decide the tier of every test that uses them, most demanding first.
+TIER_FIXTURES = (
+    ("slurm", {"slurm_cluster", "slurm_env"}),
+    ("workflow", {"local_run", "seg_study"}),
+)
+# What a test's own body calls, when no fixture decided (most demanding first).
+TIER_SOURCES = (
+    ("slurm", re.compile(r"local_slurm|slurm_cluster|slurm_env")),
+    ("browser", re.compile(r"chromium|webdriver|selenium", re.I)),
+    ("workflow", re.compile(r"\bsnakemake\(|SNAKEMAKE|[\"\']snakemake[\"\']|study\.run|local_study\(|_start\(|_run_slot_workflow\(")),
+)
+
+
+def _explicit_tier(item: pytest.Item) -> str | None:
+    """The tier a test, its class or its module names itself (the closest one wins)."""
+    for mark in item.iter_markers():
+        if mark.name in TIERS:
+            return mark.name
+    return None
+
+
+def _source(item: pytest.Item) -> str:
+    try:
+        return inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return ""
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The one tier of a test: explicit mark, else its fixtures, else its body, else ``unit``."""
+    explicit = _explicit_tier(item)
+    if explicit:
+        return explicit
+    fixtures = set(getattr(item, "fixturenames", ()))
+    for tier, names in TIER_FIXTURES:
+        if fixtures & names:
+            return tier
+    source = _source(item)
+    for tier, pattern in TIER_SOURCES:
+        if pattern.search(source):
+            return tier
+    if item.get_closest_marker("slow"):
+        return "workflow"  # an end-to-end run of minutes: not the inner loop
+    return "unit"
+
+
+# Tiers whose tests share one whole-study run or one cluster: under pytest-xdist (`--dist loadgroup`)
+# they go to one worker, so each session fixture runs once while the other workers take the unit tests.
+SERIAL_TIERS = {"workflow", "slurm"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Give every test exactly one tier marker and that tier's timeout."""
+    xdist = config.pluginmanager.hasplugin("xdist")
+    for item in items:
+        tier = tier_of(item)
+        if not _explicit_tier(item):
+            item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
+        if xdist and tier in SERIAL_TIERS and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group("whole-study"))
