@@ -151,7 +151,7 @@ def main(argv=None):
     ck = sub.add_parser("check", help="check a whole study file as the workflow does before any job: one line per error, exit status 2 when any")
     ck.add_argument("study", help="study YAML file")
     sc = sub.add_parser("schema", help="print every key of the study YAML file with its type and default (Markdown)")
-    sc.add_argument("--readme", help="instead, rewrite the marked schema section of this README")
+    sc.add_argument("--readme", help="instead, rewrite the marked schema section of this Markdown file (docs/reference/study-file.md)")
     sc.add_argument("--json-schema", help="instead, write the JSON Schema the workflow validates with to this file")
     args = parser.parse_args(argv)
     if args.command == "check":

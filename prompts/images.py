@@ -1,6 +1,6 @@
 """The one image decoder of the project.
 
-Policy (documented in the README, "Microscope files"):
+Policy (documented in docs/howto/lab-files.md):
 - JPEG, PNG, BMP and single-page plain TIFF are decoded by Pillow, EXIF orientation applied.
   8-bit images come out exactly as before: grayscale (L, LA, 1) as mode "L", colour (RGB, RGBA, P,
   CMYK, YCbCr) as "RGB"; alpha is dropped (micrographs carry no transparency).
