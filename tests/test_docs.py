@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .helpers import help_flags
 
 pytestmark = pytest.mark.unit
 
@@ -26,16 +27,6 @@ def _hooks():
 
 
 HOOKS = _hooks()
-
-
-def help_flags(text: str) -> set[str]:
-    """Every option string of an argparse --help text (the option lines, not the usage or prose)."""
-    flags = set()
-    for line in text.splitlines():
-        m = re.match(r"^\s{2,}(-\S.*?)(?:\s{2,}|$)", line)
-        if m:
-            flags.update(re.findall(r"(?:^|,\s)(--?[A-Za-z0-9][\w-]*)", m.group(1)))
-    return flags
 
 
 def page_sections(page: str) -> dict[str, str]:

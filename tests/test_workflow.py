@@ -60,7 +60,14 @@ def test_weights_none_is_not_silent(tmp_path, demo_data):
     (tmp_path / "study.yaml").write_text(study_text().replace("weights: calibrated", "weights: none"))
     res = snakemake(tmp_path, "--cores", "1", "-n")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "warning:" in res.stderr and "classify.weights is none" in res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {tmp_path / 'study.yaml'}: classify.weights is none: the classifier starts from random "
+                        "weights, so every mix scores alike and the report means nothing; use imagenet (real runs) or "
+                        "calibrated (offline smoke runs)"], warnings
+    # The warning changes nothing else: the plan is the calibrated study's, less the stand-in weights job.
+    assert job_counts(res.stdout + res.stderr) == {
+        "tiny_model": 1, "split": 1, "lora": 6, "generate": 4, "synthetic_manifest": 1, "realism": 1,
+        "publish_realism": 1, "cv": 1, "publish_report": 1, "all": 1}
 
 
 # --------------------------------------------------------------------------- the whole study
