@@ -19,6 +19,7 @@ READING_KEYS = ("normalize", "percentiles", "channels", "z", "t")
 
 
 def show(data: str, templates: str | None, per: str) -> str:
+    """The text `prompts show` prints: each group, its image count and prompts, and how its files are read."""
     dataset = read_dataset(data)
     tpl = load_templates(templates)
     tpl.check_classes(dataset.classes)
@@ -131,6 +132,7 @@ def write_sheet(path, dataset, per_class: int, overwrite: bool) -> None:
 
 @run_cli
 def main(argv=None):
+    """`python -m prompts show | demo-data | check | schema` (one line and exit status 2 on bad input)."""
     parser = Parser(prog="python -m prompts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("show", help="print the groups found, their image counts and prompts")
