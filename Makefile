@@ -41,7 +41,7 @@ test-fast: install
 # The documentation site (docs/, mkdocs.yml) into site/, offline; --strict fails on a broken link,
 # a page missing from the nav or a stale generated reference.
 docs: install
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python -m bench
