@@ -79,8 +79,11 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _cell(text: str) -> str:
-    """Text fit for one Markdown table cell (no pipes, no raw HTML, one line)."""
-    return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    """Text fit for one Markdown table cell: one line, pipes escaped, ``<`` ``>`` escaped outside code spans."""
+    parts = " ".join(str(text).split()).split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts).replace("|", "\\|")
 
 
 def _flag_cell(action: argparse.Action) -> str:
