@@ -4,7 +4,8 @@ real data paths) and the test tiers.
 Tiers (markers registered in pyproject.toml, `--strict-markers`):
 
 - ``unit``: everything not below; `make test-fast` runs only these (`-m unit`).
-- ``workflow``: starts Snakemake, or runs a study end to end for minutes (the ``slow`` ones).
+- ``workflow``: starts Snakemake, or runs a study or a stage end to end for minutes (a fixture that trains
+  LoRAs or runs a CV, the ``slow`` ones).
 - ``slurm``: needs the one-node SLURM cluster. ``browser``: drives headless Chromium.
 - ``gpu``: needs a CUDA device (run on a GPU machine with `-m gpu`).
 
@@ -104,8 +105,13 @@ TIER_TIMEOUTS = {"unit": 180, "workflow": 1500, "slurm": 2400, "browser": 600, "
 # Fixtures that decide the tier of every test that uses them, most demanding first.
 TIER_FIXTURES = (
     ("slurm", {"slurm_cluster", "slurm_env"}),
-    ("workflow", {"local_run", "seg_study"}),
+    # whole studies, and the fixtures that run a stage end to end (LoRA training, a CV, every command in
+    # turn): minutes each on 2 cores, so not the inner loop
+    ("workflow", {"local_run", "seg_study", "cv_run", "realism_run", "world", "reference", "killed",
+                  "lora_reference", "loras", "small_pbc3"}),
 )
+# Modules whose every test runs commands end to end (kills mid-training, resumes).
+TIER_MODULES = {"test_promise_kills.py": "workflow"}
 # What a test's own body calls, when no fixture decided (most demanding first).
 TIER_SOURCES = (
     ("slurm", re.compile(r"local_slurm|slurm_cluster|slurm_env")),
@@ -130,10 +136,13 @@ def _source(item: pytest.Item) -> str:
 
 
 def tier_of(item: pytest.Item) -> str:
-    """The one tier of a test: explicit mark, else its fixtures, else its body, else ``unit``."""
+    """The one tier of a test: explicit mark, else its module, its fixtures, its body, else ``unit``."""
     explicit = _explicit_tier(item)
     if explicit:
         return explicit
+    module_tier = TIER_MODULES.get(getattr(item, "path", Path("")).name)
+    if module_tier:
+        return module_tier
     fixtures = set(getattr(item, "fixturenames", ()))
     for tier, names in TIER_FIXTURES:
         if fixtures & names:
