@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: install system lint test bench demo demo-seg demo-pheno study search clean
+.PHONY: install system lint test test-fast docs bench demo demo-seg demo-pheno study search clean
 
 install: $(STAMP)
 
@@ -26,8 +26,22 @@ lint: install
 	# the layers contract (pyproject.toml [tool.importlinter]): no upward or circular import between rooms
 	$(BIN)/lint-imports
 
-test: install system lint
-	$(BIN)/python -m pytest -q tests
+# The tiers (tests/conftest.py): unit, workflow (starts Snakemake), slurm, browser, gpu. `make test` (CI)
+# runs them all on 2 workers: the workflow and slurm tests on one (they share one run of the small
+# study), the rest on the other. `make test-fast` is the inner loop: the unit tier only.
+# PYTEST_ARGS pass through, e.g. make test PYTEST_ARGS="--cov=. --cov-report=term".
+WORKERS ?= 2
+PYTEST_ARGS ?=
+test: install system lint docs
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS) tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m unit -n $(WORKERS) --durations=15 $(PYTEST_ARGS) tests
+
+# The documentation site (docs/, mkdocs.yml) into site/, offline; --strict fails on a broken link,
+# a page missing from the nav or a stale generated reference.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python -m bench
@@ -78,4 +92,4 @@ search: install
 	$(BIN)/snakemake --cores $(CORES) compare --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 clean:
-	rm -rf $(VENV) demo demo-seg demo-pheno
+	rm -rf $(VENV) demo demo-seg demo-pheno site

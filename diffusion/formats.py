@@ -57,6 +57,7 @@ class LoraModule:
 
     @property
     def rank(self) -> int:
+        """The LoRA rank: rows of the down projection."""
         return int(self.down.shape[0])
 
     def delta(self) -> torch.Tensor:
@@ -75,6 +76,7 @@ class LoraWeights:
     metadata: dict[str, str] = field(default_factory=dict)
 
     def component(self, name: str) -> dict[str, LoraModule]:
+        """{module path: LoraModule} of one component (`unet` or `text_encoder`)."""
         return {m: mod for (c, m), mod in self.modules.items() if c == name}
 
     def rank_alpha(self) -> tuple[int, float]:

@@ -107,4 +107,5 @@ def write_single_file(pipe, out: str | os.PathLike) -> Path:
 
 
 def pipe_to_cpu_state(pipe) -> dict[str, torch.Tensor]:
+    """The pipeline's weights as one LDM (A1111) state dict on the CPU."""
     return {k: v.to("cpu") for k, v in pipeline_to_ldm(pipe).items()}

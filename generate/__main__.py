@@ -19,6 +19,7 @@ log = logging.getLogger("generate")
 
 
 def build_parser():
+    """The parser of `python -m generate`: the `generate` and `data` sections of the schema as flags."""
     from prompts.schema.data import DataSection
     from prompts.schema.generate import GenerateSection
 
@@ -59,6 +60,7 @@ def print_plan(jobs) -> None:
 
 @run_cli
 def main(argv=None):
+    """`python -m generate`: plan the images, then sample them (one line and exit status 2 on bad input)."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     for noisy in ("diffusers", "transformers", "accelerate", "peft", "httpx", "huggingface_hub"):

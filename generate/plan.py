@@ -81,6 +81,7 @@ class GroupInfo:
 
     @property
     def name(self) -> str:
+        """The group's folder name: the class, or `<cell_line>__<class>`."""
         return group_name(self.label, self.cell_line)
 
 

@@ -325,6 +325,7 @@ class PngWriter:
             future.result()
 
     def close(self) -> None:
+        """Wait for every pending PNG and stop the writer threads."""
         try:
             self.drain()
         finally:

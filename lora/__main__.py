@@ -15,6 +15,7 @@ from prompts.errors import UserError, run_cli, setup_logging
 
 @run_cli
 def main(argv=None):
+    """`python -m lora train | convert | tiny-model | single-file` (one line and exit status 2 on bad input)."""
     from prompts.schema.data import DataSection
     from prompts.schema.lora import LoraSection
 

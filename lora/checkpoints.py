@@ -30,6 +30,7 @@ LOSS_COLUMNS = ["update", "epoch", "loss", "lr_unet", "lr_text_encoder"]
 
 
 def checkpoints_dir(work_dir: Path) -> Path:
+    """The folder of a group's checkpoints inside its work folder."""
     return work_dir / layout.LORA_CHECKPOINTS_DIR
 
 
@@ -55,6 +56,7 @@ def read_state(ckpt: Path) -> dict | None:
 # --------------------------------------------------------------------------- the loss log
 
 def read_loss_rows(path: Path) -> list[dict]:
+    """The rows of a loss log (`loss.csv`), one dict per optimizer update."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 

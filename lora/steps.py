@@ -212,12 +212,15 @@ class Prefetch:
         self.draw, self.pool, self.future = draw, ThreadPoolExecutor(1, thread_name_prefix="lora-data"), None
 
     def submit(self, *args) -> None:
+        """Start drawing the next step's inputs on the worker thread."""
         self.future = self.pool.submit(self.draw, *args)
 
     def get(self):
+        """The inputs drawn by the last `submit` (waits for them)."""
         return self.future.result()
 
     def close(self) -> None:
+        """Stop the worker thread (a pending draw is cancelled)."""
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 

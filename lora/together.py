@@ -103,6 +103,7 @@ class Router:
         return (output + delta).to(output.dtype)  # peft: result + lora_B(lora_A(x)) * scaling, cast back
 
     def remove(self) -> None:
+        """Take the routing hooks off every layer."""
         for h in self.handles:
             h.remove()
 

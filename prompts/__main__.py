@@ -20,6 +20,7 @@ READING_KEYS = ("normalize", "percentiles", "channels", "z", "t")
 
 
 def show(data: str, templates: str | None, per: str, dataset=None) -> str:
+    """The text `prompts show` prints: each group, its image count and prompts, and how its files are read."""
     dataset = dataset or read_dataset(data)  # the caller's, read under its --skip-bad-images
     tpl = load_templates(templates)
     tpl.check_classes(dataset.classes)
@@ -62,7 +63,6 @@ def sample(dataset, per_class: int) -> dict[str, list]:
 
 def used_bits(dataset, records) -> str:
     """'12 of 16 bits' from the largest raw value of some images (a 12-bit camera stored in 16 bits)."""
-
     from .images import raw_planes
     from .pair_summary import bits_text
 
@@ -124,6 +124,7 @@ def write_sheet(path, dataset, per_class: int, overwrite: bool) -> None:
 
 @run_cli
 def main(argv=None):
+    """`python -m prompts show | demo-data | check | schema` (one line and exit status 2 on bad input)."""
     parser = Parser(prog="python -m prompts", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("show", help="print the groups found, their image counts and prompts (pair data: sets, pairs, mask kinds, objects, bits)")
@@ -144,7 +145,7 @@ def main(argv=None):
     ck = sub.add_parser("check", help="check a whole study file as the workflow does before any job: one line per error, exit status 2 when any")
     ck.add_argument("study", help="study YAML file")
     sc = sub.add_parser("schema", help="print every key of the study YAML file with its type and default (Markdown)")
-    sc.add_argument("--readme", help="instead, rewrite the marked schema section of this README")
+    sc.add_argument("--readme", help="instead, rewrite the marked schema section of this Markdown file (docs/reference/study-file.md)")
     sc.add_argument("--json-schema", help="instead, write the JSON Schema the workflow validates with to this file")
     args = parser.parse_args(argv)
     if args.command == "check":

@@ -53,7 +53,7 @@ def check_mapping(raw: dict, study_file) -> tuple[Study | None, list[str]]:
     study_file = Path(study_file)
     if not raw:
         return None, [f"study file {study_file} is empty; it needs at least study.output, data.data and lora.model "
-                      "(see README, Run a whole study)"]
+                      "(see docs/tutorials/classification.md, The whole study as one command)"]
     errors: list[str] = []
     try:
         study = build_study(raw, study_file, errors)

@@ -271,8 +271,17 @@ def describe_range(f) -> str:
     return ", ".join(parts)
 
 
+def _markdown_text(text: str) -> str:
+    """`text` safe in a Markdown table cell: ``<`` and ``>`` outside code spans escaped (so `DATA/<class>/`
+    is not read as an HTML tag), pipes escaped."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts).replace("|", "\\|")
+
+
 def describe_schema() -> str:
-    """Markdown of every section, key, type, default, range and role (for the README)."""
+    """Markdown of every section, key, type, default, range and role (docs/reference/study-file.md)."""
     lines = ["`result`: yes when the value changes the result (fingerprints and the workflow's re-runs follow it).", ""]
     for name, cls in SECTIONS.items():
         lines.append(f"### `{name}`\n")
@@ -282,7 +291,7 @@ def describe_schema() -> str:
         for f in dataclasses.fields(cls):
             result = "yes" if f.metadata.get("result", True) else ""
             lines.append(f"| `{f.name}` | {_type_name(hints[f.name])} | `{field_default(f)!r}` | {describe_range(f)} | {result} "
-                         f"| {f.metadata.get('help', '')} |")
+                         f"| {_markdown_text(f.metadata.get('help', ''))} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -1,7 +1,24 @@
-"""Shared fixtures: small data sets made on the fly, the tiny Stable Diffusion, real data paths."""
+"""Shared fixtures (small data sets made on the fly, the tiny Stable Diffusion, the whole-study runs,
+real data paths) and the test tiers.
+
+Tiers (markers registered in pyproject.toml, `--strict-markers`):
+
+- ``unit``: everything not below; `make test-fast` runs only these (`-m unit`).
+- ``workflow``: starts Snakemake, or runs a study or a stage end to end for minutes (a fixture that trains
+  LoRAs or runs a CV, the ``slow`` ones).
+- ``slurm``: needs the one-node SLURM cluster. ``browser``: drives headless Chromium.
+- ``gpu``: needs a CUDA device (run on a GPU machine with `-m gpu`).
+
+A test module may declare its tier itself (``pytestmark = pytest.mark.workflow``), and a test
+function may too: an explicit tier always wins. Otherwise `pytest_collection_modifyitems` gives
+each test one tier from what it uses (its fixtures, then what its body calls), so no test file has
+to list them. Each tier has its own timeout (pytest-timeout), unless a test sets one.
+"""
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +82,118 @@ def class_loras(tiny_model, tmp_path_factory) -> Path:
     for i, label in enumerate(("good", "bad")):
         make_lora(tiny_model, root / label, seed=i + 1)
     return root
+
+
+@pytest.fixture(scope="session")
+def local_run(tmp_path_factory, demo_data) -> Path:
+    """The small classification study (tests/studies.py) run once per session through Snakemake.
+
+    Tests that only read it share it; a test that changes something restores it, or works on
+    `tests.studies.copy_study(local_run, tmp_path / "copy")` (hard links for the large files).
+    """
+    pytest.importorskip("snakemake")
+    from .studies import local_study
+
+    return local_study(tmp_path_factory, demo_data)
+
+
+# --------------------------------------------------------------------------- test tiers
+
+TIERS = ("unit", "workflow", "slurm", "browser", "gpu")
+# Seconds per test (setup included, so a session fixture's first user pays for the run it starts).
+TIER_TIMEOUTS = {"unit": 180, "workflow": 1500, "slurm": 2400, "browser": 600, "gpu": 1800}
+# Fixtures that decide the tier of every test that uses them, most demanding first.
+TIER_FIXTURES = (
+    ("slurm", {"slurm_cluster", "slurm_env"}),
+    # whole studies, and the fixtures that run a stage end to end (LoRA training, a CV, every command in
+    # turn): minutes each on 2 cores, so not the inner loop
+    ("workflow", {"local_run", "seg_study", "cv_run", "realism_run", "world", "reference", "killed",
+                  "lora_reference", "loras", "small_pbc3"}),
+)
+# Modules whose every test runs commands end to end (kills mid-training, resumes).
+TIER_MODULES = {"test_promise_kills.py": "workflow"}
+# Tests that train, generate or cross-validate end to end without one of those fixtures: the slowest of the
+# unit tier as measured with --durations (20-160 s each on a loaded 2-core machine). Keep the list short:
+# a test that grows slow belongs here or, better, gets smaller.
+END_TO_END_TESTS = {
+    "test_classify.py": {"test_augmented_views_are_cached_reproducible_and_distinct", "test_cached_and_naive_paths_give_the_same_metrics",
+                         "test_second_phase_unfreezes_top_layers_and_runs", "test_tensorflow_backend_trains_without_importing_torch",
+                         "test_torch_backend_builds_and_trains_the_model"},
+    "test_generate_cli.py": {"test_killed_run_rerun_ends_complete", "test_loras_from_lora_train_load_with_their_alpha",
+                             "test_two_processes_make_each_image_once"},
+    "test_generate_run.py": {"test_resume_makes_only_what_is_missing", "test_every_sampler_name_samples"},
+    "test_lora_train.py": {"test_bf16_keeps_lora_in_fp32_with_all_options", "test_fold_filter_never_trains_on_a_test_image",
+                           "test_outputs_per_group", "test_training_lowers_the_loss_on_a_fixed_batch", "test_two_process_cpu_launch"},
+    "test_microscopy.py": {"test_percentile_dataset_levels_come_from_the_folds_training_images"},
+    "test_promise_classify.py": {"test_cv_run_records_its_fingerprint_and_says_what_changed"},
+    "test_promise_generate.py": {"test_sigterm_is_one_line_naming_the_command_that_resumes_it"},
+    "test_promise_lora.py": {"test_changed_inputs_block_a_stale_resume_and_keep_the_checkpoints",
+                             "test_ctrl_c_says_what_to_run_and_that_command_continues",
+                             "test_plain_rerun_resumes_and_ends_like_an_uninterrupted_run",
+                             "test_sigterm_like_ctrl_c_says_what_to_run_and_that_command_continues"},
+    "test_segment.py": {"test_cv_end_to_end_with_a_synthetic_mix_and_resume", "test_cv_on_pairs_from_per_fold_controlnets",
+                        "test_realism_writes_kid_c2st_and_mask_consistency", "test_unet_learns_blob_scenes"},
+}
+# What a test's own body calls, when no fixture decided (most demanding first).
+TIER_SOURCES = (
+    ("slurm", re.compile(r"local_slurm|slurm_cluster|slurm_env")),
+    ("browser", re.compile(r"chromium|webdriver|selenium", re.I)),
+    ("workflow", re.compile(r"\bsnakemake\(|SNAKEMAKE|[\"\']snakemake[\"\']|study\.run|local_study\(|_start\(|_run_slot_workflow\(")),
+)
+
+
+def _explicit_tier(item: pytest.Item) -> str | None:
+    """The tier a test, its class or its module names itself (the closest one wins)."""
+    for mark in item.iter_markers():
+        if mark.name in TIERS:
+            return mark.name
+    return None
+
+
+def _source(item: pytest.Item) -> str:
+    try:
+        return inspect.getsource(item.function)
+    except (AttributeError, OSError, TypeError):
+        return ""
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The one tier of a test: explicit mark, else its module, its fixtures, its body, else ``unit``."""
+    explicit = _explicit_tier(item)
+    if explicit:
+        return explicit
+    module = getattr(item, "path", Path("")).name
+    if module in TIER_MODULES:
+        return TIER_MODULES[module]
+    if getattr(item, "originalname", item.name) in END_TO_END_TESTS.get(module, ()):
+        return "workflow"
+    fixtures = set(getattr(item, "fixturenames", ()))
+    for tier, names in TIER_FIXTURES:
+        if fixtures & names:
+            return tier
+    source = _source(item)
+    for tier, pattern in TIER_SOURCES:
+        if pattern.search(source):
+            return tier
+    if item.get_closest_marker("slow"):
+        return "workflow"  # an end-to-end run of minutes: not the inner loop
+    return "unit"
+
+
+# Tiers whose tests share one whole-study run or one cluster: under pytest-xdist (`--dist loadgroup`)
+# they go to one worker, so each session fixture runs once while the other workers take the unit tests.
+SERIAL_TIERS = {"workflow", "slurm"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Give every test exactly one tier marker and that tier's timeout."""
+    xdist = config.pluginmanager.hasplugin("xdist")
+    for item in items:
+        tier = tier_of(item)
+        if not _explicit_tier(item):
+            item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
+        if xdist and tier in SERIAL_TIERS and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group("whole-study"))

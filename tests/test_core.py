@@ -187,15 +187,27 @@ def test_every_path_key_resolves_relative_to_the_study_file(tmp_path):
 @pytest.mark.parametrize("command,section", [(["lora", "train"], "lora"), (["generate"], "generate"),
                                               (["classify", "cv"], "classify")])
 def test_every_schema_key_is_a_flag(command, section):
+    """Each key is exactly one flag (`--fold` is not `--folds`), booleans have their `--no-` twin, and a
+    key with fixed choices lists exactly the schema's choices."""
+    import re
+    import typing
+
+    from .helpers import help_flags
+
     r = _run("-m", *command, "--help")
-    assert r.returncode == 0
-    for f in dataclasses.fields(SECTIONS[section]):
-        if section == "classify" and f.name == "overwrite":
-            continue
-        assert "--" + f.name.replace("_", "-") in r.stdout, f"{command}: no flag for {section}.{f.name}"
-    for f in dataclasses.fields(SECTIONS["data"]):
-        if command != ["classify", "cv"] or f.name != "templates":
-            assert "--" + f.name.replace("_", "-") in r.stdout
+    assert r.returncode == 0, r.stderr
+    flags = help_flags(r.stdout)
+    keys = [(section, f) for f in dataclasses.fields(SECTIONS[section]) if not (section == "classify" and f.name == "overwrite")]
+    keys += [("data", f) for f in dataclasses.fields(SECTIONS["data"]) if command != ["classify", "cv"] or f.name != "templates"]
+    for name, f in keys:
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in flags, f"{command}: no flag for {name}.{f.name}"
+        hint = typing.get_type_hints(SECTIONS[name])[f.name]
+        if hint is bool:
+            assert "--no-" + flag[2:] in flags, f"{command}: {flag} has no --no- twin"
+        if typing.get_origin(hint) is typing.Literal:
+            choices = "{" + ",".join(map(str, typing.get_args(hint))) + "}"
+            assert re.search(rf"^\s+{re.escape(flag)} {re.escape(choices)}", r.stdout, re.M), f"{command}: {flag} choices"
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -451,4 +451,13 @@ classify: {{folds: 2, backbone: EfficientNetB0, weights: none, image_size: 32, e
     r = subprocess.run([str(snakemake), "-s", str(ROOT / "workflow" / "Snakefile"), "--configfile", "study.yaml", "-n"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "lora" in r.stdout and "cv" in r.stdout and not (tmp_path / "out" / "folds.json").exists()
+    assert not (tmp_path / "out" / "folds.json").exists()  # a dry run writes nothing
+    from prompts.dataset import read_dataset
+
+    from .studies import job_counts
+
+    classes = len(read_dataset(lab_data).classes)  # scenes and zarr folders are images of their class
+    folds, weights = 2, 1
+    assert job_counts(r.stdout + r.stderr) == {
+        "tiny_model": 1, "split": 1, "lora": folds * classes, "generate": folds * weights, "synthetic_manifest": 1,
+        "realism": 1, "publish_realism": 1, "cv": 1, "publish_report": 1, "all": 1}

@@ -159,8 +159,10 @@ def test_show_cli(demo_data):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
-def test_readme_documents_the_whole_schema():
+def test_the_study_file_reference_documents_the_whole_schema():
     from prompts.config import readme_with_schema
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme_with_schema(text) == text, "README schema table is stale: run `python -m prompts schema --readme README.md`"
+    page = ROOT / "docs" / "reference" / "study-file.md"
+    text = page.read_text(encoding="utf-8")
+    assert readme_with_schema(text) == text, \
+        "docs/reference/study-file.md is stale: run `python -m prompts schema --readme docs/reference/study-file.md`"

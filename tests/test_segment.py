@@ -255,18 +255,24 @@ def test_realism_writes_kid_c2st_and_mask_consistency(blobs, tmp_path):
 
 
 def test_every_segment_key_is_a_flag(capsys):
+    """Each key the subcommand reads is exactly one flag of it (no substring match), and no other key is."""
     import dataclasses
 
     from prompts.schema import SECTIONS
     from segment.__main__ import COMMANDS, main
 
+    from .helpers import help_flags
+
+    every = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(SECTIONS["segment"])}
     for command, (_, _, keys) in COMMANDS.items():
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as done:
             main([command, "--help"])
-        text = capsys.readouterr().out
-        for f in dataclasses.fields(SECTIONS["segment"]):
-            if keys is None or f.name in keys:
-                assert "--" + f.name.replace("_", "-") in text, f"segment {command}: no flag for segment.{f.name}"
+        assert done.value.code == 0
+        flags = help_flags(capsys.readouterr().out)
+        wanted = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(SECTIONS["segment"]) if keys is None or f.name in keys}
+        assert wanted <= flags, f"segment {command}: no flag for {sorted(wanted - flags)}"
+        data_flags = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(SECTIONS["data"])}
+        assert (flags & every) - wanted <= data_flags, f"segment {command}: flags of keys it does not read: {sorted((flags & every) - wanted)}"
 
 
 def test_cv_on_pairs_from_per_fold_controlnets(blobs, tiny_model, tmp_path, caplog):

@@ -1,7 +1,7 @@
 """The whole study through Snakemake (workflow/Snakefile): end to end, exact re-runs, kill -9, GPU slots, bad input.
 
 One small study (2 folds x 3 classes = 6 LoRAs, 2 LoRA weights, tiny model, calibrated stand-in
-weights, 32-64 px) runs once per session (`local_study`, shared with tests/test_slurm.py, which
+weights, 32-64 px) runs once per session (`local_run` in tests/conftest.py, from tests/studies.py; shared with tests/test_slurm.py, which
 compares its SLURM run with it); the dry-run tests change one setting or file of that study and
 restore it.
 """
@@ -20,70 +20,19 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .studies import (  # noqa: F401  (re-exported: other test modules import them from here)
+    GPUS,
+    SNAKEFILE,
+    SNAKEMAKE,
+    STUDY,
+    job_counts,
+    local_study,
+    snakemake,
+    study_text,
+    write_study,
+)
 
 pytest.importorskip("snakemake")
-
-SNAKEFILE = ROOT / "workflow" / "Snakefile"
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-STUDY = """\
-study: {{output: out}}
-data: {{data: data, templates: templates.yaml}}
-lora: {{model: tiny, per: class, repeats: 1, epochs: 1, batch_size: 2, resolution: 64, rank: {rank}, alpha: 4.0,
-       validation_images: 0, checkpointing_steps: 1}}
-generate: {{steps: 2, size: [32, 32], batch_size: 8, lora_weights: [1.0, 0.8], fraction: [0.5], seed: 0}}
-classify: {{folds: 2, group_by: "regex:^\\\\d{{8}}", backbone: EfficientNetB0, weights: calibrated, image_size: 32,
-           epochs: {epochs}, augment: false, mixes: [real, real+50]}}
-"""
-GPUS = "0,1"  # fake device ids: the local run goes through the GPU slots (no effect on a CPU)
-
-
-def study_text(rank: int = 4, epochs: int = 2) -> str:
-    return STUDY.format(rank=rank, epochs=epochs)
-
-
-def snakemake(folder: Path, *args: str, env: dict | None = None, timeout: float = 1500) -> subprocess.CompletedProcess:
-    """`snakemake -s workflow/Snakefile --configfile study.yaml ARGS` in `folder` (its working directory)."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--configfile", "study.yaml", *args]
-    return subprocess.run(cmd, cwd=folder, env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
-def write_study(folder: Path, data: Path) -> Path:
-    """A study folder: study.yaml, a copy of the data and of the default templates."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(data, folder / "data", dirs_exist_ok=True)
-    shutil.copy(ROOT / "prompts" / "default_templates.yaml", folder / "templates.yaml")
-    (folder / "study.yaml").write_text(study_text())
-    return folder
-
-
-def local_study(tmp_path_factory, demo_data: Path) -> Path:
-    """The small study run once per session with `--cores 2` (a finished run is reused)."""
-    folder = tmp_path_factory.getbasetemp() / "workflow-local"
-    if (folder / "done").is_file():
-        return folder
-    write_study(folder, demo_data)
-    res = snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": GPUS})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    (folder / "stdout.txt").write_text(res.stdout + res.stderr)
-    (folder / "done").write_text("")
-    return folder
-
-
-@pytest.fixture(scope="session")
-def local_run(tmp_path_factory, demo_data) -> Path:
-    return local_study(tmp_path_factory, demo_data)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """{rule: jobs} from the 'Job stats' table of a dry run ({} when there is nothing to do)."""
-    if "Nothing to be done" in output:
-        return {}
-    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+\d+", output, re.S)
-    assert m, output[-3000:]
-    return {name: int(n) for name, n in (line.split() for line in m.group(1).strip().splitlines())}
-
 
 # --------------------------------------------------------------------------- bad input
 
@@ -111,7 +60,14 @@ def test_weights_none_is_not_silent(tmp_path, demo_data):
     (tmp_path / "study.yaml").write_text(study_text().replace("weights: calibrated", "weights: none"))
     res = snakemake(tmp_path, "--cores", "1", "-n")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "warning:" in res.stderr and "classify.weights is none" in res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {tmp_path / 'study.yaml'}: classify.weights is none: the classifier starts from random "
+                        "weights, so every mix scores alike and the report means nothing; use imagenet (real runs) or "
+                        "calibrated (offline smoke runs)"], warnings
+    # The warning changes nothing else: the plan is the calibrated study's, less the stand-in weights job.
+    assert job_counts(res.stdout + res.stderr) == {
+        "tiny_model": 1, "split": 1, "lora": 6, "generate": 4, "synthetic_manifest": 1, "realism": 1,
+        "publish_realism": 1, "cv": 1, "publish_report": 1, "all": 1}
 
 
 # --------------------------------------------------------------------------- the whole study

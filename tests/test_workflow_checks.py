@@ -2,8 +2,8 @@
 `prompts check`), one run per study output, stale locks after kill -9, deleted outputs noticed,
 outputs of earlier settings moved aside, and a failing job that keeps the last good report.
 
-Most tests use the small study of tests/test_workflow.py (`local_run`, run once per session) or a
-copy of it; the bad-input tests need no run.
+Most tests use the small study of tests/studies.py (`local_run` in tests/conftest.py, run once per
+session) or a copy of it (`copy_study`: hard links for the large files); the bad-input tests need no run.
 """
 from __future__ import annotations
 
@@ -22,15 +22,10 @@ import pytest
 import yaml
 
 from .conftest import ROOT
-from .test_workflow import SNAKEFILE, SNAKEMAKE, job_counts, local_study, snakemake, study_text, write_study
+from .studies import SNAKEFILE, SNAKEMAKE, copy_study, job_counts, snakemake, study_text, write_study
 
 pytest.importorskip("snakemake")
 
-
-@pytest.fixture(scope="session")
-def local_run(tmp_path_factory, demo_data) -> Path:
-    """The small study of tests/test_workflow.py, run once per session (shared with it)."""
-    return local_study(tmp_path_factory, demo_data)
 
 CV_ONLY = {"cv": 1, "publish_report": 1, "all": 1}
 
@@ -43,12 +38,6 @@ def run_py(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:
 
 def error_lines(res) -> list[str]:
     return [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-
-
-def copy_study(src: Path, dst: Path) -> Path:
-    """A copy of a finished study folder (times kept): its outputs are up to date there too."""
-    shutil.copytree(src, dst, symlinks=True)
-    return dst
 
 
 # --------------------------------------------------------------------------- the JSON Schema

@@ -25,6 +25,7 @@ DEFAULT_CELLS = Path(__file__).resolve().parents[2].parent / "shared" / "data" /
 
 
 def main() -> None:
+    """Write the example's co-culture and monoculture scenes (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("output", help="the data folder to create (must not exist)")
     ap.add_argument("--cells", default=str(DEFAULT_CELLS), help="folder of single-cell crops, one sub-folder per class")

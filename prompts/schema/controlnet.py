@@ -1,3 +1,4 @@
+"""The `controlnet` section of the study file: one field per key (type, default, range, help, whether it changes the result)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -41,6 +41,6 @@ class DataSection:
     mask_name: str | None = opt(None, "segmentation pairs: the mask's file stem made from the image's, a template "
                                 "('man_seg{stem[1:]}', '{stem[4:]}') or a regex pair 're:PATTERN=>REPLACEMENT' (default: the same "
                                 "name, or name_mask(s), name_cp_masks)")
-    pairs: str | None = opt(None, "segmentation pairs: a CSV file with columns image,mask[,class][,group] (paths relative to the "
+    pairs: str | None = opt(None, "segmentation pairs: a CSV file with columns image, mask and optionally class and group (paths relative to the "
                             "data folder) instead of folders", path=True)
     t: str | int = opt(0, "time series: a 0-based time index, or each (one image per time point)")

@@ -1,4 +1,4 @@
-# The parameter search as Snakemake jobs (`snakemake --cores all search --configfile study.yaml`; README "Search as part of the study").
+# The parameter search as Snakemake jobs (`snakemake --cores all search --configfile study.yaml`; docs/tutorials/search.md).
 #
 # search.workers trial workers run at once, each a job with its own core or GPU slot, all sharing
 # one Optuna storage (search.storage: a journal file by default, an RDB URL on a cluster); each runs
