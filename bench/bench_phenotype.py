@@ -84,10 +84,10 @@ def main(argv=None) -> None:
     ap.add_argument("--cells", type=int, default=60, help="cells pasted per image")
     ap.add_argument("--cnn", action="store_true", help="also time the cnn's features")
     ap.add_argument("--md", default=str(OUT_MD), help="markdown file to write ('' to print only)")
-    ap.add_argument("--smoke", action="store_true", help="2 images of few cells, 1 round: checks that the script still runs (writes no .md)")
+    ap.add_argument("--smoke", action="store_true", help="3 images of few cells, 1 round: checks that the script still runs (writes no .md)")
     args = ap.parse_args(argv)
     if args.smoke:
-        args.rounds, args.co_images, args.cells, args.md = 1, 2, 8, ""
+        args.rounds, args.co_images, args.cells, args.md = 1, 3, 8, ""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         make_data(root, args.co_images, args.cells)

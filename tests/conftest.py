@@ -185,6 +185,18 @@ def tier_of(item: pytest.Item) -> str:
 SERIAL_TIERS = {"workflow", "slurm"}
 
 
+# Session fixtures that run a whole study: every test that reads one goes to one worker, so it runs once.
+WHOLE_STUDY_FIXTURES = {"local_run", "slurm_cluster", "slurm_env"}
+
+
+def _serial_group(item: pytest.Item) -> str:
+    """The xdist group of a workflow or slurm test: the shared whole study's, else its module's (module fixtures
+    run once), so two modules of end-to-end tests can run on the two workers at once."""
+    if set(getattr(item, "fixturenames", ())) & WHOLE_STUDY_FIXTURES:
+        return "whole-study"
+    return f"module-{getattr(item, 'path', Path('')).name}"
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Give every test exactly one tier marker and that tier's timeout."""
@@ -196,4 +208,4 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
         if xdist and tier in SERIAL_TIERS and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group("whole-study"))
+            item.add_marker(pytest.mark.xdist_group(_serial_group(item)))

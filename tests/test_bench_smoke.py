@@ -39,6 +39,8 @@ def test_help(module):
     assert "--smoke" in res.stdout
 
 
+@pytest.mark.workflow  # a whole (tiny) benchmark run each, minutes on 2 cores: not the inner loop
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("module", MODULES)
 def test_smoke(module):
     before = {p.name: p.stat().st_mtime_ns for p in (ROOT / "bench").glob("*.md")}

@@ -120,6 +120,7 @@ def test_odd_names_are_read_split_and_decoded(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.workflow  # minutes: lora train, generate and cv in turn
 def test_odd_names_through_lora_train_generate_and_cv(tmp_path, tiny_model, capsys):
     """The commands the regression broke (split, lora train, cv, generate) run on names with a newline and emoji."""
     pytest.importorskip("diffusers")

@@ -197,6 +197,7 @@ def test_a_second_run_reuses_every_run_and_other_inputs_are_refused_without_over
     assert exit_info.value.code == 2 and len(err) == 1 and "--overwrite (phenotype.overwrite: true)" in err[-1], err
 
 
+@pytest.mark.workflow
 @pytest.mark.slow  # about a minute on 2 shared CPU cores: Keras builds EfficientNetB0 and trains heads
 def test_cnn_on_the_tiny_size_runs_beside_the_reference(clear_types, tmp_path):
     """The Keras path: EfficientNetB0 with calibrated random weights at 32 px, a few head epochs."""
