@@ -3,9 +3,16 @@
 """
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+from pathlib import Path
 
 import numpy as np
+
+from prompts import layout
+from prompts.errors import UserError
 
 from .tables import Cell, Table, Text
 from .verdicts import EQUIVALENT, HELPS, HURTS, INCONCLUSIVE, Verdict
@@ -123,3 +130,61 @@ def dropped_note(entries: list[str], source: str) -> Text | None:
     more = f"; and {len(entries) - len(shown)} more" if len(entries) > len(shown) else ""
     return Text(f"**Dropped from this study:** {'; '.join(shown)}{more}. They were made by earlier settings of the "
                 f"study file and are not in these tables, figures or the Holm family (record: `{source}`).", "warn")
+
+
+# ---------------------------------------------------------------- the dropped-outputs record (every task's report)
+
+log = logging.getLogger(__name__)
+
+
+def shown_path(path: str | Path | None) -> str:
+    """A path as the reader should see it: `..` collapsed, relative to the working folder when inside it."""
+    if not path:
+        return "—"
+    absolute = Path(os.path.normpath(os.path.abspath(path)))
+    try:
+        return absolute.relative_to(Path.cwd()).as_posix() or "."
+    except ValueError:
+        return absolute.as_posix()
+
+
+def _dropped_entry(e) -> str:
+    if isinstance(e, str):
+        return f"`{e}`"
+    if isinstance(e, dict):
+        name = e.get("path") or e.get("name") or e.get("what") or json.dumps(e, sort_keys=True)
+        reason = e.get("reason") or e.get("why")
+        return f"`{name}`" + (f" ({reason})" if reason else "")
+    raise ValueError(f"entry {e!r} is neither a path nor an object")
+
+
+def read_dropped(path) -> list[str]:
+    """The entries of a dropped-outputs record: a JSON list, or an object with a "dropped" list; each entry a path or
+    an object with "path" (and "reason"). UserError naming the file when it cannot be read."""
+    p = Path(path)
+    try:
+        obj = json.loads(p.read_text())
+        entries = obj.get("dropped", []) if isinstance(obj, dict) else obj
+        if not isinstance(entries, list):
+            raise ValueError("\"dropped\" is not a list")
+        return [_dropped_entry(e) for e in entries]
+    except (OSError, ValueError) as err:
+        raise UserError(f"--dropped {path}: cannot read the dropped-outputs record ({err}); pass the "
+                        f"{layout.DROPPED_FILE} the workflow wrote, or leave the flag out") from None
+
+
+def dropped_record(out, given=None, synthetic=None) -> tuple[list[str], str | None]:
+    """(entries, the file they came from): the file given (--dropped), else the record the workflow left in the
+    synthetic folder (`prompts.layout.dropped_file`; an unreadable one is skipped with a warning), else nothing."""
+    if given:
+        return read_dropped(given), shown_path(given)
+    if not synthetic:
+        return [], None
+    found = layout.dropped_file(synthetic)
+    if not found.is_file():
+        return [], None
+    try:
+        return read_dropped(found), shown_path(found)
+    except UserError as err:
+        log.warning("%s", err)
+        return [], None

@@ -18,7 +18,18 @@ import json
 from pathlib import Path
 
 from analysis.encode import data_uri
-from analysis.report import fmt, fmt_ci, fmt_p, repeats_text, smoke_banner, verdict_method, verdict_table, verdict_word
+from analysis.report import (
+    dropped_note,
+    dropped_record,
+    fmt,
+    fmt_ci,
+    fmt_p,
+    repeats_text,
+    smoke_banner,
+    verdict_method,
+    verdict_table,
+    verdict_word,
+)
 from analysis.tables import Cell, Heading, Row, Table, Text, render_html, render_markdown
 from analysis.verdicts import HELPS, Verdict
 from prompts import layout
@@ -239,6 +250,8 @@ def build_report(results: dict, out: Path, realism: dict | None = None) -> list:
         blocks.append(banner)
     trees = [t for t in results["tables"] if t != REAL_TREE] or [REAL_TREE]
     blocks += [Text(answer(results, t), "answer") for t in trees]
+    note = dropped_note(*dropped_record(out, None, results.get("synthetic")))
+    blocks += [note] if note else []
     leaky = sorted({(t, k) for t in results["tables"] for r in results["tables"][t] for k in r.get("leaky_folds", [])})
     if leaky:
         blocks.append(Text(f"**Leaky:** {len(leaky)} (tree, fold) pair(s) used shared synthetic pairs whose generator may have "

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from analysis.crossval import write_results
+from analysis.report import dropped_record, read_dropped  # noqa: F401  (read from here too)
 from analysis.stats import METRICS
 from prompts import layout
 from prompts.errors import UserError
@@ -22,7 +23,6 @@ from prompts.files import write_text_atomic
 
 from ..results import SMOKE, CVResults
 from .cautions import smoke_reasons
-from .text import shown_path
 
 log = logging.getLogger(__name__)
 FOLDS_CSV = layout.FOLDS_CSV
@@ -115,48 +115,6 @@ def load_blind(folder):
     from ..blind import load_blind_summary
 
     return load_blind_summary(folder)
-
-
-def _dropped_entry(e) -> str:
-    if isinstance(e, str):
-        return f"`{e}`"
-    if isinstance(e, dict):
-        name = e.get("path") or e.get("name") or e.get("what") or json.dumps(e, sort_keys=True)
-        reason = e.get("reason") or e.get("why")
-        return f"`{name}`" + (f" ({reason})" if reason else "")
-    raise ValueError(f"entry {e!r} is neither a path nor an object")
-
-
-def read_dropped(path) -> list[str]:
-    """The entries of a dropped-outputs record: a JSON list, or an object with a "dropped" list; each entry a path or
-    an object with "path" (and "reason"). UserError naming the file when it cannot be read."""
-    p = Path(path)
-    try:
-        obj = json.loads(p.read_text())
-        entries = obj.get("dropped", []) if isinstance(obj, dict) else obj
-        if not isinstance(entries, list):
-            raise ValueError("\"dropped\" is not a list")
-        return [_dropped_entry(e) for e in entries]
-    except (OSError, ValueError) as err:
-        raise UserError(f"--dropped {path}: cannot read the dropped-outputs record ({err}); pass the "
-                        f"{DROPPED_JSON} the workflow wrote, or leave the flag out") from None
-
-
-def dropped_record(out, given=None, synthetic=None) -> tuple[list[str], str | None]:
-    """(entries, the file they came from): the file given (--dropped), else the record the workflow left in the
-    synthetic folder (`prompts.layout.dropped_file`; an unreadable one is skipped with a warning), else nothing."""
-    if given:
-        return read_dropped(given), shown_path(given)
-    if not synthetic:
-        return [], None
-    found = layout.dropped_file(synthetic)
-    if not found.is_file():
-        return [], None
-    try:
-        return read_dropped(found), shown_path(found)
-    except UserError as err:
-        log.warning("%s", err)
-        return [], None
 
 
 def report_inputs(realism_path, blind_folder, dropped=None) -> tuple[dict | None, object | None]:

@@ -1,8 +1,7 @@
 """Names and phrases the report's parts share."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from analysis.report import shown_path  # noqa: F401  (one rule for every report; read from here too)
 
 TITLE = "Cross-validation report"
 METRIC_NAME = "macro F1"  # the metric of the answer and the verdicts (classify.results.PRIMARY)
@@ -15,17 +14,6 @@ REPEATS_KEY = "classify.repeats"
 def tree_title(tree: str) -> str:
     """'LoRA weight 1.0' for a synthetic tree w1.0, 'real data only' for the real tree."""
     return f"LoRA weight {tree[1:]}" if tree.startswith("w") else "real data only"
-
-
-def shown_path(path: str | Path | None) -> str:
-    """A path as the reader should see it: `..` collapsed, relative to the working folder when inside it."""
-    if not path:
-        return "—"
-    absolute = Path(os.path.normpath(os.path.abspath(path)))
-    try:
-        return absolute.relative_to(Path.cwd()).as_posix() or "."
-    except ValueError:
-        return absolute.as_posix()
 
 
 def repeats_advice(n: int) -> str:
