@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("mkdocs.hooks.cellsynth")
 
 # `python -m ROOM`: the commands whose flags the reference lists (study.run hands its flags to Snakemake).
-COMMANDS = ("prompts", "lora", "generate", "classify", "controlnet", "segment", "study")
+COMMANDS = ("prompts", "lora", "generate", "classify", "controlnet", "segment", "phenotype", "study")
 # Room READMEs shown as pages of the site (the room's own guide), and other Markdown files of the repository.
 ROOM_GUIDES = ("lora", "generate", "classify")
 REPO_PAGES = {"explanation/benchmarks.md": "BENCHMARKS.md", **{f"rooms/{r}.md": f"{r}/README.md" for r in ROOM_GUIDES}}
