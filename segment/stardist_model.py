@@ -88,7 +88,8 @@ def _config(seg, side: int, n_train: int, Config2D):
                     train_batch_size=seg.batch_size, train_epochs=seg.epochs,
                     train_steps_per_epoch=max(1, math.ceil(n_train / seg.batch_size)),
                     train_learning_rate=seg.learning_rate, unet_n_depth=2 if tiny else 3,
-                    unet_n_filter_base=8 if tiny else 32, train_reduce_lr=None)
+                    unet_n_filter_base=8 if tiny else 32, train_reduce_lr=None,
+                    train_tensorboard=False)  # no event files in OUT; TensorBoard also fails where TF is hidden (USE_TF=0)
 
 
 def build(seg, side: int, n_train: int, basedir: Path, seed: int):

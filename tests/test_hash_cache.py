@@ -41,7 +41,8 @@ def test_concurrent_writers_lose_nothing(cache_home):
     reader = fingerprint._HashCache()
     assert reader.get("/data/w3/file299|299|0") == f"03{299:062d}"
     assert len(reader.entries) == 1200
-    lines = cache_home.read_text().splitlines()
+    # a writer that saw another's line half-visible starts its own on a new line: an empty line costs nothing
+    lines = [line for line in cache_home.read_text().splitlines() if line]
     assert len(lines) == 1200 and all(json.loads(line)["sha256"] for line in lines)  # no two lines interleaved
 
 

@@ -20,7 +20,7 @@ import lora  # noqa: E402,F401  (sets USE_TF=0)
 from diffusion.formats import read_lora  # noqa: E402
 from lora.__main__ import main  # noqa: E402
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.workflow  # each test trains several tiny LoRAs: minutes on 2 cores, not the inner loop
 
 ATOL, RTOL = 5e-5, 1e-3
 COUNTS = {"good": 6, "acceptable": 6, "bad": 3}  # "bad" has half the images: half the steps, then it leaves the batch

@@ -459,5 +459,5 @@ classify: {{folds: 2, backbone: EfficientNetB0, weights: none, image_size: 32, e
     classes = len(read_dataset(lab_data).classes)  # scenes and zarr folders are images of their class
     folds, weights = 2, 1
     assert job_counts(r.stdout + r.stderr) == {
-        "tiny_model": 1, "split": 1, "lora": folds * classes, "generate": folds * weights, "synthetic_manifest": 1,
+        "default_templates": 1, "tiny_model": 1, "split": 1, "lora": folds * classes, "generate": folds * weights, "synthetic_manifest": 1,
         "realism": 1, "publish_realism": 1, "cv": 1, "publish_report": 1, "all": 1}
