@@ -250,3 +250,18 @@ def test_stale_trees_and_controlnets_of_a_segmentation_study_are_found_for_movin
         (plan.out / rel).mkdir(parents=True)
     found = sorted(item["path"].relative_to(plan.out).as_posix() for item in stale_outputs(plan))
     assert found == ["controlnet/fold_1/controlnet", "synthetic/fold_0/density2.0", "synthetic/fold_1/aug"]
+
+
+def test_stardist_runs_through_the_workflow_beside_the_floor(seg_study):
+    """`segment.model: stardist` on the finished study: only the CV and its report re-run (the ControlNets and pairs
+    do not depend on the segmentation model), StarDist is scored at native size, the floor beside it.
+    Last in this file: it changes the shared study's report."""
+    res = snakemake(seg_study, "-n", "--config", "segment={model: stardist}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert set(job_counts(res.stdout + res.stderr)) <= {"seg_cv", "publish_report", "all"}, res.stdout[-3000:]
+    res = snakemake(seg_study, "--cores", "2", "--config", "segment={model: stardist}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    results = json.loads((seg_study / "out" / "report" / "results.json").read_text())
+    assert results["model"] == "stardist" and results["floor"]["model"] == "otsu-watershed"
+    assert all(r["model"] == "stardist" for r in results["runs"])
+    assert all((seg_study / "out" / "report" / p).is_file() for r in results["runs"] for p in r["predictions"])
