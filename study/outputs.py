@@ -189,6 +189,23 @@ def fold_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and layout.parse_fold_name(p.name) is not None)
 
 
+def stale_in_folds(root: Path, folds: set[int], is_output, kind: str, unplanned) -> list[dict]:
+    """Outputs under `root/fold_K/` of earlier settings: [{kind, path, reason}].
+
+    Each sub-folder that `is_output(name)` accepts is stale when K is not a current fold, or when
+    `unplanned(name)` gives a reason (the plan no longer defines it); every task's plan scans its
+    per-fold folders (trees, LoRA groups) with this one rule.
+    """
+    found = []
+    for fold_dir in fold_dirs(root):
+        k = layout.parse_fold_name(fold_dir.name)
+        for child in sorted(p for p in fold_dir.iterdir() if p.is_dir() and is_output(p.name)):
+            reason = f"fold {k} is not in the current split" if k not in folds else unplanned(child.name)
+            if reason:
+                found.append({"kind": kind, "path": child, "reason": reason})
+    return found
+
+
 def move_aside(plan, stale: list[dict]) -> Path | None:
     """Move `stale` outputs (`plan.stale_outputs()`, and their seals) to OUT/dropped/<time>/ and list them in
     SYN/dropped.json, which the report shows: the one mechanism of every task (nothing is deleted)."""

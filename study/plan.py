@@ -101,27 +101,16 @@ class Plan:
 
     def stale_outputs(self) -> list[dict]:
         """Synthetic trees and LoRA folders under OUT that the plan no longer defines: [{kind, path, reason}]."""
-        from .outputs import fold_dirs
+        from .outputs import stale_in_folds
 
         lay = self.layout
         folds, weights, groups = set(self.folds), set(self.weight_dirs), {g["group"] for g in self.groups}
-        found = []
-        for fold_dir in fold_dirs(lay.synthetic_root):
-            k = layout.parse_fold_name(fold_dir.name)
-            for tree in sorted(p for p in fold_dir.iterdir() if p.is_dir() and layout.parse_weight_dir(p.name) is not None):
-                if k not in folds:
-                    found.append({"kind": "synthetic tree", "path": tree, "reason": f"fold {k} is not in the current split"})
-                elif tree.name not in weights:
-                    found.append({"kind": "synthetic tree", "path": tree,
-                                  "reason": f"LoRA weight {layout.parse_weight_dir(tree.name)!r} is not in generate.lora_weights"})
-        for fold_dir in fold_dirs(lay.lora_root):
-            k = layout.parse_fold_name(fold_dir.name)
-            for group in sorted(p for p in fold_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                if k not in folds:
-                    found.append({"kind": "LoRA", "path": group, "reason": f"fold {k} is not in the current split"})
-                elif group.name not in groups:
-                    found.append({"kind": "LoRA", "path": group, "reason": f"group {group.name!r} is not in the current study"})
-        return found
+        trees = stale_in_folds(
+            lay.synthetic_root, folds, lambda name: layout.parse_weight_dir(name) is not None, "synthetic tree",
+            lambda name: None if name in weights else f"LoRA weight {layout.parse_weight_dir(name)!r} is not in generate.lora_weights")
+        loras = stale_in_folds(lay.lora_root, folds, lambda name: not name.startswith("."), "LoRA",
+                               lambda name: None if name in groups else f"group {name!r} is not in the current study")
+        return trees + loras
 
     def group(self, name: str) -> dict:
         return next(g for g in self.groups if g["group"] == name)

@@ -100,18 +100,12 @@ class SegPlan:
 
         `segment cv` reads every tree under OUT/synthetic/, so a tree of earlier settings would enter the CV.
         """
-        from .outputs import fold_dirs
+        from .outputs import fold_dirs, stale_in_folds
 
         lay, folds, trees = self.layout, set(self.folds), set(self.trees)
-        found = []
-        for fold_dir in fold_dirs(lay.synthetic_root):
-            k = layout.parse_fold_name(fold_dir.name)
-            for tree in sorted(p for p in fold_dir.iterdir() if p.is_dir() and layout.parse_pairs_tree(p.name) is not False):
-                if k not in folds:
-                    found.append({"kind": "synthetic pairs", "path": tree, "reason": f"fold {k} is not in the current split"})
-                elif tree.name not in trees:
-                    found.append({"kind": "synthetic pairs", "path": tree,
-                                  "reason": f"tree {tree.name} is not planned (controlnet.augment, controlnet.densities)"})
+        found = stale_in_folds(
+            lay.synthetic_root, folds, lambda name: layout.parse_pairs_tree(name) is not False, "synthetic pairs",
+            lambda name: None if name in trees else f"tree {name} is not planned (controlnet.augment, controlnet.densities)")
         for fold_dir in fold_dirs(lay.controlnet_root):
             k = layout.parse_fold_name(fold_dir.name)
             cn = fold_dir / layout.CONTROLNET_DIR
