@@ -214,6 +214,15 @@ class Runner:
         self.key = model_key(seg.backbone, seg.weights, seg.image_size, seg.seed)
         self.cache = PairCache(seg.image_size, mask_kind)
         self._trainer = None
+        self._truths: dict = {}  # mask path -> its MaskRead at native size: a fold's test masks serve every mix and tree
+
+    def truth(self, mask: Path):
+        """The mask as read at its native size (`prompts.masks.MaskRead`), read once per run."""
+        from prompts.masks import read_mask
+
+        if mask not in self._truths:
+            self._truths[mask] = read_mask(mask, self.mask_kind)
+        return self._truths[mask]
 
     @property
     def trainer(self):
@@ -233,14 +242,12 @@ class Runner:
 
     def train_and_score(self, job: Job, overlay_dir: Path | None) -> dict:
         """Train on job.train, segment job.test at each image's own size -> the per-fold result record."""
-        from prompts.masks import read_mask
-
         from . import native
         from .models import predict_floor, train_and_predict
 
         s = self.seg
         t0 = time.perf_counter()
-        reads = [read_mask(it.mask, self.mask_kind) for it in job.test]
+        reads = [self.truth(it.mask) for it in job.test]
         truths = [r.labels for r in reads]
         names = [it.name or it.image.name for it in job.test]
         seed = s.seed * 1000 + job.fold.index  # the same shuffling and augmentation for every mix of a fold
