@@ -187,6 +187,8 @@ def _pairs_split_folders(folder: Path, rel, problems: list[str], layout: PairLay
     before = len(problems)
     matched = _match(images, masks, rel, problems)
     if not matched and images and mask_files and len(problems) > before:
+        # nothing pairs: one line with the rule that would pair them, not a line per file (cut after a few)
+        del problems[before:]
         hint = suggest_rule(images[0].stem, mask_files[0].stem)
         problems.append(f"{rel(images_dir)}: no image has a mask of its name (first image {images[0].name}, first mask "
                         f"{mask_files[0].name}); set data.mask_name to the rule that makes a mask's name from its image's"
@@ -330,6 +332,8 @@ def read_pairs(data_dir: str | os.PathLike, layout: PairLayout | None = None) ->
         line = _check_pair(image, mask, rel)
         if line:
             problems.append(line)
+    if len(problems) == 1 and not found:  # one reason nothing pairs (e.g. the names follow another rule): one line
+        raise UserError(f"{root}: {problems[0]}")
     if problems:
         shown = problems[:_MAX_SHOWN]
         more = f"\n... and {len(problems) - _MAX_SHOWN} more" if len(problems) > _MAX_SHOWN else ""
