@@ -54,19 +54,16 @@ SNAKEMAKE_ARGS ?=
 demo: install
 	$(BIN)/python -m prompts demo-data demo/data --images 90 --size 128
 	$(BIN)/python -m study.run --cores $(CORES) --configfile examples/quickstart/study.yaml $(SNAKEMAKE_ARGS)
-	@echo "report: $(CURDIR)/demo/report/report.html"
 
 demo-seg: install
 	$(BIN)/python -c "from prompts.blobs import make_blob_pairs; make_blob_pairs('demo-seg/data', n=24, size=128)"
 	$(BIN)/snakemake --cores $(CORES) --configfile examples/segmentation/study.yaml $(SNAKEMAKE_ARGS)
-	@echo "report: $(CURDIR)/demo-seg/report/report.html"
 
 # Phenotyping and counting in co-cultures (study.task: phenotyping): scenes composed from ../shared/data/rbc3
 # (numpy-drawn cells without it); the data is made once and never overwritten.
 demo-pheno: install
 	test -d demo-pheno/data || $(BIN)/python examples/phenotyping/make_data.py demo-pheno/data
 	$(BIN)/snakemake --cores $(CORES) --configfile examples/phenotyping/study.yaml $(SNAKEMAKE_ARGS)
-	@echo "report: $(CURDIR)/demo-pheno/study/report/report.html"
 
 # The study file is checked before anything else (install included): one line and exit 2 without it.
 _NEEDS_CONFIG := $(firstword $(filter study search,$(MAKECMDGOALS)))
