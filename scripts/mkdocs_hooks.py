@@ -5,8 +5,10 @@
 - ``reference/study-file.md``: its schema block is re-rendered from the schema at every build, and a
   committed block that is stale is a warning, so ``mkdocs build --strict`` fails on it
   (``python -m prompts schema --readme docs/reference/study-file.md`` brings it up to date);
-- ``rooms/<room>.md`` and ``explanation/benchmarks.md``: the rooms' READMEs and BENCHMARKS.md as pages,
-  their links to files outside docs/ turned into plain paths.
+- ``explanation/benchmarks.md``: BENCHMARKS.md as a page, its links to files outside docs/ turned into
+  plain paths.
+
+The room guides (``rooms/<room>.md``) are written by hand; each room's README is short and links to its guide.
 
 The functions are plain Python so the tests can call them without MkDocs.
 """
@@ -24,9 +26,8 @@ log = logging.getLogger("mkdocs.hooks.cellsynth")
 
 # `python -m ROOM`: the commands whose flags the reference lists (study.run hands its flags to Snakemake).
 COMMANDS = ("prompts", "lora", "generate", "classify", "controlnet", "segment", "phenotype", "study")
-# Room READMEs shown as pages of the site (the room's own guide), and other Markdown files of the repository.
-ROOM_GUIDES = ("lora", "generate", "classify")
-REPO_PAGES = {"explanation/benchmarks.md": "BENCHMARKS.md", **{f"rooms/{r}.md": f"{r}/README.md" for r in ROOM_GUIDES}}
+# Markdown files of the repository shown as pages of the site.
+REPO_PAGES = {"explanation/benchmarks.md": "BENCHMARKS.md"}
 STUDY_FILE_PAGE = "reference/study-file.md"
 
 
@@ -146,7 +147,7 @@ LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
 def repo_page(page_uri: str, source: str) -> str:
     """A repository Markdown file as a page at `page_uri`: links to files outside docs/ become plain paths.
 
-    Links to another file shown on the site (a room README, BENCHMARKS.md) point to its page; web
+    Links to another file shown on the site point to its page; web
     links and anchors stay as they are.
     """
     text = (ROOT / source).read_text(encoding="utf-8")
@@ -187,7 +188,7 @@ def study_file_markdown(markdown: str) -> str:
 # --------------------------------------------------------------------------- MkDocs events
 
 def on_files(files, config):
-    """Add the generated pages (commands, room guides, benchmarks) to the site's files."""
+    """Add the generated pages (commands, benchmarks) to the site's files."""
     from mkdocs.structure.files import File
 
     for room in COMMANDS:
