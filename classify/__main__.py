@@ -1,4 +1,4 @@
-"""`python -m classify split | cv | realism` — see classify/README.md."""
+"""`python -m classify split | cv | realism` — guide: docs/rooms/classify.md."""
 from __future__ import annotations
 
 import logging

@@ -1,6 +1,6 @@
 """The classifier's image policy: any image file becomes a 3-channel 0..255 array.
 
-Policy (documented in classify/README.md):
+Policy (documented in docs/rooms/classify.md):
 1. Decode with the project's one decoder (`prompts.images.load_image`): 16-bit is
    scaled linearly to 8-bit, EXIF orientation applied, alpha dropped.
 2. Resize so that the *shorter* side equals the input size (aspect kept), then

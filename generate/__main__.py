@@ -1,6 +1,6 @@
 """`python -m generate --config FILE [flags]` (also `accelerate launch -m generate ...`).
 
-Flags override the study file's `generate` and `data` sections; see generate/README.md.
+Flags override the study file's `generate` and `data` sections; guide: docs/rooms/generate.md.
 """
 from __future__ import annotations
 
