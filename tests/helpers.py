@@ -31,3 +31,56 @@ def help_flags(text: str) -> set[str]:
         if m:
             flags.update(re.findall(r"(?:^|,\s)(--?[A-Za-z0-9][\w-]*)", m.group(1)))
     return flags
+
+
+class Ran:
+    """What a command run in this process returned: `returncode`, `stdout`, `stderr` (as subprocess.CompletedProcess)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+    def __repr__(self) -> str:
+        return f"Ran(returncode={self.returncode}, stderr={self.stderr[-2000:]!r})"
+
+
+def run_command(package: str, *argv) -> Ran:
+    """`python -m PACKAGE ARGV` in this process: exit status, stdout and stderr as a subprocess would give them.
+
+    Imports (torch, TensorFlow) are paid once per test process instead of once per command: a refusal that takes
+    ~10 s as a subprocess takes milliseconds here. The command's logging goes to its captured stderr, as it does
+    in a process of its own (pytest's handlers are set aside while it runs), and an unexpected exception becomes
+    exit status 1 with its traceback on stderr. Use a subprocess where the process itself is under test
+    (signals, thread limits, environment variables read at import).
+    """
+    import contextlib
+    import importlib
+    import io
+    import logging
+    import signal
+    import traceback
+
+    main = importlib.import_module(f"{package}.__main__").main
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    sigterm = signal.getsignal(signal.SIGTERM)
+    root.handlers = []
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                result = main([str(a) for a in argv])
+                code = result if isinstance(result, int) else 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+                if isinstance(stop.code, str):
+                    print(stop.code, file=err)
+            except Exception:  # noqa: BLE001  (what a process would print before dying)
+                traceback.print_exc(file=err)
+                code = 1
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers, root.level = handlers, level
+        signal.signal(signal.SIGTERM, sigterm)
+    return Ran(code, out.getvalue(), err.getvalue())

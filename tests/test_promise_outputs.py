@@ -6,25 +6,18 @@ and exit status 2; in every case nothing inside DATA changes and nothing outside
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from .helpers import tree_checksums
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "HF_HUB_OFFLINE": "1", "USE_TF": "0"}
+from .helpers import run_command, tree_checksums
 
 
-
-
-def run(*argv, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", *map(str, argv)], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600)
+def run(package, *argv):
+    """The command in this process (tests.helpers.run_command): what each promise checks is files and one stderr line."""
+    return run_command(package, *argv)
 
 
 @pytest.fixture(scope="module")
