@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prompts.normalize import DEFAULT
 from tests.conftest import ROOT, shared_data
 
 pytest.importorskip("keras")
@@ -60,7 +61,7 @@ def weights(demo_data, tmp_path_factory) -> Path:
     from classify.pixels import load_pixels
 
     paths = sorted(demo_data.rglob("*.png"))
-    return write_calibrated_weights("EfficientNetB0", SIZE, load_pixels(paths, SIZE), tmp_path_factory.mktemp("w") / "b0.weights.h5")
+    return write_calibrated_weights("EfficientNetB0", SIZE, load_pixels(paths, SIZE, DEFAULT), tmp_path_factory.mktemp("w") / "b0.weights.h5")
 
 
 @pytest.fixture(scope="session")
@@ -280,11 +281,11 @@ def test_augmented_views_are_cached_reproducible_and_distinct(demo_data, weights
     from classify.model import build_base
 
     paths = sorted(demo_data.rglob("*.png"))[:5]
-    table = ImageTable.from_paths(paths)
+    table = ImageTable.from_paths(paths, DEFAULT)
     views = [PLAIN, *aug_views(2, seed=0)]
 
     def features(cache_dir, order):
-        t = ImageTable([table.keys[i] for i in order], [table.paths[i] for i in order])
+        t = ImageTable([table.keys[i] for i in order], [table.paths[i] for i in order], DEFAULT)
         ex = Extractor(lambda: build_base("EfficientNetB0", str(weights), SIZE), SIZE, batch_size=2)
         f = compute_features(t, views, FeatureCache(cache_dir, "m"), ex, progress=False)
         return {v: {k: f[v][i] for i, k in enumerate(t.keys)} for v in views}

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prompts.normalize import DEFAULT
 from tests.conftest import ROOT
 
 from .helpers import tree_checksums as checksums
@@ -199,7 +200,7 @@ def test_corrupt_feature_shard_is_recomputed_with_one_warning(damage, data, tmp_
     from classify.features import PLAIN, Extractor, FeatureCache, ImageTable, _read_shard, compute_features
     from classify.model import build_base
 
-    table = ImageTable.from_paths(sorted(data.rglob("*.png"))[:4])
+    table = ImageTable.from_paths(sorted(data.rglob("*.png"))[:4], DEFAULT)
     base = build_base("EfficientNetB0", None, SIZE)
     cache = FeatureCache(tmp_path / "cache", "m")
 
