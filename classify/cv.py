@@ -185,9 +185,11 @@ def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSe
     return crossval.plan_jobs(ClassifyTask(None, cls, dataset=dataset, syn=syn), Inputs(dataset, split, mixes, syn))
 
 
-def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls) -> dict:
-    """The results record of finished runs (`analysis.crossval.summarize` with the classification task)."""
+def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls, reading) -> dict:
+    """The results record of finished runs (`analysis.crossval.summarize` with the classification task); reading: the
+    rule the runs' images were read with (`prompts.normalize.Reading`), recorded as the record's "reading"."""
     task = ClassifyTask(None, cls, dataset=dataset, syn=syn)
+    task.reading = reading  # no data section here: the rule is given
     return crossval.summarize(task, Inputs(dataset, split, mixes, syn), results)
 
 

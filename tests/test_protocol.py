@@ -21,6 +21,7 @@ from prompts.dataset import Dataset, Record, pairs_dataset
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
 from prompts.mixes import CLASSIFICATION, PHENOTYPING, SEGMENTATION, mixes_error, parse_mixes
+from prompts.normalize import DEFAULT
 from prompts.splits import check_fold_not_empty, make_split
 
 pytestmark = pytest.mark.unit
@@ -453,7 +454,7 @@ def test_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed
 ROW_KEYS = ["mix", "tree", "uses_synthetic", "folds", "metrics", "vs_real", "synthetic_fraction", "confusion", "per_class",
             "leaky_folds", "shortfall", "verdict", "flags"]  # results.json's row contract, in its order
 TOP_KEYS = ["version", "data", "split", "group_by", "synthetic", "synthetic_per_fold", "classes", "class_counts", "n_folds",
-            "n_splits", "repeats", "n_train_mean", "n_test_mean", "wilcoxon_min_p", "settings", "tables", "runs", "flags"]
+            "n_splits", "repeats", "n_train_mean", "n_test_mean", "reading", "wilcoxon_min_p", "settings", "tables", "runs", "flags"]
 
 
 def test_classify_results_record_is_the_direct_computation_over_its_runs():
@@ -479,7 +480,7 @@ def test_classify_results_record_is_the_direct_computation_over_its_runs():
                          "leaky": fold.index == 1 and mix.uses_synthetic, "metrics": stats.fold_metrics(y_true, y_pred, classes),
                          "n_train": len(fold.train), "n_test": len(fold.test), "synthetic_fraction": 0.25 if mix.uses_synthetic else 0.0,
                          "shortfall": {"c": 1} if mix.name == "balance" else {}, "counts": {}, "probs": [[1.0]], "y_true": [0]})
-    res = summarize(runs, dataset, split, mixes, syn, ClassifySection())
+    res = summarize(runs, dataset, split, mixes, syn, ClassifySection(), DEFAULT)
     assert list(res) == TOP_KEYS and res["classes"] == classes and res["n_folds"] == 6
     n_train, n_test = 12.0, 6.0
     assert res["n_train_mean"] == n_train and res["n_test_mean"] == n_test

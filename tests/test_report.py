@@ -92,7 +92,7 @@ def make_results(inputs, errors=ERRORS, mixes=MIXES, drop_test=None, settings=No
             runs.append({"fold": fold.index, "repeat": fold.repeat, "mix": mix, "tree": tree, "leaky": False,
                          "metrics": fold_metrics(y_true, y_pred, classes), "n_train": len(fold.train), "n_test": len(test),
                          "synthetic_fraction": share, "shortfall": {}, "counts": {}})
-    return summarize(runs, dataset, split, parse_mixes(mixes), syn, cls)
+    return summarize(runs, dataset, split, parse_mixes(mixes), syn, cls, DEFAULT)
 
 
 def md_of(res) -> str:
