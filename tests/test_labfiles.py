@@ -232,7 +232,7 @@ def test_non_finite_pixels_are_refused_with_their_count(tmp_path, make):
     count = make(path)
     for read in (load_image, raw_planes):
         with pytest.raises(UserError, match=rf"^{path}: {count} of \d+ pixel values are not finite \(NaN or inf\)"):
-            read(path)
+            read(path, DEFAULT)
 
 
 def test_non_finite_values_outside_what_is_read_do_not_matter(tmp_path):
@@ -323,7 +323,7 @@ def test_a_damaged_lab_file_is_one_line_in_every_reader(tmp_path, make):
 
     path = tmp_path / "bad.ome.tif"
     make(path)
-    for read in (load_image, describe_image):
+    for read in (lambda p: load_image(p, DEFAULT), describe_image):
         with pytest.raises(UserError) as err:
             read(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -395,7 +395,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, make):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for read in (load_image, raw_planes):
         with pytest.raises(UserError, match=r"too large to decode safely.* above the limit of 1,073,741,824.*CELLSYNTH_MAX_PIXELS="):
-            read(path)
+            read(path, DEFAULT)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing was decoded
 
 
