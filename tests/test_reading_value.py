@@ -91,6 +91,22 @@ def test_a_realism_record_changes_when_only_data_normalize_changes(room, tmp_pat
     assert one["reading"] == Reading().record() and other["reading"]["normalize"] == "minmax"
 
 
+def test_a_synthetic_pair_tree_records_the_rule_of_its_controlnet(tmp_path):
+    """`controlnet sample` trees: their pixels come from a ControlNet trained on real pixels read under a rule."""
+    pytest.importorskip("torch")
+    from controlnet.sample import FoldPlan, tree_fingerprint
+    from prompts import fingerprint
+    from prompts.layout import FINGERPRINT_FILE
+
+    records = []
+    for rule in (DEFAULT, Reading(normalize="none")):
+        cn = tmp_path / rule.normalize / "controlnet"
+        cn.mkdir(parents=True)
+        fingerprint.write(cn / FINGERPRINT_FILE, {"version": 1, "parts": {}, "reading": rule.record()})
+        records.append(tree_fingerprint(FoldPlan(None, cn, None, [], [], tmp_path), "cn1.0", []))
+    assert fingerprint.diff(*records) == ["reading"] and records[1]["reading"]["normalize"] == "none"
+
+
 # --------------------------------------------------------------------------- (c) reports name the rule
 
 def test_the_reading_line_names_the_rule():
