@@ -101,6 +101,8 @@ def record(job: ImageJob, *, sampler: str, steps: int, cfg: float, size: tuple[i
     if job.init_image:
         from prompts.fingerprint import reading_part
 
+        if reading is None:  # a programming error: the init image's pixels were read under some rule, say which
+            raise ValueError("record: an img2img job needs reading= (the data section's prompts.normalize.Reading)")
         rec["reading"] = reading_part(reading)
     return rec
 

@@ -286,6 +286,8 @@ def sample_batch(pipe, i2i, batch: list[ImageJob], s: Settings, data_root: Path,
                 latents = initial_noise([batch[i] for i in idx], [gens[i] for i in idx], shape, embeds.dtype, embeds.device)
                 images = pipe(width=s.width, height=s.height, latents=latents, **kw).images
             else:
+                if reading is None:  # a programming error, not a user's: the caller forgot the study's rule
+                    raise ValueError("sample_batch: img2img jobs need reading= (the data section's prompts.normalize.Reading)")
                 starts = [fit(load_image(data_root / batch[i].init_image, reading), s.width, s.height) for i in idx]
                 images = i2i(image=starts, strength=batch[0].strength, **kw).images
             for i, image in zip(idx, images):
