@@ -180,9 +180,12 @@ class ClassifyTask(crossval.Task):
         })
 
 
-def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSet | None, cls) -> list[Job]:
-    """Every (tree, mix, fold) job of a classification CV, leak-checked (`analysis.crossval.plan_jobs`)."""
-    return crossval.plan_jobs(ClassifyTask(None, cls, dataset=dataset, syn=syn), Inputs(dataset, split, mixes, syn))
+def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSet | None, cls, reading) -> list[Job]:
+    """Every (tree, mix, fold) job of a classification CV, leak-checked (`analysis.crossval.plan_jobs`); items keyed
+    by their pixels as read under `reading` (`prompts.normalize.Reading`)."""
+    task = ClassifyTask(None, cls, dataset=dataset, syn=syn)
+    task.reading = reading  # no data section here: the rule is given
+    return crossval.plan_jobs(task, Inputs(dataset, split, mixes, syn))
 
 
 def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls, reading) -> dict:

@@ -246,7 +246,7 @@ def test_no_synthetic_image_enters_a_test_fold(demo_data, syn, tmp_path):
     ds = read_dataset(demo_data)
     split = make_split(ds, 5, 1, None, 0)
     cls = ClassifySection()
-    jobs = plan_jobs(ds, split, parse_mixes("real+100,synthetic,balance"), read_synthetic(syn, ds.classes), cls)
+    jobs = plan_jobs(ds, split, parse_mixes("real+100,synthetic,balance"), read_synthetic(syn, ds.classes), cls, DEFAULT)
     assert len(jobs) == 5 * 3 * 2  # folds x mixes x trees
     for job in jobs:
         assert not {it.key for it in job.train if it.source == "synthetic"} & {it.key for it in job.test}
@@ -258,7 +258,7 @@ def test_no_synthetic_image_enters_a_test_fold(demo_data, syn, tmp_path):
     victim = ds.records[0]
     shutil.copy(demo_data / victim.path, leaky / "w1.0" / "A549" / victim.label / "copy.png")
     with pytest.raises(UserError, match="synthetic images must never enter a test fold"):
-        plan_jobs(ds, split, parse_mixes("real+100"), read_synthetic(leaky, ds.classes), cls)
+        plan_jobs(ds, split, parse_mixes("real+100"), read_synthetic(leaky, ds.classes), cls, DEFAULT)
 
 
 def test_cached_and_naive_paths_give_the_same_metrics(demo_data, syn, weights, tmp_path, capsys):

@@ -298,7 +298,7 @@ def _plan(data, split, syn, mixes="real,real+50"):
     from prompts.schema import ClassifySection
 
     ds = read_dataset(data)
-    return plan_jobs(ds, split, parse_mixes(mixes), read_synthetic(syn, ds.classes), ClassifySection())
+    return plan_jobs(ds, split, parse_mixes(mixes), read_synthetic(syn, ds.classes), ClassifySection(), DEFAULT)
 
 
 def test_tree_trained_on_a_test_image_is_refused(provenance, tmp_path, capsys):
