@@ -26,6 +26,7 @@ imports TensorFlow: a task does that in `start`, after every input check, so a b
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -184,6 +185,14 @@ class Task:
     def __init__(self, data, section, progress: bool = True):
         self.data, self.section, self.progress = data, section, progress
 
+    @functools.cached_property
+    def reading(self):
+        """The rule every real image of this run is read with: the `data` section's (`prompts.normalize.Reading`),
+        passed to every decoder call and recorded in the run's and every job's fingerprint."""
+        from prompts.normalize import from_section
+
+        return from_section(self.data)
+
     # -- items
     def read_items(self):
         """The task's items as a `prompts.dataset.Dataset` (paths data-relative, one class each). Writes nothing."""
@@ -312,7 +321,7 @@ def run(task: Task) -> dict:
     out = Path(task.section.output)
     jobs = plan_jobs(task, inputs)
     task.start(inputs, jobs)
-    current = fingerprint.make(**task.fingerprint_parts(inputs, jobs), reading=fingerprint.reading_part())
+    current = fingerprint.make(**task.fingerprint_parts(inputs, jobs), reading=fingerprint.reading_part(task.reading))
     check_reuse(task, out, current)
     todo, results = [], []
     for job in jobs:
@@ -396,7 +405,7 @@ def plan_jobs(task: Task, inputs: Inputs) -> list[Job]:
 def job_fingerprint(task: Task, job: Job) -> str:
     """The identity a job's saved result must carry to be reused: the task's digest, and the reading rule."""
     own = task.job_fingerprint(job)
-    return own if task.keys_read_pixels else fingerprint.digest({"job": own, "reading": fingerprint.reading_part()})
+    return own if task.keys_read_pixels else fingerprint.digest({"job": own, "reading": fingerprint.reading_part(task.reading)})
 
 
 def check_reuse(task: Task, out: Path, current: dict) -> None:
@@ -449,6 +458,7 @@ def summarize(task: Task, inputs: Inputs, results: list[dict]) -> dict:
         "repeats": split.repeats,
         "n_train_mean": n_train,
         "n_test_mean": n_test,
+        "reading": fingerprint.reading_part(task.reading),  # the rule every image was read with: reports state it
     }
     runs = [{k: v for k, v in r.items() if k not in task.bulky} for r in results]
     return task.results(inputs, common, tables, runs)

@@ -99,13 +99,14 @@ def main(argv=None) -> None:
 
     from classify.model import write_calibrated_weights
     from classify.pixels import load_pixels
+    from prompts.normalize import DEFAULT
 
     work = Path(tempfile.mkdtemp(prefix="bench_classify_"))
     try:
         data, syn, source = make_data(work, args.per_class, args.syn_per_class)
         real = sorted(p for p in data.rglob("*") if p.is_file() or p.is_symlink())
         n_syn = sum(1 for p in syn.rglob("*") if p.is_file() or p.is_symlink())
-        weights = write_calibrated_weights(args.backbone, args.image_size, load_pixels(real, args.image_size).astype("float32"),
+        weights = write_calibrated_weights(args.backbone, args.image_size, load_pixels(real, args.image_size, DEFAULT).astype("float32"),
                                            work / "weights.weights.h5")
         print("cached run ...", flush=True)
         cached, t_cached = run(data, syn, work / "cached", work / "cache", weights, args, True)

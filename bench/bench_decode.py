@@ -53,10 +53,11 @@ def readers(paths: dict[str, Path]) -> dict[str, callable]:
     import tifffile
 
     from prompts.images import load_image
+    from prompts.normalize import DEFAULT
 
     return {
-        "png": lambda: load_image(paths["png"]),
-        "ome-tiff": lambda: load_image(paths["ome-tiff"]),
+        "png": lambda: load_image(paths["png"], DEFAULT),
+        "ome-tiff": lambda: load_image(paths["ome-tiff"], DEFAULT),
         "tifffile": lambda: tifffile.imread(paths["ome-tiff"]),
     }
 

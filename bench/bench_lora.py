@@ -110,6 +110,7 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
     from lora.train import add_lora
     from prompts.config import field_default
     from prompts.dataset import read_dataset
+    from prompts.normalize import DEFAULT
     from prompts.schema.lora import LoraSection
 
     device = torch.device(args.device)
@@ -130,7 +131,7 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
                              num_training_steps=args.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling; bf16 does not
     max_norm = default["max_grad_norm"]
-    images = load_images(read_dataset(data), args.resolution)
+    images = load_images(read_dataset(data), args.resolution, DEFAULT)  # the default reading rule
     pixels = pixel_batch(images, list(range(args.batch_size)), False, None).to(device, dtype)
     ids = pipe.tokenizer(["a micrograph"] * args.batch_size, padding="max_length", max_length=77, truncation=True,
                          return_tensors="pt").input_ids.to(device)

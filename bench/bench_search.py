@@ -167,6 +167,7 @@ def main_workers(args) -> int:
     from classify.model import write_calibrated_weights
     from classify.pixels import load_pixels
     from diffusion.tiny import write_tiny_model
+    from prompts.normalize import DEFAULT
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_search_workers."))
     try:
@@ -180,7 +181,7 @@ def main_workers(args) -> int:
         else:
             model = write_tiny_model(tmp / "tiny")
         weights = write_calibrated_weights("EfficientNetB0", args.image_size,
-                                           load_pixels(sorted(data.rglob("*.png")), args.image_size), tmp / "b0.weights.h5")
+                                           load_pixels(sorted(data.rglob("*.png")), args.image_size, DEFAULT), tmp / "b0.weights.h5")
         runs = {}
         for k in (1, args.workers):
             study = tmp / f"workers{k}.yaml"
@@ -222,6 +223,7 @@ def main(argv=None) -> int:
     from classify.pixels import load_pixels
     from diffusion.tiny import write_tiny_model
     from prompts.errors import setup_logging
+    from prompts.normalize import DEFAULT
 
     setup_logging()
     tmp = Path(tempfile.mkdtemp(prefix="bench_search."))
@@ -236,7 +238,7 @@ def main(argv=None) -> int:
         else:
             model = write_tiny_model(tmp / "tiny")
         weights = write_calibrated_weights("EfficientNetB0", args.image_size,
-                                           load_pixels(sorted(data.rglob("*.png")), args.image_size), tmp / "b0.weights.h5")
+                                           load_pixels(sorted(data.rglob("*.png")), args.image_size, DEFAULT), tmp / "b0.weights.h5")
         runs = {}
         for pruner in ("none", "median"):
             study = tmp / f"{pruner}.yaml"

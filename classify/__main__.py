@@ -101,7 +101,9 @@ def cmd_split(data, cls) -> int:
     from .folds import make_split
 
     check_new_file(cls.output, overwrite=cls.overwrite, data=data.data)
-    dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images)
+    from prompts.normalize import from_section
+
+    dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images, reading=from_section(data))  # t: each: one image per t
     split = make_split(dataset, cls.folds, cls.repeats, cls.group_by, cls.seed)
     fingerprint.write_json(cls.output, split.to_json(), "classify split")  # the mark makes it replaceable by --overwrite
     sizes = ", ".join(str(len(f.test)) for f in split.folds)
@@ -157,11 +159,14 @@ def cmd_calibrate(data, cls, max_images: int) -> int:
     if out.exists():  # never replaced: the same settings make the same file, other settings need another name
         log.info("%s exists; kept", out)
         return 0
-    dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images)
+    from prompts.normalize import from_section
+
+    reading = from_section(data)  # the study's rule: the statistics of the images as the classifier reads them
+    dataset = read_dataset(data.data, skip_bad_images=data.skip_bad_images, reading=reading)
     rng = np.random.default_rng(cls.seed)
     records = dataset.records
     picked = sorted(rng.choice(len(records), size=min(max_images, len(records)), replace=False))
-    x = load_pixels([dataset.abspath(records[i]) for i in picked], cls.image_size)
+    x = load_pixels([dataset.abspath(records[i]) for i in picked], cls.image_size, reading)
     import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
     tmp_dir = temp_dir_beside(out, prefix=".calibrate.")
     try:

@@ -86,7 +86,7 @@ class ClassifyTask(crossval.Task):
     # -- items
 
     def read_items(self) -> Dataset:
-        self.dataset = read_dataset(self.data.data, skip_bad_images=self.data.skip_bad_images)
+        self.dataset = read_dataset(self.data.data, skip_bad_images=self.data.skip_bad_images, reading=self.reading)
         return self.dataset
 
     def read_synthetic(self, mixes: list[Mix]) -> SyntheticSet | None:
@@ -99,7 +99,7 @@ class ClassifyTask(crossval.Task):
         if self._labels is None:
             self._labels = {r.path: r.label for r in self.dataset.records}
         full = self.dataset.root / path
-        return Item(full, self._labels[path], image_key(full))
+        return Item(full, self._labels[path], image_key(full, self.reading))
 
     def fold_items(self, fold: Fold) -> tuple[list[Item], list[Item]]:
         cls = self.section
@@ -114,7 +114,7 @@ class ClassifyTask(crossval.Task):
         ds, leaky = self.syn.tree(fold.index, name)
         test_hashes = {p: fingerprint.file_sha256(self.dataset.root / p) for p in fold.test}  # as `lora train` records them
         checked = leaky or check_provenance(fold.index, ds.root, test_hashes)
-        items = [Item(ds.root / r.path, r.label, image_key(ds.root / r.path), "synthetic") for r in ds.records]
+        items = [Item(ds.root / r.path, r.label, image_key(ds.root / r.path, self.reading), "synthetic") for r in ds.records]
         return FoldTree(items, leaky, ds.root, checked)
 
     def training_set(self, mix: Mix, real, synthetic, rng):
@@ -134,7 +134,7 @@ class ClassifyTask(crossval.Task):
             log.warning(WEIGHTS_NONE_WARNING)
         keras = import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
         keras.utils.set_random_seed(self.section.seed)
-        self.runner = Runner(jobs, self.dataset.classes, self.section, self.progress)
+        self.runner = Runner(jobs, self.dataset.classes, self.section, self.reading, self.progress)
 
     def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
         return run_fingerprint(inputs.dataset, inputs.split, inputs.synthetic, jobs, self.runner, self.section)
@@ -180,14 +180,19 @@ class ClassifyTask(crossval.Task):
         })
 
 
-def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSet | None, cls) -> list[Job]:
-    """Every (tree, mix, fold) job of a classification CV, leak-checked (`analysis.crossval.plan_jobs`)."""
-    return crossval.plan_jobs(ClassifyTask(None, cls, dataset=dataset, syn=syn), Inputs(dataset, split, mixes, syn))
-
-
-def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls) -> dict:
-    """The results record of finished runs (`analysis.crossval.summarize` with the classification task)."""
+def plan_jobs(dataset: Dataset, split: Split, mixes: list[Mix], syn: SyntheticSet | None, cls, reading) -> list[Job]:
+    """Every (tree, mix, fold) job of a classification CV, leak-checked (`analysis.crossval.plan_jobs`); items keyed
+    by their pixels as read under `reading` (`prompts.normalize.Reading`)."""
     task = ClassifyTask(None, cls, dataset=dataset, syn=syn)
+    task.reading = reading  # no data section here: the rule is given
+    return crossval.plan_jobs(task, Inputs(dataset, split, mixes, syn))
+
+
+def summarize(results: list[dict], dataset: Dataset, split: Split, mixes: list[Mix], syn, cls, reading) -> dict:
+    """The results record of finished runs (`analysis.crossval.summarize` with the classification task); reading: the
+    rule the runs' images were read with (`prompts.normalize.Reading`), recorded as the record's "reading"."""
+    task = ClassifyTask(None, cls, dataset=dataset, syn=syn)
+    task.reading = reading  # no data section here: the rule is given
     return crossval.summarize(task, Inputs(dataset, split, mixes, syn), results)
 
 
@@ -209,11 +214,11 @@ def check_no_leak(job: Job) -> None:
 class Runner:
     """Trains and tests jobs on cached features or, with feature_cache off, end to end on pixels."""
 
-    def __init__(self, jobs: list[Job], classes: list[str], cls, progress: bool = True):
+    def __init__(self, jobs: list[Job], classes: list[str], cls, reading, progress: bool = True):
         from .model import build_base, model_key
 
         self.cls, self.classes, self.progress = cls, classes, progress
-        self.table = ImageTable.from_paths(sorted({it.path for j in jobs for it in (*j.train, *j.test)}))
+        self.table = ImageTable.from_paths(sorted({it.path for j in jobs for it in (*j.train, *j.test)}), reading)
         self.row = self.table.row()
         self.base_seed = cls.seed
         self._make_base = lambda: build_base(cls.backbone, cls.weights, cls.image_size, seed=self.base_seed)
@@ -244,7 +249,7 @@ class Runner:
             from .pixels import load_pixels
 
             self.base  # noqa: B018 - built before anything is written, so a bad weights file writes nothing
-            self.pixels = load_pixels(self.table.paths, self.cls.image_size, self.progress)
+            self.pixels = load_pixels(self.table.paths, self.cls.image_size, self.table.reading, self.progress)
         self.seconds_features = time.perf_counter() - t0
 
     def fingerprint(self, job: Job) -> str:
@@ -339,7 +344,7 @@ class Runner:
         if self.pixels is None:
             from .pixels import load_pixels
 
-            self.pixels = load_pixels(self.table.paths, self.cls.image_size, self.progress)
+            self.pixels = load_pixels(self.table.paths, self.cls.image_size, self.table.reading, self.progress)
         return self.pixels[rows].astype(np.float32)
 
     def fine_tune(self, head, rows, y, augment, weighted, seed):

@@ -55,25 +55,25 @@ def aug_views(n_views: int, seed: int) -> list[str]:
     return [f"aug{v}-s{seed}-{policy}" for v in range(n_views)]
 
 
-def image_key(path) -> str:
-    """SHA-256 (hex) of an image's decoded pixels, as the classifier reads them (under the data section's reading
-    rule): equal for equal pixels whatever the file's metadata or place. A scene name (`file.czi#scene-2`) keys
-    that scene. Memoised per (real path, size, mtime, reading rule), so a study hashes each image once per process.
+def image_key(path, reading) -> str:
+    """SHA-256 (hex) of an image's decoded pixels, as the classifier reads them under `reading` (the data section's
+    rule, `prompts.normalize.Reading`): equal for equal pixels whatever the file's metadata or place. A scene name
+    (`file.czi#scene-2`) keys that scene. Memoised per (real path, size, mtime, reading rule), so a study hashes each
+    image once per process and two rules never share a key.
     """
-    from prompts.fingerprint import digest
-    from prompts.images import current_reading, file_of
+    from prompts.images import file_of
 
     base = file_of(path)
     real = os.path.realpath(base)
     st = os.stat(real)
-    return _image_key(real + str(path)[len(str(base)):], st.st_size, st.st_mtime_ns, digest(current_reading().record()))
+    return _image_key(real + str(path)[len(str(base)):], st.st_size, st.st_mtime_ns, reading)
 
 
 @functools.lru_cache(maxsize=None)
-def _image_key(name: str, size: int, mtime_ns: int, reading: str) -> str:
+def _image_key(name: str, size: int, mtime_ns: int, reading) -> str:
     from prompts.images import load_image
 
-    img = load_image(name)  # what the classifier reads: 8-bit L or RGB, EXIF orientation applied
+    img = load_image(name, reading)  # what the classifier reads: 8-bit L or RGB, EXIF orientation applied
     h = hashlib.sha256(f"{img.mode}|{img.size[0]}x{img.size[1]}|".encode())
     h.update(img.tobytes())
     return h.hexdigest()
@@ -81,22 +81,24 @@ def _image_key(name: str, size: int, mtime_ns: int, reading: str) -> str:
 
 @dataclass
 class ImageTable:
-    """Unique images by content: keys[i] (`image_key`: SHA-256 of the decoded pixels) is the content of paths[i]."""
+    """Unique images by content: keys[i] (`image_key`: SHA-256 of the decoded pixels) is the content of paths[i],
+    decoded under `reading` (the data section's rule)."""
 
     keys: list[str]
     paths: list[Path]
+    reading: object  # prompts.normalize.Reading
 
     @classmethod
-    def from_paths(cls, paths) -> "ImageTable":
+    def from_paths(cls, paths, reading) -> "ImageTable":
         keys, uniq = [], []
         seen = set()
         for p in paths:
-            k = image_key(p)  # memoised: the CV plan keyed these already
+            k = image_key(p, reading)  # memoised: the CV plan keyed these already
             if k not in seen:
                 seen.add(k)
                 keys.append(k)
                 uniq.append(Path(p))
-        return cls(keys, uniq)
+        return cls(keys, uniq, reading)
 
     def row(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -193,8 +195,8 @@ class Extractor:
             self._base = self._build_base()
         return self._base
 
-    def pixels(self, paths) -> np.ndarray:
-        return np.stack([image_to_array(p, self.image_size) for p in paths]).astype(np.float32)
+    def pixels(self, paths, reading) -> np.ndarray:
+        return np.stack([image_to_array(p, self.image_size, reading) for p in paths]).astype(np.float32)
 
     def _padded_batches(self, x: np.ndarray):
         """(start, n, batch of exactly batch_size) over x, the last one padded with copies of its last image."""
@@ -290,7 +292,7 @@ class _Decoder:
     def prefetch(self, rows) -> None:
         for i in rows:
             if i not in self.pending:
-                self.pending[i] = self.pool.submit(image_to_array, self.table.paths[i], self.size)
+                self.pending[i] = self.pool.submit(image_to_array, self.table.paths[i], self.size, self.table.reading)
 
     def pixels(self, rows) -> np.ndarray:
         """(len(rows), S, S, 3) float32 pixels 0..255; a decoding error is raised here, in the caller's thread."""

@@ -17,16 +17,16 @@ import numpy as np
 from prompts.images import center_crop, load_image, resize_shortest_side
 
 
-def image_to_array(path, size: int) -> np.ndarray:
-    """Read one image file -> uint8 array of shape (size, size, 3)."""
-    img = load_image(path)
+def image_to_array(path, size: int, reading) -> np.ndarray:
+    """Read one image file under `reading` (the data section's `prompts.normalize.Reading`) -> uint8 (size, size, 3)."""
+    img = load_image(path, reading)
     img = center_crop(resize_shortest_side(img, size), size)
     arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.uint8)
     return arr
 
 
-def load_pixels(paths, size: int, progress: bool = False) -> np.ndarray:
-    """Read many image files -> uint8 array (n, size, size, 3)."""
+def load_pixels(paths, size: int, reading, progress: bool = False) -> np.ndarray:
+    """Read many image files under `reading` -> uint8 array (n, size, size, 3)."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     it = paths
     if progress:
@@ -34,5 +34,5 @@ def load_pixels(paths, size: int, progress: bool = False) -> np.ndarray:
 
         it = tqdm(paths, desc=f"images {size}px", unit="img", leave=False)
     for i, p in enumerate(it):
-        out[i] = image_to_array(p, size)
+        out[i] = image_to_array(p, size, reading)
     return out

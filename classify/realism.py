@@ -28,6 +28,30 @@ from .synthetic import read_synthetic
 log = logging.getLogger(__name__)
 
 
+def realism_identity(data_section, cls, synthetic_root) -> dict:
+    """The top-level fields of a realism record: what its scores were computed from and how.
+
+    Parameters
+    ----------
+    data_section : prompts.schema.DataSection
+        The study's `data` section; its reading rule (`from_section`) is recorded as "reading".
+    cls : prompts.schema.ClassifySection
+        The classifier's settings (backbone, weights, image size).
+    synthetic_root : path
+        The synthetic folder read.
+
+    Returns
+    -------
+    dict
+        version, data, synthetic, backbone, weights, image_size, reading (`Reading.record()`): changing the
+        reading rule (e.g. `data.normalize`) changes the record.
+    """
+    from prompts.normalize import from_section
+
+    return {"version": 1, "data": str(Path(data_section.data)), "synthetic": str(synthetic_root), "backbone": cls.backbone,
+            "weights": cls.weights, "image_size": cls.image_size, "reading": fingerprint.reading_part(from_section(data_section))}
+
+
 def run_realism(data_section, cls, progress: bool = True) -> dict:
     """KID and C2ST per (LoRA weight, class) on frozen-base features (shared with the CV feature cache)."""
     from .model import build_base, check_backbone, import_keras, model_key, normalize_weights
@@ -37,7 +61,10 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
     check_output_dir(cls.output, data=data_section.data)
     check_backbone(cls.backbone)
     weights = normalize_weights(cls.weights)
-    real = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
+    from prompts.normalize import from_section
+
+    reading = from_section(data_section)  # the study's rule, for every image scored here
+    real = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images, reading=reading)
     syn = read_synthetic(cls.synthetic, real.classes)
     if weights is None:  # after the input checks: a bad input stays one line
         log.warning("classify.weights is none: random EfficientNet features carry (almost) nothing; these realism "
@@ -47,7 +74,7 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
         trees = ([syn.shared[w]] if w in syn.shared else []) + [t[w] for _, t in sorted(syn.per_fold.items()) if w in t]
         for c in real.classes:
             sets[(w, c)] = [t.root / r.path for t in trees for r in t.records if r.label == c]
-    table = ImageTable.from_paths(sorted({p for ps in sets.values() for p in ps}))
+    table = ImageTable.from_paths(sorted({p for ps in sets.values() for p in ps}), reading)
     import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
     key = model_key(cls.backbone, cls.weights, cls.image_size, cls.seed)
     cache = FeatureCache(cls.cache_dir or default_cache_dir(), key)
@@ -57,7 +84,7 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
     row = table.row()
 
     def keys(paths):
-        return [image_key(p) for p in paths]  # pixels, not file bytes: results do not depend on where files lie
+        return [image_key(p, reading) for p in paths]  # pixels, not file bytes: results do not depend on where files lie
 
     rows = []
     for w in syn.weights:
@@ -73,8 +100,7 @@ def run_realism(data_section, cls, progress: bool = True) -> dict:
             "logistic regression, 5-fold CV on equal numbers of real and synthetic images; 0.5 = indistinguishable, 1.0 = "
             "always told apart. Copies: synthetic images pixel-identical to a real image of the class (memorised); KID is "
             "unbiased and can dip below 0, strongly so when synthetic images copy real ones.")
-    return {"version": 1, "data": str(real.root), "synthetic": str(syn.root), "backbone": cls.backbone,
-            "weights": cls.weights, "image_size": cls.image_size, "note": note, "rows": rows}
+    return {**realism_identity(data_section, cls, syn.root), "note": note, "rows": rows}
 
 
 def write_realism(result: dict, out) -> list[Path]:

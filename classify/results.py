@@ -112,6 +112,7 @@ class CVResults:
     runs: list[Run]
     flags: dict = field(default_factory=dict)  # study flags: {name: details}
     synthetic_per_fold: list = field(default_factory=list)
+    reading: dict | None = None  # the reading rule's record (`prompts.normalize.Reading.record`); None in older files
 
     @classmethod
     def from_dict(cls, d: dict) -> CVResults:
@@ -123,7 +124,8 @@ class CVResults:
                     bool(r.get("leaky")), r["metrics"]) for r in d["runs"]]
         out = cls(d["data"], d.get("split"), d.get("group_by"), d.get("synthetic"), list(d["classes"]), dict(d["class_counts"]),
                   d["n_folds"], d["n_splits"], d["repeats"], d["n_train_mean"], d["n_test_mean"], d["wilcoxon_min_p"],
-                  settings, tables, runs, dict(d.get("flags") or {}), list(d.get("synthetic_per_fold", [])))
+                  settings, tables, runs, dict(d.get("flags") or {}), list(d.get("synthetic_per_fold", [])),
+                  d.get("reading"))
         if any(r.vs_real and r.verdict is None for rows in tables.values() for r in rows):
             verdicts = family_verdicts(out)
             for rows in tables.values():

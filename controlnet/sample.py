@@ -257,7 +257,8 @@ def tree_fingerprint(fold_plan: FoldPlan, tree: str, recs: list[dict]) -> dict:
 
     `images` and `masks`: {data-relative path: sha256} of every data file behind the tree: the ControlNet's
     (and LoRA's) training images and masks, and the training masks its conditions were made from. `segment cv`
-    checks them against the fold's test pairs, by path and by content.
+    checks them against the fold's test pairs, by path and by content. `reading`: the reading rule the ControlNet
+    recorded (its training images' pixels; None for a ControlNet written before it was recorded), also a part.
     """
     cn = fp.read(fold_plan.controlnet / layout.FINGERPRINT_FILE) or {}
     images, masks = dict(cn.get("images") or {}), dict(cn.get("masks") or {})
@@ -267,9 +268,12 @@ def tree_fingerprint(fold_plan: FoldPlan, tree: str, recs: list[dict]) -> dict:
     by_name = {p.name: p for p in fold_plan.train}
     used = sorted({n for r in recs for n in r["sources"]})
     masks.update(fp.files_part([by_name[n].mask.relative_to(fold_plan.data_root) for n in used], root=fold_plan.data_root))
+    reading = cn.get("reading")  # the rule the ControlNet's training images were read with: the pairs' pixels follow it
     parts = fp.make(controlnet=recs[0]["controlnet_sha256"] if recs else None, pairs=[[r["file"], r["mask_sha256"], r["seed"]] for r in recs],
-                    settings={k: recs[0].get(k) for k in _SAME if k not in ("seed", "mask_sha256", "sources")} if recs else None)
-    return {**parts, "fold": fold_plan.fold, "tree": tree, "images": dict(sorted(images.items())), "masks": dict(sorted(masks.items()))}
+                    settings={k: recs[0].get(k) for k in _SAME if k not in ("seed", "mask_sha256", "sources")} if recs else None,
+                    reading=reading)
+    return {**parts, "fold": fold_plan.fold, "tree": tree, "images": dict(sorted(images.items())), "masks": dict(sorted(masks.items())),
+            "reading": reading}
 
 
 def write_tree_fingerprints(out: Path, fold_plan: FoldPlan, recs: list[dict]) -> None:

@@ -45,6 +45,7 @@ from prompts.config import as_dict, dump_yaml
 from prompts.errors import UserError
 from prompts.files import temp_dir_beside, write_text_atomic
 from prompts.guard import check_output_dir
+from prompts.normalize import from_section
 from prompts.pair_layouts import layout_of
 from prompts.pairs import Pair, load_mask, read_pairs
 
@@ -73,6 +74,7 @@ class Job:
     lora: Path | None = None
     fingerprint: dict = field(default_factory=dict)
     finished: bool = False
+    reading: object = None  # prompts.normalize.Reading: the data section's rule its images are read with (set by `plan`)
 
     @property
     def name(self) -> str:
@@ -167,7 +169,8 @@ def plan(cfg, data_cfg) -> list[Job]:
     check_model(cfg.model, cfg.allow_pickle)
     jobs = []
     for fold, train, test in fold_pairs(data_cfg.data, data_cfg.split, cfg.fold, layout_of(data_cfg)):
-        job = Job(fold, train, Path(data_cfg.data), layout.controlnet_dir(out, fold), test, resolve_lora(cfg.lora, fold))
+        job = Job(fold, train, Path(data_cfg.data), layout.controlnet_dir(out, fold), test, resolve_lora(cfg.lora, fold),
+                  reading=from_section(data_cfg))
         if job.lora is not None:
             check_no_test_files(fp.read(job.lora.parent / layout.FINGERPRINT_FILE), test, job.data_root, f"LoRA {job.lora}")
         job.fingerprint = job_fingerprint(job, cfg, data_cfg)
@@ -184,7 +187,7 @@ def job_fingerprint(job: Job, cfg, data_cfg) -> dict:
     images = fp.files_part([p.image.relative_to(root) for p in job.pairs], root=root)
     masks = fp.files_part([p.mask.relative_to(root) for p in job.pairs], root=root)
     settings = train_settings(cfg)
-    reading = fp.reading_part()
+    reading = fp.reading_part(job.reading)
     parts = fp.make(settings=settings, model=[fp.model_part(cfg.model), fp.model_part(cfg.model_config)],
                     lora=fp.file_sha256(job.lora) if job.lora else None, images=images, masks=masks,
                     labels=[p.label for p in job.pairs], split=fp.file_sha256(data_cfg.split) if data_cfg.split else None,
@@ -238,13 +241,14 @@ def caption(prompt: str, label: str | None) -> str:
     return " ".join(prompt.replace("{class}", label or "").split())
 
 
-def load_training_set(pairs: list[Pair], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 [N, 3, R, R], conditions float32 [N, 3, R, R] in 0..1), resized and centre-cropped together."""
+def load_training_set(pairs: list[Pair], resolution: int, reading) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N, 3, R, R], conditions float32 [N, 3, R, R] in 0..1), resized and centre-cropped together;
+    images read under `reading` (the data section's `prompts.normalize.Reading`)."""
     from prompts.images import center_crop, load_image, resize_shortest_side
 
     images, conds = [], []
     for p in pairs:
-        img = center_crop(resize_shortest_side(load_image(p.image).convert("RGB"), resolution), resolution)
+        img = center_crop(resize_shortest_side(load_image(p.image, reading).convert("RGB"), resolution), resolution)
         images.append(torch.from_numpy(np.array(img, np.uint8)).permute(2, 0, 1))
         conds.append(torch.from_numpy(M.render_condition(M.resize_mask(load_mask(p.mask, p.mask_kind), resolution))))
     return torch.stack(images), torch.stack(conds)
@@ -329,7 +333,7 @@ def train_one(job: Job, cfg, device: torch.device | None = None) -> Path:
         unet.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(controlnet.parameters(), lr=cfg.learning_rate, fused=device.type in ("cpu", "cuda"))
 
-    images, conds = load_training_set(job.pairs, cfg.resolution)
+    images, conds = load_training_set(job.pairs, cfg.resolution, job.reading)
     captions = [caption(cfg.prompt, p.label) for p in job.pairs]
     unique = sorted(set(captions)) + [""]  # the last row: the empty caption
     with torch.no_grad():

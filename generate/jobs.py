@@ -14,10 +14,12 @@ def plan_jobs(g, d, run_seed: int, sampler: str = "Euler a"):
     from generate.sample import is_gray_group
     from generate.trees import Inputs, image_settings
     from prompts.dataset import read_dataset
+    from prompts.normalize import from_section
     from prompts.splits import read_split
     from prompts.templates import load_templates
 
-    dataset = read_dataset(d.data, skip_bad_images=d.skip_bad_images)
+    reading = from_section(d)  # the data section's rule: every image of the data is read with it
+    dataset = read_dataset(d.data, skip_bad_images=d.skip_bad_images, reading=reading)
     templates = load_templates(d.templates)
     templates.check_classes(dataset.classes)
     req = PlanRequest(lora=g.lora, weights=g.lora_weights, count=g.count, fractions=g.fraction, balance=g.balance,
@@ -25,9 +27,9 @@ def plan_jobs(g, d, run_seed: int, sampler: str = "Euler a"):
                       prompts=read_prompts_file(g.prompts_file) if g.prompts_file else [],
                       negative_prompt=g.negative_prompt, init_images=g.init_images, strengths=g.strength,
                       run_seed=run_seed)
-    is_gray = partial(is_gray_group, dataset.root)
+    is_gray = partial(is_gray_group, dataset.root, reading=reading)
     inputs = Inputs(data_root=dataset.root, model=g.model, settings=image_settings(g, sampler), templates=d.templates,
-                    split=d.split, prompts_file=g.prompts_file)
+                    split=d.split, prompts_file=g.prompts_file, reading=reading)
     if d.split:
         split = read_split(d.split, dataset)
         folds = split.select(g.fold)

@@ -64,10 +64,11 @@ def portable_path(path: str, out) -> str:
 
 
 def record(job: ImageJob, *, sampler: str, steps: int, cfg: float, size: tuple[int, int], model: str, model_hash: str,
-           lora_hashes: dict[str, str], run_seed: int, out=None) -> dict:
+           lora_hashes: dict[str, str], run_seed: int, out=None, reading=None) -> dict:
     """The manifest line of one image (JSON-ready). size = (width, height) in pixels.
 
-    out: the output folder; LoRA paths are recorded relative to it (`portable_path`).
+    out: the output folder; LoRA paths are recorded relative to it (`portable_path`). reading: the data section's
+    rule (`prompts.normalize.Reading`), recorded for an img2img image (required then: its init image's pixels).
     """
     where = (lambda p: portable_path(p, out)) if out is not None else str
     rec = {
@@ -100,7 +101,9 @@ def record(job: ImageJob, *, sampler: str, steps: int, cfg: float, size: tuple[i
     if job.init_image:
         from prompts.fingerprint import reading_part
 
-        rec["reading"] = reading_part()
+        if reading is None:  # a programming error: the init image's pixels were read under some rule, say which
+            raise ValueError("record: an img2img job needs reading= (the data section's prompts.normalize.Reading)")
+        rec["reading"] = reading_part(reading)
     return rec
 
 

@@ -259,13 +259,15 @@ def initial_noise(batch: list[ImageJob], generators: list[torch.Generator], shap
     return noise.to(device)
 
 
-def sample_batch(pipe, i2i, batch: list[ImageJob], s: Settings, data_root: Path) -> np.ndarray:
+def sample_batch(pipe, i2i, batch: list[ImageJob], s: Settings, data_root: Path, reading=None) -> np.ndarray:
     """Pipeline calls for a batch of jobs with one batch key -> float array (B, H, W, 3) in 0..1.
 
     Prompts are encoded with A1111's weighting and 75-token chunking (`prompt_weighting`); jobs whose
     prompts take different numbers of chunks go through separate calls, so an image depends on its own
     prompts and seed only. Text-to-image starting noise is drawn up front (`initial_noise`); the sampler's
     own noise (Euler a) comes from the same per-image generators, in the same order as diffusers draws it.
+    reading: the data section's rule (`prompts.normalize.Reading`) the init images of img2img jobs are read with;
+    required when the batch has init images.
     """
     from .prompt_weighting import prompt_pairs
 
@@ -284,7 +286,9 @@ def sample_batch(pipe, i2i, batch: list[ImageJob], s: Settings, data_root: Path)
                 latents = initial_noise([batch[i] for i in idx], [gens[i] for i in idx], shape, embeds.dtype, embeds.device)
                 images = pipe(width=s.width, height=s.height, latents=latents, **kw).images
             else:
-                starts = [fit(load_image(data_root / batch[i].init_image), s.width, s.height) for i in idx]
+                if reading is None:  # a programming error, not a user's: the caller forgot the study's rule
+                    raise ValueError("sample_batch: img2img jobs need reading= (the data section's prompts.normalize.Reading)")
+                starts = [fit(load_image(data_root / batch[i].init_image, reading), s.width, s.height) for i in idx]
                 images = i2i(image=starts, strength=batch[0].strength, **kw).images
             for i, image in zip(idx, images):
                 out[i] = image
@@ -401,6 +405,7 @@ def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inp
     from diffusion.model import model_hash
 
     state = state or PartialState()
+    reading = inputs.reading if inputs is not None else None  # the data section's rule: init images are read with it
     s = check_settings(s)
     check_output(s, jobs, Path(data_root))
     stale, current = [], {}
@@ -411,7 +416,7 @@ def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inp
     hashes, mhash = prov.lora_hashes(jobs), model_hash(s.model)
     planned = {j.file: prov.record(j, sampler=s.sampler, steps=s.steps, cfg=s.cfg, size=(s.width, s.height),
                                    model=str(s.model), model_hash=mhash, lora_hashes=hashes, run_seed=s.run_seed,
-                                   out=s.output)
+                                   out=s.output, reading=reading)
                for j in jobs}
     records, foreign = prov.scan(s.output)
     todo = existing(s, jobs, records, planned, foreign)  # raises before anything is written
@@ -451,7 +456,7 @@ def generate(jobs: list[ImageJob], s: Settings, data_root: Path, state=None, inp
         with bar:  # closed on Ctrl-C or SIGTERM too, so the one line that says how to resume comes last
             for batch in mine:
                 adapters.use(batch[0].loras, batch[0].weight, s.fuse)
-                arrays = sample_batch(pipe, i2i, batch, s, data_root)
+                arrays = sample_batch(pipe, i2i, batch, s, data_root, reading)
                 for job, arr in zip(batch, arrays):
                     bad = problem(arr)
                     if bad:
@@ -501,13 +506,14 @@ def final_records(out: Path, before: dict[str, dict], written: dict[str, dict], 
 
 
 @functools.lru_cache(maxsize=None)
-def _gray(path: Path) -> bool:
-    return is_grayscale(load_image(path))
+def _gray(path: Path, reading) -> bool:
+    return is_grayscale(load_image(path, reading))
 
 
-def is_gray_group(data_root: Path, records, sample: int = 8) -> bool:
-    """True when the group's images (up to `sample` of them, in path order) are all grayscale.
+def is_gray_group(data_root: Path, records, sample: int = 8, *, reading) -> bool:
+    """True when the group's images (up to `sample` of them, in path order, read under `reading`: the data
+    section's rule, whose channels decide grey or colour) are all grayscale.
 
     Only the records given are read: for a fold, its training images (never a test image).
     """
-    return all(_gray(data_root / r.path) for r in sorted(records, key=lambda r: r.path)[:sample])
+    return all(_gray(data_root / r.path, reading) for r in sorted(records, key=lambda r: r.path)[:sample])

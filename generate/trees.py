@@ -62,6 +62,7 @@ class Inputs:
     prompts_file: str | None = None
     train: dict = field(default_factory=dict)  # fold index (None: no split) -> data-relative paths the plan reads
     test: dict = field(default_factory=dict)  # fold index -> data-relative test paths of the split
+    reading: object = None  # prompts.normalize.Reading: the data section's rule (init images, grey check); every tree records it
 
 
 def image_settings(section, sampler: str) -> dict:
@@ -162,7 +163,7 @@ def tree_fingerprints(jobs: list[ImageJob], inputs: Inputs) -> dict[str, dict]:
         uses = sorted({(u.name, u.path) for j in tjobs for u in j.loras})
         parts = dict(inputs.settings)
         parts.update(weight=weight, model=model, loras={n: fingerprint.file_sha256(p) for n, p in uses}, templates=templates,
-                     split=split, prompts_file=prompts_file, data_images=data[fold], reading=fingerprint.reading_part())
+                     split=split, prompts_file=prompts_file, data_images=data[fold], reading=fingerprint.reading_part(inputs.reading))
         tree_record = dict(fingerprint.make(**parts), fold=fold, weight=weight, model=str(inputs.model), reading=parts["reading"],
                   settings=json.loads(json.dumps(inputs.settings, default=str)))  # as it reads back: names values in messages
         records = [lora_record(p) for _, p in uses]

@@ -37,11 +37,12 @@ class ImageSet:
         return len(self.images)
 
 
-def load_images(dataset: Dataset, resolution: int, reading=None) -> ImageSet:
-    """Decode and resize every record of `dataset` once (kept in memory, uint8, about 3*res^2*4/3 bytes each)."""
+def load_images(dataset: Dataset, resolution: int, reading) -> ImageSet:
+    """Decode and resize every record of `dataset` once (kept in memory, uint8, about 3*res^2*4/3 bytes each), read
+    under `reading` (the job's `prompts.normalize.Reading`: the data section's rule, with fitted levels)."""
     paths, images = [], []
     for record in dataset.records:
-        img = resize_shortest_side(load_image(dataset.abspath(record), reading), resolution)  # reading: None is the study's
+        img = resize_shortest_side(load_image(dataset.abspath(record), reading), resolution)
         arr = np.asarray(img)
         if arr.ndim == 2:  # grayscale: replicate L into 3 identical channels
             arr = np.repeat(arr[:, :, None], 3, axis=2)

@@ -23,6 +23,7 @@ from prompts.dataset import Dataset, read_dataset
 from prompts.errors import UserError
 from prompts.guard import check_output_dir
 from prompts.images import fit_reading
+from prompts.normalize import from_section
 from prompts.schema.lora import together_size
 from prompts.splits import read_split
 from prompts.templates import DEFAULT_TEMPLATES, load_templates
@@ -68,7 +69,9 @@ def plan(settings, data_settings, resume: str | None = None) -> list[LoraJob]:
     from diffusion.model import check_model
 
     check_model(settings.model, settings.allow_pickle)
-    dataset = read_dataset(data_settings.data, check_images=True, skip_bad_images=data_settings.skip_bad_images)
+    study_reading = from_section(data_settings)  # the data section's rule, passed to every image read below
+    dataset = read_dataset(data_settings.data, check_images=True, skip_bad_images=data_settings.skip_bad_images,
+                           reading=study_reading)
     templates = load_templates(data_settings.templates)
     templates.check_classes(dataset.classes)
     every = dataset  # all classes: percentile-dataset takes its percentiles over the fold's whole training set
@@ -76,8 +79,8 @@ def plan(settings, data_settings, resume: str | None = None) -> list[LoraJob]:
     if settings.per == "cell_line_class" and not dataset.cell_lines:
         raise UserError(f"--per cell_line_class: {dataset.root} has no cell lines; use DATA/<cell_line>/<class>/ or a cell_line column")
     jobs = []
-    for fold, part, whole in _fold_parts(settings, data_settings, dataset, every):
-        reading = fit_reading([whole.abspath(r) for r in whole.records])  # changes nothing unless percentile-dataset
+    for fold, part, whole in _fold_parts(settings, data_settings, dataset, every, study_reading):
+        reading = fit_reading([whole.abspath(r) for r in whole.records], study_reading)  # changes nothing unless percentile-dataset
         formed = layout.lora_groups(part.records, settings.per)
         _check_groups(settings.groups, formed, fold)
         for group, records in formed.items():
@@ -127,13 +130,14 @@ def _check_combinations(settings, resume: str | None) -> None:
             raise UserError("--optimizer adamw8bit needs the bitsandbytes package and a CUDA GPU; use --optimizer adamw")
 
 
-def _fold_parts(settings, data_settings, dataset: Dataset, every: Dataset) -> list[tuple[int | None, Dataset, Dataset]]:
+def _fold_parts(settings, data_settings, dataset: Dataset, every: Dataset, reading) -> list[tuple[int | None, Dataset, Dataset]]:
     """(fold index, its training images, its training images of every class) for each chosen fold of the split,
     or [(None, all images, every image)]."""
     if data_settings.split:
         if settings.fold is None:
             raise UserError("--split needs --fold K or --fold all")
-        split = read_split(data_settings.split, read_dataset(data_settings.data, skip_bad_images=data_settings.skip_bad_images))
+        split = read_split(data_settings.split, read_dataset(data_settings.data, skip_bad_images=data_settings.skip_bad_images,
+                                                             reading=reading))
         return [(f.index, dataset.select(paths=f.train), every.select(paths=f.train)) for f in split.select(settings.fold)]
     if settings.fold is not None:
         raise UserError(f"--fold {settings.fold} needs --split FILE (a split file from `python -m classify split`)")

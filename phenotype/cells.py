@@ -54,9 +54,10 @@ class CellSet:
     cells: list[Cell]
 
 
-def image_array(path) -> np.ndarray:
-    """The image as the study reads it: (H, W, C) uint8, C = 1 for grayscale, 3 for colour."""
-    arr = np.asarray(load_image(path), dtype=np.uint8)
+def image_array(path, reading) -> np.ndarray:
+    """The image as the study reads it (under `reading`, the data section's rule): (H, W, C) uint8, C = 1 for
+    grayscale, 3 for colour."""
+    arr = np.asarray(load_image(path, reading), dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -129,14 +130,14 @@ def matched_types(true_labels: np.ndarray, true_types: dict[int, str], pred_labe
     return {int(p_ids[c]): true_types.get(int(t_ids[r])) for r, c in zip(rows, cols) if iou[r, c] >= THRESH}
 
 
-def source_cells(im: SourceImage, size: int, segmentation: str, min_size: int, min_distance: int) -> CellSet:
+def source_cells(im: SourceImage, size: int, segmentation: str, min_size: int, min_distance: int, reading) -> CellSet:
     """The cells of one source image.
 
     Monocultures: the given mask, else the classical floor; every cell gets the folder's type. Co-cultures:
     the given mask with the annotated types (`segmentation: given`), or the classical floor with each
     predicted cell typed by its matched true cell (`classical`, or images without masks).
     """
-    image = image_array(im.image)
+    image = image_array(im.image, reading)
     if im.is_mono:
         labels = load_mask(im.mask) if im.mask is not None else classical_labels(image, min_size, min_distance)
         return cells_of(im.name, image, labels, {int(v): im.mono_type for v in np.unique(labels[labels > 0])}, size)
@@ -147,6 +148,6 @@ def source_cells(im: SourceImage, size: int, segmentation: str, min_size: int, m
     return cells_of(im.name, image, pred, types, size)
 
 
-def truth_cells(im: SourceImage, size: int) -> CellSet:
+def truth_cells(im: SourceImage, size: int, reading) -> CellSet:
     """The annotated cells of a co-culture image (its given mask and types): what a regime trains on."""
-    return cells_of(im.name, image_array(im.image), load_mask(im.mask), dict(im.cell_types or {}), size)
+    return cells_of(im.name, image_array(im.image, reading), load_mask(im.mask), dict(im.cell_types or {}), size)

@@ -109,8 +109,8 @@ def segmentation_of(ph, data: PhenotypeData) -> str:
     return CLASSICAL if ph.segmentation == CLASSICAL or any(im.mask is None for im in data.co) else GIVEN
 
 
-def collect_cells(data: PhenotypeData, ph, progress: bool = False) -> StudyCells:
-    """Cut every cell once (see `phenotype.cells`)."""
+def collect_cells(data: PhenotypeData, ph, reading, progress: bool = False) -> StudyCells:
+    """Cut every cell once (see `phenotype.cells`), each image read under `reading` (the data section's rule)."""
     seg = segmentation_of(ph, data)
     images = data.mono + data.co
     if progress:
@@ -120,12 +120,12 @@ def collect_cells(data: PhenotypeData, ph, progress: bool = False) -> StudyCells
     mono, annotated, test = [], {}, {}
     for im in images:
         if im.is_mono:
-            mono += source_cells(im, ph.crop_size, seg, ph.min_size, ph.min_distance).cells
+            mono += source_cells(im, ph.crop_size, seg, ph.min_size, ph.min_distance, reading).cells
             continue
         if data.truth != POINTS:
-            annotated[im.name] = truth_cells(im, ph.crop_size)
+            annotated[im.name] = truth_cells(im, ph.crop_size, reading)
         test[im.name] = annotated[im.name] if seg == GIVEN and im.name in annotated else \
-            source_cells(im, ph.crop_size, seg, ph.min_size, ph.min_distance)
+            source_cells(im, ph.crop_size, seg, ph.min_size, ph.min_distance, reading)
     return StudyCells(mono, annotated, test)
 
 
@@ -328,7 +328,7 @@ class PhenotypeTask(crossval.Task):
         """Every cell of the study, cut once (timed), with the true counts and detection they give."""
         if self.cells is None:
             start = time.perf_counter()
-            self.cells = collect_cells(self.pheno, self.ph, self.progress)
+            self.cells = collect_cells(self.pheno, self.ph, self.reading, self.progress)
             self.timings["cells_s"] = time.perf_counter() - start
             self.truth = true_counts(self.pheno, self.cells)
             self.det = detection(self.pheno, self.cells, segmentation_of(self.ph, self.pheno))
@@ -450,7 +450,7 @@ class PhenotypeTask(crossval.Task):
                       for f in inputs.split.folds],
             "runs": public, "images": images, "summary": summary(rows, self.metrics),
             "comparisons": comparisons(rows, ph.baseline, ph.primary, ph.primary in self.lower_is_better),
-            "_overlay_predictions": keep, "_cells": cells,
+            "reading": common["reading"], "_overlay_predictions": keep, "_cells": cells,
         }
 
 

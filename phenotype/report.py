@@ -23,6 +23,7 @@ from analysis.tables import Cell, Figure, Heading, Row, Table, Text, attempt, re
 from analysis.verdicts import Verdict
 from prompts.files import atomic_path, write_text_atomic
 from prompts.layout import REPORT_HTML, REPORT_MD
+from prompts.normalize import Reading, reading_line
 
 from .cv import OVERLAYS_DIR
 from .metrics import LABELS, LOWER_IS_BETTER, METRICS
@@ -207,12 +208,13 @@ def write_overlays(results: dict, out: Path, n: int) -> list[dict]:
     if cells is None or not keep or n == 0:
         return []
     colours = type_colours(results["types"])
+    reading = Reading.from_record(results["reading"])  # the rule the run read its images with
     first = results["folds"][0]["test"][:n]
     data = Path(results["data"])
     written = []
     for (model, regime), preds in keep.items():
         for name in first:
-            arr = overlay_array(image_array(data / name), cells.test[name].labels, cells.test[name].cells, preds[name], colours)
+            arr = overlay_array(image_array(data / name, reading), cells.test[name].labels, cells.test[name].cells, preds[name], colours)
             path = out / OVERLAYS_DIR / f"{model}_{regime}_{Path(name).stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
@@ -249,6 +251,8 @@ def build_report(results: dict, out: Path) -> list:
                        f"co-culture images ({results['n_co_cells']} cells) in `{results['data']}`; types: {', '.join(results['types'])}. "
                        f"{results['n_splits']} folds × {results['repeats']} repeat(s) over the co-culture images"
                        f"{', grouped' if results['grouped'] else ''}; crops of {results['settings']['crop_size']} px."))
+    if results.get("reading"):
+        blocks.append(Text(reading_line(results["reading"]), "note"))
     for note in results.get("notes", []):
         blocks.append(Text(f"**Note:** {note}.", "warn"))
     table = verdicts_block(results)

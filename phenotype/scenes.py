@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from prompts.images import is_image_file, load_image
+from prompts.normalize import DEFAULT
 
 
 @dataclass
@@ -56,11 +57,12 @@ def cut_cell(rgb: np.ndarray, cell_type: str) -> CutCell | None:
     return CutCell(rgb[box].copy(), mask[box].copy(), cell_type)
 
 
-def cells_from_folder(folder, cell_type: str, limit: int | None = None) -> list[CutCell]:
-    """Cut cells of every single-cell crop image in `folder` (sorted by name; at most `limit`)."""
+def cells_from_folder(folder, cell_type: str, limit: int | None = None, reading=DEFAULT) -> list[CutCell]:
+    """Cut cells of every single-cell crop image in `folder` (sorted by name; at most `limit`), read under `reading`
+    (the default rule: a data maker for examples, not a study step)."""
     out = []
     for path in sorted(p for p in Path(folder).iterdir() if is_image_file(p)):
-        cell = cut_cell(np.asarray(load_image(path).convert("RGB")), cell_type)
+        cell = cut_cell(np.asarray(load_image(path, reading).convert("RGB")), cell_type)
         if cell is not None:
             out.append(cell)
         if limit is not None and len(out) >= limit:

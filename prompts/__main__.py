@@ -61,12 +61,13 @@ def sample(dataset, per_class: int) -> dict[str, list]:
     return out
 
 
-def used_bits(dataset, records) -> str:
-    """'12 of 16 bits' from the largest raw value of some images (a 12-bit camera stored in 16 bits)."""
+def used_bits(dataset, records, reading) -> str:
+    """'12 of 16 bits' from the largest raw value of some images (a 12-bit camera stored in 16 bits), read
+    under `reading` (its channels, z and t)."""
     from .images import raw_planes
     from .pair_summary import bits_text
 
-    return bits_text([p for r in records for p in raw_planes(dataset.abspath(r))])
+    return bits_text([p for r in records for p in raw_planes(dataset.abspath(r), reading)])
 
 
 def describe_reading(dataset, reading, per_class: int) -> str:
@@ -81,16 +82,16 @@ def describe_reading(dataset, reading, per_class: int) -> str:
         records = [r for r in dataset.records if r.label == label]
         info = [describe_image(dataset.abspath(r)) for r in records]
         rows.append((label, str(len(records)), _joined(Counter(i["format"] for i in info)), _joined(Counter(i["dtype"] for i in info)),
-                     used_bits(dataset, picked[label]), _joined(Counter(i["channels"] for i in info)),
+                     used_bits(dataset, picked[label], reading), _joined(Counter(i["channels"] for i in info)),
                      _joined(Counter(i["shape"] for i in info))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
 
 
-def contact_sheet(dataset, per_class: int, tile: int = 128):
+def contact_sheet(dataset, per_class: int, reading, tile: int = 128):
     """A PIL RGB image: one row per class, up to `per_class` of its images as the tools see them
-    (normalised, shorter side resized to `tile`, centre square), the class name on the left."""
+    (normalised under `reading`, shorter side resized to `tile`, centre square), the class name on the left."""
     from PIL import Image, ImageDraw
 
     from .images import center_crop, load_image, resize_shortest_side
@@ -104,12 +105,12 @@ def contact_sheet(dataset, per_class: int, tile: int = 128):
         y = row * (tile + 4)
         draw.text((4, y + tile // 2 - 6), label, fill="black")
         for col, r in enumerate(records):
-            img = center_crop(resize_shortest_side(load_image(dataset.abspath(r)), tile), tile).convert("RGB")
+            img = center_crop(resize_shortest_side(load_image(dataset.abspath(r), reading), tile), tile).convert("RGB")
             sheet.paste(img, (label_w + col * (tile + 4), y))
     return sheet
 
 
-def write_sheet(path, dataset, per_class: int, overwrite: bool) -> None:
+def write_sheet(path, dataset, per_class: int, overwrite: bool, reading) -> None:
     """The contact sheet as a PNG at `path` (never inside the data folder; an existing file only with --overwrite)."""
     import io
 
@@ -118,7 +119,7 @@ def write_sheet(path, dataset, per_class: int, overwrite: bool) -> None:
 
     check_new_file(path, overwrite=overwrite, data=dataset.root, flag="--sheet")
     buf = io.BytesIO()
-    contact_sheet(dataset, per_class).save(buf, format="PNG")
+    contact_sheet(dataset, per_class, reading).save(buf, format="PNG")
     write_bytes_atomic(path, buf.getvalue())
 
 
@@ -184,7 +185,7 @@ def main(argv=None):
         return
     from .cli import read_settings
 
-    study = read_settings(args, "prompts show", ("data",))  # installs the reading rule of --config and the flags
+    study = read_settings(args, "prompts show", ("data",))  # the reading rule of --config and the flags: study.data
     data = study.data.data
     if not data:
         raise UserError("--data is missing: give the dataset folder, or data.data in the study file (--config)")
@@ -195,13 +196,15 @@ def main(argv=None):
     if is_pair_data(data, study.data):  # segmentation pairs: sets, pairs, mask kinds, objects, bits (not classes and prompts)
         print(show_pairs(data, study.data))
         return
-    dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images)
-    from .images import current_reading, fit_reading, set_reading
+    from .images import fit_reading
+    from .normalize import from_section
 
-    set_reading(fit_reading([dataset.abspath(r) for r in dataset.records]))  # percentile-dataset: over every image shown
-    reading_text = describe_reading(dataset, current_reading(), args.sheet_images)
+    reading = from_section(study.data)
+    dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images, reading=reading)
+    reading = fit_reading([dataset.abspath(r) for r in dataset.records], reading)  # percentile-dataset: over every image shown
+    reading_text = describe_reading(dataset, reading, args.sheet_images)
     if args.sheet:
-        write_sheet(args.sheet, dataset, args.sheet_images, args.overwrite)
+        write_sheet(args.sheet, dataset, args.sheet_images, args.overwrite, reading)
     per = args.per
     if per is None:
         per = "cell_line_class" if dataset.cell_lines else "class"

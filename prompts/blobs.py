@@ -135,13 +135,15 @@ def _skimage_has_max_size() -> bool:
     return "max_size" in inspect.signature(remove_small_objects).parameters
 
 
-def write_threshold_pairs(images, out_dir: str | os.PathLike, size: int | None = None) -> Path:
+def write_threshold_pairs(images, out_dir: str | os.PathLike, size: int | None = None, reading=None) -> Path:
     """Pairs from real stained micrographs: OUT/images/<stem>.png + OUT/masks/<stem>.png; returns OUT.
 
     images: image files (stems must differ); size: centre-crop to the shortest side and resize to
-    `size` x `size` first (None: keep). Masks come from `threshold_mask`.
+    `size` x `size` first (None: keep). Masks come from `threshold_mask`. reading: the rule the images are
+    read with (None: the default rule; a demo-data maker, not a study step).
     """
     from .images import center_crop, load_image, resize_shortest_side
+    from .normalize import DEFAULT
 
     out = Path(out_dir)
     for path in images:
@@ -149,7 +151,7 @@ def write_threshold_pairs(images, out_dir: str | os.PathLike, size: int | None =
         image_path, mask_path = out / IMAGES_DIR / f"{path.stem}.png", out / MASKS_DIR / f"{path.stem}.png"
         if image_path.exists() and mask_path.exists():
             continue
-        img = load_image(path).convert("RGB")
+        img = load_image(path, reading or DEFAULT).convert("RGB")
         if size is not None:
             img = center_crop(resize_shortest_side(img, size), size)
         rgb = np.asarray(img)

@@ -216,7 +216,7 @@ def _values(study: Study) -> list[str]:
         errors.append(f"classify.mixes: {err}".replace("classify.mixes: --mixes ", "classify.mixes: "))
     try:
         dataset = read_dataset(study.data.data, skip_bad_images=study.data.skip_bad_images,
-                               reading=from_section(study.data))  # the study's rule, not the process's
+                               reading=from_section(study.data))  # the study's rule
     except UserError as err:
         return errors + [f"data.data: {err}"]
     checks = [

@@ -104,7 +104,10 @@ def add_config_flag(parser) -> None:
 
 
 def read_settings(args, command: str, sections: tuple[str, ...]) -> Study:
-    """The study file of `args.config` with the flags of `sections` applied, checked for `command`'s required keys."""
+    """The study file of `args.config` with the flags of `sections` applied, checked for `command`'s required keys.
+
+    Its reading rule is checked against `command` here; the command passes `from_section(study.data)` to every
+    decoder call and fingerprint itself (nothing is installed process-wide)."""
     from .schema import SECTIONS
 
     study = load_study(getattr(args, "config", None))
@@ -114,12 +117,9 @@ def read_settings(args, command: str, sections: tuple[str, ...]) -> Study:
     if study.generate.model is None and study.lora.model is not None:
         study.generate.model = study.lora.model  # one base model for the study unless generate names another
     check_required(study, command)
-    from .images import set_reading
     from .normalize import check_supported, from_section
 
-    reading = from_section(study.data)
-    check_supported(reading, command, study.generate.init_images)
-    set_reading(reading)  # one reading rule for every image this command decodes
+    check_supported(from_section(study.data), command, study.generate.init_images)
     return study
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import UserError
 from .images import IMAGE_SUFFIXES, ZARR_SUFFIX, check_decodes, file_of, image_names, is_image_file
 from .layout import GROUP_SEP, check_name
+from .normalize import DEFAULT, Reading
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def _read_labels_csv(root: Path, csv_path: Path) -> list[Record]:
     return records
 
 
-def _expand_scenes(root: Path, records: list[Record], reading=None, skipped: list[str] | None = None) -> list[Record]:
+def _expand_scenes(root: Path, records: list[Record], reading: Reading = DEFAULT, skipped: list[str] | None = None) -> list[Record]:
     """One record per image: a multi-scene lab file gives 'file.czi#scene-1', 'file.czi#scene-2', ...
     (and with data.t each, '#t-K' per time point). Names already carrying a fragment (labels.csv) stay.
 
@@ -251,12 +252,12 @@ def _named(check, value, what, csv_path, lineno):
         raise UserError(f"{csv_path}:{lineno}: {err}") from None
 
 
-def list_images(root: str | os.PathLike, *, skip_bad_images: bool = False, reading=None) -> Dataset:
+def list_images(root: str | os.PathLike, *, skip_bad_images: bool = False, reading: Reading = DEFAULT) -> Dataset:
     """The labelled image names of a data folder, from names and headers only (no pixel decoded).
 
     skip_bad_images: a dead link or a file whose scenes cannot be read is listed in `Dataset.skipped`
-    instead of refused. reading: the rule (its `t: each` makes one image per time point; default: the
-    process's, `prompts.images.current_reading`).
+    instead of refused. reading: the study's rule (`from_section(data)`; its `t: each` makes one image per time
+    point; default: the default rule).
     """
     root = Path(root)
     if not root.is_dir():
@@ -276,13 +277,13 @@ def list_images(root: str | os.PathLike, *, skip_bad_images: bool = False, readi
 
 
 def read_dataset(root: str | os.PathLike, *, check_images: bool = False, skip_bad_images: bool = False,
-                 reading=None) -> Dataset:
+                 reading: Reading = DEFAULT) -> Dataset:
     """Read a data folder into a `Dataset`.
 
     check_images: decode every image once (names the first bad file). skip_bad_images: decode every image
     once and leave out, with a warning that lists them, those that cannot be read right (corrupt, truncated,
-    NaN pixels, too large, a channel or plane the rule asks for missing, a dead link). reading: the rule
-    (default: the process's, `prompts.images.current_reading`).
+    NaN pixels, too large, a channel or plane the rule asks for missing, a dead link). reading: the study's rule
+    (`from_section(data)`; default: the default rule). Every command passes its own.
     """
     dataset = list_images(root, skip_bad_images=skip_bad_images, reading=reading)
     skipped = list(dataset.skipped)

@@ -38,13 +38,22 @@ def settings_part(section) -> dict:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata.get("result", True)}
 
 
-def reading_part(reading=None) -> dict:
+def reading_part(reading) -> dict:
     """How real images are read (`data` section: normalisation, channels, planes; fitted levels), as recorded.
 
-    Every fingerprint of an output made from real pixels carries it, so a changed rule re-runs what it affects."""
-    from .images import current_reading
+    Every fingerprint of an output made from real pixels carries it, so a changed rule re-runs what it affects.
 
-    return (reading or current_reading()).record()
+    Parameters
+    ----------
+    reading : prompts.normalize.Reading
+        The rule the output's pixels were read with (the command's study file; never a process-wide one).
+
+    Returns
+    -------
+    dict
+        `reading.record()`: normalize, percentiles, channels, z, t (and fitted levels).
+    """
+    return reading.record()
 
 
 # --------------------------------------------------------------------------- file content hashes

@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import UserError
-from .normalize import DEFAULT, Reading, fit_levels, to_8bit, with_levels
+from .normalize import Reading, fit_levels, to_8bit, with_levels
 
 PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -64,17 +64,8 @@ MAX_PIXELS_ENV = "CELLSYNTH_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 1 << 30
 ZARR_MISSING_ENV = "CELLSYNTH_ZARR_MISSING_CHUNKS"  # "zero": read absent chunks as 0 (a writer that skips empty chunks)
 _READER_LOGGERS = ("tifffile", "bioio", "bioio_base", "bioio_ome_tiff", "bioio_tifffile", "bioio_ome_zarr", "xarray")
-_READING = [DEFAULT]  # the fallback rule of this process (a command sets it from its study file); pass `reading` instead
-
-
-def set_reading(reading: Reading) -> None:
-    """Install the rule that decoder calls without a `reading` argument use in this process."""
-    _READING[0] = reading
-
-
-def current_reading() -> Reading:
-    """The rule decoder calls without a `reading` argument use (`set_reading`; the default rule until set)."""
-    return _READING[0]
+# No process-wide rule: every decoder takes the `Reading` of its command's study file as an argument, so two
+# commands run in one process (tests, the search, a Python user) never read with each other's rule.
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -438,7 +429,7 @@ def _check_z(header: Header, reading: Reading, where: str) -> None:
         raise UserError(f"{where}: data.z {z} is out of range ({header.describe()}); use 0..{header.z_size - 1}, max or middle")
 
 
-def check_reading(header: Header, name: str | os.PathLike, reading: Reading | None = None) -> None:
+def check_reading(header: Header, name: str | os.PathLike, reading: Reading) -> None:
     """Test the reading rule against what an image name's lab file declares, decoding no pixel.
 
     The lines are the decoder's own (a t, channel or z the file does not have; a size above `max_pixels`;
@@ -449,7 +440,6 @@ def check_reading(header: Header, name: str | os.PathLike, reading: Reading | No
     header : `read_header(name)`.
     name : the image name (a file, or 'file#scene-N[#t-K]').
     """
-    reading = reading or current_reading()
     where = str(name)
     _check_t(header, _time_point(name, reading))
     _pick_channels(header, reading, where)
@@ -459,7 +449,7 @@ def check_reading(header: Header, name: str | os.PathLike, reading: Reading | No
     _check_zarr_chunks(Path(base), (scene or 1) - 1)
 
 
-def check_header(name: str | os.PathLike, reading: Reading | None = None) -> Header:
+def check_header(name: str | os.PathLike, reading: Reading) -> Header:
     """`read_header(name)` tested by `check_reading`; returns the header (a UserError names what is wrong)."""
     header = read_header(name)
     check_reading(header, name, reading)
@@ -525,12 +515,11 @@ def _used_values(lab: LabFile, channels: list[int], reading: Reading) -> list[np
     return [lab.stack[c, index:index + 1] for c in channels]
 
 
-def lab_planes(path: str | os.PathLike, reading: Reading | None = None) -> tuple[list[np.ndarray], LabFile]:
+def lab_planes(path: str | os.PathLike, reading: Reading) -> tuple[list[np.ndarray], LabFile]:
     """The raw 2-D planes (one per output channel, file dtype) of an image name, and what was read.
 
     Channels and z are chosen by `reading` (max projection, the middle plane or an index); NaN or infinite
     values among those read are refused with their count."""
-    reading = reading or current_reading()
     base, scene, _ = split_name(path)
     where = str(path)
     lab = read_lab_file(base, scene, _time_point(path, reading))
@@ -565,14 +554,13 @@ def _load_pillow(path: Path, reading: Reading) -> Image.Image:
         return im.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, reading: Reading | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike, reading: Reading) -> Image.Image:
     """Decode an image name (a file, an OME-Zarr folder, or 'file#scene-N[#t-K]') into mode "L" or "RGB" (8-bit).
 
-    reading: the rule (default: `current_reading()`). Raises `UserError` naming the file when it cannot be
+    reading: the rule (the `data` section's, `prompts.normalize.from_section`). Raises `UserError` naming the file when it cannot be
     decoded, when a channel, plane or scene the rule asks for does not exist, when it is larger than
     `max_pixels()`, or when the values read hold NaN or infinity.
     """
-    reading = reading or current_reading()
     base = Path(file_of(path))
     if base == Path(path) and _uses_pillow(base):
         return _load_pillow(base, reading)
@@ -580,30 +568,27 @@ def load_image(path: str | os.PathLike, reading: Reading | None = None) -> Image
     return compose([to_8bit(p, reading, c, f"{path}: ") for c, p in enumerate(planes)])
 
 
-def check_decodes(path: str | os.PathLike, reading: Reading | None = None) -> None:
-    """Decode an image name once under `reading` (default: `current_reading()`); a UserError names what is wrong.
+def check_decodes(path: str | os.PathLike, reading: Reading) -> None:
+    """Decode an image name once under `reading`; a UserError names what is wrong.
 
     percentile-dataset levels are fitted later, per fold, so the check reads such images with min-max instead."""
-    reading = reading or current_reading()
     if reading.normalize == "percentile-dataset" and reading.levels is None:
         reading = replace(reading, normalize="minmax")
     load_image(path, reading)
 
 
-def fit_reading(paths, reading: Reading | None = None) -> Reading:
+def fit_reading(paths, reading: Reading) -> Reading:
     """For percentile-dataset: `reading` with the percentiles over every pixel of `paths` (per output channel).
 
     Other rules are returned unchanged. 8-bit images take no part (they are taken as is)."""
-    reading = reading or current_reading()
     if reading.normalize != "percentile-dataset":
         return reading
     planes = (raw_planes(p, reading) for p in paths)
     return with_levels(reading, fit_levels((p for p in planes if p and p[0].dtype != np.uint8), reading.low, reading.high))
 
 
-def raw_planes(path, reading: Reading | None = None) -> list[np.ndarray]:
+def raw_planes(path, reading: Reading) -> list[np.ndarray]:
     """The planes (one per output channel) of an image name before normalisation (NaN or inf refused)."""
-    reading = reading or current_reading()
     base = Path(file_of(path))
     if base == Path(path) and _uses_pillow(base):
         with _decoding(base), _pillow(base) as im:
@@ -682,10 +667,9 @@ def tiff_signature(path: Path) -> tuple | None:
         return None
 
 
-def image_names(path: str | os.PathLike, name: str, reading: Reading | None = None) -> list[str]:
+def image_names(path: str | os.PathLike, name: str, reading: Reading) -> list[str]:
     """The image names a data file contributes: [name], or one per scene ('name#scene-2'), and with
     data.t each one per time point ('name#t-3'). A file with 0 scenes is an error naming it."""
-    reading = reading or current_reading()
     path = Path(path)
     if not _may_hold_several(path):
         return [name]

@@ -62,8 +62,35 @@ class Reading:
         ch = ", ".join(map(str, self.channels)) or "as stored"
         return f"{rule} (8-bit data as is); channels {ch}; z {self.z}; t {self.t}"
 
+    @classmethod
+    def from_record(cls, record: dict) -> "Reading":
+        """The rule a `record()` describes (as read back from a results record or fingerprint)."""
+        low, high = record.get("percentiles", (cls.low, cls.high))
+        levels = record.get("levels")
+        return cls(record.get("normalize", cls.normalize), float(low), float(high), tuple(record.get("channels", ())),
+                   record.get("z", cls.z), record.get("t", cls.t), tuple(tuple(lv) for lv in levels) if levels else None)
+
 
 DEFAULT = Reading()
+
+
+def reading_line(record: dict | None) -> str:
+    """The one line a report states its reading rule with: 'Images read with: percentile 1-99.8 per image, ...'.
+
+    Parameters
+    ----------
+    record : dict or None
+        `Reading.record()` as a results record keeps it (its "reading"); None (a record written before the rule
+        was recorded): the empty string.
+
+    Returns
+    -------
+    str
+        The line, ending with a full stop (no trailing newline), or "".
+    """
+    if not record:
+        return ""
+    return f"Images read with (`data` section): {Reading.from_record(record).describe()}."
 
 
 def _index_or_name(value, where: str):

@@ -49,9 +49,11 @@ def show_pairs(data, data_section) -> str:
     """A table per set (class or sequence): pairs, mask kinds decided, objects per image min/median/max, bits used."""
     from .images import raw_planes
     from .masks import read_mask, read_mask_array
+    from .normalize import from_section
     from .pair_layouts import layout_of
     from .pairs import image_shape, read_pairs
 
+    reading = from_section(data_section)  # the study's rule: channels, z and t of the image files
     pairs = read_pairs(data, layout_of(data_section))
     kind = getattr(data_section, "masks", "auto")
     by_set: dict[str, list] = {}
@@ -62,7 +64,7 @@ def show_pairs(data, data_section) -> str:
         reads = [read_mask(p.mask, kind) for p in ps[:MAX_MASKS_PER_SET]]
         kinds = Counter(r.kind for r in reads)
         mask_bits = bits_text([read_mask_array(p.mask) for p in ps[:MAX_MASKS_PER_SET]])
-        image_bits = bits_text([pl for p in ps[:8] for pl in raw_planes(p.image)])
+        image_bits = bits_text([pl for p in ps[:8] for pl in raw_planes(p.image, reading)])
         shapes = Counter("x".join(str(v) for v in image_shape(p.image)[::-1]) for p in ps)
         rows.append((name, str(len(ps)), ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())),
                      _range([r.objects for r in reads]), mask_bits, image_bits,

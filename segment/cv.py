@@ -132,7 +132,8 @@ class SegmentTask(crossval.Task):
         if w in ("tiny", "none"):
             log.warning(SMOKE_WARNING.format(w=w, narrow=" and a narrow decoder" if w == "tiny" else ""))
         import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-        self.runner = Runner(self.section, self.progress, self.data.masks, Path(self.section.output), self.data.images_dir)
+        self.runner = Runner(self.section, self.reading, self.progress, self.data.masks, Path(self.section.output),
+                             self.data.images_dir)
         self.first_fold = inputs.split.folds[0].index
 
     def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
@@ -206,13 +207,15 @@ def check_no_leak(job: Job) -> None:
 class Runner:
     """Trains and tests jobs with one reusable U-Net (`model.Trainer`), or StarDist, or the classical floor."""
 
-    def __init__(self, seg, progress: bool = True, mask_kind: str = "auto", out: Path | None = None, images_dir: str = "images"):
+    def __init__(self, seg, reading, progress: bool = True, mask_kind: str = "auto", out: Path | None = None,
+                 images_dir: str = "images"):
         from .model import model_key
         from .pixels import PairCache
 
         self.seg, self.progress, self.mask_kind, self.out, self.images_dir = seg, progress, mask_kind, out, images_dir
+        self.reading = reading  # the data section's rule: every image of the run is read with it
         self.key = model_key(seg.backbone, seg.weights, seg.image_size, seg.seed)
-        self.cache = PairCache(seg.image_size, mask_kind)
+        self.cache = PairCache(seg.image_size, mask_kind, reading)
         self._trainer = None
         self._truths: dict = {}  # mask path -> its MaskRead at native size: a fold's test masks serve every mix and tree
 
@@ -255,7 +258,7 @@ class Runner:
         scores = metrics.score_set(zip(truths, preds))
         floor = None
         if job.mix.name == "real" and s.model != "otsu-watershed":  # the floor beside every learned model, on the same test pairs
-            floor_preds = predict_floor([it.image for it in job.test], s.min_size)
+            floor_preds = predict_floor([it.image for it in job.test], s.min_size, self.reading)
             floor = {"metrics": metrics.score_set(zip(truths, floor_preds)),
                      "per_set": native.per_set_scores(names, truths, floor_preds, self.images_dir)}
         predictions = []
@@ -269,7 +272,7 @@ class Runner:
 
             for i in native.overlay_picks(names, s.overlays, self.images_dir):
                 path = overlay_dir / native.set_of(names[i], self.images_dir) / f"{i:02d}.png"
-                image = native.contrast_stretch(native.load_image_native(job.test[i].image))
+                image = native.contrast_stretch(native.load_image_native(job.test[i].image, self.reading))
                 write_overlay(path, image, truths[i], preds[i])
                 overlays.append(path.as_posix())
         kinds = [r.kind for r in reads]

@@ -31,11 +31,12 @@ def floor_instances(image: np.ndarray, min_size: int) -> np.ndarray:
     return otsu_watershed(grey, min_size)
 
 
-def predict_floor(images, min_size: int) -> list[np.ndarray]:
-    """Instances (H, W) int32 of each image (paths) by Otsu + distance-transform watershed, at native size."""
+def predict_floor(images, min_size: int, reading) -> list[np.ndarray]:
+    """Instances (H, W) int32 of each image (paths, read under `reading`) by Otsu + distance-transform watershed,
+    at native size."""
     from .native import load_image_native
 
-    return [floor_instances(load_image_native(p), min_size) for p in images]
+    return [floor_instances(load_image_native(p, reading), min_size) for p in images]
 
 
 def _unet(runner, job, seed: int) -> tuple[list[np.ndarray], list[float], dict]:
@@ -61,10 +62,10 @@ def train_and_predict(runner, job, seed: int) -> tuple[list[np.ndarray], list[fl
     """(predicted instances per test pair at native size, loss per epoch, what training did) for `segment.model`."""
     model = runner.seg.model
     if model == "otsu-watershed":
-        preds = predict_floor([it.image for it in job.test], runner.seg.min_size)
+        preds = predict_floor([it.image for it in job.test], runner.seg.min_size, runner.reading)
         return preds, [], {"resized_to": None, "note": "classical floor: no training"}
     if model == "stardist":
         from .stardist_model import train_and_predict as stardist_run
 
-        return stardist_run(runner.seg, job, seed, runner.mask_kind)
+        return stardist_run(runner.seg, job, seed, runner.mask_kind, runner.reading)
     return _unet(runner, job, seed)

@@ -35,11 +35,11 @@ def set_of(name: str, images_dir: str = "images") -> str:
     return "/".join(parts) or ALL_SET
 
 
-def load_image_native(path) -> np.ndarray:
-    """(H, W, 3) uint8: the image under the study's reading rule, at its own size (grey repeated into 3 channels)."""
+def load_image_native(path, reading) -> np.ndarray:
+    """(H, W, 3) uint8: the image under `reading` (the study's rule), at its own size (grey repeated into 3 channels)."""
     from prompts.images import load_image
 
-    return np.asarray(load_image(path).convert("RGB"), dtype=np.uint8)
+    return np.asarray(load_image(path, reading).convert("RGB"), dtype=np.uint8)
 
 
 def resize_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

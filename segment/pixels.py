@@ -13,11 +13,11 @@ import numpy as np
 from PIL import Image
 
 
-def load_image_array(path, size: int) -> np.ndarray:
-    """(S, S, 3) uint8."""
+def load_image_array(path, size: int, reading) -> np.ndarray:
+    """(S, S, 3) uint8: the image read under `reading` (the data section's `prompts.normalize.Reading`)."""
     from prompts.images import load_image
 
-    img = load_image(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    img = load_image(path, reading).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -42,8 +42,8 @@ def load_mask_array(path, size: int, kind: str = "auto") -> np.ndarray:
 class PairCache:
     """Arrays of every pair used, loaded once, addressed by the image's sha256 key."""
 
-    def __init__(self, size: int, mask_kind: str = "auto"):
-        self.size, self.mask_kind = size, mask_kind
+    def __init__(self, size: int, mask_kind: str, reading):
+        self.size, self.mask_kind, self.reading = size, mask_kind, reading  # reading: the data section's rule
         self.images: dict[str, np.ndarray] = {}
         self.masks: dict[str, np.ndarray] = {}
         self.kinds: dict[str, str] = {}  # the mask kind decided per file ('instance' or 'binary')
@@ -53,7 +53,7 @@ class PairCache:
 
         todo = {it.key: it for it in items if it.key not in self.images}
         for key, it in tqdm(todo.items(), desc="pairs", unit="pair", disable=not progress or not todo):
-            self.images[key] = load_image_array(it.image, self.size)
+            self.images[key] = load_image_array(it.image, self.size, self.reading)
             from prompts.masks import read_mask
 
             read = read_mask(it.mask, self.mask_kind)

@@ -36,6 +36,32 @@ def encoder_features(seg, x: np.ndarray) -> np.ndarray:
     return model.predict(x, batch_size=seg.batch_size, verbose=0)
 
 
+def realism_identity(data_section, seg, synthetic_root) -> dict:
+    """The top-level fields of a segmentation realism record: what its scores were computed from and how.
+
+    Parameters
+    ----------
+    data_section : prompts.schema.DataSection
+        The study's `data` section; its reading rule (`from_section`) is recorded as "reading".
+    seg : prompts.schema.SegmentSection
+        The encoder's and U-Net's settings (backbone, weights, image size).
+    synthetic_root : path
+        The synthetic folder read.
+
+    Returns
+    -------
+    dict
+        version, task, data, synthetic, backbone, weights, image_size, reading (`Reading.record()`): changing the
+        reading rule (e.g. `data.normalize`) changes the record.
+    """
+    from prompts.fingerprint import reading_part
+    from prompts.normalize import from_section
+
+    return {"version": 1, "task": "segmentation", "data": str(data_section.data), "synthetic": str(synthetic_root),
+            "backbone": seg.backbone, "weights": seg.weights, "image_size": seg.image_size,
+            "reading": reading_part(from_section(data_section))}
+
+
 def run_realism(data_section, seg, progress: bool = True) -> dict:
     """KID, C2ST and mask consistency per synthetic tree; returns the realism record (also what write_realism writes)."""
     from prompts.pair_layouts import layout_of
@@ -59,7 +85,9 @@ def run_realism(data_section, seg, progress: bool = True) -> dict:
         log.warning("segment.weights is %s: random encoder features and a U-Net trained from scratch; these realism scores "
                     "are a smoke test", w)
     import_keras()  # after every input check: a user error is not preceded by TensorFlow's start-up lines
-    cache = PairCache(seg.image_size, data_section.masks)
+    from prompts.normalize import from_section
+
+    cache = PairCache(seg.image_size, data_section.masks, from_section(data_section))  # the study's reading rule
     cache.load([*real, *(it for items in sets.values() for it in items)], progress)
     x_real, y_real = cache.arrays(real)
     f_real = encoder_features(seg, x_real)  # built before training: the same seeded encoder for real and synthetic
@@ -81,8 +109,7 @@ def run_realism(data_section, seg, progress: bool = True) -> dict:
             f"({seg.weights}) at {seg.image_size} px. Masks: a U-Net trained on all {len(real)} real pairs "
             f"({seg.epochs} epochs) segments each synthetic image; pixel IoU and AP50 against the mask it was generated "
             "from (1 = the image shows exactly its mask's cells).")
-    return {"version": 1, "task": "segmentation", "data": str(data_section.data), "synthetic": str(syn.root),
-            "backbone": seg.backbone, "weights": seg.weights, "image_size": seg.image_size, "note": note, "rows": rows}
+    return {**realism_identity(data_section, seg, syn.root), "note": note, "rows": rows}
 
 
 def _num(v: float) -> float | None:

@@ -35,6 +35,7 @@ from analysis.verdicts import HELPS, Verdict
 from prompts import layout
 from prompts.errors import UserError
 from prompts.files import write_json_atomic, write_text_atomic
+from prompts.normalize import reading_line
 
 from .cv import PRIMARY, REAL_TREE
 from .metrics import LABELS, METRICS
@@ -266,6 +267,8 @@ def build_report(results: dict, out: Path, realism: dict | None = None) -> list:
                        f"{', grouped by ' + results['group_by'] if results.get('group_by') else ''}. U-Net: {s['backbone']} encoder "
                        f"({s['weights']}), {s['image_size']} px, {s['epochs']} epochs, batch {s['batch_size']}, 3 classes "
                        "(background, interior, boundary), instances by a watershed from the interior's components."))
+    if results.get("reading"):
+        blocks.append(Text(reading_line(results["reading"]), "note"))
     if results.get("training"):
         blocks.append(Text(f"Training and scoring: {results['training']['note']}.", "note"))
     table = verdicts_block(results)

@@ -45,11 +45,11 @@ def import_stardist():
     return StarDist2D, Config2D
 
 
-def grey_normalized(path) -> np.ndarray:
-    """(H, W) float32: the image under the reading rule, mean of its channels, 1..99.8 percentiles -> 0..1."""
+def grey_normalized(path, reading) -> np.ndarray:
+    """(H, W) float32: the image under `reading` (the study's rule), mean of its channels, 1..99.8 percentiles -> 0..1."""
     from .native import load_image_native
 
-    x = load_image_native(path).astype(np.float32).mean(axis=-1)
+    x = load_image_native(path, reading).astype(np.float32).mean(axis=-1)
     lo, hi = np.percentile(x, [1.0, 99.8])
     return ((x - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
@@ -114,13 +114,13 @@ def build(seg, side: int, n_train: int, basedir: Path, seed: int):
         return StarDist2D(_config(seg, side, n_train, Config2D), name="model", basedir=str(basedir))
 
 
-def train_and_predict(seg, job, seed: int, mask_kind: str = "auto") -> tuple[list[np.ndarray], list[float], dict]:
+def train_and_predict(seg, job, seed: int, mask_kind: str, reading) -> tuple[list[np.ndarray], list[float], dict]:
     """Train StarDist on job.train and predict job.test at native size -> (instances per test pair, loss per epoch, note)."""
     from stardist import fill_label_holes
 
     from prompts.masks import read_mask
 
-    x = [grey_normalized(it.image) for it in job.train]
+    x = [grey_normalized(it.image, reading) for it in job.train]
     y = [fill_label_holes(read_mask(it.mask, mask_kind).labels) for it in job.train]
     side = patch_side(seg.image_size, [a.shape for a in x])
     x, y = [_pad_to(a, side) for a in x], [_pad_to(b, side) for b in y]
@@ -131,7 +131,7 @@ def train_and_predict(seg, job, seed: int, mask_kind: str = "auto") -> tuple[lis
             history = model.train(x, y, validation_data=(x[:n_val], y[:n_val]),
                                   augmenter=_augmenter(seed) if seg.augment else None, seed=seed,
                                   epochs=seg.epochs, steps_per_epoch=model.config.train_steps_per_epoch)
-            preds = [model.predict_instances(grey_normalized(it.image), show_tile_progress=False)[0].astype(np.int32)
+            preds = [model.predict_instances(grey_normalized(it.image, reading), show_tile_progress=False)[0].astype(np.int32)
                      for it in job.test]
     losses = [float(v) for v in history.history.get("loss", [])]
     origin = f"fine-tuned from {seg.pretrained}" if seg.pretrained else "trained from scratch"

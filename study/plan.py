@@ -236,7 +236,9 @@ def _resolve(study, study_file: Path) -> Plan:
 
     lay = StudyLayout(Path(study.study.output).resolve())
     data = Path(study.data.data).resolve()
-    dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images)
+    from prompts.normalize import from_section
+
+    dataset = read_dataset(data, skip_bad_images=study.data.skip_bad_images, reading=from_section(study.data))  # t: each
     records = dataset.select(classes=study.lora.classes or None, cell_lines=study.lora.cell_lines or None).records
     images = sorted({file_of(str(dataset.abspath(r))) for r in dataset.records})  # 'f.czi#scene-2' lives in f.czi
     if (data / "labels.csv").is_file():

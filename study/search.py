@@ -53,6 +53,7 @@ from pathlib import Path
 from prompts.config import Study, load_study
 from prompts.errors import UserError
 from prompts.files import write_json_atomic
+from prompts.normalize import from_section
 from prompts.schema.search import SPACE_KEYS
 
 from .trials import (  # noqa: F401  (names the search's callers and tests read from here)
@@ -305,6 +306,7 @@ class FoldImages:
     fold: int
     train: dict[str, list[Path]]
     test: dict[str, list[Path]]
+    reading: object = None  # prompts.normalize.Reading: the data section's rule every image is read with (fold_images sets it)
 
 
 def fold_images(data_section, fold: int) -> FoldImages:
@@ -314,7 +316,8 @@ def fold_images(data_section, fold: int) -> FoldImages:
     if not data_section.split:
         raise UserError("the search needs a split file: run `python -m classify split --data DATA --output folds.json` "
                         "and pass --split folds.json (data.split); trials are scored on a fold's test images")
-    dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
+    reading = from_section(data_section)
+    dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images, reading=reading)
     (f,) = read_split(data_section.split, dataset).select(fold)
     rec = dataset.by_path()
 
@@ -324,7 +327,7 @@ def fold_images(data_section, fold: int) -> FoldImages:
             out[rec[p].label].append(dataset.root / p)
         return out
 
-    return FoldImages(fold, per_class(f.train), per_class(f.test))
+    return FoldImages(fold, per_class(f.train), per_class(f.test), reading)
 
 
 class RealismScorer:
@@ -349,10 +352,10 @@ class RealismScorer:
         """(len(paths), F) frozen features, in the order of `paths`."""
         from classify.features import PLAIN, ImageTable, compute_features, image_key
 
-        table = ImageTable.from_paths(paths)
+        table = ImageTable.from_paths(paths, self.images.reading)
         feats = compute_features(table, [PLAIN], self.cache, self.extractor, progress=False)[PLAIN]
         row = table.row()
-        return feats[[row[image_key(p)] for p in paths]]  # the table's keys: decoded pixels
+        return feats[[row[image_key(p, self.images.reading)] for p in paths]]  # the table's keys: decoded pixels
 
     def _kid_ref(self, label: str) -> float:
         from classify.realism import kid
@@ -374,8 +377,9 @@ class RealismScorer:
         if len(real) < 2 or len(synthetic) < 2:
             raise UserError(f"class {label}: fold {self.images.fold} has {len(real)} test image(s) and the trial made "
                             f"{len(synthetic)}; the scores need at least 2 of each (more test images, or a larger images_per_class)")
-        scores = realism_scores(self.features(real), self.features(synthetic), [image_key(p) for p in real],
-                                [image_key(p) for p in synthetic], seed=self.cls.seed)
+        reading = self.images.reading
+        scores = realism_scores(self.features(real), self.features(synthetic), [image_key(p, reading) for p in real],
+                                [image_key(p, reading) for p in synthetic], seed=self.cls.seed)
         return {"class": label, "kid": scores["kid"], "kid_ref": self.kid_ref[label], "c2st_accuracy": scores["c2st_accuracy"],
                 "objective": class_objective(scores["kid"], scores["c2st_accuracy"]), "n_real": len(real),
                 "n_synthetic": len(synthetic), "real_images": [str(p) for p in real],
@@ -488,7 +492,7 @@ def downstream_f1(s: Study, search, folder: Path, progress: bool = False) -> flo
     (mix,) = parse_mixes([search.f1_mix])
     if not mix.uses_synthetic:
         raise UserError(f"search.f1_mix {search.f1_mix}: the mix uses no synthetic images; use real+P, synthetic or balance")
-    split = read_split(s.data.split, read_dataset(s.data.data, skip_bad_images=s.data.skip_bad_images))
+    split = read_split(s.data.split, read_dataset(s.data.data, skip_bad_images=s.data.skip_bad_images, reading=from_section(s.data)))
     chosen = [split.select(k)[0] for k in dict.fromkeys(search.f1_folds)]
     sub_split = dataclasses.replace(split, folds=[Fold(i, f.repeat, f.fold, f.train, f.test) for i, f in enumerate(chosen)])
     write_split(sub / "split.json", sub_split)

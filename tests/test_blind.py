@@ -16,6 +16,7 @@ import pytest
 
 from classify import blind
 from prompts.errors import UserError
+from prompts.normalize import DEFAULT
 from prompts.schema.blind import BlindSection
 from prompts.schema.data import DataSection
 
@@ -334,7 +335,7 @@ def test_every_embedded_image_has_one_byte_length_and_unchanged_pixels(study):
         for src, k in zip(srcs, key["images"]):
             raw = base64.b64decode(src.split(",", 1)[1])
             base = root / ("data" if k["truth"] == "real" else "syn") / k["file"]
-            _, unpadded = blind.encode_image(base, 48, fmt)
+            _, unpadded = blind.encode_image(base, 48, fmt, reading=DEFAULT)
             assert len(raw) > len(unpadded)  # every image carries a pad, none is the "unpadded" one
             with Image.open(io.BytesIO(raw)) as a, Image.open(io.BytesIO(unpadded)) as b:
                 assert np.array_equal(np.asarray(a), np.asarray(b))  # the pad changes no pixel

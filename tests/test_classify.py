@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prompts.normalize import DEFAULT
 from tests.conftest import ROOT, shared_data
 
 pytest.importorskip("keras")
@@ -60,7 +61,7 @@ def weights(demo_data, tmp_path_factory) -> Path:
     from classify.pixels import load_pixels
 
     paths = sorted(demo_data.rglob("*.png"))
-    return write_calibrated_weights("EfficientNetB0", SIZE, load_pixels(paths, SIZE), tmp_path_factory.mktemp("w") / "b0.weights.h5")
+    return write_calibrated_weights("EfficientNetB0", SIZE, load_pixels(paths, SIZE, DEFAULT), tmp_path_factory.mktemp("w") / "b0.weights.h5")
 
 
 @pytest.fixture(scope="session")
@@ -245,7 +246,7 @@ def test_no_synthetic_image_enters_a_test_fold(demo_data, syn, tmp_path):
     ds = read_dataset(demo_data)
     split = make_split(ds, 5, 1, None, 0)
     cls = ClassifySection()
-    jobs = plan_jobs(ds, split, parse_mixes("real+100,synthetic,balance"), read_synthetic(syn, ds.classes), cls)
+    jobs = plan_jobs(ds, split, parse_mixes("real+100,synthetic,balance"), read_synthetic(syn, ds.classes), cls, DEFAULT)
     assert len(jobs) == 5 * 3 * 2  # folds x mixes x trees
     for job in jobs:
         assert not {it.key for it in job.train if it.source == "synthetic"} & {it.key for it in job.test}
@@ -257,7 +258,7 @@ def test_no_synthetic_image_enters_a_test_fold(demo_data, syn, tmp_path):
     victim = ds.records[0]
     shutil.copy(demo_data / victim.path, leaky / "w1.0" / "A549" / victim.label / "copy.png")
     with pytest.raises(UserError, match="synthetic images must never enter a test fold"):
-        plan_jobs(ds, split, parse_mixes("real+100"), read_synthetic(leaky, ds.classes), cls)
+        plan_jobs(ds, split, parse_mixes("real+100"), read_synthetic(leaky, ds.classes), cls, DEFAULT)
 
 
 def test_cached_and_naive_paths_give_the_same_metrics(demo_data, syn, weights, tmp_path, capsys):
@@ -280,11 +281,11 @@ def test_augmented_views_are_cached_reproducible_and_distinct(demo_data, weights
     from classify.model import build_base
 
     paths = sorted(demo_data.rglob("*.png"))[:5]
-    table = ImageTable.from_paths(paths)
+    table = ImageTable.from_paths(paths, DEFAULT)
     views = [PLAIN, *aug_views(2, seed=0)]
 
     def features(cache_dir, order):
-        t = ImageTable([table.keys[i] for i in order], [table.paths[i] for i in order])
+        t = ImageTable([table.keys[i] for i in order], [table.paths[i] for i in order], DEFAULT)
         ex = Extractor(lambda: build_base("EfficientNetB0", str(weights), SIZE), SIZE, batch_size=2)
         f = compute_features(t, views, FeatureCache(cache_dir, "m"), ex, progress=False)
         return {v: {k: f[v][i] for i, k in enumerate(t.keys)} for v in views}

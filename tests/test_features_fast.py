@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from prompts.normalize import DEFAULT
+
 pytestmark = pytest.mark.unit
 pytest.importorskip("keras")
 
@@ -78,10 +80,10 @@ def test_compute_features_with_threads_matches_the_eager_path(base, tmp_path):
         path = tmp_path / f"img{i}.png"
         Image.fromarray(arr).save(path)
         paths.append(path)
-    table = ImageTable.from_paths(paths)
+    table = ImageTable.from_paths(paths, DEFAULT)
     ex = Extractor(lambda: base, SIZE, batch_size=3)
     out = compute_features(table, [PLAIN, "aug0-s0-x"], FeatureCache(tmp_path / "cache", "m"), ex, progress=False)
-    x = np.stack([image_to_array(p, SIZE) for p in table.paths]).astype(np.float32)
+    x = np.stack([image_to_array(p, SIZE, DEFAULT) for p in table.paths]).astype(np.float32)
     np.testing.assert_allclose(out[PLAIN], eager_features(base, x), rtol=1e-5, atol=1e-5)
     aug = ex._augment_eager(x, [__import__("zlib").crc32(f"{k}|aug0-s0-x".encode()) & 0x3FFFFFFF for k in table.keys])
     np.testing.assert_allclose(out["aug0-s0-x"], eager_features(base, aug), rtol=1e-4, atol=1e-4)

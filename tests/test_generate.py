@@ -22,6 +22,7 @@ from generate.plan import (
 )
 from prompts.dataset import read_dataset
 from prompts.errors import UserError
+from prompts.normalize import DEFAULT
 from prompts.templates import load_templates
 
 os.environ.setdefault("USE_TF", "0")
@@ -270,7 +271,7 @@ def test_grayscale_groups_are_recognised(tmp_path):
     Image.fromarray(gray).save(tmp_path / "l.png")
     Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "gray_as_rgb.png")
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "rgb.png")
-    assert is_gray_group(tmp_path, [Record("l.png", "a"), Record("gray_as_rgb.png", "a")])
-    assert not is_gray_group(tmp_path, [Record("l.png", "a"), Record("rgb.png", "a")])
+    assert is_gray_group(tmp_path, [Record("l.png", "a"), Record("gray_as_rgb.png", "a")], reading=DEFAULT)
+    assert not is_gray_group(tmp_path, [Record("l.png", "a"), Record("rgb.png", "a")], reading=DEFAULT)
     arr = rng.random((4, 4, 3)).astype(np.float32)
     assert to_pil(arr, True).mode == "L" and to_pil(arr, False).mode == "RGB"

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from prompts.errors import UserError
+from prompts.normalize import DEFAULT
 
 pytestmark = pytest.mark.unit
 
@@ -110,7 +111,7 @@ def test_odd_names_are_read_split_and_decoded(tmp_path, capsys):
 
     dataset = read_dataset(data, check_images=True)
     assert {Path(r.path).name for r in dataset.records} >= set(ODD_NAMES)
-    assert all(load_image(dataset.abspath(r)).size == (32, 32) for r in dataset.records)
+    assert all(load_image(dataset.abspath(r), DEFAULT).size == (32, 32) for r in dataset.records)
     code, _, err = run_main("classify", ["split", "--data", data, "--folds", "2", "--output", tmp_path / "split.json"], capsys)
     assert code == 0, err
     import json
@@ -231,7 +232,7 @@ def test_non_finite_pixels_are_refused_with_their_count(tmp_path, make):
     count = make(path)
     for read in (load_image, raw_planes):
         with pytest.raises(UserError, match=rf"^{path}: {count} of \d+ pixel values are not finite \(NaN or inf\)"):
-            read(path)
+            read(path, DEFAULT)
 
 
 def test_non_finite_values_outside_what_is_read_do_not_matter(tmp_path):
@@ -268,15 +269,15 @@ def test_missing_zarr_chunks_are_refused(tmp_path, monkeypatch):
 
     stack = stack16(4, channels=1, z=1, size=64)
     path = write_ome_zarr(tmp_path / "w.ome.zarr", stack, chunk=16)
-    assert load_image(path).size == (64, 64)
+    assert load_image(path, DEFAULT).size == (64, 64)
     chunk_files = sorted(p for p in (path / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
     assert len(chunk_files) == 16
     for p in chunk_files[:12]:
         p.unlink()
     with pytest.raises(UserError, match=r"w.ome.zarr: 12 of 16 chunk files of its image data are missing"):
-        load_image(path)
+        load_image(path, DEFAULT)
     monkeypatch.setenv("CELLSYNTH_ZARR_MISSING_CHUNKS", "zero")  # a writer that left out empty chunks on purpose
-    assert np.asarray(load_image(path)).min() == 0
+    assert np.asarray(load_image(path, DEFAULT)).min() == 0
 
 
 # --------------------------------------------------------------------------- damaged and inconsistent OME files
@@ -322,7 +323,7 @@ def test_a_damaged_lab_file_is_one_line_in_every_reader(tmp_path, make):
 
     path = tmp_path / "bad.ome.tif"
     make(path)
-    for read in (load_image, describe_image):
+    for read in (lambda p: load_image(p, DEFAULT), describe_image):
         with pytest.raises(UserError) as err:
             read(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -394,7 +395,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, make):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for read in (load_image, raw_planes):
         with pytest.raises(UserError, match=r"too large to decode safely.* above the limit of 1,073,741,824.*CELLSYNTH_MAX_PIXELS="):
-            read(path)
+            read(path, DEFAULT)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing was decoded
 
 
@@ -418,13 +419,13 @@ def test_the_pixel_limit_holds_on_every_reader_path_and_can_be_raised(tmp_path, 
         path = write_ome_zarr(tmp_path / "x.zarr", stack16(0, size=40))
     monkeypatch.setenv("CELLSYNTH_MAX_PIXELS", "1000")
     with pytest.raises(UserError, match=rf"image {path} is too large to decode safely.*limit of 1,000"):
-        load_image(path)
+        load_image(path, DEFAULT)
     monkeypatch.setenv("CELLSYNTH_MAX_PIXELS", "100_000")
-    assert load_image(path).size == (40, 40)
+    assert load_image(path, DEFAULT).size == (40, 40)
     assert describe_image(path)["dtype"]
     monkeypatch.setenv("CELLSYNTH_MAX_PIXELS", "lots")
     with pytest.raises(UserError, match="CELLSYNTH_MAX_PIXELS='lots'"):
-        load_image(path)
+        load_image(path, DEFAULT)
 
 
 def test_a_bomb_in_prompts_show_is_one_line_not_a_killed_process(tmp_path, capsys):
@@ -464,9 +465,9 @@ def test_damaged_tiffs_decode_or_are_one_line_never_a_traceback(tmp_path):
     outcomes = {"read": 0, "refused": 0}
     for path in _damaged_copies(tmp_path, 90):
         try:
-            image_names(path, path.name)
+            image_names(path, path.name, DEFAULT)
             describe_image(path)
-            check_decodes(path)
+            check_decodes(path, DEFAULT)
             outcomes["read"] += 1
         except UserError as err:
             assert path.name in str(err) and "\n" not in str(err)

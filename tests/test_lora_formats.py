@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from prompts.normalize import DEFAULT
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
@@ -134,7 +136,7 @@ def test_resize_crop_and_grayscale_policy(tmp_path):
     (tmp_path / "a").mkdir()
     Image.fromarray(np.tile(np.arange(200, dtype=np.uint8), (100, 1)), "L").save(tmp_path / "a" / "wide.png")  # 200x100
     Image.fromarray(np.full((150, 90, 3), (10, 200, 30), np.uint8), "RGB").save(tmp_path / "a" / "tall.png")
-    images = D.load_images(read_dataset(tmp_path), 64)
+    images = D.load_images(read_dataset(tmp_path), 64, DEFAULT)
     tall, wide = images.images  # sorted paths
     assert wide.shape == (3, 64, 128) and tall.shape == (3, 107, 64)  # shortest side = 64, aspect kept
     assert torch.equal(wide[0], wide[1]) and torch.equal(wide[1], wide[2])  # gray stays gray

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from prompts.normalize import DEFAULT
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -148,7 +150,7 @@ def fixed_batch_loss(pipe, folder: Path, data: Path, label: str) -> float:
     from prompts.dataset import read_dataset
 
     prompt = yaml.safe_load((folder / "config.yaml").read_text())["group"]["prompts"][0]
-    images = D.load_images(read_dataset(data).select(classes=[label]), 64)
+    images = D.load_images(read_dataset(data).select(classes=[label]), 64, DEFAULT)
     with torch.no_grad():
         x = D.pixel_batch(images, list(range(len(images))), False, None)
         latents = (pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor).repeat(4, 1, 1, 1)
@@ -295,7 +297,7 @@ def test_sixteen_bit_tiffs_train(tiny_model, tmp_path):
     from prompts.dataset import read_dataset
 
     data = shared_data("brightfield16")
-    images = D.load_images(read_dataset(data).select(classes=["spheroid"]), 64)
+    images = D.load_images(read_dataset(data).select(classes=["spheroid"]), 64, DEFAULT)
     for img in images.images:
         assert img.shape == (3, 64, 64) and torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])
         assert int(img.max()) - int(img.min()) > 20  # real contrast survives the 16 -> 8 bit scaling

@@ -138,7 +138,7 @@ def test_12bit_in_16_is_not_black_and_rule_none_is_the_old_scaling(tmp_path):
     stack = blobs(1, channels=1, z=1)  # values up to 4095 in uint16
     path = tifffile.imwrite(tmp_path / "x.tif", stack[0, 0]) or tmp_path / "x.tif"
     old = np.asarray(load_image(path, Reading(normalize="none")))
-    new = np.asarray(load_image(path))
+    new = np.asarray(load_image(path, Reading()))
     assert old.max() <= 16  # 4095 * 255 / 65535: almost black, which is what the percentile rule fixes
     assert new.max() == 255 and new.min() == 0
     assert np.array_equal(new, scale(stack[0, 0], *np.percentile(stack[0, 0], [1, 99.8])))
@@ -152,7 +152,7 @@ def test_16bit_rgb_tiff_is_normalised_per_channel(tmp_path):
     rgb = np.moveaxis(blobs(4, channels=3, z=1)[:, 0], 0, -1)  # Y X S, 12-bit values
     rgb[..., 2] //= 16  # a dim blue channel stays visible after its own stretch
     tifffile.imwrite(tmp_path / "rgb16.tif", rgb, photometric="rgb")
-    img = np.asarray(load_image(tmp_path / "rgb16.tif"))
+    img = np.asarray(load_image(tmp_path / "rgb16.tif", Reading()))
     assert img.shape == rgb.shape
     for c in range(3):
         assert np.array_equal(img[..., c], scale(rgb[..., c], *np.percentile(rgb[..., c], [1, 99.8])))
@@ -163,7 +163,7 @@ def test_real_16bit_brightfield_uses_the_full_range():
 
     path = sorted(shared_data("brightfield16").glob("*/*.tif"))[0]
     raw = np.asarray(Image.open(path))
-    img = np.asarray(load_image(path))
+    img = np.asarray(load_image(path, Reading()))
     assert img.shape == raw.shape and img.dtype == np.uint8
     assert np.array_equal(img, scale(raw, *np.percentile(raw, [1, 99.8])))
 
@@ -223,7 +223,7 @@ def test_named_channels_compose_and_z_rules(tmp_path):
         assert gray.ndim == 2 and np.array_equal(gray, np.rint(stack[2, 1] * (255 / 65535)).astype(np.uint8))
         plane0 = np.asarray(load_image(path, Reading(channels=("RFP",), z=0, normalize="minmax")))
         assert np.array_equal(plane0, scale(stack[2, 0], stack[2, 0].min(), stack[2, 0].max()))
-        assert np.asarray(load_image(path)).shape == (64, 64, 3)  # three channels as stored: RGB
+        assert np.asarray(load_image(path, Reading())).shape == (64, 64, 3)  # three channels as stored: RGB
 
 
 def test_time_points_each_and_by_index(tmp_path):
@@ -233,7 +233,7 @@ def test_time_points_each_and_by_index(tmp_path):
     tifffile.imwrite(tmp_path / "m.ome.tif", movie, metadata={"axes": "TCYX"}, ome=True)
     assert image_names(tmp_path / "m.ome.tif", "m.ome.tif", Reading()) == ["m.ome.tif"]
     assert image_names(tmp_path / "m.ome.tif", "m.ome.tif", Reading(t="each")) == ["m.ome.tif#t-0", "m.ome.tif#t-1", "m.ome.tif#t-2"]
-    t2 = np.asarray(load_image(tmp_path / "m.ome.tif#t-2"))
+    t2 = np.asarray(load_image(tmp_path / "m.ome.tif#t-2", Reading()))
     assert np.array_equal(t2, np.asarray(load_image(tmp_path / "m.ome.tif", Reading(t=2))))
     assert np.array_equal(t2, scale(movie[2, 0], *np.percentile(movie[2, 0], [1, 99.8])))
     with pytest.raises(UserError, match=r"m.ome.tif: data.t 5 is out of range: the file has t-size 3"):
@@ -250,31 +250,26 @@ def test_scenes_are_images_with_stable_names(lab_data):
     assert "a/plate.ome.tif#scene-1" in paths and "a/plate.ome.tif#scene-2" in paths
     assert "b/well_0.ome.zarr" in paths and ds.class_counts() == {"a": 5, "b": 5}
     assert paths == [r.path for r in read_dataset(lab_data).records]  # stable
-    s1, s2 = (np.asarray(load_image(lab_data / "a" / f"plate.ome.tif#scene-{k}")) for k in (1, 2))
+    s1, s2 = (np.asarray(load_image(lab_data / "a" / f"plate.ome.tif#scene-{k}", Reading())) for k in (1, 2))
     assert not np.array_equal(s1, s2)
     h1, h2 = file_sha256(lab_data / "a/plate.ome.tif#scene-1"), file_sha256(lab_data / "a/plate.ome.tif#scene-2")
     assert h1 != h2 and h1 == file_sha256(lab_data / "a/plate.ome.tif#scene-1")
     with pytest.raises(UserError, match=r"plate.ome.tif#scene-3: no such scene; the file has 2 scene\(s\)"):
-        load_image(lab_data / "a" / "plate.ome.tif#scene-3")
+        load_image(lab_data / "a" / "plate.ome.tif#scene-3", Reading())
 
 
 def test_reading_rule_is_in_fingerprints_and_the_workflow_digests(lab_data, tmp_path):
     from classify.features import image_key
     from prompts import fingerprint
-    from prompts.images import set_reading
 
     png = tmp_path / "p.png"
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(png)
     tif = lab_data / "a" / "cells_0.ome.tif"
-    try:
-        set_reading(Reading())
-        default_key, png_key, part = image_key(tif), image_key(png), fingerprint.reading_part()
-        set_reading(Reading(normalize="minmax"))
-        assert image_key(tif) != default_key  # the classifier's feature cache never mixes rules
-        assert image_key(png) == png_key  # 8-bit: read as is under every rule
-        assert fingerprint.reading_part() != part and fingerprint.reading_part()["normalize"] == "minmax"
-    finally:
-        set_reading(Reading())
+    default, minmax = Reading(), Reading(normalize="minmax")
+    default_key, png_key, part = image_key(tif, default), image_key(png, default), fingerprint.reading_part(default)
+    assert image_key(tif, minmax) != default_key  # the classifier's feature cache never mixes rules
+    assert image_key(png, minmax) == png_key  # 8-bit: read as is under every rule
+    assert fingerprint.reading_part(minmax) != part and fingerprint.reading_part(minmax)["normalize"] == "minmax"
     from study import plan as studyplan
 
     study = tmp_path / "study.yaml"
@@ -405,8 +400,7 @@ def test_percentile_dataset_levels_come_from_the_folds_training_images(lab_data,
     pytest.importorskip("torch")
     from lora.train import plan
     from prompts.config import load_study
-    from prompts.images import fit_reading, set_reading
-    from prompts.normalize import from_section
+    from prompts.images import fit_reading
     from prompts.splits import read_split
 
     r = run_cli("-m", "classify", "split", "--data", lab_data, "--output", tmp_path / "split.json", "--folds", 2)
@@ -415,11 +409,7 @@ def test_percentile_dataset_levels_come_from_the_folds_training_images(lab_data,
     study.write_text(f"data: {{data: {lab_data}, split: {tmp_path / 'split.json'}, normalize: percentile-dataset}}\n"
                      f"lora: {{model: {tiny_model}, output: {tmp_path / 'out'}, fold: all, per: class}}\n")
     s = load_study(study)
-    try:
-        set_reading(from_section(s.data))
-        jobs = plan(s.lora, s.data)
-    finally:
-        set_reading(Reading())
+    jobs = plan(s.lora, s.data)  # the rule comes from s.data alone: nothing process-wide to set
     from prompts.dataset import read_dataset
 
     ds = read_dataset(lab_data)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from prompts.errors import UserError
+from prompts.normalize import DEFAULT
 
 pytestmark = pytest.mark.unit
 
@@ -192,8 +193,8 @@ def test_reference_method_is_a_direct_random_forest_on_the_same_features(tmp_pat
 
     data = read_data(_layout(tmp_path))
     ph = PhenotypeSection(trees=25, crop_size=24)
-    train = [c for im in data.mono for c in source_cells(im, ph.crop_size, "given", 0, 3).cells]
-    test = [c for im in data.co for c in source_cells(im, ph.crop_size, "given", 0, 3).cells]
+    train = [c for im in data.mono for c in source_cells(im, ph.crop_size, "given", 0, 3, DEFAULT).cells]
+    test = [c for im in data.co for c in source_cells(im, ph.crop_size, "given", 0, 3, DEFAULT).cells]
     cache = M.FeatureCache(tmp_path / "cache", M.reference_id())
     cache.add([c.key for c in train + test], np.stack([M.reference_features(c.pixels, c.mask) for c in train + test]))
     got = fit_predict(M.REFERENCE, train, test, cache, data.types, ph, seed=7)
@@ -296,5 +297,5 @@ def test_group_sub_folders_and_monocultures_without_masks(tmp_path):
     data = read_data(root)
     assert {im.name: im.group for im in data.co} == {"co/plate1/images/a.png": "plate1", "co/plate2/images/b.png": "plate2"}
     assert data.has_groups and all(im.mask is None for im in data.mono)
-    cells = source_cells({im.mono_type: im for im in data.mono}["large"], 32, "given", 10, 3).cells
+    cells = source_cells({im.mono_type: im for im in data.mono}["large"], 32, "given", 10, 3, DEFAULT).cells
     assert len(cells) == 3 and {c.true_type for c in cells} == {"large"}

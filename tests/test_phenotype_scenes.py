@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from prompts.errors import UserError
+from prompts.normalize import DEFAULT
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.unit
@@ -107,7 +108,7 @@ def test_classical_segmentation_splits_count_errors_into_misses_and_wrong_types(
     assert results["segmentation"] == "classical"
     for run, fold in zip(results["runs"], results["folds"]):
         direct = sum((matching(load_mask(root / n.replace("/images/", "/masks/")),
-                               classical_labels(image_array(root / n), ph.min_size, ph.min_distance)) for n in fold["test"]), Match())
+                               classical_labels(image_array(root / n, DEFAULT), ph.min_size, ph.min_distance)) for n in fold["test"]), Match())
         m = run["metrics"]
         assert (m["tp"], m["fp"], m["fn"]) == (direct.tp, direct.fp, direct.fn)
         assert m["detection_f1"] == pytest.approx(direct.f1) and m["balanced_accuracy"] == 1.0
@@ -122,7 +123,7 @@ def test_no_test_crop_reaches_any_folds_classifier(rbc_scenes):
     root, _ = rbc_scenes
     data = read_data(root)
     ph = _section()
-    cells: StudyCells = collect_cells(data, ph)
+    cells: StudyCells = collect_cells(data, ph, DEFAULT)
     folds = make_folds([im.name for im in data.co], None, 3, 2, 0)
     for fold in folds:
         keys = test_keys(fold, cells)

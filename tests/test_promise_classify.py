@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prompts.normalize import DEFAULT
 from tests.conftest import ROOT
 
 from .helpers import tree_checksums as checksums
@@ -199,7 +200,7 @@ def test_corrupt_feature_shard_is_recomputed_with_one_warning(damage, data, tmp_
     from classify.features import PLAIN, Extractor, FeatureCache, ImageTable, _read_shard, compute_features
     from classify.model import build_base
 
-    table = ImageTable.from_paths(sorted(data.rglob("*.png"))[:4])
+    table = ImageTable.from_paths(sorted(data.rglob("*.png"))[:4], DEFAULT)
     base = build_base("EfficientNetB0", None, SIZE)
     cache = FeatureCache(tmp_path / "cache", "m")
 
@@ -297,7 +298,7 @@ def _plan(data, split, syn, mixes="real,real+50"):
     from prompts.schema import ClassifySection
 
     ds = read_dataset(data)
-    return plan_jobs(ds, split, parse_mixes(mixes), read_synthetic(syn, ds.classes), ClassifySection())
+    return plan_jobs(ds, split, parse_mixes(mixes), read_synthetic(syn, ds.classes), ClassifySection(), DEFAULT)
 
 
 def test_tree_trained_on_a_test_image_is_refused(provenance, tmp_path, capsys):

@@ -13,6 +13,7 @@ from prompts.config import apply_overrides, load_study
 from prompts.dataset import group_keys, read_dataset
 from prompts.errors import UserError
 from prompts.images import is_grayscale, load_image
+from prompts.normalize import DEFAULT
 from prompts.splits import Fold, Split, read_split, write_split
 from prompts.templates import load_templates
 
@@ -67,15 +68,15 @@ def test_16bit_tiff_scaled_linearly_under_rule_none():
 def test_modes_and_exif(tmp_path):
     rgba = Image.new("RGBA", (8, 4), (10, 20, 30, 128))
     rgba.save(tmp_path / "a.png")
-    assert load_image(tmp_path / "a.png").mode == "RGB"
+    assert load_image(tmp_path / "a.png", DEFAULT).mode == "RGB"
     gray_rgb = Image.fromarray(np.stack([np.arange(32, dtype=np.uint8).reshape(4, 8)] * 3, -1))
     gray_rgb.save(tmp_path / "g.png")
-    assert is_grayscale(load_image(tmp_path / "g.png"))
+    assert is_grayscale(load_image(tmp_path / "g.png", DEFAULT))
     img = Image.new("L", (8, 4), 0)
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90
     img.save(tmp_path / "r.jpg", exif=exif)
-    assert load_image(tmp_path / "r.jpg").size == (4, 8)
+    assert load_image(tmp_path / "r.jpg", DEFAULT).size == (4, 8)
 
 
 def test_bad_image_named_or_skipped(tmp_path, class_data):

@@ -21,6 +21,7 @@ from prompts.dataset import Dataset, Record, pairs_dataset
 from prompts.errors import UserError
 from prompts.layout import FINGERPRINT_FILE, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
 from prompts.mixes import CLASSIFICATION, PHENOTYPING, SEGMENTATION, mixes_error, parse_mixes
+from prompts.normalize import DEFAULT
 from prompts.splits import check_fold_not_empty, make_split
 
 pytestmark = pytest.mark.unit
@@ -63,6 +64,11 @@ def accuracy(train: list[Point], test: list[Point]) -> float:
 class Data:
     data: str
     split: str | None = None
+    normalize: str = "percentile"  # the reading rule's keys of the data section (`prompts.normalize.from_section`)
+    percentiles: tuple = (1.0, 99.8)
+    channels: tuple = ()
+    z: str = "max"
+    t: int = 0
 
 
 @dataclass
@@ -139,10 +145,10 @@ class CentroidTask(crossval.Task):
         return {"version": 1, **common, "tables": tables, "runs": runs}
 
 
-def centroid_task(tmp_path: Path, **settings) -> CentroidTask:
+def centroid_task(tmp_path: Path, normalize: str = "percentile", **settings) -> CentroidTask:
     (tmp_path / "data").mkdir(exist_ok=True)
     leak = settings.pop("leak", False)
-    return CentroidTask(Data(str(tmp_path / "data")), Section(str(tmp_path / "out"), **settings), leak=leak)
+    return CentroidTask(Data(str(tmp_path / "data"), normalize=normalize), Section(str(tmp_path / "out"), **settings), leak=leak)
 
 
 def test_the_protocol_runs_a_task_and_summarises_exactly_what_it_computed(tmp_path):
@@ -171,21 +177,15 @@ def test_the_protocol_runs_a_task_and_summarises_exactly_what_it_computed(tmp_pa
 
 
 def test_a_rerun_reuses_every_saved_result_and_a_new_reading_rule_reuses_none(tmp_path):
-    from prompts.images import current_reading, set_reading
-
     first = crossval.run(centroid_task(tmp_path))
     again = centroid_task(tmp_path)
     res = crossval.run(again)
     assert again.trained == 0 and res["timing"]["runs_reused"] == 9 and res["tables"] == first["tables"]
-    saved = current_reading()
-    try:
-        set_reading(saved.__class__(normalize="none"))
-        with pytest.raises(UserError, match=r"made from other inputs \(reading changed since\); pass --overwrite \(points.overwrite"):
-            crossval.run(centroid_task(tmp_path))
-        task = centroid_task(tmp_path, overwrite=True)
-        res = crossval.run(task)
-    finally:
-        set_reading(saved)
+    with pytest.raises(UserError, match=r"made from other inputs \(reading changed since\); pass --overwrite \(points.overwrite"):
+        crossval.run(centroid_task(tmp_path, normalize="none"))
+    task = centroid_task(tmp_path, normalize="none", overwrite=True)
+    res = crossval.run(task)
+    assert res["reading"]["normalize"] == "none"  # the results record names the rule (reports state it)
     assert task.trained == 9 and res["timing"]["runs_reused"] == 0  # the task's own fingerprints ignore the rule
 
 
@@ -437,19 +437,13 @@ def test_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed
     make, needs_keras = CV_COMMANDS[task]
     if needs_keras:
         pytest.importorskip("keras")
-    from prompts.images import current_reading, set_reading
-
     main, argv, section, n_runs = make(tmp_path)
-    saved = current_reading()  # a command sets the process's reading rule: later tests get it back
-    try:
-        assert main([*argv, "--normalize", "percentile"]) == 0
-        capsys.readouterr()
-        _refused(main, [*argv, "--normalize", "none"])
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "reading changed since" in err and f"{section}.overwrite" in err, err
-        assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
-    finally:
-        set_reading(saved)
+    assert main([*argv, "--normalize", "percentile"]) == 0
+    capsys.readouterr()
+    _refused(main, [*argv, "--normalize", "none"])
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "reading changed since" in err and f"{section}.overwrite" in err, err
+    assert main([*argv, "--normalize", "none", "--overwrite"]) == 0
     res = json.loads((tmp_path / "out" / RESULTS_JSON).read_text())
     assert res["timing"]["runs_trained"] == n_runs and res["timing"]["runs_reused"] == 0
 
@@ -460,7 +454,7 @@ def test_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed
 ROW_KEYS = ["mix", "tree", "uses_synthetic", "folds", "metrics", "vs_real", "synthetic_fraction", "confusion", "per_class",
             "leaky_folds", "shortfall", "verdict", "flags"]  # results.json's row contract, in its order
 TOP_KEYS = ["version", "data", "split", "group_by", "synthetic", "synthetic_per_fold", "classes", "class_counts", "n_folds",
-            "n_splits", "repeats", "n_train_mean", "n_test_mean", "wilcoxon_min_p", "settings", "tables", "runs", "flags"]
+            "n_splits", "repeats", "n_train_mean", "n_test_mean", "reading", "wilcoxon_min_p", "settings", "tables", "runs", "flags"]
 
 
 def test_classify_results_record_is_the_direct_computation_over_its_runs():
@@ -486,7 +480,7 @@ def test_classify_results_record_is_the_direct_computation_over_its_runs():
                          "leaky": fold.index == 1 and mix.uses_synthetic, "metrics": stats.fold_metrics(y_true, y_pred, classes),
                          "n_train": len(fold.train), "n_test": len(fold.test), "synthetic_fraction": 0.25 if mix.uses_synthetic else 0.0,
                          "shortfall": {"c": 1} if mix.name == "balance" else {}, "counts": {}, "probs": [[1.0]], "y_true": [0]})
-    res = summarize(runs, dataset, split, mixes, syn, ClassifySection())
+    res = summarize(runs, dataset, split, mixes, syn, ClassifySection(), DEFAULT)
     assert list(res) == TOP_KEYS and res["classes"] == classes and res["n_folds"] == 6
     n_train, n_test = 12.0, 6.0
     assert res["n_train_mean"] == n_train and res["n_test_mean"] == n_test
@@ -522,21 +516,14 @@ def test_a_controlnet_fingerprint_records_the_reading_rule(tmp_path):
     pytest.importorskip("torch")
     from controlnet.train import Job, job_fingerprint
     from prompts.blobs import make_blob_pairs
-    from prompts.images import current_reading, set_reading
+    from prompts.normalize import Reading
     from prompts.pairs import read_pairs
     from prompts.schema.controlnet import ControlnetSection
 
     data = make_blob_pairs(tmp_path / "data", n=2, size=32, seed=0)
-    job = Job(None, read_pairs(data), data, tmp_path / "out")
     cfg, data_cfg = ControlnetSection(), Data(str(data))
     cfg.model = "tiny"
-    saved = current_reading()
-    try:  # the process-wide rule may have been set by an earlier command run in this process: set both explicitly
-        set_reading(saved.__class__(normalize="percentile"))
-        before = job_fingerprint(job, cfg, data_cfg)
-        set_reading(saved.__class__(normalize="none"))
-        after = job_fingerprint(job, cfg, data_cfg)
-    finally:
-        set_reading(saved)
+    before = job_fingerprint(Job(None, read_pairs(data), data, tmp_path / "out", reading=Reading(normalize="percentile")), cfg, data_cfg)
+    after = job_fingerprint(Job(None, read_pairs(data), data, tmp_path / "out", reading=Reading(normalize="none")), cfg, data_cfg)
     assert fingerprint.diff(before, after) == ["reading"]
     assert before["reading"]["normalize"] == "percentile" and after["reading"]["normalize"] == "none"

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from prompts.normalize import DEFAULT
+
 pytest.importorskip("sklearn")
 
 CLASSES_N = {"acceptable": 10, "bad": 10, "good": 10}
@@ -90,7 +92,7 @@ def make_results(inputs, errors=ERRORS, mixes=MIXES, drop_test=None, settings=No
             runs.append({"fold": fold.index, "repeat": fold.repeat, "mix": mix, "tree": tree, "leaky": False,
                          "metrics": fold_metrics(y_true, y_pred, classes), "n_train": len(fold.train), "n_test": len(test),
                          "synthetic_fraction": share, "shortfall": {}, "counts": {}})
-    return summarize(runs, dataset, split, parse_mixes(mixes), syn, cls)
+    return summarize(runs, dataset, split, parse_mixes(mixes), syn, cls, DEFAULT)
 
 
 def md_of(res) -> str:
@@ -321,7 +323,7 @@ def test_banner_for_calibrated_stand_in_weights(inputs, tmp_path):
     from classify.report import smoke_reasons
 
     dataset = inputs[0]
-    x = load_pixels([dataset.root / r.path for r in dataset.records[:8]], 32)
+    x = load_pixels([dataset.root / r.path for r in dataset.records[:8]], 32, DEFAULT)
     path = write_calibrated_weights("EfficientNetB0", 32, x, tmp_path / "b0.weights.h5")
     assert smoke_reasons(make_results(inputs, settings={"weights": str(path)})) == [
         f"the classifier's base has calibrated random stand-in weights (`{path}`), not ImageNet's"]

@@ -17,6 +17,7 @@ import pytest
 
 from prompts.config import load_study
 from prompts.errors import UserError
+from prompts.normalize import DEFAULT
 
 from .conftest import ROOT, shared_data
 
@@ -52,7 +53,7 @@ def b0_weights(small_pbc3) -> Path:
     from classify.pixels import load_pixels
 
     paths = sorted(small_pbc3.rglob("*.png"))
-    return write_calibrated_weights("EfficientNetB0", SIZE, load_pixels(paths, SIZE), small_pbc3.parent / "b0.weights.h5")
+    return write_calibrated_weights("EfficientNetB0", SIZE, load_pixels(paths, SIZE, DEFAULT), small_pbc3.parent / "b0.weights.h5")
 
 
 def write_study(tmp: Path, data: Path, model: Path, weights: Path, trials: int = 4, extra: str = "") -> Path:

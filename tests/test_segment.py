@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prompts.normalize import DEFAULT
 from tests.conftest import shared_data
 
 pytest.importorskip("keras")
@@ -32,7 +33,7 @@ def _arrays(folder):
     from segment.pixels import load_image_array, load_mask_array
 
     pairs = read_pairs(folder)
-    x = np.stack([load_image_array(p.image, SIZE) for p in pairs]).astype(np.float32)
+    x = np.stack([load_image_array(p.image, SIZE, DEFAULT) for p in pairs]).astype(np.float32)
     y = np.stack([load_mask_array(p.mask, SIZE) for p in pairs])
     return x, y
 

@@ -40,8 +40,9 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_PAD_CHUNK = b"paDd"  # ancillary, private, safe-to-copy: every decoder skips it
 
 
-def encode_image(path, size: int, image_format: str = "jpeg", quality: int = 92) -> tuple[str, bytes]:
-    """(mime type, bytes) of one image as shown: shorter side resized to `size`, centre square, fresh pixels.
+def encode_image(path, size: int, image_format: str = "jpeg", quality: int = 92, *, reading) -> tuple[str, bytes]:
+    """(mime type, bytes) of one image as shown: read under `reading` (the data section's rule), shorter side
+    resized to `size`, centre square, fresh pixels.
 
     Grayscale content (mode L, or RGB with equal channels) is encoded as 8-bit gray and colour as RGB, by
     content alone, so real and synthetic images differ in nothing but their pixels. The image is rebuilt
@@ -51,7 +52,7 @@ def encode_image(path, size: int, image_format: str = "jpeg", quality: int = 92)
 
     from prompts.images import center_crop, is_grayscale, load_image, resize_shortest_side
 
-    img = center_crop(resize_shortest_side(load_image(path), size), size)
+    img = center_crop(resize_shortest_side(load_image(path, reading), size), size)
     img = img.convert("L") if is_grayscale(img) else img.convert("RGB")
     fresh = Image.fromarray(np.asarray(img))
     buf = io.BytesIO()
@@ -149,11 +150,14 @@ def blind_test(data_section, blind_section) -> list[Path]:
                             "(its key scores the answers raters send back): choose a new output folder")
         check_new_file(out / name, data=data_section.data)
 
-    dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images)
+    from prompts.normalize import from_section
+
+    reading = from_section(data_section)  # real and synthetic images are shown as the study reads them
+    dataset = read_dataset(data_section.data, skip_bad_images=data_section.skip_bad_images, reading=reading)
     syn = read_synthetic(b.synthetic, dataset.classes)
     weights = choose_weights(syn, b.lora_weights)
     items = draw_items(dataset, syn, weights, b.per_class, b.seed)
-    encoded = [encode_image(it.path, b.size, b.image_format, b.jpeg_quality) for it in items]
+    encoded = [encode_image(it.path, b.size, b.image_format, b.jpeg_quality, reading=reading) for it in items]
     images = [{"id": it.id, "src": data_uri(data, mime)} for it, (mime, data) in zip(items, equal_lengths(encoded))]
 
     test_id = secrets.token_hex(8)  # unique per page, so two tests never share a browser's saved progress

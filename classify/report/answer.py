@@ -10,6 +10,7 @@ from scipy import stats as sps
 
 from analysis.report import fmt_ci, p_is, scaled_span, verdict_method
 from analysis.verdicts import EQUIVALENT, HELPS, HURTS, INCONCLUSIVE, Verdict
+from prompts.normalize import reading_line
 
 from ..results import REAL_TREE, CVResults
 from .text import ALPHA, LEVEL, METRIC_NAME, repeats_advice, shown_path, tree_title
@@ -144,4 +145,5 @@ def setup_text(res: CVResults) -> str:
         + (f", minority class subsampled to {s.minority_fraction:g} of the largest" if s.minority_fraction else "")
         + f", feature cache {'on' if s.feature_cache else 'off'}. Seed {s.seed}. Equivalence margin δ = {s.delta:g} "
         f"{METRIC_NAME} (`classify.delta`)."
+        + (f" {reading_line(res.reading)}" if res.reading else "")
     )

@@ -73,19 +73,21 @@ def plot_metrics(res: CVResults | dict) -> Figure:
     return Figure(plot_caption(series), figure_uri(fig))
 
 
-def _thumb(path, size: int = 96) -> str:
-    """A PNG data URI of the image as the classifier sees it (shorter side resized, centre crop)."""
+def _thumb(path, reading, size: int = 96) -> str:
+    """A PNG data URI of the image as the classifier sees it (read under `reading`, shorter side resized, centre crop)."""
     from ..pixels import image_to_array
 
-    return png_uri(image_to_array(path, size))
+    return png_uri(image_to_array(path, size, reading))
 
 
 def image_grid(res: CVResults | dict, per_side: int = 4) -> Table:
     """Per class, a few real images beside a few synthetic images of each LoRA weight."""
     res = CVResults.of(res)
     from prompts.dataset import read_dataset
+    from prompts.normalize import DEFAULT, Reading
 
-    real = read_dataset(res.data)
+    reading = Reading.from_record(res.reading) if res.reading else DEFAULT  # the run's rule (older records: the default)
+    real = read_dataset(res.data, reading=reading)
     trees = {}
     if res.synthetic:
         from ..synthetic import read_synthetic
@@ -98,7 +100,7 @@ def image_grid(res: CVResults | dict, per_side: int = 4) -> Table:
         cells = [Cell(c)]
         for ds in [real, *trees.values()]:
             recs = [r for r in ds.records if r.label == c][:per_side]
-            cells.append(Cell(images=[_thumb(ds.root / r.path) for r in recs]))
+            cells.append(Cell(images=[_thumb(ds.root / r.path, reading) for r in recs]))
         rows.append(cells)
     return Table(["class", "real", *(f"synthetic {w}" for w in trees)], rows,
                  caption="As the classifier sees them (shorter side resized, centre crop):")
