@@ -16,12 +16,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+# No seed anywhere: the defaults make it reproducible (tests/test_reproducible.py runs it a second time).
 STUDY = """\
 study: {{output: out}}
 data: {{data: data, templates: templates.yaml}}
 lora: {{model: tiny, per: class, repeats: 1, epochs: 1, batch_size: 2, resolution: 64, rank: {rank}, alpha: 4.0,
        validation_images: 0, checkpointing_steps: 1}}
-generate: {{steps: 2, size: [32, 32], batch_size: 8, lora_weights: [1.0, 0.8], fraction: [0.5], seed: 0}}
+generate: {{steps: 2, size: [32, 32], batch_size: 8, lora_weights: [1.0, 0.8], fraction: [0.5]}}
 classify: {{folds: 2, group_by: "regex:^\\\\d{{8}}", backbone: EfficientNetB0, weights: calibrated, image_size: 32,
            epochs: {epochs}, augment: false, mixes: [real, real+50]}}
 """
@@ -55,13 +56,18 @@ def write_study(folder: Path, data: Path) -> Path:
     return folder
 
 
+def run_local(folder: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The small study in `folder` as the session's local run runs it: 2 cores through two (fake) GPU slots."""
+    return snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": GPUS, **(env or {})})
+
+
 def local_study(tmp_path_factory, demo_data: Path) -> Path:
     """The small study run once per session with `--cores 2` (a finished run is reused)."""
     folder = tmp_path_factory.getbasetemp() / "workflow-local"
     if (folder / "done").is_file():
         return folder
     write_study(folder, demo_data)
-    res = snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": GPUS})
+    res = run_local(folder)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     (folder / "stdout.txt").write_text(res.stdout + res.stderr)
     (folder / "done").write_text("")

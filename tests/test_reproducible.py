@@ -10,36 +10,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .test_workflow import snakemake, write_study
+from .studies import run_local, write_study
 
 pytestmark = pytest.mark.workflow
-
-# the small study of test_workflow, with no seed anywhere: the defaults must make it reproducible
-STUDY = """\
-study: {output: out}
-data: {data: data, templates: templates.yaml}
-lora: {model: tiny, per: class, repeats: 1, epochs: 1, batch_size: 2, resolution: 64, rank: 4, alpha: 4.0,
-       validation_images: 0}
-generate: {steps: 2, size: [32, 32], batch_size: 8, lora_weights: [1.0], fraction: [0.5]}
-classify: {folds: 2, group_by: "regex:^\\\\d{8}", backbone: EfficientNetB0, weights: calibrated, image_size: 32,
-           epochs: 1, augment: false, mixes: [real, real+50]}
-"""
 
 
 def digests(out: Path, pattern: str) -> dict[str, str]:
     return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob(pattern))}
 
 
-def test_the_same_study_in_two_folders_gives_the_same_results(tmp_path, demo_data):
-    env = {"OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-           "PYTHONHASHSEED": "random"}
-    outs = []
-    for name in ("first", "second"):
-        folder = write_study(tmp_path / name, demo_data)
-        (folder / "study.yaml").write_text(STUDY)
-        res = snakemake(folder, "--cores", "1", env=env, timeout=2400)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-        outs.append(folder / "out")
+def test_the_same_study_in_two_folders_gives_the_same_results(tmp_path, demo_data, local_run):
+    """The session's small study (tests/studies.py: no seed anywhere) run again in a second folder, with Python's
+    hash seed random, against the first: the defaults alone must make it reproducible."""
+    assert "seed" not in (local_run / "study.yaml").read_text()
+    second = write_study(tmp_path / "second", demo_data)
+    res = run_local(second, env={"PYTHONHASHSEED": "random"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    outs = [local_run / "out", second / "out"]
     a, b = outs
     assert (a / "report" / "results.csv").read_bytes() == (b / "report" / "results.csv").read_bytes()
     loras = digests(a / "lora", "*.safetensors")
