@@ -263,9 +263,13 @@ TOGETHER_ONE_PROCESS = ("--together trains its groups in one batch in one proces
 SCALER_FILE = "scaler.pt"  # the scaler state in a checkpoint folder (accelerate's SCALER_NAME for a separate run)
 
 
-def group_scaler(settings, device):
-    """A group's own fp16 loss scaler (torch's defaults, as accelerate makes for a separate run), or None without fp16."""
-    if settings.mixed_precision != "fp16":
+def group_scaler(settings, device, accelerator=None):
+    """A group's own fp16 loss scaler (torch's defaults, as accelerate makes for a separate run), or None.
+
+    None without fp16, and None where the run's `accelerator` has no scaler (accelerate makes none for fp16 on a
+    CPU): a group is scaled exactly when its separate run would be.
+    """
+    if settings.mixed_precision != "fp16" or (accelerator is not None and accelerator.scaler is None):
         return None
     return torch.amp.GradScaler(device.type)
 
@@ -355,7 +359,7 @@ def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, re
         total_updates = math.ceil(total_steps / accum)
         scheduler = get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.lr_warmup_steps, num_training_steps=total_updates)
         run = GroupRun(job, adapter_name(index), images, cache, caption_row, token_ids, text_states, groups, optimizer, scheduler,
-                       epoch_steps, total_steps, total_updates, cache_seconds, scaler=group_scaler(settings, device))
+                       epoch_steps, total_steps, total_updates, cache_seconds, scaler=group_scaler(settings, device, accelerator))
         resume_group(run, models, settings, accelerator, resume, device)
         runs.append(run)
 

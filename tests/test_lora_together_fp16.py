@@ -153,6 +153,7 @@ def test_without_overflow_every_group_steps_and_no_scaler_means_plain_backward(j
     start = snapshot(groups)
     assert group_scaler(SimpleNamespace(mixed_precision="bf16"), CPU) is None
     assert group_scaler(SimpleNamespace(mixed_precision="no"), CPU) is None
+    assert group_scaler(SETTINGS, CPU, Accelerator(cpu=True)) is None  # an accelerator without a scaler: no scaling, as its separate run
     scaled, plain = {}, {}
     for use_scaler in (True, False):
         restore(groups, start)
