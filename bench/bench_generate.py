@@ -4,7 +4,8 @@ Same model, LoRA, sampler (Euler a), steps, CFG, size and batch for both, and th
 save every image as a PNG (the bare script with PIL's defaults, `generate` with its provenance chunks and
 manifest line). Each side gets one untimed warm-up batch; the clock covers only the timed batches: from the
 first timed batch's start until the last image is on disk (for `generate`: until it returns, its final
-manifest rebuild included). Fused (--fuse) against unfused for both. Configurations are measured in turn,
+manifest rebuild included). Fused (--fuse) against unfused for both; `generate` with
+Euler a's noise drawn per step (as diffusers does) beside its pre-drawn default. Configurations are measured in turn,
 `--repeats` times, and the median is reported, so that load from other programs hits every one alike.
 
     python -m bench.bench_generate                      # CPU: a mid-size random SD-like model, 128x128
@@ -153,13 +154,15 @@ def before_package(rev: str, tmp: Path) -> str:
     return "generate_before"
 
 
-def ours(model: Path, lora: Path, a, fused: bool, out: Path, package: str = "generate") -> float:
+def ours(model: Path, lora: Path, a, fused: bool, out: Path, package: str = "generate", predraw: bool = True) -> float:
     """Images/s of `generate`'s sampling loop, PNGs, provenance and manifest included.
 
     One call of `generate` plans a warm-up batch then the timed images; the clock starts when the first timed
     batch starts sampling and stops when `generate` returns (every PNG written, the manifest rebuilt): the
     steady-state batches and all of their bookkeeping, nothing of the warm-up's sampling. (Any warm-up PNG
     still being written in the background counts against `generate`.)
+    predraw=False: Euler a draws each step's noise per step, as diffusers does (`make_scheduler(predraw_noise=False)`),
+    to time what pre-drawing it (`diffusion.euler_noise`) saves.
     """
     import importlib
 
@@ -186,11 +189,14 @@ def ours(model: Path, lora: Path, a, fused: bool, out: Path, package: str = "gen
         return original(pipe, i2i, batch, s_, root)
 
     gs.sample_batch = timed
+    make_scheduler = gs.make_scheduler
+    if not predraw:
+        gs.make_scheduler = lambda name, config: make_scheduler(name, config, predraw_noise=False)
     try:
         gs.generate(jobs(a.batch, "0warm") + jobs(a.images, "timed"), s, out.parent / "data", PartialState())
         t1 = time.perf_counter()
     finally:
-        gs.sample_batch = original
+        gs.sample_batch, gs.make_scheduler = original, make_scheduler
     return a.images / (t1 - starts[0])
 
 
@@ -235,6 +241,8 @@ def measure(model: Path, lora: Path, a, tmp: Path, before: str | None, fuse: boo
     """Every configuration of one batch size, in turn, `a.repeats` times: {name: [images/s per repeat]}."""
     batch = a.batch
     runs = {"bare": lambda o: bare(model, lora, a, False, o), "generate": lambda o: ours(model, lora, a, False, o)}
+    if a.noise_rows:
+        runs["generate, noise per step"] = lambda o: ours(model, lora, a, False, o, predraw=False)
     if before:
         runs["generate before"] = lambda o: ours(model, lora, a, False, o, before)
     if fuse:
@@ -255,6 +263,8 @@ def table(rows: list[tuple[int, dict]], floor: float | None) -> list[str]:
     head = ["batch", *names, "generate / bare"]
     if "generate before" in names:
         head.append("before / bare")
+    if "generate, noise per step" in names:
+        head.append("pre-drawn / per-step noise")
     if "generate --fuse" in names:
         head.append("fused / unfused (generate)")
     if floor:
@@ -265,6 +275,8 @@ def table(rows: list[tuple[int, dict]], floor: float | None) -> list[str]:
         cells = [str(batch), *(f"{m[k]:.3f}" for k in names), f"{m['generate'] / m['bare']:.2f}"]
         if "generate before" in m:
             cells.append(f"{m['generate before'] / m['bare']:.2f}")
+        if "generate, noise per step" in m:
+            cells.append(f"{m['generate'] / m['generate, noise per step']:.2f}")
         if "generate --fuse" in m:
             cells.append(f"{m['generate --fuse'] / m['generate']:.2f}")
         if floor:
@@ -287,6 +299,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default fp16 on cuda, fp32 on cpu")
     p.add_argument("--before", metavar="REV", help="also time `generate` as it was at this git revision (before/after in one run)")
     p.add_argument("--no-fuse", action="store_true", help="skip the fused configurations")
+    p.add_argument("--no-noise-row", dest="noise_rows", action="store_false",
+                   help="skip `generate` with Euler a's noise drawn per step (diffusers' way) beside the pre-drawn default")
     p.add_argument("--no-floor", action="store_true", help="skip the FLOP count and matmul rate")
     p.add_argument("--smoke", action="store_true", help="one tiny configuration, one image, one step: checks the script runs")
     a = p.parse_args(argv)

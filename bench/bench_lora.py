@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.bench_lora                      # CPU, a small SD-like model, res 128, batch 2
     .venv/bin/python -m bench.bench_lora --sd15 --device cuda # SD 1.5 architecture (random weights), 512, fp16 + bf16
     .venv/bin/python -m bench.bench_lora --smoke              # one short round: the script still runs
+    .venv/bin/python -m bench.bench_lora --compile            # the bare step eager / channels_last / torch.compile
 
 The bare loop is the floor: the same model with the same LoRA adapters (U-Net and
 text encoder, fp32 LoRA parameters), the same batch and resolution; per step a VAE
@@ -101,6 +102,22 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
     schedule's step (the trainer's default schedule); the LoRA parameters stay fp32, as the trainer's.
     Returns the wall time of each step after the first.
     """
+    step, peak = bare_step(model, data, args, cache, precision)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"step_seconds": times[1:], "peak_gpu_memory_gib": peak()}
+
+
+def bare_step(model: Path, data: Path, args, cache: bool, precision: str, channels_last: bool = False,
+              compile_unet: bool = False):
+    """The bare loop's step as a function (see `bare_step_times`), and a function giving peak GPU GiB (None on a CPU).
+
+    channels_last: the U-Net's weights and its input in channels-last memory format. compile_unet: the U-Net wrapped
+    by `torch.compile` (default inductor backend; forward and backward compiled on the first step).
+    """
     from types import SimpleNamespace
 
     from diffusers.optimization import get_scheduler
@@ -139,16 +156,20 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
         cached = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
     sched = pipe.scheduler
     autocast = torch.autocast(device.type, dtype=dtype, enabled=precision != "no")
-    times = []
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    net = torch.compile(unet) if compile_unet else unet
+
+    def step() -> None:
         with torch.no_grad():
             latents = cached if cache else vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
         latents = latents.float()
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (args.batch_size,), device=device)
         with autocast:
-            pred = unet(sched.add_noise(latents, noise, t).to(dtype), t, text(ids)[0]).sample
+            noisy = sched.add_noise(latents, noise, t).to(dtype).contiguous(memory_format=memory_format)
+            pred = net(noisy, t, text(ids)[0]).sample
         loss = F.mse_loss(pred.float(), noise)
         scaler.scale(loss).backward()
         if max_norm > 0:
@@ -159,9 +180,8 @@ def bare_step_times(model: Path, data: Path, args, cache: bool, precision: str) 
         schedule.step()
         opt.zero_grad(set_to_none=True)
         loss.item()  # wait for the device, as the trainer's loss log does
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"step_seconds": times[1:], "peak_gpu_memory_gib": peak}
+
+    return step, lambda: torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
 def steps_per_second(step_seconds: list[float], q: float) -> float:
@@ -435,6 +455,65 @@ def compare_presets(args, tmp: Path, argv) -> str:
         lines.append(f"| {name} | {n} | {sps:.3f} | {sps / base:.2f} | {k / 2**20:.2f} MiB | {d / 2**20:.2f} MiB |")
     return "\n".join(lines)
 
+# --------------------------------------------------------------------------- torch.compile and channels_last
+
+COMPILE_VARIANTS = {"eager": (False, False), "channels_last": (True, False), "torch.compile": (False, True),
+                    "torch.compile + channels_last": (True, True)}
+
+
+def compare_compile(args, tmp: Path, argv) -> str:
+    """The bare training step (latents pre-encoded) eager, channels_last, compiled and both, side by side.
+
+    Each variant is built once; its first step (the compilation, for compiled ones) is timed on its own; then rounds
+    alternate between the variants, `args.steps` steps each, and the step times are pooled per variant. A variant
+    that fails (a compiler error) is reported with its error line. Returns the markdown section.
+    """
+    import datetime
+
+    from diffusion.tiny import write_tiny_model
+    from prompts.demo import write_demo_dataset
+
+    data = write_demo_dataset(tmp / "data", per_class={"good": args.images}, cell_lines=["A549"], size=args.resolution)
+    model = write_tiny_model(tmp / "model") if args.compile_model == "tiny" else build_model(args.compile_model, tmp / "model")
+    steps, first, errors = {}, {}, {}
+    for name, (channels_last, compiled) in COMPILE_VARIANTS.items():
+        try:
+            step, _ = bare_step(model, data, args, True, args.precision[0], channels_last, compiled)
+            t0 = time.perf_counter()
+            step()
+            first[name], steps[name] = time.perf_counter() - t0, step
+        except Exception as err:  # inductor raises many types (a missing compiler, a lowering error)
+            errors[name] = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''}"
+        print(f"{name}: first step {first.get(name, float('nan')):.1f} s {errors.get(name, '')}", file=sys.stderr, flush=True)
+    pooled: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(args.rounds):
+        for name, step in steps.items():
+            step()  # one untimed step after the switch: caches of the other variant's run
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                step()
+                pooled[name].append(time.perf_counter() - t0)
+        print(f"round {r}: " + ", ".join(f"{n} {1000 * statistics.median(v):.1f} ms" for n, v in pooled.items()),
+              file=sys.stderr, flush=True)
+    cmd = " ".join(["python -m bench.bench_lora", *(argv if argv is not None else sys.argv[1:])]).strip()
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} torch threads{load}"
+    out = [f"Command: `{cmd}`. Measured {datetime.date.today()} on {device}, torch {torch.__version__}; "
+           f"{args.compile_model} model, resolution {args.resolution}, batch {args.batch_size}, precision {args.precision[0]}, "
+           f"the bare loop's step with pre-encoded latents (U-Net and text-encoder LoRA); {args.steps} steps x {args.rounds} rounds "
+           f"per variant, alternating; steps/s = 1 / q{args.quantile:g} of the pooled step times.", "",
+           "| variant | first step s (compile) | steps/s | median steps/s | vs eager |", "| --- | ---: | ---: | ---: | ---: |"]
+    eager = steps_per_second(pooled["eager"], args.quantile) if pooled.get("eager") else None
+    for name in COMPILE_VARIANTS:
+        if name in errors:
+            out.append(f"| {name} | failed: `{errors[name]}` | - | - | - |")
+            continue
+        sps = steps_per_second(pooled[name], args.quantile)
+        ratio = f"{sps / eager:.2f}" if eager else "-"
+        out.append(f"| {name} | {first[name]:.1f} | {sps:.3f} | {steps_per_second(pooled[name], 0.5):.3f} | {ratio} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sd15", action="store_true", help="SD 1.5 architecture at 512 (needs a GPU)")
@@ -450,6 +529,10 @@ def main(argv=None) -> None:
     parser.add_argument("--vs-example", action="store_true",
                         help="instead: lora train vs diffusers' example trainer loop (tiny model, 64 px, U-Net-only rank 4)")
     parser.add_argument("--presets", action="store_true", help="instead: steps/s and file size of the network presets")
+    parser.add_argument("--compile", action="store_true",
+                        help="instead: the bare step eager vs channels_last vs torch.compile vs both (side by side)")
+    parser.add_argument("--compile-model", default="tiny", choices=["tiny", "small", "sd15"],
+                        help="--compile: the model (default tiny; sd15: SD 1.5 architecture, for a GPU)")
     parser.add_argument("--example-rank", type=int, default=4, help="--vs-example: LoRA rank (= alpha, as the example)")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--md", default=str(Path(__file__).with_name("lora.md")),
@@ -458,6 +541,18 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.smoke:
         args.resolution, args.steps, args.rounds, args.md, args.json, args.batch_size = 64, 4, 1, "", None, 1
+    if args.compile:
+        args.images, args.precision = 4, args.precision or ["no"]
+        args.resolution = args.resolution or {"tiny": 64, "small": 128, "sd15": 512}[args.compile_model]
+        tmp = Path(tempfile.mkdtemp(prefix="bench_lora."))
+        try:
+            body = compare_compile(args, tmp, argv)
+            print(body)
+            if args.md:
+                update_markdown(Path(args.md), f"compile-{args.compile_model}-{args.device}", body)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     if args.vs_example or args.presets:
         args.images = 4
         args.resolution = args.resolution or (64 if args.vs_example else 512 if args.sd15 else 128)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_lora_together                     # CPU, tiny model, 3 groups, res 64
     .venv/bin/python -m bench.bench_lora_together --model small --groups 4 --resolution 128
-    .venv/bin/python -m bench.bench_lora_together --model sd15 --device cuda --groups 15 --precision bf16
+    .venv/bin/python -m bench.bench_lora_together --model sd15 --device cuda --groups 15 --precision bf16   # or fp16
     .venv/bin/python -m bench.bench_lora_together --smoke            # one tiny round, nothing written
 
 Both sides run `lora.train.run` on the same K groups (the same images, settings and seeds); one at a time
@@ -126,7 +126,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--precision", default="no", choices=["no", "bf16"], help="lora.together refuses fp16")
+    parser.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="fp16 needs a GPU (one loss scaler per group)")
     parser.add_argument("--cache-latents", action="store_true")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="2 groups, 2 images, 1 repeat, 1 round; writes nothing")

@@ -36,9 +36,22 @@ def canonical_sampler(name: str) -> str:
     raise UserError(f"--sampler {name!r}: unknown sampler; choose one of {', '.join(repr(s) for s in SAMPLERS)}")
 
 
-def make_scheduler(name: str, base_config: dict):
-    """A scheduler for sampler `name`, with the base model's training noise schedule (betas) kept."""
+def make_scheduler(name: str, base_config: dict, predraw_noise: bool = True):
+    """A scheduler for sampler `name`, with the base model's training noise schedule (betas) kept.
+
+    Parameters
+    ----------
+    name : str
+        A sampler name (`canonical_sampler` spellings).
+    base_config : dict
+        The base model's scheduler config.
+    predraw_noise : bool
+        Euler a only: draw each run's per-step noise up front (`diffusion.euler_noise`); same images.
+    """
     import diffusers
 
     cls_name, overrides = SAMPLERS[canonical_sampler(name)]
-    return getattr(diffusers, cls_name).from_config(base_config, **overrides)
+    cls = getattr(diffusers, cls_name)
+    if predraw_noise and cls_name == "EulerAncestralDiscreteScheduler":
+        from .euler_noise import PredrawnEulerAncestral as cls
+    return cls.from_config(base_config, **overrides)

@@ -24,7 +24,6 @@ from prompts.errors import UserError
 from prompts.guard import check_output_dir
 from prompts.images import fit_reading
 from prompts.normalize import from_section
-from prompts.schema.lora import together_size
 from prompts.splits import read_split
 from prompts.templates import DEFAULT_TEMPLATES, load_templates
 
@@ -117,8 +116,6 @@ def _check_combinations(settings, resume: str | None) -> None:
     """Settings that are valid one by one but not together, or not on this machine."""
     if settings.cache_latents and settings.random_crop:
         raise UserError("--cache-latents cannot be combined with --random-crop (each crop needs its own encoding); drop one")
-    if together_size(settings.together, 2) > 1 and settings.mixed_precision == "fp16":
-        raise UserError("--together does not do fp16 loss scaling per group yet; use --mixed-precision bf16 or no, or drop --together")
     if resume is not None and settings.overwrite:
         raise UserError(f"--resume {resume} continues and --overwrite starts over; drop one of them")
     if settings.optimizer == "adamw8bit":

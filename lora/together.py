@@ -13,6 +13,11 @@ Everything else is per group, as in `train.train_group`: its images and captions
 group's own norm), loss log, checkpoints and finished folder. A group with fewer images runs fewer steps, as
 its separate run would, and then leaves the batch. The files written are those of separate runs, equal within
 float tolerance (docs/howto/lora-together.md states it; tests/test_lora_together.py checks it).
+
+In fp16 each group also has its own loss scaler (`torch.amp.GradScaler`, as accelerate gives a separate run): its
+loss is scaled by its own scale before the one backward, and an overflow in its samples skips its own update and
+halves its own scale only, as in its separate run (the samples of other groups, and so their gradients, never meet
+the overflow; tests/test_lora_together_fp16.py checks it).
 """
 from __future__ import annotations
 
@@ -58,7 +63,7 @@ from .steps import (
     to_device,
 )
 
-__all__ = ["Router", "add_adapters", "train_together"]
+__all__ = ["Router", "add_adapters", "backward_groups", "group_scaler", "step_optimizer", "train_together"]
 
 log = logging.getLogger("lora")
 
@@ -202,6 +207,7 @@ class GroupRun:
     loss_n: int = 0
     pending: list = field(default_factory=list)  # updates whose loss is still on the device (train.read_losses)
     tracker: object = None
+    scaler: object = None  # fp16: this group's own torch.amp.GradScaler; None otherwise
     epochs: dict = field(default_factory=dict)  # this group's batches of the current epoch
 
     @property
@@ -230,6 +236,8 @@ def save_group_state(models, run: GroupRun, folder: str) -> None:
         state = get_peft_model_state_dict(m, adapter_name=run.adapter)
         save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(folder, f"lora_{i}.safetensors"))
     torch.save(run.optimizer.state_dict(), os.path.join(folder, "optimizer.bin"))
+    if run.scaler is not None:  # accelerate's file name for the scaler of a separate fp16 run
+        torch.save(run.scaler.state_dict(), os.path.join(folder, SCALER_FILE))
 
 
 def load_group_state(models, run: GroupRun, folder: str, device) -> None:
@@ -242,14 +250,67 @@ def load_group_state(models, run: GroupRun, folder: str, device) -> None:
     for i, m in enumerate(models):
         set_peft_model_state_dict(m, load_file(os.path.join(folder, f"lora_{i}.safetensors")), adapter_name=run.adapter)
     run.optimizer.load_state_dict(torch.load(os.path.join(folder, "optimizer.bin"), map_location=device, weights_only=True))
+    scaler_file = os.path.join(folder, SCALER_FILE)
+    if run.scaler is not None and os.path.exists(scaler_file):
+        run.scaler.load_state_dict(torch.load(scaler_file, weights_only=True))
+
+
+# --------------------------------------------------------------------------- fp16: one loss scaler per group
+
+TOGETHER_ONE_PROCESS = ("--together trains its groups in one batch in one process, and this run has {n} processes: launch it "
+                        "as one process (`python -m lora train ...`, not `accelerate launch --num_processes {n}`), or set "
+                        "`lora.together: 1` (--together 1) to train the groups one at a time on {n} processes")
+SCALER_FILE = "scaler.pt"  # the scaler state in a checkpoint folder (accelerate's SCALER_NAME for a separate run)
+
+
+def group_scaler(settings, device, accelerator=None):
+    """A group's own fp16 loss scaler (torch's defaults, as accelerate makes for a separate run), or None.
+
+    None without fp16, and None where the run's `accelerator` has no scaler (accelerate makes none for fp16 on a
+    CPU): a group is scaled exactly when its separate run would be.
+    """
+    if settings.mixed_precision != "fp16" or (accelerator is not None and accelerator.scaler is None):
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def backward_groups(group_losses: torch.Tensor, scalers: list, accum: int, accelerator) -> None:
+    """One backward pass for the K groups' mean losses [K] (one per active group, in batch order).
+
+    Without loss scaling (scalers all None): backward of the sum / accum. With fp16 scalers: backward of the sum of
+    each group's loss / accum scaled by its own scaler, as a separate run's `accelerator.backward` scales it; since
+    group k's loss reaches adapter k only, adapter k's gradient is its separate run's scaled gradient.
+    """
+    if all(s is None for s in scalers):
+        accelerator.backward(group_losses.sum() / accum)
+        return
+    torch.stack([s.scale(loss / accum) for s, loss in zip(scalers, group_losses)]).sum().backward()
+
+
+def step_optimizer(optimizer, params: list[torch.Tensor], max_grad_norm: float, scaler=None) -> None:
+    """One group's update: its gradients clipped to its own norm, its optimizer stepped.
+
+    With a scaler (fp16): unscale first (so the clipping sees true gradients), then `scaler.step` skips the update
+    when any of this group's gradients is inf or NaN, and `scaler.update` halves this group's scale after a skip
+    (and grows it after 2000 clean updates): what accelerate's optimizer wrapper does in a separate fp16 run.
+    """
+    if scaler is not None and max_grad_norm > 0:
+        scaler.unscale_(optimizer)
+    if max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()
 
 
 # --------------------------------------------------------------------------- the joint loop
 
 def check_together(settings, accelerator) -> None:
-    """What a joint run cannot do (yet): several processes (fp16 is refused by `plan`, before anything is written)."""
+    """What a joint run cannot do: several processes (one process trains the K groups in one batch already)."""
     if accelerator.num_processes > 1:
-        raise UserError("--together trains its groups in one process; drop --together or run one process")
+        raise UserError(TOGETHER_ONE_PROCESS.format(n=accelerator.num_processes))
 
 
 def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, resume: str | None) -> list[Path]:  # noqa: C901, PLR0915 (the loop, top to bottom)
@@ -298,7 +359,7 @@ def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, re
         total_updates = math.ceil(total_steps / accum)
         scheduler = get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.lr_warmup_steps, num_training_steps=total_updates)
         run = GroupRun(job, adapter_name(index), images, cache, caption_row, token_ids, text_states, groups, optimizer, scheduler,
-                       epoch_steps, total_steps, total_updates, cache_seconds)
+                       epoch_steps, total_steps, total_updates, cache_seconds, scaler=group_scaler(settings, device, accelerator))
         resume_group(run, models, settings, accelerator, resume, device)
         runs.append(run)
 
@@ -347,7 +408,7 @@ def train_together(jobs: list[LoraJob], settings, data_settings, accelerator, re
             losses = per_sample_loss(unet, noise_scheduler, latents, to_device(sb.noise, device), to_device(sb.t, device), hidden,
                                      settings, weight_dtype, accelerator)
             group_losses = losses.view(len(active), -1).mean(dim=1)  # each group's loss: the mean over its own samples
-            accelerator.backward(group_losses.sum() / accum)  # adapter k gets d(loss_k)/d(its factors) only
+            backward_groups(group_losses, [r.scaler for r in active], accum, accelerator)  # adapter k: d(loss_k)/d(its factors) only
             iterations += 1
             for r, loss, epoch in zip(active, group_losses, sb.epochs):
                 r.loss_sum = add_loss(r.loss_sum, loss)
@@ -406,10 +467,8 @@ def resume_group(run: GroupRun, models, settings, accelerator, resume: str | Non
 
 def optimizer_update(run: GroupRun, settings, epoch: int, train_te: bool, models, accelerator, device) -> None:
     """One group's optimizer update: its own gradient norm clipped, its optimizer and schedule stepped, its loss logged."""
-    if settings.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(run.params, settings.max_grad_norm, foreach=True)
-    run.optimizer.step()
-    run.lr_scheduler.step()
+    step_optimizer(run.optimizer, run.params, settings.max_grad_norm, run.scaler)
+    run.lr_scheduler.step()  # also after an fp16 skip: a separate run's schedule counts updates, skipped or not
     run.optimizer.zero_grad(set_to_none=True)
     run.update += 1
     run.pending.append(loss_row(run.update, epoch, run.lr_scheduler.get_last_lr(), train_te, run.loss_sum, run.loss_n))

@@ -264,7 +264,9 @@ def run(settings, data_settings, resume: str | None = None) -> list[Path]:
     # on the CPU with gloo; accelerate picks that only when told `cpu=True`.
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=cpu_processes() or None)
     if accelerator.num_processes > 1 and together_size(settings.together, 2) > 1:
-        raise UserError("--together trains its groups in one process; drop --together or run one process")
+        from .together import TOGETHER_ONE_PROCESS
+
+        raise UserError(TOGETHER_ONE_PROCESS.format(n=accelerator.num_processes))
     if accelerator.is_main_process:
         log.info("training %d LoRA(s): %s", len(jobs), ", ".join(str(j.out_dir) for j in jobs))
     done = []
