@@ -162,12 +162,12 @@ def reference_features(cells: list[Cell], cache: M.FeatureCache) -> None:
         cache.add(list(todo), np.stack([M.reference_features(c.pixels, c.mask) for c in todo.values()]))
 
 
-def cnn_features(cells: list[Cell], mono: list[Cell], ph, cache_dir: Path, seed: int) -> M.FeatureCache:
+def cnn_features(cells: list[Cell], mono: list[Cell], ph, cache_dir: Path, seed: int, cache: M.FeatureCache | None = None) -> M.FeatureCache:
     """The cnn's features of every cell, through its cache (the base is built only when a crop is missing)."""
     weights = M.check_weights(ph.weights)
     mono = mono[:CALIBRATION_CELLS]  # one forward pass calibrates BatchNorm: a bounded batch
     extractor = M.cnn_id(ph.backbone, weights, ph.cnn_size, ph.mask_channel, seed, [c.key for c in mono])
-    cache = M.FeatureCache(cache_dir, extractor)
+    cache = cache if cache is not None else M.FeatureCache(cache_dir, extractor)
     missing = set(cache.missing(c.key for c in cells))
     todo = {c.key: c for c in cells if c.key in missing}
     if todo:
@@ -183,18 +183,36 @@ def cnn_features(cells: list[Cell], mono: list[Cell], ph, cache_dir: Path, seed:
     return cache
 
 
-def feature_caches(cells: StudyCells, models: list[str], ph, cache_dir: Path, extra: list[Cell] = ()) -> dict[str, M.FeatureCache]:
-    """Each classifier's features of every cell of the study and of the `extra` (generated) cells, through the cache."""
-    everything = cells.all_cells() + list(extra)
+def feature_caches(cells: StudyCells, models: list[str], ph, cache_dir: Path, extra: list[Cell] = (),
+                   extra_dir: Path | None = None) -> dict[str, M.FeatureCache]:
+    """Each classifier's features of every cell of the study, through the cache in `cache_dir`, and of the `extra`
+    (generated) cells through a cache of their own in `extra_dir` when it is another folder: a study's shared cache
+    of real cells (inside the baseline regime's sealed folder) is then never written by a +synthetic job."""
+    separate = bool(extra) and extra_dir is not None and Path(extra_dir).resolve() != Path(cache_dir).resolve()
+    everything = cells.all_cells() + ([] if separate else list(extra))
     caches = {}
     for model in models:
-        if model == M.REFERENCE:
-            caches[model] = M.FeatureCache(cache_dir, M.reference_id())
-            reference_features(everything, caches[model])
-        else:
-            caches[model] = cnn_features(everything, cells.mono, ph, cache_dir, ph.seed)
+        caches[model] = _fill(model, everything, cells, ph, M.FeatureCache(cache_dir, _extractor_id(model, cells, ph)))
         caches[model].save()
+        if separate:  # the generated cells' features: their own file, merged in memory only
+            own = _fill(model, list(extra), cells, ph, M.FeatureCache(extra_dir, _extractor_id(model, cells, ph)))
+            own.save()
+            caches[model].features.update(own.features)
     return caches
+
+
+def _extractor_id(model: str, cells: StudyCells, ph) -> str:
+    if model == M.REFERENCE:
+        return M.reference_id()
+    mono = [c.key for c in cells.mono[:CALIBRATION_CELLS]]
+    return M.cnn_id(ph.backbone, M.check_weights(ph.weights), ph.cnn_size, ph.mask_channel, ph.seed, mono)
+
+
+def _fill(model: str, todo: list[Cell], cells: StudyCells, ph, cache: M.FeatureCache) -> M.FeatureCache:
+    if model == M.REFERENCE:
+        reference_features(todo, cache)
+        return cache
+    return cnn_features(todo, cells.mono, ph, cache.path.parent, ph.seed, cache)
 
 
 # --------------------------------------------------------------------------- one fold
@@ -424,11 +442,7 @@ class PhenotypeTask(crossval.Task):
 
     def extractor(self, model: str) -> str:
         """The identity of a classifier's features (its cache file)."""
-        if model == M.REFERENCE:
-            return M.reference_id()
-        ph = self.ph
-        mono = [c.key for c in self.study_cells().mono[:CALIBRATION_CELLS]]
-        return M.cnn_id(ph.backbone, M.check_weights(ph.weights), ph.cnn_size, ph.mask_channel, ph.seed, mono)
+        return _extractor_id(model, self.study_cells(), self.ph)
 
     def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
         """Settings, classifiers, every cell (crop key, true type), the true counts, the folds (the protocol adds the reading)."""
@@ -458,8 +472,9 @@ class PhenotypeTask(crossval.Task):
         if self.caches is None:
             start = time.perf_counter()
             ph = self.ph
-            self.caches = feature_caches(self.study_cells(), list(self.arms), ph, Path(ph.cache_dir) if ph.cache_dir else Path(ph.output) / CACHE_DIR,
-                                         list(self.synthetic_cells.values()))
+            own = Path(ph.output) / CACHE_DIR
+            self.caches = feature_caches(self.study_cells(), list(self.arms), ph, Path(ph.cache_dir) if ph.cache_dir else own,
+                                         list(self.synthetic_cells.values()), own)
             self.timings["features_s"] = time.perf_counter() - start
         return self.caches
 

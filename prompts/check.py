@@ -278,10 +278,14 @@ register("segmentation", TaskCheck(_segmentation_values, not_required=("lora.",)
 
 
 def _phenotyping_values(study: Study) -> list[str]:
-    """Co-culture images present, and the fold count against them (the phenotype room checks its layouts at its first job)."""
+    """Regimes known (the workflow's same line), co-culture images present, and the fold count against them (the
+    phenotype room checks its layouts at its first job)."""
     from .images import is_image_file
+    from .mixes import phenotyping_error
 
     data, ph = Path(study.data.data), study.phenotype
+    if problem := phenotyping_error(ph):
+        return [problem]
     co = data / "co"
     if not co.is_dir():
         return [f"data.data {data} has no co/ folder; a phenotyping study needs co-culture images in {co}/ "

@@ -169,9 +169,10 @@ def phenotyping_regimes(regimes, k_list, fractions, key: str = "--regimes") -> l
     list of str
         e.g. ['zero-shot', 'retrained-k1', 'co-only', 'retrained-k1+50'].
     """
-    unknown = [r for r in regimes if r not in PHENOTYPING_REGIMES]
+    unknown = [r for r in regimes if r not in PHENOTYPING_REGIMES and _one_regime(r) is None]
     if unknown:
-        raise UserError(f"{key} {' '.join(map(str, unknown))}: unknown; choose from {', '.join(PHENOTYPING_REGIMES)}")
+        raise UserError(f"{key} {' '.join(map(str, unknown))}: unknown; choose from {', '.join(PHENOTYPING_REGIMES)} "
+                        f"(or one expanded name, e.g. {RETRAINED}-k2 or {RETRAINED}-k1+50)")
     words = list(dict.fromkeys(regimes))
     retrained = [f"{RETRAINED}-k{k}" for k in sorted(set(k_list))]
     names = []
@@ -179,13 +180,23 @@ def phenotyping_regimes(regimes, k_list, fractions, key: str = "--regimes") -> l
         if r == RETRAINED:
             names += retrained
         elif r != SYNTHETIC_REGIME:
-            names.append(r)
+            names.append(r if r in PHENOTYPING_REGIMES else _one_regime(r))
+    names = list(dict.fromkeys(names))
     if SYNTHETIC_REGIME in words:
         if not fractions:
             raise UserError(f"{key} {SYNTHETIC_REGIME}: phenotype.synthetic_fractions is empty; give at least one fraction, e.g. [0.5]")
         scarce = retrained if RETRAINED in words else ["zero-shot"]
         names += [f"{s}+{100 * float(f):g}" for s in scarce for f in dict.fromkeys(fractions)]
     return names
+
+
+def _one_regime(word) -> str | None:
+    """The expanded regime a single name is (`retrained-k2`, `retrained-k1+50`: what a workflow job runs alone), or None."""
+    try:
+        mixes = parse_mixes([str(word)], PHENOTYPING)
+    except UserError:
+        return None
+    return mixes[0].name if len(mixes) == 1 else None
 
 
 def phenotyping_error(ph) -> str | None:
