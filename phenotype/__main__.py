@@ -58,7 +58,7 @@ def main(argv=None) -> int:
 
 
 def cmd_crops(data, ph, fold: int, out) -> int:
-    from .crops import crops_of_fold
+    from .foldcrops import crops_of_fold
 
     record = crops_of_fold(data, ph, fold, out)
     log.info("wrote %d crops of fold %d into %s", len(record["crops"]), fold, out)

@@ -85,7 +85,7 @@ def write_crops(out, train: list[Cell], sources: dict[str, Path], fold: Fold, cr
     dict
         The record: {"fold": k, "crop_size": S, "crops": {"<type>/<name>.png": {"source", "source_sha256", "sha256"}}}.
     """
-    out = check_output_dir(out, data=data_root)
+    out = check_output_dir(out, data=data_root, flag="--out")
     test = set(fold.test)
     leaked = sorted({c.image for c in train} & test)
     if leaked:  # a toolkit error, said plainly rather than written
@@ -93,9 +93,9 @@ def write_crops(out, train: list[Cell], sources: dict[str, Path], fold: Fold, cr
     by_type: dict[str, dict[str, Cell]] = {}
     for c in train:
         by_type.setdefault(check_name(c.true_type, "cell type"), {})[crop_name(c)] = c
-    check_outputs(out, [*by_type, RECORD])
+    check_outputs(out, [*by_type, RECORD], flag="--out")
     for t, crops in by_type.items():
-        check_outputs(out / t, list(crops))
+        check_outputs(out / t, list(crops), flag="--out")
     fingerprint.claim(out, [*sorted(by_type), RECORD], COMMAND)  # after every check, before any write
     sha = {n: fingerprint.file_sha256(p) for n, p in sorted(sources.items()) if n in {c.image for c in train}}
     crops: dict[str, dict] = {}
@@ -136,38 +136,3 @@ def read_record(folder) -> dict:
         raise UserError(f"{path} is missing or was not written by `python -m {COMMAND}`; write the fold's crops with it "
                         "(phenotype.crops names the folder of fold_<k>/ crop folders)")
     return rec
-
-
-def crops_of_fold(data_section, ph, fold_index: int, out) -> dict:
-    """The Python API of `phenotype crops`: read the data, cut every cell, write fold `fold_index`'s training crops.
-
-    Parameters
-    ----------
-    data_section : prompts.schema.data.DataSection
-        The study's data section (data.data, data.split, the reading rule).
-    ph : prompts.schema.phenotype.PhenotypeSection
-        The phenotype section (crop size, folds, repeats, seed, segmentation).
-    fold_index : int
-        The fold (0-based, repeat-major as `phenotype cv` numbers them).
-    out : path
-        The crop folder.
-
-    Returns
-    -------
-    dict
-        The record written (`write_crops`).
-    """
-    from .cv import collect_cells, fold_list
-    from .data import POINTS, read_data
-
-    data = read_data(data_section.data)
-    if not data.mono and data.truth == POINTS:
-        raise UserError(f"{data.root}: no monocultures and co-culture points only: no typed training cell to crop")
-    folds = fold_list(data_section, ph, data)
-    if not 0 <= fold_index < len(folds):
-        raise UserError(f"--fold {fold_index}: the study has folds 0..{len(folds) - 1}")
-    fold = folds[fold_index]
-    check_output_dir(out, data=data.root)
-    cells = collect_cells(data, ph)
-    sources = {im.name: im.image for im in data.mono + data.co}
-    return write_crops(out, fold_training_cells(cells, fold), sources, fold, ph.crop_size, data.root)

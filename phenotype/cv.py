@@ -34,8 +34,7 @@ from analysis.matching import Match, matching
 from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.guard import check_outputs
-from prompts.layout import REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
-from prompts.layout import count_of_fraction
+from prompts.layout import REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE, count_of_fraction
 from prompts.mixes import PHENOTYPING, REGIME_PLUS, Mix
 from prompts.pairs import load_mask
 from prompts.splits import Fold, make_split, read_split

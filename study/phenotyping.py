@@ -205,9 +205,10 @@ def plan_synthetic(plan: PhenoPlan, study) -> None:
     from .params import TINY
 
     ph, lay = study.phenotype, plan.layout
-    if not (study.lora.model or study.generate.model):
-        raise UserError(f"{plan.study_file}: phenotype.regimes synthetic needs a diffusion model: set lora.model (a diffusers "
-                        "folder, a .safetensors file, a hub id, or tiny for an offline smoke run)")
+    from prompts.check import synthetic_model_error
+
+    if problem := synthetic_model_error(study):  # the line `prompts check` gives
+        raise UserError(f"{plan.study_file}: {problem}")
     plan.folds = list(range(len(fold_list(study.data, ph, read_data(plan.data)))))
     plan.weights = list(dict.fromkeys(float(w) for w in study.generate.lora_weights))
     tiny = str(lay.tiny_model_dir)
