@@ -327,6 +327,10 @@ class RegimeCells(list):
         self.images = images
         self.n_synthetic = n_synthetic
 
+    def generated(self) -> list[Cell]:
+        """The generated cells of a `<regime>+P` training set (they come last)."""
+        return list(self[len(self) - self.n_synthetic:]) if self.n_synthetic else []
+
 
 class PhenotypeTask(crossval.Task):
     """Phenotyping's part of the protocol: co-culture images, cells, classifiers side by side, count errors."""
@@ -334,6 +338,8 @@ class PhenotypeTask(crossval.Task):
     command, section_name, run_name = COMMAND, "phenotype", "phenotyping CV run"
     noun = "cells"
     generator = "python -m phenotype crops, lora train, generate (the workflow runs them)"
+    unchecked_warning = ("%d synthetic tree(s) cannot be traced to their fold's training images (no record of the crops their "
+                         "LoRAs saw, or no phenotype.crops), e.g. %s: cannot check that no test image's cell reached their LoRAs")
     output_names = OUTPUT_NAMES
     vocabulary = PHENOTYPING
     lower_is_better = frozenset(LOWER_IS_BETTER)
@@ -449,17 +455,19 @@ class PhenotypeTask(crossval.Task):
         settings = {k: v for k, v in fingerprint.settings_part(self.ph).items() if k not in _RUN_FREE}
         data = {"cells": sorted((c.key, c.true_type or "") for c in cells.all_cells()),
                 "truth": {n: t.tolist() for n, t in sorted(self.truth.items())}, "types": self.pheno.types}
-        synthetic = {str(Path(j.synthetic_root).relative_to(self.syn.root)): sorted({c.key for c in j.train[len(j.train) - j.train.n_synthetic:]})
-                     for j in jobs if j.synthetic_root} if self.syn is not None else {}
-        return {**{f"settings.{k}": v for k, v in settings.items()}, "models": {m: self.extractor(m) for m in self.arms},
-                "data": fingerprint.digest(data), "split": [[f.repeat, f.fold, list(f.train), list(f.test)] for f in inputs.split.folds],
-                "synthetic": fingerprint.digest(synthetic)}
+        parts = {**{f"settings.{k}": v for k, v in settings.items()}, "models": {m: self.extractor(m) for m in self.arms},
+                 "data": fingerprint.digest(data), "split": [[f.repeat, f.fold, list(f.train), list(f.test)] for f in inputs.split.folds]}
+        if self.syn is not None:  # the generated crops every +P job draws from, per tree
+            parts["synthetic"] = fingerprint.digest({str(Path(j.synthetic_root).relative_to(self.syn.root)): sorted(c.key for c in j.train.generated())
+                                                     for j in jobs if j.synthetic_root})
+        return parts
 
     def job_fingerprint(self, job: Job) -> str:
         settings = {k: v for k, v in fingerprint.settings_part(self.ph).items() if k not in _JOB_FREE}
         cells = self.study_cells()
         return fingerprint.digest({
-            "settings": settings, "model": self.extractor(job.arm), "regime": job.mix.name, "tree": job.tree, "fold": job.fold.index,
+            "settings": settings, "model": self.extractor(job.arm), "regime": job.mix.name, "fold": job.fold.index,
+            **({"tree": job.tree} if job.mix.uses_synthetic else {}),
             "train": [(c.key, c.true_type) for c in job.train], "types": self.pheno.types,
             "test": [(n, [c.key for c in cells.test[n].cells], self.truth[n].tolist()) for n in job.test],
             "test_keys": sorted(self.fold_test_keys(job.fold)),

@@ -215,6 +215,16 @@ def test_a_tree_whose_loras_saw_a_test_images_cell_is_refused_before_anything_is
         run_cv(data, ph)
 
 
+def test_a_tree_that_cannot_be_traced_is_used_with_one_warning(example, tmp_path, synthetic_study, caplog):
+    from phenotype.cv import run_cv
+
+    data, _ = synthetic_study
+    ph = _section(tmp_path, regimes=["zero-shot", "synthetic"], synthetic=str(tmp_path / "syn"))  # no phenotype.crops
+    res = run_cv(data, ph)
+    assert "2 synthetic tree(s) cannot be traced to their fold's training images" in caplog.text
+    assert [r["n_synthetic_cells"] for r in res["runs"] if r["regime"] == "zero-shot+50"] == [6, 6]
+
+
 def test_synthetic_regimes_without_a_synthetic_folder_are_one_line(example, tmp_path):
     from phenotype.cv import run_cv
 
