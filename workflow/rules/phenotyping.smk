@@ -10,7 +10,7 @@
 # weight; every +P regime's job and the report read those trees and trace each crop their LoRAs saw to a
 # training image of its fold. These three call the same commands as classification's lora and generate rules,
 # with the crop folder as the data folder (those rules read the study's image data and split; here each fold
-# has its own data folder and no split).
+# has its own data folder, and `--split ''` keeps a data.split of the study away from them).
 
 import re
 
@@ -98,7 +98,7 @@ if P.synthetic:
         resources:
             gpu=1,
         shell:
-            ENV + GPU + "{PY} -m lora train --config {STUDY} --model {params.model} --data {params.crops} "
+            ENV + GPU + "{PY} -m lora train --config {STUDY} --model {params.model} --data {params.crops} --split '' "
             "--output {output.folder:q}" + LOGGED + " && " + SEAL + "{output.folder:q}"
 
     rule pheno_generate:
@@ -124,7 +124,7 @@ if P.synthetic:
         resources:
             gpu=1,
         shell:
-            ENV + GPU + "{PY} -m generate --config {STUDY} --model {params.model} --lora {params.lora} --data {params.crops} "
+            ENV + GPU + "{PY} -m generate --config {STUDY} --model {params.model} --lora {params.lora} --data {params.crops} --split '' "
             "--lora-weights {params.weight} --fraction {params.fraction} --size {params.size} --output {params.stage} "
             "--no-progress" + LOGGED + "; mv {params.stage}/{wildcards.weight} {output.folder:q} && rm -r {params.stage} && "
             + SEAL + "{output.folder:q}"
