@@ -163,9 +163,9 @@ class PhenoPlan:
             stale += [{"kind": kind, "path": d, "reason": "no synthetic regime is planned" if not self.synthetic
                        else f"fold {layout.parse_fold_name(d.name)} is not in the current folds"}
                       for d in fold_dirs(base) if layout.parse_fold_name(d.name) not in folds]
-        stale += stale_in_folds(lay.synthetic_root, folds, lambda name: layout.parse_weight_dir(name) is not None, "synthetic tree",
-                                lambda name: None if name in weights else f"LoRA weight {layout.parse_weight_dir(name)!r} is not in generate.lora_weights")
-        return stale
+        trees = stale_in_folds(lay.synthetic_root, folds, lambda name: layout.parse_weight_dir(name) is not None, "synthetic tree",
+                               lambda name: None if name in weights else f"LoRA weight {layout.parse_weight_dir(name)!r} is not in generate.lora_weights")
+        return stale + [{**t, "reason": "no synthetic regime is planned"} if not self.synthetic else t for t in trees]
 
 
 def resolve(study, study_file: Path) -> PhenoPlan:
