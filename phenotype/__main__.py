@@ -15,6 +15,9 @@ READING = ("normalize", "percentiles", "channels", "z", "t")  # data section: ho
 COMMANDS = {
     "cv": ("cross-validate per-cell classifiers under each training regime on the co-culture images, and write reports",
            ("data", *READING), None),
+    "crops": ("write one fold's training cells as PNG crops per type (the data folder of one LoRA per type, for the "
+              "synthetic regime)", ("data", "split", *READING),
+              ("crop_size", "segmentation", "min_size", "min_distance", "folds", "repeats", "seed")),
 }
 
 
@@ -29,6 +32,11 @@ def parser():
         add_config_flag(p)
         add_section_flags(p, SECTIONS["data"], data_keys)
         add_section_flags(p, SECTIONS["phenotype"], keys)
+        if name == "crops":
+            own = p.add_argument_group("crops")
+            own.add_argument("--fold", type=int, required=True, metavar="K", help="the fold (0-based, as `phenotype cv` numbers them)")
+            own.add_argument("--out", required=True, metavar="DIR",
+                             help="the crop folder: DIR/<type>/<image>__c<label>.png and DIR/crops.json (never inside the data)")
         g = p.add_argument_group("running")
         g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
         g.add_argument("-v", "--verbose", action="store_true")
@@ -44,7 +52,17 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     study = read_settings(args, f"phenotype {args.command}", ("data", "phenotype"))
+    if args.command == "crops":
+        return cmd_crops(study.data, study.phenotype, args.fold, args.out)
     return cmd_cv(study.data, study.phenotype, args.progress)
+
+
+def cmd_crops(data, ph, fold: int, out) -> int:
+    from .foldcrops import crops_of_fold
+
+    record = crops_of_fold(data, ph, fold, out)
+    log.info("wrote %d crops of fold %d into %s", len(record["crops"]), fold, out)
+    return 0
 
 
 def cmd_cv(data, ph, progress: bool) -> int:

@@ -34,16 +34,17 @@ from analysis.matching import Match, matching
 from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.guard import check_outputs
-from prompts.layout import REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE
-from prompts.mixes import PHENOTYPING, Mix
+from prompts.layout import REPORT_HTML, REPORT_MD, RESULTS_CSV, RESULTS_JSON, RUNS_DIR, SPLIT_FILE, count_of_fraction
+from prompts.mixes import PHENOTYPING, REGIME_PLUS, Mix
 from prompts.pairs import load_mask
-from prompts.splits import Fold
+from prompts.splits import Fold, make_split, read_split
 
 from . import models as M
 from .cells import CLASSICAL, GIVEN, Cell, CellSet, source_cells, truth_cells
 from .data import POINTS, PhenotypeData, read_data
 from .metrics import LOWER_IS_BETTER, METRICS, cell_metrics, count_metrics, counts
 from .regimes import check_k, co_culture_dataset, fold_seed, regime_images, regime_names, training_images, uses_mono
+from .synthetic import fold_tree, read_trees
 
 log = logging.getLogger(__name__)
 COMMAND = "phenotype cv"
@@ -54,7 +55,8 @@ OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, OVERLAYS_DIR,
 # settings that change no result (where it is written, and the report's pictures)
 _RUN_FREE = frozenset({"output", "overwrite", "cache_dir", "overlays"})
 # settings that reach one job only through its items and arm, or only the summary
-_JOB_FREE = _RUN_FREE | {"regimes", "k", "baseline", "models", "primary", "delta", "folds", "repeats"}
+_JOB_FREE = _RUN_FREE | {"regimes", "k", "baseline", "models", "primary", "delta", "folds", "repeats", "synthetic_fractions",
+                         "synthetic", "crops"}
 
 
 # --------------------------------------------------------------------------- settings
@@ -66,7 +68,7 @@ def check_settings(ph, data: PhenotypeData) -> tuple[list[str], list[str]]:
     unknown = [m for m in models if m not in M.MODELS]
     if unknown or not models:
         raise UserError(f"--models {' '.join(unknown) or '(none)'}: choose from {', '.join(M.MODELS)}")
-    regimes = regime_names(ph.regimes, ph.k)
+    regimes = regime_names(ph.regimes, ph.k, ph.synthetic_fractions)
     if ph.baseline not in regimes:
         raise UserError(f"--baseline {ph.baseline}: not one of the regimes ({', '.join(regimes)}); name one of them")
     if not data.mono and any(uses_mono(r) for r in regimes):
@@ -78,6 +80,29 @@ def check_settings(ph, data: PhenotypeData) -> tuple[list[str], list[str]]:
     if M.CNN in models:  # the cnn's weights are checked only when the cnn runs
         M.check_weights(ph.weights)
     return models, regimes
+
+
+def fold_list(data_section, ph, data: PhenotypeData) -> list[Fold]:
+    """The folds `phenotype cv` runs: data.split read over the co-culture images, else the one fold rule
+    (`prompts.splits.make_split`, grouped by the group key when the data has one), as the protocol makes them."""
+    dataset = co_culture_dataset(data.root, [im.name for im in data.co], [im.group for im in data.co] if data.has_groups else None)
+    if data_section.split:
+        return read_split(data_section.split, dataset).folds
+    return make_split(dataset, ph.folds, ph.repeats, "group" if data.has_groups else None, ph.seed).folds
+
+
+def synthetic_draw(base: list[Cell], pool: list[Cell], percent: float, types: list[str], rng) -> tuple[list[Cell], dict[str, int]]:
+    """(generated cells to add, shortfall per type): per type, P % of the base regime's cells of that type
+    (`prompts.layout.count_of_fraction`, the rounding of real+P), drawn without replacement from the tree's crops."""
+    added, short = [], {}
+    for t in types:
+        want = count_of_fraction(sum(c.true_type == t for c in base), percent / 100)
+        have = [c for c in pool if c.true_type == t]
+        n = min(want, len(have))
+        added += [have[i] for i in sorted(rng.choice(len(have), size=n, replace=False).tolist())] if n else []
+        if want > n:
+            short[t] = want - n
+    return added, short
 
 
 def training_images_needed(regime: str) -> bool:
@@ -136,12 +161,12 @@ def reference_features(cells: list[Cell], cache: M.FeatureCache) -> None:
         cache.add(list(todo), np.stack([M.reference_features(c.pixels, c.mask) for c in todo.values()]))
 
 
-def cnn_features(cells: list[Cell], mono: list[Cell], ph, cache_dir: Path, seed: int) -> M.FeatureCache:
+def cnn_features(cells: list[Cell], mono: list[Cell], ph, cache_dir: Path, seed: int, cache: M.FeatureCache | None = None) -> M.FeatureCache:
     """The cnn's features of every cell, through its cache (the base is built only when a crop is missing)."""
     weights = M.check_weights(ph.weights)
     mono = mono[:CALIBRATION_CELLS]  # one forward pass calibrates BatchNorm: a bounded batch
     extractor = M.cnn_id(ph.backbone, weights, ph.cnn_size, ph.mask_channel, seed, [c.key for c in mono])
-    cache = M.FeatureCache(cache_dir, extractor)
+    cache = cache if cache is not None else M.FeatureCache(cache_dir, extractor)
     missing = set(cache.missing(c.key for c in cells))
     todo = {c.key: c for c in cells if c.key in missing}
     if todo:
@@ -157,17 +182,36 @@ def cnn_features(cells: list[Cell], mono: list[Cell], ph, cache_dir: Path, seed:
     return cache
 
 
-def feature_caches(cells: StudyCells, models: list[str], ph, cache_dir: Path) -> dict[str, M.FeatureCache]:
-    everything = cells.all_cells()
+def feature_caches(cells: StudyCells, models: list[str], ph, cache_dir: Path, extra: list[Cell] = (),
+                   extra_dir: Path | None = None) -> dict[str, M.FeatureCache]:
+    """Each classifier's features of every cell of the study, through the cache in `cache_dir`, and of the `extra`
+    (generated) cells through a cache of their own in `extra_dir` when it is another folder: a study's shared cache
+    of real cells (inside the baseline regime's sealed folder) is then never written by a +synthetic job."""
+    separate = bool(extra) and extra_dir is not None and Path(extra_dir).resolve() != Path(cache_dir).resolve()
+    everything = cells.all_cells() + ([] if separate else list(extra))
     caches = {}
     for model in models:
-        if model == M.REFERENCE:
-            caches[model] = M.FeatureCache(cache_dir, M.reference_id())
-            reference_features(everything, caches[model])
-        else:
-            caches[model] = cnn_features(everything, cells.mono, ph, cache_dir, ph.seed)
+        caches[model] = _fill(model, everything, cells, ph, M.FeatureCache(cache_dir, _extractor_id(model, cells, ph)))
         caches[model].save()
+        if separate:  # the generated cells' features: their own file, merged in memory only
+            own = _fill(model, list(extra), cells, ph, M.FeatureCache(extra_dir, _extractor_id(model, cells, ph)))
+            own.save()
+            caches[model].features.update(own.features)
     return caches
+
+
+def _extractor_id(model: str, cells: StudyCells, ph) -> str:
+    if model == M.REFERENCE:
+        return M.reference_id()
+    mono = [c.key for c in cells.mono[:CALIBRATION_CELLS]]
+    return M.cnn_id(ph.backbone, M.check_weights(ph.weights), ph.cnn_size, ph.mask_channel, ph.seed, mono)
+
+
+def _fill(model: str, todo: list[Cell], cells: StudyCells, ph, cache: M.FeatureCache) -> M.FeatureCache:
+    if model == M.REFERENCE:
+        reference_features(todo, cache)
+        return cache
+    return cnn_features(todo, cells.mono, ph, cache.path.parent, ph.seed, cache)
 
 
 # --------------------------------------------------------------------------- one fold
@@ -278,9 +322,14 @@ class ProtocolSettings:
 class RegimeCells(list):
     """A regime's training cells in one fold (a list of `Cell`), with the co-culture images they come from."""
 
-    def __init__(self, cells: list[Cell], images: list[str]):
+    def __init__(self, cells: list[Cell], images: list[str], n_synthetic: int = 0):
         super().__init__(cells)
         self.images = images
+        self.n_synthetic = n_synthetic
+
+    def generated(self) -> list[Cell]:
+        """The generated cells of a `<regime>+P` training set (they come last)."""
+        return list(self[len(self) - self.n_synthetic:]) if self.n_synthetic else []
 
 
 class PhenotypeTask(crossval.Task):
@@ -288,6 +337,9 @@ class PhenotypeTask(crossval.Task):
 
     command, section_name, run_name = COMMAND, "phenotype", "phenotyping CV run"
     noun = "cells"
+    generator = "python -m phenotype crops, lora train, generate (the workflow runs them)"
+    unchecked_warning = ("%d synthetic tree(s) cannot be traced to their fold's training images (no record of the crops their "
+                         "LoRAs saw, or no phenotype.crops), e.g. %s: cannot check that no test image's cell reached their LoRAs")
     output_names = OUTPUT_NAMES
     vocabulary = PHENOTYPING
     lower_is_better = frozenset(LOWER_IS_BETTER)
@@ -305,6 +357,9 @@ class PhenotypeTask(crossval.Task):
         self.det: dict[str, Match] = {}
         self.timings: dict[str, float] = {}
         self._test_keys: dict[int, set[str]] = {}
+        self.synthetic_cells: dict[str, Cell] = {}  # key -> every generated cell a job may train on
+        self.tree_names: list[str] = []
+        self.syn = None  # phenotype.synthetic.CropTrees when a <regime>+P regime runs
 
     # -- items
 
@@ -319,10 +374,34 @@ class PhenotypeTask(crossval.Task):
         return co_culture_dataset(data.root, [im.name for im in data.co], [im.group for im in data.co] if data.has_groups else None)
 
     def read_synthetic(self, mixes: list[Mix]):
-        return None  # +synthetic (one LoRA per type) is not built yet
+        """The generated crops' trees when a `<regime>+P` regime runs and `phenotype.synthetic` names them."""
+        if not self.ph.synthetic or not any(m.uses_synthetic for m in mixes):
+            return None
+        self.syn = read_trees(self.ph.synthetic, self.pheno.types)
+        self.tree_names = self.syn.names
+        return self.syn
+
+    def tree_items(self, fold: Fold, name: str):
+        """The fold's tree of generated crops as cells, checked: its LoRAs saw crops of the fold's training images only."""
+        cells = self.study_cells()
+        channels = next((c.pixels.shape[2] for c in cells.all_cells()), 1)
+        tree = fold_tree(self.syn, fold, name, self.ph.crops, {im.name: im.image for im in self.pheno.co},
+                         self.ph.crop_size, channels)
+        for c in tree.items:
+            self.synthetic_cells.setdefault(c.key, c)
+        return tree
+
+    def row_name(self, mix: Mix, tree: str) -> str:
+        """A regime's name in the results: its mix name, with the tree when several trees (LoRA weights) run."""
+        return f"{mix.name} {tree}" if mix.uses_synthetic and len(self.tree_names) > 1 else mix.name
 
     def check_split(self, split) -> None:
         check_k(split.folds, self.section.mixes)
+
+    def regime_rows(self, inputs: Inputs) -> list[str]:
+        """Every regime's row name in order: the regimes without synthetic crops, then each `<regime>+P` per tree."""
+        trees = self.tree_names or [crossval.REAL_TREE]
+        return [self.row_name(m, t) for m in inputs.mixes for t in (trees if m.uses_synthetic else [crossval.REAL_TREE])]
 
     def study_cells(self) -> StudyCells:
         """Every cell of the study, cut once (timed), with the true counts and detection they give."""
@@ -341,9 +420,14 @@ class PhenotypeTask(crossval.Task):
     def job_seed(self, fold: Fold, mix: Mix, tree: str) -> list[int]:
         return fold_seed(self.ph.seed, fold)
 
-    def training_set(self, mix: Mix, real: list[str], synthetic, rng) -> tuple[RegimeCells, int]:
+    def training_set(self, mix: Mix, real: list[str], synthetic, rng) -> tuple[RegimeCells, int | dict]:
+        """The regime's cells; a `<regime>+P` regime adds generated crops per type to its base regime's cells."""
         images = regime_images(mix, real, rng)
-        return RegimeCells(regime_cells(mix.name, images, self.study_cells()), images), 0
+        base = regime_cells(mix.name, images, self.study_cells())
+        if mix.kind != REGIME_PLUS:
+            return RegimeCells(base, images), 0
+        added, short = synthetic_draw(base, list(synthetic), mix.percent, self.pheno.types, rng)
+        return RegimeCells(base + added, images, len(added)), short
 
     def fold_test_keys(self, fold: Fold) -> set[str]:
         if fold.index not in self._test_keys:
@@ -351,7 +435,7 @@ class PhenotypeTask(crossval.Task):
         return self._test_keys[fold.index]
 
     def check_no_leak(self, job: Job) -> None:
-        check_no_leak(job.fold, job.mix.name, job.train, job.train.images, self.fold_test_keys(job.fold))
+        check_no_leak(job.fold, self.row_name(job.mix, job.tree), job.train, job.train.images, self.fold_test_keys(job.fold))
 
     # -- training
 
@@ -363,11 +447,7 @@ class PhenotypeTask(crossval.Task):
 
     def extractor(self, model: str) -> str:
         """The identity of a classifier's features (its cache file)."""
-        if model == M.REFERENCE:
-            return M.reference_id()
-        ph = self.ph
-        mono = [c.key for c in self.study_cells().mono[:CALIBRATION_CELLS]]
-        return M.cnn_id(ph.backbone, M.check_weights(ph.weights), ph.cnn_size, ph.mask_channel, ph.seed, mono)
+        return _extractor_id(model, self.study_cells(), self.ph)
 
     def fingerprint_parts(self, inputs: Inputs, jobs: list[Job]) -> dict:
         """Settings, classifiers, every cell (crop key, true type), the true counts, the folds (the protocol adds the reading)."""
@@ -375,14 +455,19 @@ class PhenotypeTask(crossval.Task):
         settings = {k: v for k, v in fingerprint.settings_part(self.ph).items() if k not in _RUN_FREE}
         data = {"cells": sorted((c.key, c.true_type or "") for c in cells.all_cells()),
                 "truth": {n: t.tolist() for n, t in sorted(self.truth.items())}, "types": self.pheno.types}
-        return {**{f"settings.{k}": v for k, v in settings.items()}, "models": {m: self.extractor(m) for m in self.arms},
-                "data": fingerprint.digest(data), "split": [[f.repeat, f.fold, list(f.train), list(f.test)] for f in inputs.split.folds]}
+        parts = {**{f"settings.{k}": v for k, v in settings.items()}, "models": {m: self.extractor(m) for m in self.arms},
+                 "data": fingerprint.digest(data), "split": [[f.repeat, f.fold, list(f.train), list(f.test)] for f in inputs.split.folds]}
+        if self.syn is not None:  # the generated crops every +P job draws from, per tree
+            parts["synthetic"] = fingerprint.digest({str(Path(j.synthetic_root).relative_to(self.syn.root)): sorted(c.key for c in j.train.generated())
+                                                     for j in jobs if j.synthetic_root})
+        return parts
 
     def job_fingerprint(self, job: Job) -> str:
         settings = {k: v for k, v in fingerprint.settings_part(self.ph).items() if k not in _JOB_FREE}
         cells = self.study_cells()
         return fingerprint.digest({
             "settings": settings, "model": self.extractor(job.arm), "regime": job.mix.name, "fold": job.fold.index,
+            **({"tree": job.tree} if job.mix.uses_synthetic else {}),
             "train": [(c.key, c.true_type) for c in job.train], "types": self.pheno.types,
             "test": [(n, [c.key for c in cells.test[n].cells], self.truth[n].tolist()) for n in job.test],
             "test_keys": sorted(self.fold_test_keys(job.fold)),
@@ -394,7 +479,9 @@ class PhenotypeTask(crossval.Task):
         if self.caches is None:
             start = time.perf_counter()
             ph = self.ph
-            self.caches = feature_caches(self.study_cells(), list(self.arms), ph, Path(ph.cache_dir) if ph.cache_dir else Path(ph.output) / CACHE_DIR)
+            own = Path(ph.output) / CACHE_DIR
+            self.caches = feature_caches(self.study_cells(), list(self.arms), ph, Path(ph.cache_dir) if ph.cache_dir else own,
+                                         list(self.synthetic_cells.values()), own)
             self.timings["features_s"] = time.perf_counter() - start
         return self.caches
 
@@ -412,11 +499,13 @@ class PhenotypeTask(crossval.Task):
         metrics, image_rows = score_fold(job.fold, preds, cells, self.truth, self.pheno.types, self.det)
         seconds = round(time.perf_counter() - start, 3)
         self.timings["fits_s"] = self.timings.get("fits_s", 0.0) + seconds
-        return {"model": job.arm, "regime": job.mix.name, "fold": job.fold.index, "repeat": job.fold.repeat,
-                "metrics": metrics, "n_train_cells": len(job.train), "train_images": list(job.train.images),
+        return {"model": job.arm, "regime": self.row_name(job.mix, job.tree), "fold": job.fold.index, "repeat": job.fold.repeat,
+                "metrics": metrics, "n_train_cells": len(job.train), "n_synthetic_cells": job.train.n_synthetic,
+                "train_images": list(job.train.images),
                 "n_test_images": len(job.test), "n_test_cells": len(flat), "seconds": seconds,
-                "arm": job.arm, "mix": job.mix.name, "tree": job.tree, "leaky": False, "fingerprint": job.fingerprint,
-                "synthetic_fraction": 0.0, "shortfall": 0, "images": image_rows,
+                "arm": job.arm, "mix": job.mix.name, "tree": job.tree, "leaky": job.leaky, "fingerprint": job.fingerprint,
+                "synthetic_tree": job.synthetic_root, "synthetic_fraction": job.train.n_synthetic / max(1, len(job.train)),
+                "shortfall": job.shortfall, "images": image_rows,
                 "predictions": preds if job.fold.index == 0 else None}
 
     # -- summary
@@ -426,14 +515,16 @@ class PhenotypeTask(crossval.Task):
         ph, data, cells = self.ph, self.pheno, self.study_cells()
         crossval.holm_verdicts(tables, ph.primary, common["n_train_mean"], common["n_test_mean"], common["n_splits"], ph.delta,
                                baseline=ph.baseline, lower_is_better=ph.primary in self.lower_is_better)
-        models, regimes = list(self.arms), list(self.section.mixes)
+        models, regimes = list(self.arms), self.regime_rows(inputs)
         order = {(m, r): i for i, (m, r) in enumerate((m, r) for r in regimes for m in models)}
         runs = sorted(runs, key=lambda r: (r["fold"], order[(r["model"], r["regime"])]))
         images = [{"model": r["model"], "regime": r["regime"], "fold": r["fold"], "repeat": r["repeat"], **row}
                   for r in runs for row in r["images"]]
         keep = {(r["model"], r["regime"]): r["predictions"] for r in runs if r.get("predictions") is not None}
         public = [{k: v for k, v in r.items() if k not in ("images", "predictions")} for r in runs]
-        rows = {m: {r["mix"]: r for r in tables[crossval.table_name(m, crossval.REAL_TREE)]} for m in models}
+        rows = {m: {self.row_name(Mix(r["mix"], REGIME_PLUS if r["uses_synthetic"] else r["mix"]), r["tree"]): r
+                    for t in (self.tree_names or [crossval.REAL_TREE]) for r in tables[crossval.table_name(m, t)]}
+                for m in models}
         n_cells = len(cells.all_cells())
         timings = {"cells_s": self.timings.get("cells_s", 0.0), "features_s": self.timings.get("features_s", 0.0),
                    "fits_s": self.timings.get("fits_s", 0.0)}
@@ -444,6 +535,8 @@ class PhenotypeTask(crossval.Task):
             "segmentation": segmentation_of(ph, data), "models": models, "regimes": regimes, "baseline": ph.baseline,
             "primary": ph.primary, "settings": _settings(ph), "n_mono_images": len(data.mono), "n_mono_cells": len(cells.mono),
             "n_co_images": len(data.co), "n_co_cells": sum(len(s.cells) for s in cells.test.values()), "n_cells": n_cells,
+            "synthetic": common["synthetic"], "synthetic_per_fold": common["synthetic_per_fold"],
+            "crops": ph.crops, "synthetic_trees": list(self.tree_names),
             "grouped": data.has_groups, "n_splits": common["n_splits"], "repeats": common["repeats"], "notes": data.notes,
             "timings": timings,
             "folds": [{"index": f.index, "repeat": f.repeat, "fold": f.fold, "train": list(f.train), "test": list(f.test)}

@@ -5,7 +5,11 @@ Regimes (each a mix in the study protocol's sense, tested on the same co-culture
 - `zero-shot`: the monoculture cells only (every cell's type is known from its well);
 - `retrained-k<k>`: zero-shot plus the annotated cells of k co-culture training images of the fold; the k
   images are the first k of one seeded permutation of the fold's training images, so k = 1 is inside k = 2;
-- `co-only`: the annotated cells of every co-culture training image of the fold.
+- `co-only`: the annotated cells of every co-culture training image of the fold;
+- `<regime>+P` (the study's word `synthetic`): a scarce regime (each `retrained-k<k>`, or `zero-shot` without
+  retrained) plus generated crops of each type, P % of that type's training cells in the regime, drawn from the
+  fold's own synthetic tree (one LoRA per type trained on the fold's training crops, `phenotype.crops`,
+  `phenotype.synthetic`).
 
 Each regime is a mix of the one grammar (`prompts.mixes.PHENOTYPING`) and runs on the study protocol
 (`analysis.crossval`, see `phenotype.cv`): folds come from the one fold rule (`prompts.splits.make_split`) over the
@@ -21,32 +25,32 @@ import numpy as np
 
 from prompts.dataset import Dataset, Record
 from prompts.errors import UserError
-from prompts.mixes import PHENOTYPING, RETRAINED, Mix
+from prompts.mixes import PHENOTYPING_REGIMES, REGIME_PLUS, RETRAINED, Mix, phenotyping_regimes
 from prompts.splits import Fold, make_split
 
 ZERO_SHOT, CO_ONLY = "zero-shot", "co-only"
-REGIMES = PHENOTYPING  # zero-shot, retrained, co-only
+REGIMES = PHENOTYPING_REGIMES  # zero-shot, retrained, co-only, synthetic
 
 
-def regime_names(regimes: list[str], k_list: list[int]) -> list[str]:
-    """The study's regimes in order, `retrained` expanded to one per k: ['zero-shot', 'retrained-k1', ..., 'co-only']."""
-    unknown = [r for r in regimes if r not in REGIMES]
-    if unknown:
-        raise UserError(f"--regimes {' '.join(unknown)}: unknown; choose from {', '.join(REGIMES)} "
-                        "(+synthetic, one LoRA per type, is not built yet)")
-    names = []
-    for r in dict.fromkeys(regimes):
-        names += [f"{RETRAINED}-k{k}" for k in sorted(set(k_list))] if r == RETRAINED else [r]
-    return names
+def regime_names(regimes: list[str], k_list: list[int], fractions=(0.5,)) -> list[str]:
+    """The study's regimes in order, `retrained` expanded to one per k and `synthetic` to `<scarce regime>+P` per
+    fraction: ['zero-shot', 'retrained-k1', ..., 'co-only', 'retrained-k1+50'] (`prompts.mixes.phenotyping_regimes`)."""
+    return phenotyping_regimes(regimes, k_list, list(fractions))
+
+
+def base_regime(regime: str) -> str:
+    """The regime without its synthetic part: `retrained-k1+50` -> `retrained-k1`."""
+    return regime.rsplit("+", 1)[0]
 
 
 def uses_mono(regime: str) -> bool:
-    return regime != CO_ONLY
+    return base_regime(regime) != CO_ONLY
 
 
 def annotated_k(regime: str) -> int | None:
-    """k of `retrained-k<k>`; None for the other regimes."""
-    return int(regime.rsplit("-k", 1)[1]) if regime.startswith(f"{RETRAINED}-k") else None
+    """k of `retrained-k<k>` (and of `retrained-k<k>+P`); None for the other regimes."""
+    base = base_regime(regime)
+    return int(base.rsplit("-k", 1)[1]) if base.startswith(f"{RETRAINED}-k") else None
 
 
 CO_CULTURE = "co-culture"  # the class of every co-culture image in the split (folds are not stratified by type)
@@ -83,6 +87,9 @@ def fold_seed(seed: int, fold: Fold) -> list[int]:
 def regime_images(mix: Mix, train_images: list[str], rng: np.random.Generator) -> list[str]:
     """The co-culture training images whose annotated cells a regime adds: k drawn by `rng` (seeded by
     `fold_seed`), all of them (co-only), or none (zero-shot)."""
+    if mix.kind == REGIME_PLUS:
+        k = annotated_k(mix.name)
+        return regime_images(Mix(mix.base, RETRAINED, k=k) if k else Mix(mix.base, mix.base), train_images, rng)
     if mix.kind == RETRAINED:
         order = rng.permutation(len(train_images))
         return [train_images[i] for i in order[:mix.k]]
@@ -109,4 +116,4 @@ def training_images(regime: str, fold: Fold, seed: int) -> list[str]:
     k = annotated_k(regime)
     if k is not None:
         return annotated_images(fold, k, seed)
-    return list(fold.train) if regime == CO_ONLY else []
+    return list(fold.train) if base_regime(regime) == CO_ONLY else []

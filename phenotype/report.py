@@ -88,7 +88,22 @@ def answer(results: dict, model: str) -> str:
         v = _verdict(c)
         m, _ = _mean(results, model, c["regime"], primary)
         parts.append(f"{c['regime']}: {m:.2f}{unit} ({verdict_word(v)}, Holm p {fmt_p(v.p_holm)})")
-    return text + ("; " + "; ".join(parts) if parts else "") + ". +synthetic (a LoRA per type) is not run yet."
+    synthetic = any("+" in r for r in results["regimes"])
+    n_syn = [r.get("n_synthetic_cells", 0) for r in results["runs"] if r["model"] == model and "+" in r["regime"]]
+    checked = "traced to training images only" if results.get("crops") else "not traced (no phenotype.crops)"
+    tail = (f" +synthetic regimes add {np.mean(n_syn):.0f} generated crops per fold on average, from one LoRA per type "
+            f"trained on the fold's training crops ({checked})." if synthetic and n_syn else "") if synthetic else " Synthetic cells (a LoRA per type) are not among this study's regimes (add `synthetic` to phenotype.regimes)."
+    return text + ("; " + "; ".join(parts) if parts else "") + "." + tail
+
+
+def holm_families(results: dict) -> str:
+    """How the comparisons are grouped for Holm: one family, or the regimes without and with generated crops."""
+    n_syn = sum("+" in c["regime"] for c in results["comparisons"])
+    n = len(results["comparisons"])
+    if not n_syn or n_syn == n:
+        return f"with Holm over all {n} comparisons"
+    return (f"with Holm within two families (the protocol's rule): the {n - n_syn} regimes without generated crops and "
+            f"the {n_syn} +synthetic regimes")
 
 
 def statistics_note(results: dict) -> str:
@@ -96,7 +111,7 @@ def statistics_note(results: dict) -> str:
     sign = "the baseline's value minus the regime's" if primary in LOWER_IS_BETTER else "the regime's value minus the baseline's"
     return (f"Verdicts compare each regime with `{results['baseline']}` on {LABELS[primary]} in the same folds over the co-culture "
             f"images; Δ is the improvement ({sign}: positive is better). The Nadeau-Bengio corrected resampled t-test "
-            f"(training sets overlap) with Holm over all {len(results['comparisons'])} comparisons. "
+            f"(training sets overlap) {holm_families(results)}. "
             + verdict_method(results["settings"]["delta"], LABELS[primary]))
 
 
@@ -135,7 +150,7 @@ def verdicts_block(results: dict) -> Table | None:
         return None
     verdicts = {f"{c['model']}: {c['regime']} vs {results['baseline']}": _verdict(c) for c in results["comparisons"]}
     return verdict_table(verdicts, f"{LABELS[results['primary']]} improvement", "phenotype.repeats",
-                         "Every regime against the baseline, per classifier (one Holm family).", results["repeats"])
+                         "Every regime against the baseline, per classifier (Holm: one family, the +synthetic regimes a second).", results["repeats"])
 
 
 def runs_table(results: dict) -> Table:

@@ -277,11 +277,26 @@ register("segmentation", TaskCheck(_segmentation_values, not_required=("lora.",)
                                    pixel_commands=("controlnet train", "segment realism", "segment cv"), images=_pair_images))
 
 
+def synthetic_model_error(study: Study) -> str | None:
+    """The one line for a phenotyping study whose `synthetic` regime has no diffusion model, or None (the check and
+    the workflow's plan both give it)."""
+    from .mixes import SYNTHETIC_REGIME
+
+    if SYNTHETIC_REGIME in study.phenotype.regimes and not (study.lora.model or study.generate.model):
+        return ("phenotype.regimes synthetic needs a diffusion model: set lora.model (a diffusers folder, a .safetensors "
+                "file, a hub id, or tiny for an offline smoke run)")
+    return None
+
+
 def _phenotyping_values(study: Study) -> list[str]:
-    """Co-culture images present, and the fold count against them (the phenotype room checks its layouts at its first job)."""
+    """Regimes known (the workflow's same line), co-culture images present, and the fold count against them (the
+    phenotype room checks its layouts at its first job)."""
     from .images import is_image_file
+    from .mixes import phenotyping_error
 
     data, ph = Path(study.data.data), study.phenotype
+    if problem := phenotyping_error(ph) or synthetic_model_error(study):
+        return [problem]
     co = data / "co"
     if not co.is_dir():
         return [f"data.data {data} has no co/ folder; a phenotyping study needs co-culture images in {co}/ "

@@ -391,6 +391,19 @@ class StudyLayout:
         """OUT/regimes/<regime>/: `phenotype cv` of that one regime (its report, results and overlays)."""
         return self.regimes_root / regime
 
+    @property
+    def crops_root(self) -> Path:
+        """OUT/crops/: one `fold_<k>/` folder per fold of a phenotyping study's training crops (`phenotype crops`),
+        the data folder of that fold's LoRAs (one per cell type)."""
+        return self.out / "crops"
+
+    def crops_dir(self, fold: int) -> Path:
+        return fold_root(self.crops_root, int(fold))
+
+    def lora_fold_dir(self, fold: int) -> Path:
+        """OUT/lora/fold_<k>/: every LoRA of one fold (a phenotyping study's job trains one per type in one go)."""
+        return fold_root(self.lora_root, int(fold))
+
     def feature_cache(self, baseline: str) -> Path:
         """The per-cell feature cache of a phenotyping study: inside the baseline regime's folder, whose job
         computes every cell's features once; every other phenotyping job reads it and adds nothing."""
@@ -399,6 +412,12 @@ class StudyLayout:
     # Snakemake patterns of the same paths ({fold}, {group}, {weight}, {regime} wildcards).
     def regime_pattern(self) -> str:
         return f"{self.regimes_root}/{{regime}}"
+
+    def crops_pattern(self) -> str:
+        return f"{self.crops_root}/{FOLD_PREFIX}{{fold}}"
+
+    def lora_fold_pattern(self) -> str:
+        return f"{self.lora_root}/{FOLD_PREFIX}{{fold}}"
 
     def lora_pattern(self) -> str:
         return f"{self.lora_root}/{FOLD_PREFIX}{{fold}}/{{group}}"

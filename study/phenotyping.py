@@ -5,6 +5,15 @@ The phenotyping rules (workflow/rules/phenotyping.smk) run, per study file, only
     baseline regime alone (every cell cut, every cell's features computed once: the study's feature cache)
     -> every other regime alone, reading that cache -> every regime together: the compared report
 
+With the regime `synthetic` in `phenotype.regimes` (regimes `<scarce regime>+P`), three steps come first, per fold:
+
+    phenotype crops (the fold's training cells as PNG crops per type, OUT/crops/fold_<k>/)
+    -> lora train on that folder (one LoRA per type, OUT/lora/fold_<k>/<type>/)
+    -> generate per LoRA weight (OUT/synthetic/fold_<k>/w<weight>/<type>/)
+
+and each `+P` regime's job (and the report's) reads those trees (`--synthetic`) and traces every crop their
+LoRAs saw to a training image of its fold (`--crops`).
+
 Each regime's own run is a sealed folder `OUT/regimes/<regime>/` (its one-regime report, results and
 overlays): one more regime is one more job that only fits classifiers on cached features, and a regime
 dropped from `phenotype.regimes` (or a `k` dropped from `phenotype.k`) leaves a folder of earlier settings
@@ -34,7 +43,10 @@ TASK = "phenotyping"
 # phenotype keys the workflow sets per job (paths, which regime) or that change no result: never re-run triggers.
 JOB_KEYS = ("output", "cache_dir", "overwrite")
 # phenotype keys that only say which regimes run and which is compared with: a regime's own job does not read them.
-REGIME_CHOICE_KEYS = ("regimes", "k", "baseline")
+REGIME_CHOICE_KEYS = ("regimes", "k", "baseline", "synthetic_fractions")
+# phenotype keys `phenotype crops` reads: which cells a fold trains on, and how each is cut
+CROPS_KEYS = ("crop_size", "segmentation", "min_size", "min_distance", "folds", "repeats", "seed")
+JOB_KEYS = (*JOB_KEYS, "synthetic", "crops")  # paths the workflow sets per job
 
 
 @dataclass
@@ -55,7 +67,13 @@ class PhenoPlan:
     settings: dict[str, dict[str, str]] = field(default_factory=dict)  # rule -> {param name: "section.key=value"}
     split: Path = Path()  # none given: `phenotype cv` makes its folds from phenotype.folds/seed (the one make_split) and records them in its OUT/split.json
     split_given: bool = False
-    tiny_model: bool = False  # no diffusion model: the regimes need none
+    tiny_model: bool = False  # the tiny diffusion model (lora.model: tiny), for the synthetic regimes only
+    folds: list[int] = field(default_factory=list)  # fold indices: the per-fold crops, LoRAs and trees (synthetic only)
+    weights: list[float] = field(default_factory=list)  # generate.lora_weights: one tree per fold each (synthetic only)
+    lora_model: str = ""
+    generate_model: str = ""
+    generate_size: int = 0  # generated crops' side: phenotype.crop_size rounded up to a multiple of 8
+    generate_fraction: float = 0.0  # the largest phenotype.synthetic_fractions: enough crops for every +P regime
     warnings: list[str] = field(default_factory=list)
     task: str = TASK
     study: object = None  # the validated prompts.config.Study (written to OUT/study.yaml by the guard)
@@ -67,6 +85,42 @@ class PhenoPlan:
     @property
     def feature_cache(self) -> Path:
         return self.layout.feature_cache(self.baseline)
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether a `<regime>+P` regime is planned (crops, LoRAs and generated trees per fold)."""
+        return any("+" in r for r in self.regimes)
+
+    @property
+    def weight_dirs(self) -> list[str]:
+        return [layout.weight_dir_name(w) for w in self.weights]
+
+    def crops_dirs(self) -> list[str]:
+        return [str(self.layout.crops_dir(k)) for k in self.folds]
+
+    def lora_dirs(self) -> list[str]:
+        return [str(self.layout.lora_fold_dir(k)) for k in self.folds]
+
+    def all_synthetic_dirs(self) -> list[str]:
+        return [str(self.layout.synthetic_tree(k, w)) for k in self.folds for w in self.weight_dirs]
+
+    def all_synthetic_seals(self) -> list[str]:
+        return [str(layout.seal_file(d)) for d in self.all_synthetic_dirs()]
+
+    def synthetic_inputs(self, regime: str) -> list[str]:
+        """The seals a regime's job reads: every fold's crops and trees for a `+P` regime, none otherwise."""
+        if "+" not in regime:
+            return []
+        return [str(layout.seal_file(Path(d))) for d in self.crops_dirs()] + self.all_synthetic_seals()
+
+    @property
+    def synthetic_flags(self) -> str:
+        """The report job's ` --synthetic SYN --crops CROPS` when a `+P` regime is planned, else ''."""
+        return plan_synthetic_flags(self) if self.synthetic else ""
+
+    def weight_of(self, weight_dir: str) -> str:
+        """The LoRA weight of a `w<weight>` folder name, as the command-line value."""
+        return repr(layout.parse_weight_dir(weight_dir))
 
     def regime_dirs(self) -> list[str]:
         """The baseline's folder first (it makes the feature cache), then every other regime's."""
@@ -84,25 +138,34 @@ class PhenoPlan:
         return [str(self.layout.report_dir)] + [str(layout.seal_file(d)) for d in self.sealed_folders()]
 
     def sealed_folders(self) -> list[str]:
-        """Every folder output with a seal: each regime's folder (the baseline's first), the published report."""
-        return self.regime_dirs() + [str(self.layout.report_dir)]
+        """Every folder output with a seal: per fold its crops, LoRAs and trees (synthetic only), each regime's
+        folder (the baseline's first), the published report."""
+        return self.crops_dirs() + self.lora_dirs() + self.all_synthetic_dirs() + self.regime_dirs() + [str(self.layout.report_dir)]
 
     def folder_outputs(self) -> list[str]:
         """Every folder output a job may (re)make (hidden working folders aside): the guard checks each first."""
-        return self.sealed_folders()
+        return ([str(self.layout.tiny_model_dir)] if self.tiny_model else []) + self.sealed_folders()
 
     def params(self, rule: str) -> dict:
         """The rule's `params`: one readable `section.key=value` per result-changing setting (see `study.plan.Plan.params`)."""
         return {name: (lambda wildcards, text=text: text) for name, text in self.settings[rule].items()}
 
     def stale_outputs(self) -> list[dict]:
-        """Regime folders under OUT/regimes/ that the plan no longer defines (phenotype.regimes, phenotype.k)."""
-        root, planned = self.layout.regimes_root, set(self.regimes)
-        if not root.is_dir():
-            return []
-        return [{"kind": "phenotyping regime", "path": d,
-                 "reason": f"regime {d.name} is not planned (phenotype.regimes, phenotype.k)"}
-                for d in sorted(root.iterdir()) if d.is_dir() and d.name not in planned]
+        """Regime folders under OUT/regimes/ that the plan no longer defines (phenotype.regimes, phenotype.k), and
+        per-fold crops, LoRAs and trees of folds or LoRA weights no longer planned."""
+        from .outputs import fold_dirs, stale_in_folds
+
+        lay, root, planned = self.layout, self.layout.regimes_root, set(self.regimes)
+        stale = [{"kind": "phenotyping regime", "path": d, "reason": f"regime {d.name} is not planned (phenotype.regimes, phenotype.k)"}
+                 for d in (sorted(root.iterdir()) if root.is_dir() else []) if d.is_dir() and d.name not in planned]
+        folds, weights = set(self.folds), set(self.weight_dirs)
+        for kind, base in (("crop folder", lay.crops_root), ("LoRA folder", lay.lora_root)):
+            stale += [{"kind": kind, "path": d, "reason": "no synthetic regime is planned" if not self.synthetic
+                       else f"fold {layout.parse_fold_name(d.name)} is not in the current folds"}
+                      for d in fold_dirs(base) if layout.parse_fold_name(d.name) not in folds]
+        trees = stale_in_folds(lay.synthetic_root, folds, lambda name: layout.parse_weight_dir(name) is not None, "synthetic tree",
+                               lambda name: None if name in weights else f"LoRA weight {layout.parse_weight_dir(name)!r} is not in generate.lora_weights")
+        return stale + [{**t, "reason": "no synthetic regime is planned"} if not self.synthetic else t for t in trees]
 
 
 def resolve(study, study_file: Path) -> PhenoPlan:
@@ -112,27 +175,56 @@ def resolve(study, study_file: Path) -> PhenoPlan:
     baseline among them (the phenotype room's own vocabulary).
     """
     from phenotype.regimes import regime_names
+    from prompts.mixes import phenotyping_error
 
     where = f"{study_file}: "
     lay = StudyLayout(Path(study.study.output).resolve())
     data = Path(study.data.data).resolve()
     ph = study.phenotype
-    try:
-        regimes = regime_names(ph.regimes, ph.k)
-    except UserError as err:
-        raise UserError(where + str(err).replace("--regimes", "phenotype.regimes")) from None
-    if ph.baseline not in regimes:
-        raise UserError(f"{where}phenotype.baseline {ph.baseline} is not one of the regimes ({', '.join(regimes)}); "
-                        "name one of them")
+    if problem := phenotyping_error(ph):  # the line `prompts check` gives
+        raise UserError(where + problem)
+    regimes = regime_names(ph.regimes, ph.k, ph.synthetic_fractions)
     plan = PhenoPlan(study_file=study_file, layout=lay, data=data, data_files=data_files(data), regimes=regimes,
                      baseline=ph.baseline, split=lay.split_file)
-    plan.flags = {r: regime_flags(r, plan.feature_cache) for r in regimes}
+    if plan.synthetic:
+        plan_synthetic(plan, study)
+    plan.flags = {r: regime_flags(r, plan.feature_cache) + (plan_synthetic_flags(plan) if "+" in r else "") for r in regimes}
     plan.settings = rule_settings(study)
     plan.study = study
     if ph.weights in ("calibrated", "none") and "cnn" in ph.models:
         plan.warnings.append(f"{study_file}: phenotype.weights is {ph.weights}: the cnn is a random network (an offline "
                              "smoke stand-in); use imagenet for real numbers")
     return plan
+
+
+def plan_synthetic(plan: PhenoPlan, study) -> None:
+    """The per-fold steps of the synthetic regimes: folds (as `phenotype cv` makes them), models, weights, sizes."""
+    from phenotype.cv import fold_list
+    from phenotype.data import read_data
+
+    from .params import TINY
+
+    ph, lay = study.phenotype, plan.layout
+    from prompts.check import synthetic_model_error
+
+    if problem := synthetic_model_error(study):  # the line `prompts check` gives
+        raise UserError(f"{plan.study_file}: {problem}")
+    plan.folds = list(range(len(fold_list(study.data, ph, read_data(plan.data)))))
+    plan.weights = list(dict.fromkeys(float(w) for w in study.generate.lora_weights))
+    tiny = str(lay.tiny_model_dir)
+    plan.lora_model = tiny if study.lora.model == TINY else str(study.lora.model or "")
+    gen = study.generate.model or study.lora.model
+    plan.generate_model = tiny if gen == TINY else str(gen)
+    plan.tiny_model = tiny in (plan.lora_model, plan.generate_model)
+    plan.generate_size = -(-ph.crop_size // 8) * 8
+    plan.generate_fraction = max(ph.synthetic_fractions)
+
+
+def plan_synthetic_flags(plan: PhenoPlan) -> str:
+    """` --synthetic SYN --crops CROPS`: the trees a `+P` regime draws from and the crop records its leak check reads."""
+    from study.plan import quote
+
+    return f" --synthetic {quote(plan.layout.synthetic_root)} --crops {quote(plan.layout.crops_root)}"
 
 
 def resolve_task(study, study_file: Path, config: dict) -> PhenoPlan:
@@ -146,7 +238,8 @@ def regime_flags(regime: str, cache: Path) -> str:
     from study.plan import quote
 
     k = annotated_k(regime)
-    base = f"--regimes {RETRAINED} --k {k}" if k is not None else f"--regimes {regime}"
+    plain = k is not None and "+" not in regime
+    base = f"--regimes {RETRAINED} --k {k}" if plain else f"--regimes {quote(regime)}"
     return f"{base} --baseline {regime} --cache-dir {quote(cache)}"
 
 
@@ -163,7 +256,13 @@ def rule_settings(study) -> dict[str, dict[str, str]]:
     data = readable("data", _keys(study.data, DATA_KEYS))  # the reading rule: every job follows it
     every = {k: v for k, v in settings_part(ph).items() if k not in JOB_KEYS}
     own = {k: v for k, v in every.items() if k not in REGIME_CHOICE_KEYS}
+    gen = {k: v for k, v in settings_part(study.generate).items() if k not in ("lora_weights", "fraction", "count", "size", "balance")}
     return {
         "regime": {**data, **readable("phenotype", own)},
         "report": {**data, **readable("phenotype", every)},
+        "crops": {**data, **readable("phenotype", _keys(ph, CROPS_KEYS))},
+        "lora": {**data, **readable("lora", {**settings_part(study.lora), "model": study.lora.model,
+                                             "model_config": study.lora.model_config})},
+        "generate": {**data, **readable("generate", {**gen, "model": study.generate.model or study.lora.model}),
+                     **readable("phenotype", _keys(ph, ("crop_size", "synthetic_fractions")))},
     }

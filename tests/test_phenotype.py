@@ -226,7 +226,7 @@ def test_regime_names_folds_and_annotated_images():
 
     assert regime_names(["zero-shot", "retrained", "co-only"], [2, 1]) == ["zero-shot", "retrained-k1", "retrained-k2", "co-only"]
     with pytest.raises(UserError, match="synthetic"):
-        regime_names(["synthetic"], [1])
+        regime_names(["nonsense"], [1])
     names = [f"co/{i}.png" for i in range(9)]
     groups = ["p1", "p1", "p1", "p2", "p2", "p2", "p3", "p3", "p3"]
     folds = make_folds(names, groups, 3, 2, 0)

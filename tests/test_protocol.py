@@ -354,7 +354,10 @@ def test_each_task_parses_its_own_vocabulary_with_one_grammar():
     assert [(m.name, m.kind, m.k, m.uses_synthetic) for m in regimes] == [
         ("zero-shot", "zero-shot", 0, False), ("retrained-k1", "retrained", 1, False), ("retrained-k5", "retrained", 5, False),
         ("co-only", "co-only", 0, False)]
-    with pytest.raises(UserError, match=r"--mixes real: unknown mix; use zero-shot, retrained-k<k> \(e.g. retrained-k2\) or co-only"):
+    assert [(m.name, m.kind, m.k, m.uses_synthetic) for m in parse_mixes("zero-shot+25,retrained-k1+50", PHENOTYPING)] == [
+        ("zero-shot+25", "regime+P", 0, True), ("retrained-k1+50", "regime+P", 1, True)]
+    with pytest.raises(UserError, match=r"--mixes real: unknown mix; use zero-shot, retrained-k<k> \(e.g. retrained-k2\), co-only, "
+                                        r"<zero-shot or retrained-k<k>>\+P \(e.g. retrained-k1\+50\)"):
         parse_mixes("zero-shot,real", PHENOTYPING)
     with pytest.raises(UserError, match="k must be at least 1"):
         parse_mixes("retrained-k0", PHENOTYPING)

@@ -22,8 +22,17 @@ class PhenotypeSection:
     min_distance: int = opt(3, "smallest distance in px between two seeds of the classical watershed", ge=1)
     regimes: list[str] = opt(["zero-shot", "retrained", "co-only"],
                              "training regimes: zero-shot (monoculture cells only), retrained (+ the cells of k annotated "
-                             "co-culture training images, one regime per k), co-only (co-culture training cells only)")
+                             "co-culture training images, one regime per k), co-only (co-culture training cells only), "
+                             "synthetic (each retrained-k regime, or zero-shot without retrained, plus generated crops of "
+                             "each type from one LoRA per type trained on the fold's training crops only)")
     k: list[int] = opt([1, 2, 5], "annotated co-culture training images per fold added in the retrained regime", ge=1)
+    synthetic_fractions: list[float] = opt(
+        [0.5], "the synthetic regime adds, per type, this fraction of the regime's training cells of that type as "
+        "generated crops (one regime per fraction, named <regime>+P with P = 100 x fraction)", gt=0)
+    synthetic: str | None = opt(None, "folder of generated crops (fold_<k>/w<weight>/<type>/*.png, written by `generate` "
+                                "from the fold's LoRAs); the workflow sets it", path=True)
+    crops: str | None = opt(None, "folder of the fold_<k>/ crop folders of `phenotype crops` (the LoRAs' training data): "
+                            "the leak check traces every crop a LoRA saw to its source image; the workflow sets it", path=True)
     baseline: str = opt("zero-shot", "the regime every other regime is compared with (verdicts, one Holm family)")
     models: list[str] = opt(["reference", "cnn"], "per-cell classifiers side by side: reference (regionprops shape, "
                             "intensity and GLCM texture + random forest, CellProfiler's recipe) and cnn (frozen EfficientNet + trained head)")
