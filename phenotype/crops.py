@@ -62,7 +62,8 @@ def fold_training_cells(cells, fold: Fold) -> list[Cell]:
     return train
 
 
-def write_crops(out, train: list[Cell], sources: dict[str, Path], fold: Fold, crop_size: int, data_root) -> dict:
+def write_crops(out, train: list[Cell], sources: dict[str, Path], fold: Fold, crop_size: int, data_root,
+                reading=None) -> dict:
     """Write the fold's training crops into `out` (see the module's layout); returns the record written.
 
     Parameters
@@ -83,7 +84,8 @@ def write_crops(out, train: list[Cell], sources: dict[str, Path], fold: Fold, cr
     Returns
     -------
     dict
-        The record: {"fold": k, "crop_size": S, "crops": {"<type>/<name>.png": {"source", "source_sha256", "sha256"}}}.
+        The record: {"fold": k, "crop_size": S, "crops": {"<type>/<name>.png": {"source", "source_sha256", "sha256"}}},
+        plus "reading" (the rule the crops were cut under, `Reading.record()`) when `reading` is given.
     """
     out = check_output_dir(out, data=data_root, flag="--out")
     test = set(fold.test)
@@ -109,6 +111,8 @@ def write_crops(out, train: list[Cell], sources: dict[str, Path], fold: Fold, cr
                                     "sha256": fingerprint.file_sha256(folder / name)}
         _remove_old(folder, set(cells))
     record = {"fold": fold.index, "crop_size": crop_size, "crops": crops}
+    if reading is not None:
+        record["reading"] = reading.record()
     fingerprint.write_json(out / RECORD, record, COMMAND)
     return record
 

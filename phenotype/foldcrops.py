@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from prompts.errors import UserError
 from prompts.guard import check_output_dir
+from prompts.normalize import from_section
 
 from .crops import fold_training_cells, write_crops
 from .cv import collect_cells, fold_list
@@ -36,6 +37,7 @@ def crops_of_fold(data_section, ph, fold_index: int, out) -> dict:
         raise UserError(f"--fold {fold_index}: the study has folds 0..{len(folds) - 1}")
     fold = folds[fold_index]
     check_output_dir(out, data=data.root, flag="--out")
-    cells = collect_cells(data, ph)
+    reading = from_section(data_section)
+    cells = collect_cells(data, ph, reading)
     sources = {im.name: im.image for im in data.mono + data.co}
-    return write_crops(out, fold_training_cells(cells, fold), sources, fold, ph.crop_size, data.root)
+    return write_crops(out, fold_training_cells(cells, fold), sources, fold, ph.crop_size, data.root, reading)

@@ -143,11 +143,16 @@ TIER_SOURCES = (
 
 
 def _explicit_tier(item: pytest.Item) -> str | None:
-    """The tier a test, its class or its module names itself (the closest one wins)."""
-    for mark in item.iter_markers():
-        if mark.name in TIERS:
-            return mark.name
-    return None
+    """The tier a test, its class or its module names itself; two different ones are a usage error.
+
+    `-m unit` selects a test that carries the unit mark anywhere, so a module marked unit with one test marked
+    workflow would put that slow test in `make test-fast`: leave the module unmarked instead (unit is the default).
+    """
+    named = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+    if len(named) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked with two tiers ({', '.join(sorted(named))}): a test has one; "
+                                "leave its module unmarked (unit is the default) and mark the slow test alone")
+    return named.pop() if named else None
 
 
 def _source(item: pytest.Item) -> str:

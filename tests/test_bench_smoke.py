@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); the slow test below marks itself workflow
 
 MODULES = sorted(p.stem for p in (ROOT / "bench").glob("bench_*.py"))
 

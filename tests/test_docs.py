@@ -17,7 +17,7 @@ import pytest
 from .conftest import ROOT
 from .helpers import help_flags
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); the slow test below marks itself workflow
 
 
 def _hooks():

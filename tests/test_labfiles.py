@@ -19,7 +19,7 @@ from PIL import Image
 from prompts.errors import UserError
 from prompts.normalize import DEFAULT
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); the slow test below marks itself workflow
 
 tifffile = pytest.importorskip("tifffile")
 pytest.importorskip("bioio")

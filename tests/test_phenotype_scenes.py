@@ -18,7 +18,7 @@ from prompts.errors import UserError
 from prompts.normalize import DEFAULT
 from tests.conftest import SHARED_DATA
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); the slow test below marks itself workflow
 
 # ../shared/data beside the repository (tests.conftest); CELLSYNTH_SHARED_DATA points elsewhere (a git worktree)
 SHARED = Path(os.environ.get("CELLSYNTH_SHARED_DATA") or SHARED_DATA)

@@ -21,7 +21,7 @@ from prompts.errors import UserError
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); the slow test below marks itself workflow
 
 
 def _section(tmp: Path, **kw):
