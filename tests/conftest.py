@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,10 @@ import pytest
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow in the torch rooms
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# A shell that starts pytest in the background (`cmd &`) ignores SIGINT in it and in every child; the Ctrl-C tests
+# need Python's own handler back (children started from here then get the default again).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -202,9 +207,14 @@ def _serial_group(item: pytest.Item) -> str:
     return f"module-{getattr(item, 'path', Path('')).name}"
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    """Give every test exactly one tier marker and that tier's timeout."""
+    """Give every test exactly one tier marker, that tier's timeout and its xdist group.
+
+    A wrapper, so this runs before every plugin's own hook: `-m` must see the tiers, and pytest-xdist's worker
+    hook (which suffixes each grouped test's node id with its group, what `--dist loadgroup` schedules by) must
+    see the groups. As a plain `tryfirst` hook it ran after xdist's, so no test was grouped and each worker ran
+    the whole-study fixtures again."""
     xdist = config.pluginmanager.hasplugin("xdist")
     for item in items:
         tier = tier_of(item)
@@ -214,3 +224,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
         if xdist and tier in SERIAL_TIERS and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(_serial_group(item)))
+    result = yield
+    if config.getvalue("loadgroup"):  # an xdist worker under --dist loadgroup: xdist's hook has now run
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:  # pytest-xdist 3.8 sets item._nodeid, which pytest 9.2 no longer reads
+            raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (pytest {pytest.__version__}): each worker would run "
+                                    "the whole studies again; install the pinned pytest (pip install -e '.[dev]')")
+    return result
