@@ -119,7 +119,7 @@ def statistics_note(results: dict) -> str:
 
 
 def metrics_table(results: dict) -> Table:
-    keys = METRICS + (["detection_f1"] if results["segmentation"] == "classical" else [])
+    keys = METRICS + (["detection_f1"] if results["segmentation"] != "given" and _has_detection(results) else [])
     cols = ["classifier", "regime", *(LABELS[k] for k in keys), "training cells (mean)"]
     rows = []
     for regime in results["regimes"]:
@@ -129,6 +129,28 @@ def metrics_table(results: dict) -> Table:
             rows.append([Cell(model), Cell(regime), *cells, Cell(f"{np.mean([r['n_train_cells'] for r in runs]):.0f}")])
     return Table(cols, rows, caption=f"Mean ± sd over folds; each regime's classifiers side by side. Tested on co-culture images only "
                                      f"({results['truth']} truth, {results['segmentation']} segmentation).")
+
+
+def _has_detection(results: dict) -> bool:
+    return any("detection_f1" in r["metrics"] for r in results["runs"])
+
+
+def detection_table(results: dict) -> Table | None:
+    """With predicted segmentation: where the count error comes from, per classifier and regime, summed over folds."""
+    if results["segmentation"] == "given" or not _has_detection(results):
+        return None
+    rows = []
+    for regime in results["regimes"]:
+        for model in results["models"]:
+            runs = [r["metrics"] for r in results["runs"] if r["model"] == model and r["regime"] == regime and "tp" in r["metrics"]]
+            tp, fp, fn = (sum(int(m[k]) for m in runs) for k in ("tp", "fp", "fn"))
+            wrong = sum(int(m.get("wrong_type", 0)) for m in runs)
+            rows.append([model, regime, fmt(*_mean(results, model, regime, "detection_f1")), str(tp + fn), str(fn),
+                         f"{100 * fn / max(tp + fn, 1):.1f}", str(fp), str(tp), str(wrong), f"{100 * wrong / max(tp, 1):.1f}"])
+    return Table(["classifier", "regime", "detection F1", "true cells", "missed", "missed %", "false cells", "matched",
+                  "wrong type", "wrong type % of matched"], rows,
+                 caption=f"{results['segmentation']} segmentation against the true masks at IoU 0.5, summed over folds: a count "
+                         "error is a missed cell (the segmenter), a false cell, or a matched cell given the wrong type (the classifier).")
 
 
 def count_table(results: dict) -> Table:
@@ -275,6 +297,9 @@ def build_report(results: dict, out: Path) -> list:
         blocks += [Heading("Verdicts"), table]
     blocks.append(Text(statistics_note(results), "note"))
     blocks += [Heading("Classifiers and regimes"), metrics_table(results)]
+    det = detection_table(results)
+    if det is not None:
+        blocks += [Heading("Missed cells or wrong types"), det]
     for model in results["models"]:
         blocks += attempt(f"count scatter ({model})", lambda m=model: scatter_figure(results, m))
     blocks += overlay_blocks(results, out)
