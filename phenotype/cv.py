@@ -158,6 +158,10 @@ def predicted_masks(data_section, ph, data: PhenotypeData) -> dict[str, Path]:
         if not rec or fingerprint.written_by(folder / RECORD) != fingerprint.mark("segment predict"):
             raise UserError(f"{folder / RECORD} is missing or was not written by `python -m segment predict`; segment fold "
                             f"{fold.index}'s test images with it (phenotype.segmented names the folder of fold_<k>/)")
+        made_by = (rec.get("settings") or {}).get("model")
+        if made_by != ph.segmentation:
+            raise UserError(f"{folder / RECORD}: these masks were predicted by {made_by}, not by phenotype.segmentation "
+                            f"{ph.segmentation}; segment fold {fold.index} again with `python -m segment predict --model {ph.segmentation}`")
         trained = {p.get(k) for p in rec.get("train", []) for k in ("image_sha256", "mask_sha256")}
         predicted = {t.get("name"): t.get("image_sha256") for t in rec.get("test", [])}
         for name in fold.test:
