@@ -137,13 +137,14 @@ def segmentation_of(ph, data: PhenotypeData) -> str:
     return CLASSICAL if ph.segmentation == CLASSICAL or any(im.mask is None for im in data.co) else GIVEN
 
 
-def predicted_masks(data_section, ph, data: PhenotypeData) -> dict[str, Path]:
+def predicted_masks(data_section, ph, data: PhenotypeData, about: dict | None = None) -> dict[str, Path]:
     """{co-culture image: its predicted mask} from `phenotype.segmented` (ROOT/fold_<k>/masks/, `prompts.segmented`),
     each image's mask from the fold that tests it; checked before anything is written.
 
     Refuses (one UserError line): no `phenotype.segmented`; a fold's masks missing or not written by `segment predict`;
     a mask predicted from other bytes than the image's; a segmenter that trained on a test image or mask of its fold
-    (by sha256: the leak rule); an image tested by two folds (repeats > 1: one mask per image).
+    (by sha256: the leak rule); an image tested by two folds (repeats > 1: one mask per image). `about`, when given,
+    receives the segmenter's settings and the training pairs per fold (the report's note).
     """
     from prompts.layout import fold_root
     from prompts.segmented import MASKS_DIR, RECORD, mask_path
@@ -177,6 +178,10 @@ def predicted_masks(data_section, ph, data: PhenotypeData) -> dict[str, Path]:
                 raise UserError(f"{folder}: no predicted mask of {name} as it is now (missing or made from other bytes); "
                                 "segment the fold again (`python -m segment predict`)")
             out[name] = mask_path(folder, name)
+        if about is not None:
+            about.update({k: rec["settings"].get(k) for k in ("model", "weights", "epochs", "image_size")})
+            about.setdefault("folds", {})[str(fold.index)] = {"train_pairs": len(rec.get("train", [])),
+                                                              "loss": (rec.get("losses") or [None])[-1]}
     return out
 
 
@@ -439,6 +444,7 @@ class PhenotypeTask(crossval.Task):
         self.tree_names: list[str] = []
         self.syn = None  # phenotype.synthetic.CropTrees when a <regime>+P regime runs
         self.predicted: dict[str, Path] | None = None  # {co-culture image: predicted mask} (segmentation unet, stardist)
+        self.segmenter: dict = {}  # what trained each fold's segmenter (its records), for the report
 
     # -- items
 
@@ -450,7 +456,7 @@ class PhenotypeTask(crossval.Task):
         self.section.group_by = "group" if data.has_groups else None
         seg = segmentation_of(self.ph, data)
         if seg in PREDICTED:  # checked (leaks included) before anything is written
-            self.predicted = predicted_masks(self.data, self.ph, data)
+            self.predicted = predicted_masks(self.data, self.ph, data, self.segmenter)
         detects = seg != GIVEN and any(im.mask is not None for im in data.co)
         self.metrics = (*METRICS, *(("detection_f1",) if detects else ()))
         return co_culture_dataset(data.root, [im.name for im in data.co], [im.group for im in data.co] if data.has_groups else None)
@@ -614,7 +620,7 @@ class PhenotypeTask(crossval.Task):
         timings["seconds_per_regime"] = timings["fits_s"] / max(len(regimes), 1)
         return {
             "task": "phenotyping", "data": str(data.root), "types": data.types, "truth": data.truth,
-            "segmentation": segmentation_of(ph, data), "models": models, "regimes": regimes, "baseline": ph.baseline,
+            "segmentation": segmentation_of(ph, data), "segmenter": self.segmenter or None, "models": models, "regimes": regimes, "baseline": ph.baseline,
             "primary": ph.primary, "settings": _settings(ph), "n_mono_images": len(data.mono), "n_mono_cells": len(cells.mono),
             "n_co_images": len(data.co), "n_co_cells": sum(len(s.cells) for s in cells.test.values()), "n_cells": n_cells,
             "synthetic": common["synthetic"], "synthetic_per_fold": common["synthetic_per_fold"],

@@ -56,6 +56,27 @@ def _interval(results: dict, model: str, regime: str, metric: str) -> tuple[floa
 
 
 def smoke_reasons(results: dict) -> list[str]:
+    return _segmenter_smoke(results) + _cnn_smoke(results)
+
+
+def _segmenter_smoke(results: dict) -> list[str]:
+    """The segmenter (unet) started from a random encoder: its cells, and so every count, are a smoke test."""
+    seg = results.get("segmenter") or {}
+    w = str(seg.get("weights", "")).lower()
+    if seg.get("model") == "unet" and w in ("tiny", "none"):
+        return [f"the segmenter's U-Net encoder has random weights (`segment.weights: {w}`), trained {seg.get('epochs')} epoch(s)"]
+    return []
+
+
+def segmenter_line(seg: dict) -> str:
+    """How the test cells were found with predicted segmentation (from each fold's `segmenter.json`)."""
+    pairs = ", ".join(f"fold {k}: {v['train_pairs']}" for k, v in sorted(seg["folds"].items(), key=lambda kv: int(kv[0])))
+    return (f"Test cells found by {seg['model']} (`segment predict`), trained per fold on that fold's training image–mask "
+            f"pairs only ({pairs} pairs; {seg.get('epochs')} epochs, weights {seg.get('weights')}); no segmenter saw a "
+            "test image of its fold (checked by sha256).")
+
+
+def _cnn_smoke(results: dict) -> list[str]:
     if "cnn" not in results["models"]:
         return []
     w = str(results["settings"].get("weights")).lower()
@@ -280,10 +301,14 @@ def overlay_blocks(results: dict, out: Path) -> list:
 
 def build_report(results: dict, out: Path) -> list:
     blocks = []
-    banner = smoke_banner(smoke_reasons(results), "Use `phenotype.weights: imagenet` for the cnn.")
+    hints = (["Use `segment.weights: imagenet` and more `segment.epochs` for the segmenter."] if _segmenter_smoke(results) else []) + \
+        (["Use `phenotype.weights: imagenet` for the cnn."] if _cnn_smoke(results) else [])
+    banner = smoke_banner(smoke_reasons(results), " ".join(hints))
     if banner:
         blocks.append(banner)
     blocks += [Text(answer(results, m), "answer") for m in results["models"]]
+    if results.get("segmenter"):
+        blocks.append(Text(segmenter_line(results["segmenter"]), "note"))
     blocks.append(Text(f"{results['n_mono_images']} monoculture images ({results['n_mono_cells']} cells) and {results['n_co_images']} "
                        f"co-culture images ({results['n_co_cells']} cells) in `{results['data']}`; types: {', '.join(results['types'])}. "
                        f"{results['n_splits']} folds × {results['repeats']} repeat(s) over the co-culture images"

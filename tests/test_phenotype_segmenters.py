@@ -154,8 +154,10 @@ def test_cv_cuts_test_cells_from_the_predicted_masks_and_splits_count_errors(seg
         m = run["metrics"]
         assert m["detection_f1"] == pytest.approx(direct.f1) and (m["tp"], m["fp"], m["fn"]) == (direct.tp, direct.fp, direct.fn)
         assert m["missed"] == direct.fn and 0 <= m["wrong_type"] <= direct.tp
+    assert results["segmenter"]["model"] == "unet" and set(results["segmenter"]["folds"]) == {"0", "1"}
     write_reports(results, ph.output)
-    assert "Missed cells or wrong types" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Missed cells or wrong types" in report and "segment.weights: tiny" in report  # a smoke segmenter says so
 
 
 def test_cv_refuses_masks_of_the_wrong_fold_a_missing_root_and_another_model(segmented, tmp_path):
