@@ -18,6 +18,9 @@ COMMANDS = {
     "crops": ("write one fold's training cells as PNG crops per type (the data folder of one LoRA per type, for the "
               "synthetic regime)", ("data", "split", *READING),
               ("crop_size", "segmentation", "min_size", "min_distance", "folds", "repeats", "seed")),
+    "pairs": ("write one fold's image-mask pairs (monocultures and co-culture training images with masks) and its test "
+              "images as the two lists `python -m segment predict` reads (phenotype.segmentation unet or stardist)",
+              ("data", "split"), ("folds", "repeats", "seed")),
 }
 
 
@@ -32,11 +35,13 @@ def parser():
         add_config_flag(p)
         add_section_flags(p, SECTIONS["data"], data_keys)
         add_section_flags(p, SECTIONS["phenotype"], keys)
-        if name == "crops":
-            own = p.add_argument_group("crops")
+        if name in ("crops", "pairs"):
+            own = p.add_argument_group(name)
             own.add_argument("--fold", type=int, required=True, metavar="K", help="the fold (0-based, as `phenotype cv` numbers them)")
             own.add_argument("--out", required=True, metavar="DIR",
-                             help="the crop folder: DIR/<type>/<image>__c<label>.png and DIR/crops.json (never inside the data)")
+                             help="the crop folder: DIR/<type>/<image>__c<label>.png and DIR/crops.json (never inside the data)"
+                             if name == "crops" else "the lists' folder: DIR/train.csv (image,mask) and DIR/test.csv "
+                             "(name,image) (never inside the data)")
         g = p.add_argument_group("running")
         g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
         g.add_argument("-v", "--verbose", action="store_true")
@@ -54,6 +59,8 @@ def main(argv=None) -> int:
     study = read_settings(args, f"phenotype {args.command}", ("data", "phenotype"))
     if args.command == "crops":
         return cmd_crops(study.data, study.phenotype, args.fold, args.out)
+    if args.command == "pairs":
+        return cmd_pairs(study.data, study.phenotype, args.fold, args.out)
     return cmd_cv(study.data, study.phenotype, args.progress)
 
 
@@ -62,6 +69,14 @@ def cmd_crops(data, ph, fold: int, out) -> int:
 
     record = crops_of_fold(data, ph, fold, out)
     log.info("wrote %d crops of fold %d into %s", len(record["crops"]), fold, out)
+    return 0
+
+
+def cmd_pairs(data, ph, fold: int, out) -> int:
+    from .segpairs import write_fold_pairs
+
+    record = write_fold_pairs(data, ph, fold, out)
+    log.info("wrote fold %d's %d training pair(s) and %d test image(s) into %s", fold, record["train"], record["test"], out)
     return 0
 
 

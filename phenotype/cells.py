@@ -6,8 +6,8 @@ with the cell's own mask beside it. Its key is the SHA-256 of the crop's pixels 
 equal keys wherever the image lies, so per-cell features are cached by it (`phenotype.models.FeatureCache`)
 and the no-leak check compares keys (`phenotype.cv`).
 
-Co-culture cells with predicted instances (`phenotype.segmentation: classical`) take the true type of the
-true cell they match one-to-one at IoU >= 0.5 (StarDist's matching, `analysis.matching`); an unmatched
+Co-culture cells with predicted instances (`phenotype.segmentation: classical`, or `unet` / `stardist`: the
+masks `segment predict` wrote for the fold that tests the image) take the true type of the true cell they match one-to-one at IoU >= 0.5 (StarDist's matching, `analysis.matching`); an unmatched
 predicted cell has no true type (a false detection) and a true cell no prediction matched is a miss.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from prompts.pairs import load_mask
 
 from .data import SourceImage
 
-GIVEN, CLASSICAL = "given", "classical"
+GIVEN, CLASSICAL, UNET, STARDIST = "given", "classical", "unet", "stardist"
+PREDICTED = (UNET, STARDIST)  # instances from the segmentation task's model, trained per fold (`phenotype.segmented`)
 
 
 @dataclass
@@ -144,6 +145,20 @@ def source_cells(im: SourceImage, size: int, segmentation: str, min_size: int, m
     if im.mask is not None and segmentation == GIVEN:
         return cells_of(im.name, image, load_mask(im.mask), dict(im.cell_types or {}), size)
     pred = classical_labels(image, min_size, min_distance)
+    types = matched_types(load_mask(im.mask), im.cell_types or {}, pred) if im.mask is not None and im.cell_types else {}
+    return cells_of(im.name, image, pred, types, size)
+
+
+def predicted_cells(im: SourceImage, pred: np.ndarray, size: int, reading) -> CellSet:
+    """The cells of a co-culture image as the segmenter found them (`pred`: (H, W) instance ids of a predicted mask),
+    each typed by the true cell it matches one-to-one at IoU >= 0.5 (when the image has a true mask and types)."""
+    from prompts.errors import UserError
+
+    image = image_array(im.image, reading)
+    pred = np.asarray(pred).astype(np.int32)
+    if pred.shape != image.shape[:2]:
+        raise UserError(f"the predicted mask of {im.name} is {pred.shape[1]}x{pred.shape[0]} px, the image "
+                        f"{image.shape[1]}x{image.shape[0]}; segment the images again (`python -m segment predict`)")
     types = matched_types(load_mask(im.mask), im.cell_types or {}, pred) if im.mask is not None and im.cell_types else {}
     return cells_of(im.name, image, pred, types, size)
 

@@ -40,7 +40,7 @@ from prompts.pairs import load_mask
 from prompts.splits import Fold, make_split, read_split
 
 from . import models as M
-from .cells import CLASSICAL, GIVEN, Cell, CellSet, source_cells, truth_cells
+from .cells import CLASSICAL, GIVEN, PREDICTED, Cell, CellSet, predicted_cells, source_cells, truth_cells
 from .data import POINTS, PhenotypeData, read_data
 from .metrics import LOWER_IS_BETTER, METRICS, cell_metrics, count_metrics, counts
 from .regimes import check_k, co_culture_dataset, fold_seed, regime_images, regime_names, training_images, uses_mono
@@ -53,7 +53,7 @@ CACHE_DIR = "cache"
 CALIBRATION_CELLS = 256  # monoculture crops that calibrate the BatchNorm of `weights: calibrated`
 OUTPUT_NAMES = (REPORT_MD, REPORT_HTML, RESULTS_CSV, RESULTS_JSON, OVERLAYS_DIR, CACHE_DIR, SPLIT_FILE, RUNS_DIR)
 # settings that change no result (where it is written, and the report's pictures)
-_RUN_FREE = frozenset({"output", "overwrite", "cache_dir", "overlays"})
+_RUN_FREE = frozenset({"output", "overwrite", "cache_dir", "overlays", "segmented"})  # segmented: the masks reach jobs as cells
 # settings that reach one job only through its items and arm, or only the summary
 _JOB_FREE = _RUN_FREE | {"regimes", "k", "baseline", "models", "primary", "delta", "folds", "repeats", "synthetic_fractions",
                          "synthetic", "crops"}
@@ -130,12 +130,67 @@ class StudyCells:
 
 
 def segmentation_of(ph, data: PhenotypeData) -> str:
-    """given, or classical when asked or when a co-culture image has no mask."""
+    """unet or stardist when asked (the segmenter's masks), else given, or classical when asked or when a co-culture
+    image has no mask."""
+    if ph.segmentation in PREDICTED:
+        return ph.segmentation
     return CLASSICAL if ph.segmentation == CLASSICAL or any(im.mask is None for im in data.co) else GIVEN
 
 
-def collect_cells(data: PhenotypeData, ph, reading, progress: bool = False) -> StudyCells:
-    """Cut every cell once (see `phenotype.cells`), each image read under `reading` (the data section's rule)."""
+def predicted_masks(data_section, ph, data: PhenotypeData, about: dict | None = None) -> dict[str, Path]:
+    """{co-culture image: its predicted mask} from `phenotype.segmented` (ROOT/fold_<k>/masks/, `prompts.segmented`),
+    each image's mask from the fold that tests it; checked before anything is written.
+
+    Refuses (one UserError line): no `phenotype.segmented`; a fold's masks missing or not written by `segment predict`;
+    a mask predicted from other bytes than the image's; a segmenter that trained on a test image or mask of its fold
+    (by sha256: the leak rule); an image tested by two folds (repeats > 1: one mask per image). `about`, when given,
+    receives the segmenter's settings and the training pairs per fold (the report's note).
+    """
+    from prompts.layout import fold_root
+    from prompts.segmented import MASKS_DIR, RECORD, mask_path
+
+    if not ph.segmented:
+        raise UserError(f"phenotype.segmentation {ph.segmentation} needs phenotype.segmented: the folder of fold_<k>/masks/ "
+                        "that `python -m phenotype pairs` + `python -m segment predict` write per fold (the workflow runs them)")
+    co, out, h = {im.name: im for im in data.co}, {}, fingerprint.file_sha256
+    for fold in fold_list(data_section, ph, data):
+        folder = fold_root(ph.segmented, fold.index) / MASKS_DIR
+        rec = fingerprint.read(folder / RECORD) if (folder / RECORD).is_file() else None
+        if not rec or fingerprint.written_by(folder / RECORD) != fingerprint.mark("segment predict"):
+            raise UserError(f"{folder / RECORD} is missing or was not written by `python -m segment predict`; segment fold "
+                            f"{fold.index}'s test images with it (phenotype.segmented names the folder of fold_<k>/)")
+        made_by = (rec.get("settings") or {}).get("model")
+        if made_by != ph.segmentation:
+            raise UserError(f"{folder / RECORD}: these masks were predicted by {made_by}, not by phenotype.segmentation "
+                            f"{ph.segmentation}; segment fold {fold.index} again with `python -m segment predict --model {ph.segmentation}`")
+        trained = {p.get(k) for p in rec.get("train", []) for k in ("image_sha256", "mask_sha256")}
+        predicted = {t.get("name"): t.get("image_sha256") for t in rec.get("test", [])}
+        for name in fold.test:
+            im = co[name]
+            if name in out:
+                raise UserError(f"{name} is a test image of two folds (phenotype.repeats {ph.repeats} or data.split): predicted "
+                                "segmentation keeps one mask per image; use phenotype.repeats 1")
+            own = {h(im.image), *([h(im.mask)] if im.mask is not None else [])}
+            if own & trained:
+                raise UserError(f"{folder / RECORD}: the segmenter of fold {fold.index} trained on {name}, a test image of "
+                                "that fold; segment it again from `python -m phenotype pairs` lists")
+            if predicted.get(name) != h(im.image) or not mask_path(folder, name).is_file():
+                raise UserError(f"{folder}: no predicted mask of {name} as it is now (missing or made from other bytes); "
+                                "segment the fold again (`python -m segment predict`)")
+            out[name] = mask_path(folder, name)
+        if about is not None:
+            about.update({k: rec["settings"].get(k) for k in ("model", "weights", "epochs", "image_size")})
+            about.setdefault("folds", {})[str(fold.index)] = {"train_pairs": len(rec.get("train", [])),
+                                                              "loss": (rec.get("losses") or [None])[-1]}
+    return out
+
+
+def collect_cells(data: PhenotypeData, ph, reading, progress: bool = False, predicted: dict[str, Path] | None = None) -> StudyCells:
+    """Cut every cell once (see `phenotype.cells`), each image read under `reading` (the data section's rule).
+
+    With predicted segmentation (unet, stardist) the test cells of each co-culture image come from its mask in
+    `predicted` ({image: predicted mask}, `predicted_masks`); without it only the training cells are cut.
+    """
     seg = segmentation_of(ph, data)
     images = data.mono + data.co
     if progress:
@@ -149,6 +204,10 @@ def collect_cells(data: PhenotypeData, ph, reading, progress: bool = False) -> S
             continue
         if data.truth != POINTS:
             annotated[im.name] = truth_cells(im, ph.crop_size, reading)
+        if seg in PREDICTED:
+            if predicted is not None:
+                test[im.name] = predicted_cells(im, load_mask(predicted[im.name]), ph.crop_size, reading)
+            continue
         test[im.name] = annotated[im.name] if seg == GIVEN and im.name in annotated else \
             source_cells(im, ph.crop_size, seg, ph.min_size, ph.min_distance, reading)
     return StudyCells(mono, annotated, test)
@@ -280,7 +339,7 @@ def true_counts(data: PhenotypeData, cells: StudyCells) -> dict[str, np.ndarray]
 
 def detection(data: PhenotypeData, cells: StudyCells, seg: str) -> dict[str, Match]:
     """{co-culture image: tp, fp, fn at IoU 0.5} when segmentation is predicted and true masks exist."""
-    if seg != CLASSICAL:
+    if seg == GIVEN:
         return {}
     return {im.name: matching(load_mask(im.mask), cells.test[im.name].labels) for im in data.co if im.mask is not None}
 
@@ -296,9 +355,33 @@ def score_fold(fold: Fold, preds: dict[str, list[str]], cells: StudyCells, truth
     metrics.update(cell_metrics(true_types, pred_types, types))
     if det:
         m = sum((det[n] for n in fold.test if n in det), Match())
-        metrics.update({"detection_f1": m.f1, "tp": m.tp, "fp": m.fp, "fn": m.fn})
+        metrics.update({"detection_f1": m.f1, "tp": m.tp, "fp": m.fp, "fn": m.fn,
+                        **count_error_split(m, true_types, pred_types)})
     rows = [{"image": n, "true": truth[n].tolist(), "pred": counts(preds[n], types).tolist()} for n in fold.test]
     return metrics, rows
+
+
+def count_error_split(m: Match, true_types: list, pred_types: list[str]) -> dict:
+    """Where a count with predicted segmentation goes wrong: true cells the segmenter missed, predicted cells that match
+    no true cell, and matched cells given the wrong type.
+
+    Parameters
+    ----------
+    m : Match
+        tp, fp, fn at IoU 0.5 summed over the fold's test images.
+    true_types, pred_types : list
+        Per predicted cell: the type of the true cell it matches (None: a false detection), and its predicted type.
+
+    Returns
+    -------
+    dict
+        missed (fn), false_cells (fp), wrong_type (matched cells typed wrong), and the fractions missed / true cells
+        and wrong_type / matched cells.
+    """
+    wrong = sum(1 for t, p in zip(true_types, pred_types) if t is not None and p != t)
+    matched = sum(1 for t in true_types if t is not None)
+    return {"missed": m.fn, "false_cells": m.fp, "wrong_type": wrong,
+            "missed_fraction": m.fn / max(m.tp + m.fn, 1), "wrong_type_fraction": wrong / max(matched, 1)}
 
 
 # --------------------------------------------------------------------------- the task
@@ -360,6 +443,8 @@ class PhenotypeTask(crossval.Task):
         self.synthetic_cells: dict[str, Cell] = {}  # key -> every generated cell a job may train on
         self.tree_names: list[str] = []
         self.syn = None  # phenotype.synthetic.CropTrees when a <regime>+P regime runs
+        self.predicted: dict[str, Path] | None = None  # {co-culture image: predicted mask} (segmentation unet, stardist)
+        self.segmenter: dict = {}  # what trained each fold's segmenter (its records), for the report
 
     # -- items
 
@@ -369,7 +454,10 @@ class PhenotypeTask(crossval.Task):
         check_outputs(self.ph.output, OUTPUT_NAMES)
         self.pheno, self.arms, self.section.mixes = data, tuple(models), regimes
         self.section.group_by = "group" if data.has_groups else None
-        detects = segmentation_of(self.ph, data) == CLASSICAL and any(im.mask is not None for im in data.co)
+        seg = segmentation_of(self.ph, data)
+        if seg in PREDICTED:  # checked (leaks included) before anything is written
+            self.predicted = predicted_masks(self.data, self.ph, data, self.segmenter)
+        detects = seg != GIVEN and any(im.mask is not None for im in data.co)
         self.metrics = (*METRICS, *(("detection_f1",) if detects else ()))
         return co_culture_dataset(data.root, [im.name for im in data.co], [im.group for im in data.co] if data.has_groups else None)
 
@@ -407,7 +495,7 @@ class PhenotypeTask(crossval.Task):
         """Every cell of the study, cut once (timed), with the true counts and detection they give."""
         if self.cells is None:
             start = time.perf_counter()
-            self.cells = collect_cells(self.pheno, self.ph, self.reading, self.progress)
+            self.cells = collect_cells(self.pheno, self.ph, self.reading, self.progress, self.predicted)
             self.timings["cells_s"] = time.perf_counter() - start
             self.truth = true_counts(self.pheno, self.cells)
             self.det = detection(self.pheno, self.cells, segmentation_of(self.ph, self.pheno))
@@ -532,7 +620,7 @@ class PhenotypeTask(crossval.Task):
         timings["seconds_per_regime"] = timings["fits_s"] / max(len(regimes), 1)
         return {
             "task": "phenotyping", "data": str(data.root), "types": data.types, "truth": data.truth,
-            "segmentation": segmentation_of(ph, data), "models": models, "regimes": regimes, "baseline": ph.baseline,
+            "segmentation": segmentation_of(ph, data), "segmenter": self.segmenter or None, "models": models, "regimes": regimes, "baseline": ph.baseline,
             "primary": ph.primary, "settings": _settings(ph), "n_mono_images": len(data.mono), "n_mono_cells": len(cells.mono),
             "n_co_images": len(data.co), "n_co_cells": sum(len(s.cells) for s in cells.test.values()), "n_cells": n_cells,
             "synthetic": common["synthetic"], "synthetic_per_fold": common["synthetic_per_fold"],

@@ -56,6 +56,27 @@ def _interval(results: dict, model: str, regime: str, metric: str) -> tuple[floa
 
 
 def smoke_reasons(results: dict) -> list[str]:
+    return _segmenter_smoke(results) + _cnn_smoke(results)
+
+
+def _segmenter_smoke(results: dict) -> list[str]:
+    """The segmenter (unet) started from a random encoder: its cells, and so every count, are a smoke test."""
+    seg = results.get("segmenter") or {}
+    w = str(seg.get("weights", "")).lower()
+    if seg.get("model") == "unet" and w in ("tiny", "none"):
+        return [f"the segmenter's U-Net encoder has random weights (`segment.weights: {w}`), trained {seg.get('epochs')} epoch(s)"]
+    return []
+
+
+def segmenter_line(seg: dict) -> str:
+    """How the test cells were found with predicted segmentation (from each fold's `segmenter.json`)."""
+    pairs = ", ".join(f"fold {k}: {v['train_pairs']}" for k, v in sorted(seg["folds"].items(), key=lambda kv: int(kv[0])))
+    return (f"Test cells found by {seg['model']} (`segment predict`), trained per fold on that fold's training image–mask "
+            f"pairs only ({pairs} pairs; {seg.get('epochs')} epochs, weights {seg.get('weights')}); no segmenter saw a "
+            "test image of its fold (checked by sha256).")
+
+
+def _cnn_smoke(results: dict) -> list[str]:
     if "cnn" not in results["models"]:
         return []
     w = str(results["settings"].get("weights")).lower()
@@ -119,7 +140,7 @@ def statistics_note(results: dict) -> str:
 
 
 def metrics_table(results: dict) -> Table:
-    keys = METRICS + (["detection_f1"] if results["segmentation"] == "classical" else [])
+    keys = METRICS + (["detection_f1"] if results["segmentation"] != "given" and _has_detection(results) else [])
     cols = ["classifier", "regime", *(LABELS[k] for k in keys), "training cells (mean)"]
     rows = []
     for regime in results["regimes"]:
@@ -129,6 +150,28 @@ def metrics_table(results: dict) -> Table:
             rows.append([Cell(model), Cell(regime), *cells, Cell(f"{np.mean([r['n_train_cells'] for r in runs]):.0f}")])
     return Table(cols, rows, caption=f"Mean ± sd over folds; each regime's classifiers side by side. Tested on co-culture images only "
                                      f"({results['truth']} truth, {results['segmentation']} segmentation).")
+
+
+def _has_detection(results: dict) -> bool:
+    return any("detection_f1" in r["metrics"] for r in results["runs"])
+
+
+def detection_table(results: dict) -> Table | None:
+    """With predicted segmentation: where the count error comes from, per classifier and regime, summed over folds."""
+    if results["segmentation"] == "given" or not _has_detection(results):
+        return None
+    rows = []
+    for regime in results["regimes"]:
+        for model in results["models"]:
+            runs = [r["metrics"] for r in results["runs"] if r["model"] == model and r["regime"] == regime and "tp" in r["metrics"]]
+            tp, fp, fn = (sum(int(m[k]) for m in runs) for k in ("tp", "fp", "fn"))
+            wrong = sum(int(m.get("wrong_type", 0)) for m in runs)
+            rows.append([model, regime, fmt(*_mean(results, model, regime, "detection_f1")), str(tp + fn), str(fn),
+                         f"{100 * fn / max(tp + fn, 1):.1f}", str(fp), str(tp), str(wrong), f"{100 * wrong / max(tp, 1):.1f}"])
+    return Table(["classifier", "regime", "detection F1", "true cells", "missed", "missed %", "false cells", "matched",
+                  "wrong type", "wrong type % of matched"], rows,
+                 caption=f"{results['segmentation']} segmentation against the true masks at IoU 0.5, summed over folds: a count "
+                         "error is a missed cell (the segmenter), a false cell, or a matched cell given the wrong type (the classifier).")
 
 
 def count_table(results: dict) -> Table:
@@ -258,10 +301,14 @@ def overlay_blocks(results: dict, out: Path) -> list:
 
 def build_report(results: dict, out: Path) -> list:
     blocks = []
-    banner = smoke_banner(smoke_reasons(results), "Use `phenotype.weights: imagenet` for the cnn.")
+    hints = (["Use `segment.weights: imagenet` and more `segment.epochs` for the segmenter."] if _segmenter_smoke(results) else []) + \
+        (["Use `phenotype.weights: imagenet` for the cnn."] if _cnn_smoke(results) else [])
+    banner = smoke_banner(smoke_reasons(results), " ".join(hints))
     if banner:
         blocks.append(banner)
     blocks += [Text(answer(results, m), "answer") for m in results["models"]]
+    if results.get("segmenter"):
+        blocks.append(Text(segmenter_line(results["segmenter"]), "note"))
     blocks.append(Text(f"{results['n_mono_images']} monoculture images ({results['n_mono_cells']} cells) and {results['n_co_images']} "
                        f"co-culture images ({results['n_co_cells']} cells) in `{results['data']}`; types: {', '.join(results['types'])}. "
                        f"{results['n_splits']} folds × {results['repeats']} repeat(s) over the co-culture images"
@@ -275,6 +322,9 @@ def build_report(results: dict, out: Path) -> list:
         blocks += [Heading("Verdicts"), table]
     blocks.append(Text(statistics_note(results), "note"))
     blocks += [Heading("Classifiers and regimes"), metrics_table(results)]
+    det = detection_table(results)
+    if det is not None:
+        blocks += [Heading("Missed cells or wrong types"), det]
     for model in results["models"]:
         blocks += attempt(f"count scatter ({model})", lambda m=model: scatter_figure(results, m))
     blocks += overlay_blocks(results, out)

@@ -400,6 +400,15 @@ class StudyLayout:
     def crops_dir(self, fold: int) -> Path:
         return fold_root(self.crops_root, int(fold))
 
+    @property
+    def segmented_root(self) -> Path:
+        """OUT/segmented/: one `fold_<k>/` per fold of a phenotyping study with `phenotype.segmentation` unet or
+        stardist: its lists (pairs/, `phenotype pairs`) and its test images' predicted masks (masks/, `segment predict`)."""
+        return self.out / "segmented"
+
+    def segmented_dir(self, fold: int) -> Path:
+        return fold_root(self.segmented_root, int(fold))
+
     def lora_fold_dir(self, fold: int) -> Path:
         """OUT/lora/fold_<k>/: every LoRA of one fold (a phenotyping study's job trains one per type in one go)."""
         return fold_root(self.lora_root, int(fold))
@@ -415,6 +424,9 @@ class StudyLayout:
 
     def crops_pattern(self) -> str:
         return f"{self.crops_root}/{FOLD_PREFIX}{{fold}}"
+
+    def segmented_pattern(self) -> str:
+        return f"{self.segmented_root}/{FOLD_PREFIX}{{fold}}"
 
     def lora_fold_pattern(self) -> str:
         return f"{self.lora_root}/{FOLD_PREFIX}{{fold}}"

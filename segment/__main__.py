@@ -1,4 +1,5 @@
-"""`python -m segment cv | realism` — the segmentation study's cross-validation and the realism of synthetic pairs."""
+"""`python -m segment cv | realism | predict` — the segmentation study's cross-validation, the realism of synthetic
+pairs, and the model trained on listed pairs predicting other images (another task's cells)."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,10 @@ COMMANDS = {
     "realism": ("KID, a two-sample test and the mask consistency of synthetic pairs against the real pairs",
                 ("data", *READING), ("output", "synthetic", "backbone", "weights", "image_size", "epochs", "batch_size",
                             "learning_rate", "augment", "min_size", "seed", "overwrite")),
+    "predict": ("train the segmentation model on the image-mask pairs of --train and write the predicted instance masks "
+                "of the images of --images into --out (a phenotyping study's cells, one fold at a time)",
+                ("data", *READING), ("model", "pretrained", "backbone", "weights", "image_size", "epochs", "batch_size",
+                                     "learning_rate", "augment", "min_size", "seed")),
 }
 
 
@@ -31,6 +36,14 @@ def parser():
         add_config_flag(p)
         add_section_flags(p, SECTIONS["data"], data_keys)
         add_section_flags(p, SECTIONS["segment"], seg_keys)
+        if name == "predict":
+            own = p.add_argument_group("predict")
+            own.add_argument("--train", required=True, metavar="CSV",
+                             help="the training pairs: a CSV with columns image,mask (`python -m phenotype pairs` writes it)")
+            own.add_argument("--images", required=True, metavar="CSV",
+                             help="the images to segment: a CSV with columns name,image (never a training image)")
+            own.add_argument("--out", required=True, metavar="DIR",
+                             help="DIR/<name less its extension>.tif (uint16 instance ids) and DIR/segmenter.json; never inside the data")
         g = p.add_argument_group("running")
         g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
         g.add_argument("-v", "--verbose", action="store_true")
@@ -48,6 +61,8 @@ def main(argv=None) -> int:
     study = read_settings(args, f"segment {args.command}", ("data", "segment"))
     if args.command == "cv":
         return cmd_cv(study.data, study.segment, args.progress)
+    if args.command == "predict":
+        return cmd_predict(study.data, study.segment, args)
     return cmd_realism(study.data, study.segment, args.progress)
 
 
@@ -83,6 +98,15 @@ def _cv_output_names(data, seg) -> list[str]:
     if not legacy:
         check_outputs(out, files)
     return files + [layout.RUNS_DIR, OVERLAYS_DIR]
+
+
+def cmd_predict(data, seg, args) -> int:
+    from .predict import run_predict
+
+    record = run_predict(data, seg, args.train, args.images, args.out, args.progress)
+    log.info("segmented %d image(s) into %s (%s trained on %d pair(s))", len(record["test"]), args.out, seg.model,
+             len(record["train"]))
+    return 0
 
 
 def cmd_realism(data, seg, progress: bool) -> int:

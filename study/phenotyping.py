@@ -11,7 +11,16 @@ With the regime `synthetic` in `phenotype.regimes` (regimes `<scarce regime>+P`)
     -> lora train on that folder (one LoRA per type, OUT/lora/fold_<k>/<type>/)
     -> generate per LoRA weight (OUT/synthetic/fold_<k>/w<weight>/<type>/)
 
-and each `+P` regime's job (and the report's) reads those trees (`--synthetic`) and traces every crop their
+With `phenotype.segmentation` unet or stardist, one step comes first, per fold (`pheno_segment`):
+
+    phenotype pairs (the fold's training image-mask pairs and its test images, OUT/segmented/fold_<k>/pairs/)
+    -> segment predict (the segmentation task's model trained on those pairs only, predicting the test images:
+       OUT/segmented/fold_<k>/masks/)
+
+and every `phenotype cv` job reads those masks (`--segmented OUT/segmented`) and checks by sha256 that no
+fold's segmenter trained on that fold's test images.
+
+Each `+P` regime's job (and the report's) reads those trees (`--synthetic`) and traces every crop their
 LoRAs saw to a training image of its fold (`--crops`).
 
 Each regime's own run is a sealed folder `OUT/regimes/<regime>/` (its one-regime report, results and
@@ -39,6 +48,10 @@ from prompts.layout import StudyLayout
 
 from .params import DATA_KEYS, _keys, readable
 
+# segment keys `segment predict` reads (the model and its training; `segment.model` comes from phenotype.segmentation)
+SEGMENTER_KEYS = ("pretrained", "backbone", "weights", "image_size", "epochs", "batch_size", "learning_rate", "augment",
+                  "min_size", "seed")
+
 TASK = "phenotyping"
 # phenotype keys the workflow sets per job (paths, which regime) or that change no result: never re-run triggers.
 JOB_KEYS = ("output", "cache_dir", "overwrite")
@@ -46,7 +59,9 @@ JOB_KEYS = ("output", "cache_dir", "overwrite")
 REGIME_CHOICE_KEYS = ("regimes", "k", "baseline", "synthetic_fractions")
 # phenotype keys `phenotype crops` reads: which cells a fold trains on, and how each is cut
 CROPS_KEYS = ("crop_size", "segmentation", "min_size", "min_distance", "folds", "repeats", "seed")
-JOB_KEYS = (*JOB_KEYS, "synthetic", "crops")  # paths the workflow sets per job
+JOB_KEYS = (*JOB_KEYS, "synthetic", "crops", "segmented")  # paths the workflow sets per job
+# phenotype keys `phenotype pairs` reads (which images are a fold's training pairs and test images)
+PAIRS_KEYS = ("folds", "repeats", "seed", "segmentation")
 
 
 @dataclass
@@ -74,6 +89,7 @@ class PhenoPlan:
     generate_model: str = ""
     generate_size: int = 0  # generated crops' side: phenotype.crop_size rounded up to a multiple of 8
     generate_fraction: float = 0.0  # the largest phenotype.synthetic_fractions: enough crops for every +P regime
+    segmenter: str = ""  # phenotype.segmentation unet or stardist: per fold, the segmentation model's masks; else ''
     warnings: list[str] = field(default_factory=list)
     task: str = TASK
     study: object = None  # the validated prompts.config.Study (written to OUT/study.yaml by the guard)
@@ -95,11 +111,26 @@ class PhenoPlan:
     def weight_dirs(self) -> list[str]:
         return [layout.weight_dir_name(w) for w in self.weights]
 
+    def segmented_dirs(self) -> list[str]:
+        """OUT/segmented/fold_<k>/ of every fold (segmentation unet or stardist), else none."""
+        return [str(self.layout.segmented_dir(k)) for k in self.folds] if self.segmenter else []
+
+    def segmented_seals(self) -> list[str]:
+        """The seals every `phenotype cv` job reads: each fold's predicted masks (none without a segmenter)."""
+        return [str(layout.seal_file(Path(d))) for d in self.segmented_dirs()]
+
+    @property
+    def segmented_flags(self) -> str:
+        """` --segmented OUT/segmented` when a segmenter finds the test cells, else ''."""
+        from study.plan import quote
+
+        return f" --segmented {quote(self.layout.segmented_root)}" if self.segmenter else ""
+
     def crops_dirs(self) -> list[str]:
-        return [str(self.layout.crops_dir(k)) for k in self.folds]
+        return [str(self.layout.crops_dir(k)) for k in self.folds] if self.synthetic else []
 
     def lora_dirs(self) -> list[str]:
-        return [str(self.layout.lora_fold_dir(k)) for k in self.folds]
+        return [str(self.layout.lora_fold_dir(k)) for k in self.folds] if self.synthetic else []
 
     def all_synthetic_dirs(self) -> list[str]:
         return [str(self.layout.synthetic_tree(k, w)) for k in self.folds for w in self.weight_dirs]
@@ -140,7 +171,8 @@ class PhenoPlan:
     def sealed_folders(self) -> list[str]:
         """Every folder output with a seal: per fold its crops, LoRAs and trees (synthetic only), each regime's
         folder (the baseline's first), the published report."""
-        return self.crops_dirs() + self.lora_dirs() + self.all_synthetic_dirs() + self.regime_dirs() + [str(self.layout.report_dir)]
+        return (self.segmented_dirs() + self.crops_dirs() + self.lora_dirs() + self.all_synthetic_dirs() + self.regime_dirs()
+                + [str(self.layout.report_dir)])
 
     def folder_outputs(self) -> list[str]:
         """Every folder output a job may (re)make (hidden working folders aside): the guard checks each first."""
@@ -159,10 +191,12 @@ class PhenoPlan:
         stale = [{"kind": "phenotyping regime", "path": d, "reason": f"regime {d.name} is not planned (phenotype.regimes, phenotype.k)"}
                  for d in (sorted(root.iterdir()) if root.is_dir() else []) if d.is_dir() and d.name not in planned]
         folds, weights = set(self.folds), set(self.weight_dirs)
-        for kind, base in (("crop folder", lay.crops_root), ("LoRA folder", lay.lora_root)):
-            stale += [{"kind": kind, "path": d, "reason": "no synthetic regime is planned" if not self.synthetic
+        for kind, base, planned_here in (("crop folder", lay.crops_root, self.synthetic), ("LoRA folder", lay.lora_root, self.synthetic),
+                                         ("segmented folder", lay.segmented_root, bool(self.segmenter))):
+            why = "no synthetic regime is planned" if base != lay.segmented_root else "phenotype.segmentation is not unet or stardist"
+            stale += [{"kind": kind, "path": d, "reason": why if not planned_here
                        else f"fold {layout.parse_fold_name(d.name)} is not in the current folds"}
-                      for d in fold_dirs(base) if layout.parse_fold_name(d.name) not in folds]
+                      for d in fold_dirs(base) if not planned_here or layout.parse_fold_name(d.name) not in folds]
         trees = stale_in_folds(lay.synthetic_root, folds, lambda name: layout.parse_weight_dir(name) is not None, "synthetic tree",
                                lambda name: None if name in weights else f"LoRA weight {layout.parse_weight_dir(name)!r} is not in generate.lora_weights")
         return stale + [{**t, "reason": "no synthetic regime is planned"} if not self.synthetic else t for t in trees]
@@ -186,15 +220,35 @@ def resolve(study, study_file: Path) -> PhenoPlan:
     regimes = regime_names(ph.regimes, ph.k, ph.synthetic_fractions)
     plan = PhenoPlan(study_file=study_file, layout=lay, data=data, data_files=data_files(data), regimes=regimes,
                      baseline=ph.baseline, split=lay.split_file)
+    if ph.segmentation in ("unet", "stardist"):
+        plan_segmenter(plan, study)
     if plan.synthetic:
         plan_synthetic(plan, study)
-    plan.flags = {r: regime_flags(r, plan.feature_cache) + (plan_synthetic_flags(plan) if "+" in r else "") for r in regimes}
+    plan.flags = {r: regime_flags(r, plan.feature_cache) + (plan_synthetic_flags(plan) if "+" in r else "") + plan.segmented_flags
+                  for r in regimes}
     plan.settings = rule_settings(study)
     plan.study = study
     if ph.weights in ("calibrated", "none") and "cnn" in ph.models:
         plan.warnings.append(f"{study_file}: phenotype.weights is {ph.weights}: the cnn is a random network (an offline "
                              "smoke stand-in); use imagenet for real numbers")
     return plan
+
+
+def plan_segmenter(plan: PhenoPlan, study) -> None:
+    """The per-fold segmentation step of `phenotype.segmentation` unet or stardist: the folds (as `phenotype cv`
+    makes them); StarDist must be installed (one line now rather than a failed job later)."""
+    from phenotype.cv import fold_list
+    from phenotype.data import read_data
+
+    ph = study.phenotype
+    if ph.segmentation == "stardist":
+        try:
+            import stardist  # noqa: F401
+        except ImportError:
+            raise UserError(f"{plan.study_file}: phenotype.segmentation stardist needs the stardist package; pip install "
+                            "'stardist>=0.9' (it runs on the pinned TensorFlow) or use phenotype.segmentation unet") from None
+    plan.segmenter = ph.segmentation
+    plan.folds = list(range(len(fold_list(study.data, ph, read_data(plan.data)))))
 
 
 def plan_synthetic(plan: PhenoPlan, study) -> None:
@@ -261,6 +315,8 @@ def rule_settings(study) -> dict[str, dict[str, str]]:
         "regime": {**data, **readable("phenotype", own)},
         "report": {**data, **readable("phenotype", every)},
         "crops": {**data, **readable("phenotype", _keys(ph, CROPS_KEYS))},
+        "segment": {**data, **readable("phenotype", _keys(ph, PAIRS_KEYS)),
+                    **readable("segment", _keys(study.segment, SEGMENTER_KEYS))},
         "lora": {**data, **readable("lora", {**settings_part(study.lora), "model": study.lora.model,
                                              "model_config": study.lora.model_config})},
         "generate": {**data, **readable("generate", {**gen, "model": study.generate.model or study.lora.model}),

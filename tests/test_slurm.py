@@ -22,7 +22,7 @@ PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 GPU_RULES = ("lora", "generate", "realism", "cv")
 # The rules files of every task (segmentation.smk) and the search: the profile sizes them all.
 ALL_GPU_RULES = GPU_RULES + ("controlnet", "pairs", "seg_realism", "seg_cv", "search_worker", "search_report", "pheno_lora",
-                             "pheno_generate")
+                             "pheno_generate", "pheno_segment")
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,12 @@ OUT = ("phenotype cv",)
 class PhenotypeSection:
     output: str | None = opt(None, "output folder (report.html, report.md, results.csv, results.json, overlays, feature cache)",
                              path=True, required=OUT)
-    segmentation: Literal["given", "classical"] = opt(
-        "given", "where co-culture test cells come from: given (the instance masks beside the images) or classical "
-        "(Otsu + watershed; detection F1 at IoU 0.5 is then reported)")
+    segmentation: Literal["given", "classical", "unet", "stardist"] = opt(
+        "given", "where co-culture test cells come from: given (the instance masks beside the images), classical "
+        "(Otsu + watershed), or unet / stardist (the segmentation task's model, trained per fold on that fold's "
+        "training image-mask pairs only, settings from the segment section); predicted cells report detection F1 at IoU 0.5")
+    segmented: str | None = opt(None, "folder of fold_<k>/masks/ predicted instance masks of each fold's test images "
+                                "(`segment predict`; segmentation unet or stardist); the workflow sets it", path=True)
     crop_size: int = opt(48, "side in pixels of the square crop centred on each cell (at the image's resolution)", ge=8)
     mask_channel: bool = opt(True, "give the classifiers the cell's own mask beside its pixels (neighbours are masked out of the features)")
     min_size: int = opt(20, "the classical floor drops cells smaller than this many pixels (given masks are kept whole)", ge=0)

@@ -11,6 +11,9 @@
 # training image of its fold. These three call the same commands as classification's lora and generate rules,
 # with the crop folder as the data folder (those rules read the study's image data and split; here each fold
 # has its own data folder, and `--split ''` keeps a data.split of the study away from them).
+# With phenotype.segmentation unet or stardist, per fold first (pheno_segment): `phenotype pairs` (the fold's
+# training image-mask pairs and test images) -> `segment predict` (the segmentation task's model trained on those
+# pairs only, predicting the fold's test images); every phenotype cv job reads those masks (--segmented).
 
 import re
 
@@ -33,6 +36,7 @@ rule pheno_regime:
         data=P.data_files,
         cache=lambda wc: [] if wc.regime == P.baseline else [BASELINE_SEAL],
         synthetic=lambda wc: P.synthetic_inputs(wc.regime),
+        segmented=P.segmented_seals(),
     output:
         **sealed(L.regime_pattern()),
     params:
@@ -51,17 +55,43 @@ rule pheno_cv:
     input:
         data=P.data_files,
         regimes=[P.regime_seal(r) for r in P.regimes],
+        segmented=P.segmented_seals(),
     output:
         directory(L.staged(L.report_dir)),
     params:
         **P.params("report"),
-        synthetic=P.synthetic_flags,
+        synthetic=P.synthetic_flags + P.segmented_flags,
     log:
         L.log("pheno_cv"),
     threads: 2
     shell:
         ENV + "{PY} -m phenotype cv --config {STUDY} --cache-dir {PHENO_CACHE}{params.synthetic} --output {output:q} "
         "--no-progress" + LOGGED
+
+
+if P.segmenter:
+
+    rule pheno_segment:
+        """Fold {fold}'s test co-culture images segmented by the segmentation task's model (segment.*, model from
+        phenotype.segmentation) trained on the fold's training image-mask pairs only."""
+        input:
+            data=P.data_files,
+        output:
+            **sealed(L.segmented_pattern()),
+        params:
+            **P.params("segment"),
+            model=P.segmenter,
+        log:
+            L.log("pheno_segment", FOLD),
+        threads: 2
+        resources:
+            gpu=1,
+        shell:
+            ENV + "{PY} -m phenotype pairs --config {STUDY} --fold {wildcards.fold} --out {output.folder:q}/pairs > {log:q} 2>&1"
+            " && " + GPU + "{PY} -m segment predict --config {STUDY} --model {params.model} --train {output.folder:q}/pairs/train.csv "
+            "--images {output.folder:q}/pairs/test.csv --out {output.folder:q}/masks --no-progress >> {log:q} 2>&1"
+            " || {{ status=$?; tail -n 20 {log:q} >&2; exit $status; }}"
+            " && " + SEAL + "{output.folder:q}"
 
 
 if P.synthetic:
