@@ -309,6 +309,9 @@ def readme_with_schema(text: str) -> str:
 def update_readme_schema(path) -> None:
     from .files import write_text_atomic
 
+    if not Path(path).is_file():
+        raise UserError(f"{path} does not exist: give the Markdown page that holds the {SCHEMA_START} marker, "
+                        "e.g. docs/reference/study-file.md")
     text = Path(path).read_text(encoding="utf-8")
     if SCHEMA_START not in text:
         raise UserError(f"{path} has no {SCHEMA_START} marker")
