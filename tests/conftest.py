@@ -225,7 +225,7 @@ def pytest_collection_modifyitems(config, items):
         if xdist and tier in SERIAL_TIERS and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(_serial_group(item)))
     result = yield
-    if config.getvalue("loadgroup"):  # an xdist worker under --dist loadgroup: xdist's hook has now run
+    if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup: xdist's hook has now run
         lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
         if lost:  # pytest-xdist 3.8 sets item._nodeid, which pytest 9.2 no longer reads
             raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (pytest {pytest.__version__}): each worker would run "

@@ -20,6 +20,7 @@ from prompts.errors import UserError
 from prompts.normalize import Reading, fit_levels, scale
 
 from .conftest import ROOT, shared_data
+from .helpers import run_command
 
 tifffile = pytest.importorskip("tifffile")
 pytest.importorskip("bioio")
@@ -284,8 +285,10 @@ def test_reading_rule_is_in_fingerprints_and_the_workflow_digests(lab_data, tmp_
 
 # --------------------------------------------------------------------------- prompts show and bad inputs
 
-def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+def run_cli(*args, timeout=None):
+    """`python -m PACKAGE ARGS` run in this process (tests.helpers.run_command): exit status, stdout, stderr (no timeout)."""
+    assert args[0] == "-m", args
+    return run_command(*args[1:])
 
 
 def test_show_lists_what_was_read_and_writes_a_contact_sheet(lab_data, tmp_path):
