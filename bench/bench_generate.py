@@ -182,11 +182,11 @@ def ours(model: Path, lora: Path, a, fused: bool, out: Path, package: str = "gen
     starts: list[float] = []
     original = gs.sample_batch
 
-    def timed(pipe, i2i, batch, s_, root):
+    def timed(pipe, i2i, batch, s_, root, reading=None):
         if batch[0].file.startswith("timed") and not starts:
             sync(a.device)
             starts.append(time.perf_counter())
-        return original(pipe, i2i, batch, s_, root)
+        return original(pipe, i2i, batch, s_, root, reading)
 
     gs.sample_batch = timed
     make_scheduler = gs.make_scheduler

@@ -46,10 +46,11 @@ def stage_times(root: Path, crop_size: int, cnn: bool) -> dict[str, float]:
     from phenotype import models as M
     from phenotype.cells import cells_of, classical_labels, image_array
     from phenotype.data import read_data
+    from prompts.normalize import DEFAULT
 
     data = read_data(root)
     t0 = time.perf_counter()
-    images = [image_array(im.image) for im in data.co]
+    images = [image_array(im.image, DEFAULT) for im in data.co]  # the default reading rule
     labels = [classical_labels(a, 50, 5) for a in images]
     t1 = time.perf_counter()
     cells = [c for im, a, lab in zip(data.co, images, labels) for c in cells_of(im.name, a, lab, {}, crop_size).cells]

@@ -141,12 +141,12 @@ def test_a_bad_baseline_is_one_line_before_any_job(tmp_path):
 
 def test_the_slurm_profile_sizes_every_phenotyping_rule():
     """Each rule of phenotyping.smk has its SLURM size and threads; only the synthetic regime's LoRA and generation
-    jobs ask for a GPU (the others are CPU jobs)."""
+    jobs and the per-fold segmentation model ask for a GPU (the others are CPU jobs)."""
     text = (ROOT / "workflow" / "rules" / "phenotyping.smk").read_text()
     profile = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     rules = re.findall(r"^\s*rule (\w+):", text, re.M)
-    assert rules == ["pheno_regime", "pheno_cv", "pheno_crops", "pheno_lora", "pheno_generate"]
-    gpu = {"pheno_lora", "pheno_generate"}
+    assert rules == ["pheno_regime", "pheno_cv", "pheno_segment", "pheno_crops", "pheno_lora", "pheno_generate"]
+    gpu = {"pheno_segment", "pheno_lora", "pheno_generate"}
     for name in rules:
         size = profile["set-resources"][name]
         assert size["mem_mb"] > 0 and size["runtime"] > 0 and ("gpu" in size) == (name in gpu), name
