@@ -113,7 +113,7 @@ TIER_FIXTURES = (
     # whole studies, and the fixtures that run a stage end to end (LoRA training, a CV, every command in
     # turn): minutes each on 2 cores, so not the inner loop
     ("workflow", {"local_run", "seg_study", "cv_run", "realism_run", "world", "reference", "killed",
-                  "lora_reference", "loras", "small_pbc3"}),
+                  "lora_reference", "loras", "small_pbc3", "segmented"}),
 )
 # Modules whose every test runs commands end to end (kills mid-training, resumes).
 TIER_MODULES = {"test_promise_kills.py": "workflow"}
@@ -203,6 +203,9 @@ def _serial_group(item: pytest.Item) -> str:
     """The xdist group of a workflow or slurm test: the shared whole study's, else its module's (module fixtures
     run once), so two modules of end-to-end tests can run on the two workers at once."""
     if set(getattr(item, "fixturenames", ())) & WHOLE_STUDY_FIXTURES:
+        return "whole-study"
+    callspec = getattr(item, "callspec", None)  # test_promise_tasks: classification's finished study is local_run
+    if callspec is not None and callspec.params.get("finished") == "classification":
         return "whole-study"
     return f"module-{getattr(item, 'path', Path('')).name}"
 
