@@ -121,24 +121,22 @@ TIER_MODULES = {"test_promise_kills.py": "workflow"}
 # unit tier as measured with --durations (20-160 s each on a loaded 2-core machine). Keep the list short:
 # a test that grows slow belongs here or, better, gets smaller.
 END_TO_END_TESTS = {
-    "test_classify.py": {"test_augmented_views_are_cached_reproducible_and_distinct", "test_cached_and_naive_paths_give_the_same_metrics",
-                         "test_second_phase_unfreezes_top_layers_and_runs", "test_tensorflow_backend_trains_without_importing_torch",
-                         "test_torch_backend_builds_and_trains_the_model"},
-    "test_generate_cli.py": {"test_killed_run_rerun_ends_complete", "test_loras_from_lora_train_load_with_their_alpha",
-                             "test_two_processes_make_each_image_once"},
-    "test_generate_run.py": {"test_resume_makes_only_what_is_missing", "test_every_sampler_name_samples"},
-    "test_lora_train.py": {"test_bf16_keeps_lora_in_fp32_with_all_options", "test_fold_filter_never_trains_on_a_test_image",
-                           "test_outputs_per_group", "test_training_lowers_the_loss_on_a_fixed_batch", "test_two_process_cpu_launch"},
+    "test_classify.py": {"test_augmented_views_are_cached_reproducible_and_distinct", "test_cached_and_naive_paths_give_the_same_metrics", "test_second_phase_unfreezes_top_layers_and_runs", "test_tensorflow_backend_trains_without_importing_torch", "test_torch_backend_builds_and_trains_the_model"},
+    "test_generate_cli.py": {"test_killed_run_rerun_ends_complete", "test_loras_from_lora_train_load_with_their_alpha", "test_two_processes_make_each_image_once"},
+    "test_generate_run.py": {"test_every_sampler_name_samples", "test_resume_makes_only_what_is_missing"},
+    "test_kohya_network.py": {"test_trained_kohya_file_records_the_preset"},
+    "test_lora_together_fp16.py": {"test_without_overflow_every_group_steps_and_no_scaler_means_plain_backward"},
+    "test_lora_train.py": {"test_bf16_keeps_lora_in_fp32_with_all_options", "test_fold_filter_never_trains_on_a_test_image", "test_outputs_per_group", "test_training_lowers_the_loss_on_a_fixed_batch", "test_two_process_cpu_launch"},
     "test_microscopy.py": {"test_percentile_dataset_levels_come_from_the_folds_training_images"},
     "test_promise_classify.py": {"test_cv_run_records_its_fingerprint_and_says_what_changed"},
     "test_promise_generate.py": {"test_sigterm_is_one_line_naming_the_command_that_resumes_it"},
-    "test_promise_lora.py": {"test_changed_inputs_block_a_stale_resume_and_keep_the_checkpoints",
-                             "test_ctrl_c_says_what_to_run_and_that_command_continues",
-                             "test_plain_rerun_resumes_and_ends_like_an_uninterrupted_run",
-                             "test_sigterm_like_ctrl_c_says_what_to_run_and_that_command_continues"},
-    "test_segment.py": {"test_cv_end_to_end_with_a_synthetic_mix_and_resume", "test_cv_on_pairs_from_per_fold_controlnets",
-                        "test_realism_writes_kid_c2st_and_mask_consistency", "test_unet_learns_blob_scenes"},
+    "test_promise_lora.py": {"test_changed_inputs_block_a_stale_resume_and_keep_the_checkpoints", "test_ctrl_c_says_what_to_run_and_that_command_continues", "test_plain_rerun_resumes_and_ends_like_an_uninterrupted_run", "test_sigterm_like_ctrl_c_says_what_to_run_and_that_command_continues"},
+    "test_protocol.py": {"test_cv_with_another_normalize_into_the_same_output_is_refused_or_recomputed"},
+    "test_reproducible_files.py": {"test_lora_files_are_the_same_bytes_across_processes"},
+    "test_seg_native.py": {"test_a_baseline_that_did_not_learn_gets_no_verdict", "test_stardist_cv_runs_on_blob_scenes_with_the_floor_beside_it"},
+    "test_segment.py": {"test_cv_end_to_end_with_a_synthetic_mix_and_resume", "test_cv_on_pairs_from_per_fold_controlnets", "test_realism_writes_kid_c2st_and_mask_consistency", "test_unet_learns_blob_scenes", "test_unet_trains_on_stained_cells"},
 }
+
 # What a test's own body calls, when no fixture decided (most demanding first).
 TIER_SOURCES = (
     ("slurm", re.compile(r"local_slurm|slurm_cluster|slurm_env")),

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); its slowest test is on END_TO_END_TESTS there
 
 K, PER_GROUP = 3, 2
 SETTINGS = SimpleNamespace(seed=0, rank=4, alpha=2.0, unet_lr=1e-3, text_encoder_lr=0.0, network="attention", conv_dim=0,

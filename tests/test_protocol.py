@@ -24,7 +24,7 @@ from prompts.mixes import CLASSIFICATION, PHENOTYPING, SEGMENTATION, mixes_error
 from prompts.normalize import DEFAULT
 from prompts.splits import check_fold_not_empty, make_split
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); its slowest test is on END_TO_END_TESTS there
 
 
 # ---------------------------------------------------------------- a task of our own: points, nearest centroid

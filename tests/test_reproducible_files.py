@@ -19,7 +19,7 @@ import pytest
 from .conftest import ROOT
 
 torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); its slowest test is on END_TO_END_TESTS there
 
 
 def a_lora(seed: int = 0):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from segment.metrics import THRESHOLDS, count_matches, score_set
 
-pytestmark = pytest.mark.unit
+# unit tier by default (tests/conftest.py); its slowest test is on END_TO_END_TESTS there
 
 H, W, S = 220, 300, 128
 
