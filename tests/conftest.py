@@ -27,6 +27,10 @@ import pytest
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow in the torch rooms
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One share of the cores per pytest-xdist worker, for every library in this process and every command a test starts
+# (prompts.threads reads OMP_NUM_THREADS): with the default, each of 2 workers on 2 cores ran 2 threads, and a
+# diffusers test took 136 s instead of 7. Snakemake jobs get their own `threads:` as in a study.
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 # A shell that starts pytest in the background (`cmd &`) ignores SIGINT in it and in every child; the Ctrl-C tests
 # need Python's own handler back (children started from here then get the default again).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
