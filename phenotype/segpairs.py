@@ -15,7 +15,7 @@ from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.guard import check_output_dir, check_outputs
 from prompts.layout import fold_name
-from prompts.segmented import TEST_COLUMNS, TEST_CSV, TRAIN_COLUMNS, TRAIN_CSV, write_rows
+from prompts.segmented import TEST_COLUMNS, TEST_CSV, TRAIN_COLUMNS, TRAIN_CSV, find_test_image_in_training, write_rows
 from prompts.splits import Fold
 
 from .data import PhenotypeData, read_data
@@ -42,15 +42,10 @@ def fold_lists(data: PhenotypeData, fold: Fold) -> tuple[list[tuple[Path, Path]]
 
 def check_no_test_bytes(train: list[tuple[Path, Path]], test: list[tuple[str, Path]], fold: Fold) -> None:
     """No training image or mask is a test image of the fold, by path or by sha256; else one UserError line."""
-    h = fingerprint.file_sha256
-    test_sha = {h(p): n for n, p in test}
-    test_paths = {Path(p).resolve(): n for n, p in test}
-    for pair in train:
-        for p in pair:
-            hit = test_paths.get(Path(p).resolve()) or test_sha.get(h(p))
-            if hit:
-                raise UserError(f"{p} has the bytes of {hit}, a test image of {fold_name(fold.index)}: the segmenter would "
-                                "train on a test image; remove the duplicate from the data folder")
+    hit = find_test_image_in_training(train, test)
+    if hit:
+        raise UserError(f"{hit[0]} has the bytes of {hit[1]}, a test image of {fold_name(fold.index)}: the segmenter would "
+                        "train on a test image; remove the duplicate from the data folder")
 
 
 def write_fold_pairs(data_section, ph, fold_index: int, out) -> dict:

@@ -102,3 +102,31 @@ def read_test_images(path) -> list[tuple[str, Path]]:
         if not image.is_file():
             raise UserError(f"--images {path}: {image} does not exist; write the list again with `python -m phenotype pairs`")
     return rows
+
+
+def test_image_hashes(test: list[tuple[str, Path]]) -> dict[str, str]:
+    """{test image name: sha256 of its file} of [(name, image)] rows (test.csv)."""
+    from .fingerprint import file_sha256
+
+    return {name: file_sha256(image) for name, image in test}
+
+
+def find_test_image_in_training(train: list[tuple[Path, Path]], test: list[tuple[str, Path]],
+                                test_sha: dict[str, str] | None = None) -> tuple[Path, str] | None:
+    """The first training image or mask that is a test image, by resolved path or by sha256, as
+    (that training file, the test image's name); None when training and test share nothing.
+
+    The one leak rule of the layout: `phenotype pairs` applies it before writing the lists and
+    `segment predict` again before training on them. `test_sha` is `test_image_hashes(test)` if known.
+    """
+    from .fingerprint import file_sha256
+
+    test_sha = test_sha if test_sha is not None else test_image_hashes(test)
+    by_sha = {sha: name for name, sha in test_sha.items()}
+    by_path = {Path(image).resolve(): name for name, image in test}
+    for pair in train:
+        for p in pair:
+            hit = by_path.get(Path(p).resolve()) or by_sha.get(file_sha256(p))
+            if hit:
+                return Path(p), hit
+    return None

@@ -25,7 +25,15 @@ import numpy as np
 from prompts import fingerprint
 from prompts.errors import UserError
 from prompts.guard import check_output_dir, check_outputs
-from prompts.segmented import RECORD, mask_name, mask_path, read_test_images, read_train_pairs
+from prompts.segmented import (
+    RECORD,
+    find_test_image_in_training,
+    mask_name,
+    mask_path,
+    read_test_images,
+    read_train_pairs,
+    test_image_hashes,
+)
 
 log = logging.getLogger(__name__)
 COMMAND = "segment predict"
@@ -44,17 +52,12 @@ class _Pair:
 
 
 def check_no_leak(train: list[tuple[Path, Path]], test: list[tuple[str, Path]]) -> dict[str, str]:
-    """{test image path: its sha256}; refuses (one line) a training image or mask with a test image's path or bytes."""
-    h = fingerprint.file_sha256
-    test_sha = {str(p): h(p) for _, p in test}
-    by_sha = {s: p for p, s in test_sha.items()}
-    by_path = {Path(p).resolve(): p for p in test_sha}
-    for pair in train:
-        for p in pair:
-            hit = by_path.get(Path(p).resolve()) or by_sha.get(h(p))
-            if hit:
-                raise UserError(f"--train: {p} is the test image {hit} (same path or bytes); the segmenter never trains "
-                                "on an image it predicts: write the lists again with `python -m phenotype pairs`")
+    """{test image name: its sha256}; refuses (one line) a training image or mask with a test image's path or bytes."""
+    test_sha = test_image_hashes(test)
+    hit = find_test_image_in_training(train, test, test_sha)
+    if hit:
+        raise UserError(f"--train: {hit[0]} is the test image {hit[1]} (same path or bytes); the segmenter never trains "
+                        "on an image it predicts: write the lists again with `python -m phenotype pairs`")
     return test_sha
 
 
@@ -184,7 +187,7 @@ def run_predict(data_section, seg, train_csv, images_csv, out, progress: bool = 
     h = fingerprint.file_sha256
     record = {"settings": {k: getattr(seg, k) for k in MODEL_KEYS}, "reading": reading.record(), "masks": data_section.masks,
               "train": [{"image": str(i), "image_sha256": h(i), "mask": str(m), "mask_sha256": h(m)} for i, m in train],
-              "test": [{"name": n, "image": str(p), "image_sha256": test_sha[str(p)], "mask": mask_name(n),
+              "test": [{"name": n, "image": str(p), "image_sha256": test_sha[n], "mask": mask_name(n),
                         "cells": int(len(np.unique(labels[labels > 0])))} for (n, p), labels in zip(test, preds)],
               "losses": [round(float(v), 6) for v in losses], "training": training,
               "seconds": round(time.perf_counter() - start, 3)}

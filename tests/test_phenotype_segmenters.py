@@ -247,3 +247,20 @@ def test_the_study_with_segmentation_unet_runs_end_to_end(tmp_path):
     assert results["segmentation"] == "unet" and all("detection_f1" in r["metrics"] for r in results["runs"])
     res = run("-n")
     assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:]
+
+
+def test_one_leak_rule_finds_a_test_image_among_training_pairs_by_path_or_bytes(tmp_path):
+    """`prompts.segmented.find_test_image_in_training`, which `phenotype pairs` and `segment predict` both apply."""
+    from prompts.segmented import find_test_image_in_training, test_image_hashes
+
+    files = {}
+    for name, content in (("a.png", b"A"), ("b.png", b"B"), ("m.tif", b"M"), ("copy.png", b"B")):
+        files[name] = tmp_path / name
+        files[name].write_bytes(content)
+    test = [("co/b.png", files["b.png"])]
+    assert find_test_image_in_training([(files["a.png"], files["m.tif"])], test) is None
+    assert find_test_image_in_training([(files["a.png"], files["m.tif"]), (files["copy.png"], files["m.tif"])], test) == (
+        files["copy.png"], "co/b.png")  # other name, same bytes
+    via_link = tmp_path / "sub" / ".." / "b.png"
+    (tmp_path / "sub").mkdir()
+    assert find_test_image_in_training([(via_link, files["m.tif"])], test, test_image_hashes(test)) == (via_link, "co/b.png")
