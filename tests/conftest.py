@@ -212,6 +212,18 @@ def _serial_group(item: pytest.Item) -> str:
     return f"module-{getattr(item, 'path', Path('')).name}"
 
 
+def _module_fixture_group(item: pytest.Item) -> str | None:
+    """The xdist group of a unit test that reads a module- or session-scoped fixture of its own module (a trained
+    LoRA, a small CV): its module's, so the fixture is made once, on one worker, and not once per worker."""
+    info = getattr(item, "_fixtureinfo", None)
+    module = getattr(getattr(item, "module", None), "__name__", None)
+    for defs in (info.name2fixturedefs.values() if info is not None else ()):
+        fixture = defs[-1]
+        if fixture.scope != "function" and getattr(fixture.func, "__module__", None) == module:
+            return f"module-{getattr(item, 'path', Path('')).name}"
+    return None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Give every test exactly one tier marker, that tier's timeout and its xdist group.
@@ -227,8 +239,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, tier))
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
-        if xdist and tier in SERIAL_TIERS and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(_serial_group(item)))
+        if xdist and item.get_closest_marker("xdist_group") is None:
+            group = _serial_group(item) if tier in SERIAL_TIERS else _module_fixture_group(item)
+            if group:
+                item.add_marker(pytest.mark.xdist_group(group))
     result = yield
     if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup: xdist's hook has now run
         lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
