@@ -106,6 +106,59 @@ def local_run(tmp_path_factory, demo_data) -> Path:
     return local_study(tmp_path_factory, demo_data)
 
 
+@pytest.fixture(scope="session")
+def seg_study(tmp_path_factory) -> Path:
+    """The small segmentation study (tests/studies.py) run once per session through Snakemake; the segmentation
+    workflow tests and the task promises read it, and a test that changes it restores it or works on a copy."""
+    pytest.importorskip("snakemake")
+    pytest.importorskip("torch")
+    from .studies import segmentation_study
+
+    return segmentation_study(tmp_path_factory.getbasetemp() / "workflow-segmentation")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """munged, slurmctld and slurmd for a one-node cluster (workflow/scripts/local_slurm.py), started once per
+    session and stopped (by pid) at its end; skips with the reason where SLURM cannot be installed or started."""
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[study]')")
+    sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
+    import local_slurm
+
+    folder = tmp_path_factory.mktemp("slurm")
+    try:
+        env = local_slurm.start(folder, cpus=2, memory_mb=6000)
+    except local_slurm.SlurmUnavailable as err:
+        pytest.skip(f"no SLURM here: {err}")
+    try:
+        yield env
+    finally:
+        local_slurm.stop(folder)
+
+
+@pytest.fixture(scope="session")
+def second_run(tmp_path_factory, demo_data, local_run, request):
+    """The small study once more, in a second folder with Python's hash seed random: on the one-node SLURM
+    through the SLURM profile where SLURM can start, else locally as `local_run` ran.
+
+    One run serves two promises: the same study in two folders gives the same files (tests/test_reproducible.py),
+    and the study on SLURM gives the local report (tests/test_slurm.py). Returns `tests.studies.SecondRun`.
+    """
+    from .studies import run_second
+
+    try:
+        slurm = request.getfixturevalue("slurm_cluster")
+    except pytest.skip.Exception as why:
+        slurm, reason = None, str(why)
+    else:
+        reason = ""
+    return run_second(tmp_path_factory.getbasetemp() / "workflow-second", local_run, slurm, reason)
+
+
 # --------------------------------------------------------------------------- test tiers
 
 TIERS = ("unit", "workflow", "slurm", "browser", "gpu")
@@ -113,10 +166,10 @@ TIERS = ("unit", "workflow", "slurm", "browser", "gpu")
 TIER_TIMEOUTS = {"unit": 180, "workflow": 1500, "slurm": 2400, "browser": 600, "gpu": 1800}
 # Fixtures that decide the tier of every test that uses them, most demanding first.
 TIER_FIXTURES = (
-    ("slurm", {"slurm_cluster", "slurm_env"}),
+    ("slurm", {"slurm_cluster"}),
     # whole studies, and the fixtures that run a stage end to end (LoRA training, a CV, every command in
     # turn): minutes each on 2 cores, so not the inner loop
-    ("workflow", {"local_run", "seg_study", "cv_run", "realism_run", "world", "reference", "killed",
+    ("workflow", {"local_run", "second_run", "seg_study", "cv_run", "realism_run", "world", "reference", "killed",
                   "lora_reference", "loras", "small_pbc3", "segmented"}),
 )
 # Modules whose every test runs commands end to end (kills mid-training, resumes).
@@ -143,7 +196,7 @@ END_TO_END_TESTS = {
 
 # What a test's own body calls, when no fixture decided (most demanding first).
 TIER_SOURCES = (
-    ("slurm", re.compile(r"local_slurm|slurm_cluster|slurm_env")),
+    ("slurm", re.compile(r"local_slurm|slurm_cluster")),
     ("browser", re.compile(r"chromium|webdriver|selenium", re.I)),
     ("workflow", re.compile(r"\bsnakemake\(|SNAKEMAKE|[\"\']snakemake[\"\']|study\.run|local_study\(|_start\(|_run_slot_workflow\(")),
 )
@@ -198,7 +251,7 @@ SERIAL_TIERS = {"workflow", "slurm"}
 
 
 # Session fixtures that run a whole study: every test that reads one goes to one worker, so it runs once.
-WHOLE_STUDY_FIXTURES = {"local_run", "slurm_cluster", "slurm_env"}
+WHOLE_STUDY_FIXTURES = {"local_run", "second_run", "slurm_cluster"}
 
 
 def _serial_group(item: pytest.Item) -> str:
@@ -206,9 +259,12 @@ def _serial_group(item: pytest.Item) -> str:
     run once), so two modules of end-to-end tests can run on the two workers at once."""
     if set(getattr(item, "fixturenames", ())) & WHOLE_STUDY_FIXTURES:
         return "whole-study"
-    callspec = getattr(item, "callspec", None)  # test_promise_tasks: classification's finished study is local_run
-    if callspec is not None and callspec.params.get("finished") == "classification":
-        return "whole-study"
+    if "seg_study" in getattr(item, "fixturenames", ()):
+        return "segmentation-study"
+    callspec = getattr(item, "callspec", None)  # test_promise_tasks: the finished studies are local_run and seg_study
+    finished = callspec.params.get("finished") if callspec is not None else None
+    if finished in ("classification", "segmentation"):
+        return {"classification": "whole-study", "segmentation": "segmentation-study"}[finished]
     return f"module-{getattr(item, 'path', Path('')).name}"
 
 

@@ -49,7 +49,9 @@ def run_command(package: str, *argv) -> Ran:
     Imports (torch, TensorFlow) are paid once per test process instead of once per command: a refusal that takes
     ~10 s as a subprocess takes milliseconds here. The command's logging goes to its captured stderr, as it does
     in a process of its own (pytest's handlers are set aside while it runs), and an unexpected exception becomes
-    exit status 1 with its traceback on stderr. Use a subprocess where the process itself is under test
+    exit status 1 with its traceback on stderr. The environment and torch's thread count are restored afterwards,
+    so a command's thread limits (prompts.threads) do not stay with the test process. PACKAGE may also be a module
+    with its own `main(argv)` (`bench.bench_lora`). Use a subprocess where the process itself is under test
     (signals, thread limits, environment variables read at import).
     """
     import contextlib
@@ -57,9 +59,21 @@ def run_command(package: str, *argv) -> Ran:
     import io
     import logging
     import signal
+    import sys
     import traceback
 
-    main = importlib.import_module(f"{package}.__main__").main
+    environ = dict(os.environ)  # a command sets thread variables (prompts.threads) and caches: not for the next test
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    try:
+        main = importlib.import_module(f"{package}.__main__").main
+    except ModuleNotFoundError as missing:  # a module with its own main(argv), as bench.bench_lora
+        if missing.name != f"{package}.__main__" and not str(missing).endswith("is not a package"):
+            raise
+        main = importlib.import_module(package).main
+    finally:  # importing a module may set variables too (bench.bench_b7: KERAS_BACKEND)
+        os.environ.clear()
+        os.environ.update(environ)
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -83,4 +97,8 @@ def run_command(package: str, *argv) -> Ran:
             handler.close()
         root.handlers, root.level = handlers, level
         signal.signal(signal.SIGTERM, sigterm)
+        os.environ.clear()
+        os.environ.update(environ)
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
     return Ran(code, out.getvalue(), err.getvalue())

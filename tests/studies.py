@@ -6,6 +6,7 @@ tests/conftest.py); tests that only read it use it as it is, tests that change i
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -70,6 +71,87 @@ def local_study(tmp_path_factory, demo_data: Path) -> Path:
     res = run_local(folder)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     (folder / "stdout.txt").write_text(res.stdout + res.stderr)
+    (folder / "done").write_text("")
+    return folder
+
+
+PROFILE = ROOT / "workflow" / "profiles" / "slurm"
+GPU_RULES = ("lora", "generate", "realism", "cv")
+
+
+def run_on_slurm(folder: Path, env: dict) -> subprocess.CompletedProcess:
+    """The study in `folder` through the SLURM profile as written, sized for the one-node test cluster (no GPU,
+    6 GB, 2 CPUs) with the threads each rule gets in `run_local` (so the two runs compute alike)."""
+    small = [f"{rule}:mem_mb=1500" for rule in ("tiny_model", "split", "calibrate_weights", "lora", "generate", "synthetic_manifest")]
+    small += [f"{rule}:gpu=0" for rule in GPU_RULES] + ["realism:mem_mb=2500", "cv:mem_mb=2500"]
+    return snakemake(
+        folder, "--profile", str(PROFILE), "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
+        "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "10",
+        "--set-resources", *small, "--set-threads", "lora=1", "generate=1", "realism=2", "cv=2", "calibrate_weights=2",
+        env=env, timeout=2400,
+    )
+
+
+@dataclasses.dataclass
+class SecondRun:
+    """The small study's second run: its folder, where it ran ("slurm" or "local"), why not on SLURM, its log."""
+
+    folder: Path
+    executor: str
+    why_local: str
+    log: str
+
+
+def run_second(folder: Path, local: Path, slurm_env: dict | None, why_local: str = "") -> SecondRun:
+    """The study of `local` (its study file, templates and data) run again in `folder` with PYTHONHASHSEED=random:
+    on SLURM when `slurm_env` is given, else as `run_local`."""
+    folder.mkdir(parents=True)
+    for name in ("study.yaml", "templates.yaml"):
+        shutil.copy(local / name, folder / name)
+    shutil.copytree(local / "data", folder / "data")
+    hash_seed = {"PYTHONHASHSEED": "random"}
+    res = run_on_slurm(folder, {**slurm_env, **hash_seed}) if slurm_env is not None else run_local(folder, env=hash_seed)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    return SecondRun(folder, "slurm" if slurm_env is not None else "local", why_local, res.stdout + res.stderr)
+
+
+SEG_STUDY = """\
+study: {{output: out, task: segmentation}}
+data: {{data: data}}
+controlnet: {{model: tiny, resolution: 64, batch_size: 2, epochs: 1, learning_rate: 0.001, count: 2, densities: [3.0],
+             steps: {steps}, size: 64}}
+segment: {{folds: 2, weights: tiny, image_size: 64, epochs: {epochs}, batch_size: 4, mixes: [real, real+50], overlays: 1}}
+"""
+
+
+def write_seg_pairs(data: Path) -> Path:
+    """4 blob scenes, and 4 pbc3 images with thresholded masks when the shared data is there (64 px)."""
+    from prompts.blobs import make_blob_pairs, write_threshold_pairs
+
+    make_blob_pairs(data, n=4, size=64, seed=0)
+    pbc3 = ROOT.parent / "shared" / "data" / "pbc3"
+    if pbc3.is_dir():
+        images = sorted((pbc3 / "neutrophil").glob("*.jpg"))[:2] + sorted((pbc3 / "lymphocyte").glob("*.jpg"))[:2]
+        write_threshold_pairs(images, data, size=64)
+    return data
+
+
+def write_seg_study(folder: Path, steps: int = 2, epochs: int = 2) -> None:
+    """The small segmentation study's study.yaml, with the two settings the re-run tests change."""
+    (folder / "study.yaml").write_text(SEG_STUDY.format(steps=steps, epochs=epochs))
+
+
+def segmentation_study(folder: Path) -> Path:
+    """The small segmentation study (blob scenes, real pbc3 pairs when present) run in `folder` through the GPU slots
+    (a finished run is reused)."""
+    if (folder / "done").is_file():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    write_seg_pairs(folder / "data")
+    write_seg_study(folder)
+    res = snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": GPUS})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     (folder / "done").write_text("")
     return folder
 

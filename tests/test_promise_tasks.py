@@ -71,12 +71,15 @@ def finished(request, tmp_path_factory) -> tuple[str, Path]:
     """(task, a folder holding the task's example study, run to the end once per session).
 
     Classification's is the session's small study (`local_run`, run once for every test that reads it), not a
-    second classification study; its tests are grouped with the other whole-study tests (tests/conftest.py)."""
+    second classification study, and segmentation's the session's `seg_study`; their tests are grouped with the other
+    tests of those studies (tests/conftest.py)."""
     task = request.param
     if task == "classification":
         from .studies import local_study
 
         return task, local_study(tmp_path_factory, request.getfixturevalue("demo_data"))
+    if task == "segmentation":  # the segmentation workflow tests' study (its example's settings, 2 U-Net epochs)
+        return task, request.getfixturevalue("seg_study")
     folder = tmp_path_factory.getbasetemp() / f"promise-{task}"
     if not (folder / "done").is_file():
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,5 +1,6 @@
 """The same small study, run twice in two folders with every seed left at its default, gives byte-identical
-`results.csv` and LoRA files, and the same synthetic images (one machine, one thread per library)."""
+`results.csv` and LoRA files, and the same synthetic images (one machine, the same threads per job; the second run
+goes through SLURM where the test cluster can start, so the executor changes too)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .studies import run_local, write_study
-
 pytestmark = pytest.mark.workflow
 
 
@@ -19,14 +18,12 @@ def digests(out: Path, pattern: str) -> dict[str, str]:
     return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob(pattern))}
 
 
-def test_the_same_study_in_two_folders_gives_the_same_results(tmp_path, demo_data, local_run):
+def test_the_same_study_in_two_folders_gives_the_same_results(local_run, second_run):
     """The session's small study (tests/studies.py: no seed anywhere) run again in a second folder, with Python's
-    hash seed random, against the first: the defaults alone must make it reproducible."""
+    hash seed random (the session's `second_run`: on SLURM where it can start, else locally), against the first:
+    the defaults alone must make it reproducible."""
     assert "seed" not in (local_run / "study.yaml").read_text()
-    second = write_study(tmp_path / "second", demo_data)
-    res = run_local(second, env={"PYTHONHASHSEED": "random"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    outs = [local_run / "out", second / "out"]
+    outs = [local_run / "out", second_run.folder / "out"]
     a, b = outs
     assert (a / "report" / "results.csv").read_bytes() == (b / "report" / "results.csv").read_bytes()
     loras = digests(a / "lora", "*.safetensors")

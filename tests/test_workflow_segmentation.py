@@ -2,7 +2,8 @@
 
 Pairs: blob scenes and, when ../shared/data is present, real pbc3 blood-cell images with thresholded
 masks (Otsu + connected components). One small study (2 folds, 64 px, 2 sampling steps, 2 U-Net
-epochs, trees `aug` and `density3.0`) runs once per module through the GPU slots; the checks then
+epochs, trees `aug` and `density3.0`; tests/studies.py) runs once per session through the GPU slots (the `seg_study`
+fixture, which the task promises of tests/test_promise_tasks.py read too); the checks then
 read its outputs: the report with verdicts, the fold ControlNets' training files against the folds'
 test pairs (by path and sha256), and which rules a changed setting re-runs (dry runs).
 """
@@ -18,64 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SHARED_DATA
+from .conftest import ROOT
+from .studies import copy_study, job_counts, snakemake
+from .studies import write_seg_study as write_study
 
 pytest.importorskip("snakemake")
 pytest.importorskip("torch")
 
-SNAKEFILE = ROOT / "workflow" / "Snakefile"
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-STUDY = """\
-study: {{output: out, task: segmentation}}
-data: {{data: data}}
-controlnet: {{model: tiny, resolution: 64, batch_size: 2, epochs: 1, learning_rate: 0.001, count: 2, densities: [3.0],
-             steps: {steps}, size: 64}}
-segment: {{folds: 2, weights: tiny, image_size: 64, epochs: {epochs}, batch_size: 4, mixes: [real, real+50], overlays: 1}}
-"""
 TREES = ("aug", "density3.0")
-
-
-def snakemake(folder: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`snakemake -s workflow/Snakefile --configfile study.yaml ARGS` in `folder`; jobs import this tree."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--configfile", "study.yaml", *args]
-    return subprocess.run(cmd, cwd=folder, env=full_env, capture_output=True, text=True, timeout=1200)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """{rule: jobs} from the 'Job stats' table of a dry run ({} when there is nothing to do)."""
-    if "Nothing to be done" in output:
-        return {}
-    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+\d+", output, re.S)
-    assert m, output[-3000:]
-    return {name: int(n) for name, n in (line.split() for line in m.group(1).strip().splitlines())}
-
-
-def write_pairs(data: Path) -> Path:
-    """4 blob scenes, and 4 pbc3 images with thresholded masks when the shared data is there (64 px)."""
-    from prompts.blobs import make_blob_pairs, write_threshold_pairs
-
-    make_blob_pairs(data, n=4, size=64, seed=0)
-    pbc3 = SHARED_DATA / "pbc3"
-    if pbc3.is_dir():
-        images = sorted((pbc3 / "neutrophil").glob("*.jpg"))[:2] + sorted((pbc3 / "lymphocyte").glob("*.jpg"))[:2]
-        write_threshold_pairs(images, data, size=64)
-    return data
-
-
-def write_study(folder: Path, steps: int = 2, epochs: int = 2) -> None:
-    (folder / "study.yaml").write_text(STUDY.format(steps=steps, epochs=epochs))
-
-
-@pytest.fixture(scope="module")
-def seg_study(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("seg-study")
-    write_pairs(folder / "data")
-    write_study(folder)
-    res = snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": "0,1"})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    return folder
 
 
 def _sha256(path: Path) -> str:
@@ -252,16 +203,19 @@ def test_stale_trees_and_controlnets_of_a_segmentation_study_are_found_for_movin
     assert found == ["controlnet/fold_1/controlnet", "synthetic/fold_0/density2.0", "synthetic/fold_1/aug"]
 
 
-def test_stardist_runs_through_the_workflow_beside_the_floor(seg_study):
-    """`segment.model: stardist` on the finished study: only the CV and its report re-run (the ControlNets and pairs
-    do not depend on the segmentation model), StarDist is scored at native size, the floor beside it.
-    Last in this file: it changes the shared study's report."""
-    res = snakemake(seg_study, "-n", "--config", "segment={model: stardist}")
+def test_stardist_runs_through_the_workflow_beside_the_floor(seg_study, tmp_path):
+    """`segment.model: stardist` on (a copy of) the finished study: only the CV and its report re-run (the ControlNets
+    and pairs do not depend on the segmentation model), StarDist is scored at native size, the floor beside it."""
+    res = snakemake(seg_study, "-n", "--config", "segment={model: stardist}")  # a dry run changes nothing
     assert res.returncode == 0, res.stderr[-3000:]
-    assert set(job_counts(res.stdout + res.stderr)) <= {"seg_cv", "publish_report", "all"}, res.stdout[-3000:]
-    res = snakemake(seg_study, "--cores", "2", "--config", "segment={model: stardist}")
+    assert set(job_counts(res.stdout + res.stderr)) == {"seg_cv", "publish_report", "all"}, res.stdout[-3000:]
+    folder = copy_study(seg_study, tmp_path / "copy")
+    # The copy has no Snakemake records of its own (they are kept by path): mark its outputs up to date, then run what
+    # the dry run listed.
+    assert (res := snakemake(folder, "--cores", "1", "--touch")).returncode == 0, res.stderr[-3000:]
+    res = snakemake(folder, "--cores", "2", "--config", "segment={model: stardist}", "--forcerun", "seg_cv")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    results = json.loads((seg_study / "out" / "report" / "results.json").read_text())
+    results = json.loads((folder / "out" / "report" / "results.json").read_text())
     assert results["model"] == "stardist" and results["floor"]["model"] == "otsu-watershed"
     assert all(r["model"] == "stardist" for r in results["runs"])
-    assert all((seg_study / "out" / "report" / p).is_file() for r in results["runs"] for p in r["predictions"])
+    assert all((folder / "out" / "report" / p).is_file() for r in results["runs"] for p in r["predictions"])
