@@ -81,12 +81,14 @@ GPU_RULES = ("lora", "generate", "realism", "cv")
 
 def run_on_slurm(folder: Path, env: dict) -> subprocess.CompletedProcess:
     """The study in `folder` through the SLURM profile as written, sized for the one-node test cluster (no GPU,
-    6 GB, 2 CPUs) with the threads each rule gets in `run_local` (so the two runs compute alike)."""
+    6 GB, 2 CPUs) with the threads each rule gets in `run_local` (so the two runs compute alike). Job states are
+    polled every second, not every 10 s (Snakemake's default): on one node of seconds-long jobs the wait was most
+    of the run."""
     small = [f"{rule}:mem_mb=1500" for rule in ("tiny_model", "split", "calibrate_weights", "lora", "generate", "synthetic_manifest")]
     small += [f"{rule}:gpu=0" for rule in GPU_RULES] + ["realism:mem_mb=2500", "cv:mem_mb=2500"]
     return snakemake(
         folder, "--profile", str(PROFILE), "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
-        "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "10",
+        "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1", "--latency-wait", "10",
         "--set-resources", *small, "--set-threads", "lora=1", "generate=1", "realism=2", "cv=2", "calibrate_weights=2",
         env=env, timeout=2400,
     )

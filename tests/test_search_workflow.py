@@ -134,7 +134,8 @@ def test_search_workers_run_as_slurm_jobs(slurm_cluster, tmp_path):
     rules = ("tiny_model", "split", "calibrate_weights", "search_worker", "search_report")
     res = snakemake(
         folder, "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--jobs", "4", "search", "--config", "search={trials: 2}", "--slurm-status-command", "squeue",
-        "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "10",
+        "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+        "--latency-wait", "10",
         "--set-resources", *[f"{r}:mem_mb=1500" for r in rules], "search_worker:gpu=0", "search_report:gpu=0",
         "--set-threads", "search_worker=1", "search_report=1", "calibrate_weights=1",
         env=slurm_cluster, timeout=2400)
