@@ -250,21 +250,24 @@ def tier_of(item: pytest.Item) -> str:
 SERIAL_TIERS = {"workflow", "slurm"}
 
 
-# Session fixtures that run a whole study: every test that reads one goes to one worker, so it runs once.
-WHOLE_STUDY_FIXTURES = {"local_run", "second_run", "slurm_cluster"}
+# Session fixtures that run a whole study, and their xdist group: every test that reads one goes to one worker, so
+# the study runs once. The SLURM second run compares with local_run, so both (and the cluster) share a group.
+STUDY_GROUPS = {"local_run": "whole-study", "second_run": "whole-study", "slurm_cluster": "whole-study",
+                "seg_study": "segmentation-study"}
+# test_promise_tasks' `finished` param: the task whose finished study is one of those session studies.
+FINISHED_GROUPS = {"classification": "whole-study", "segmentation": "segmentation-study"}
 
 
 def _serial_group(item: pytest.Item) -> str:
-    """The xdist group of a workflow or slurm test: the shared whole study's, else its module's (module fixtures
+    """The xdist group of a workflow or slurm test: its session study's, else its module's (module fixtures
     run once), so two modules of end-to-end tests can run on the two workers at once."""
-    if set(getattr(item, "fixturenames", ())) & WHOLE_STUDY_FIXTURES:
-        return "whole-study"
-    if "seg_study" in getattr(item, "fixturenames", ()):
-        return "segmentation-study"
-    callspec = getattr(item, "callspec", None)  # test_promise_tasks: the finished studies are local_run and seg_study
+    for name in getattr(item, "fixturenames", ()):
+        if name in STUDY_GROUPS:
+            return STUDY_GROUPS[name]
+    callspec = getattr(item, "callspec", None)
     finished = callspec.params.get("finished") if callspec is not None else None
-    if finished in ("classification", "segmentation"):
-        return {"classification": "whole-study", "segmentation": "segmentation-study"}[finished]
+    if finished in FINISHED_GROUPS:
+        return FINISHED_GROUPS[finished]
     return f"module-{getattr(item, 'path', Path('')).name}"
 
 

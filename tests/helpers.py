@@ -65,6 +65,11 @@ def run_command(package: str, *argv) -> Ran:
     environ = dict(os.environ)  # a command sets thread variables (prompts.threads) and caches: not for the next test
     torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if torch is not None else None
+
+    def restore_environment():
+        os.environ.clear()
+        os.environ.update(environ)
+
     try:
         main = importlib.import_module(f"{package}.__main__").main
     except ModuleNotFoundError as missing:  # a module with its own main(argv), as bench.bench_lora
@@ -72,8 +77,7 @@ def run_command(package: str, *argv) -> Ran:
             raise
         main = importlib.import_module(package).main
     finally:  # importing a module may set variables too (bench.bench_b7: KERAS_BACKEND)
-        os.environ.clear()
-        os.environ.update(environ)
+        restore_environment()
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -97,8 +101,7 @@ def run_command(package: str, *argv) -> Ran:
             handler.close()
         root.handlers, root.level = handlers, level
         signal.signal(signal.SIGTERM, sigterm)
-        os.environ.clear()
-        os.environ.update(environ)
+        restore_environment()
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
     return Ran(code, out.getvalue(), err.getvalue())

@@ -130,8 +130,10 @@ def write_seg_pairs(data: Path) -> Path:
     """4 blob scenes, and 4 pbc3 images with thresholded masks when the shared data is there (64 px)."""
     from prompts.blobs import make_blob_pairs, write_threshold_pairs
 
+    from .conftest import SHARED_DATA
+
     make_blob_pairs(data, n=4, size=64, seed=0)
-    pbc3 = ROOT.parent / "shared" / "data" / "pbc3"
+    pbc3 = SHARED_DATA / "pbc3"
     if pbc3.is_dir():
         images = sorted((pbc3 / "neutrophil").glob("*.jpg"))[:2] + sorted((pbc3 / "lymphocyte").glob("*.jpg"))[:2]
         write_threshold_pairs(images, data, size=64)
