@@ -27,10 +27,27 @@ import pytest
 os.environ.setdefault("USE_TF", "0")  # transformers must not import TensorFlow in the torch rooms
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# One share of the cores per pytest-xdist worker, for every library in this process and every command a test starts
-# (prompts.threads reads OMP_NUM_THREADS): with the default, each of 2 workers on 2 cores ran 2 threads, and a
-# diffusers test took 136 s instead of 7. Snakemake jobs get their own `threads:` as in a study.
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+
+
+def _share_the_cores() -> None:
+    """One share of the cores per pytest-xdist worker, for every library in this process and every command a test
+    starts (prompts.threads reads these variables). With 2 threads in each of 2 workers on 2 cores, OpenMP threads
+    spun waiting for a descheduled partner, and a diffusers test took 82 s instead of 3.
+
+    The controller process imports this file first and its workers inherit its environment, so a value this
+    function set (recorded in CELLSYNTH_TEST_THREADS) is replaced by the worker's share; one the user set is kept.
+    Snakemake jobs get their own `threads:` as in a study."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    if os.environ.get("OMP_NUM_THREADS", share) != os.environ.get("CELLSYNTH_TEST_THREADS", share):
+        return  # the user's own setting
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        os.environ[var] = share
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    os.environ["CELLSYNTH_TEST_THREADS"] = share
+
+
+_share_the_cores()
 # A shell that starts pytest in the background (`cmd &`) ignores SIGINT in it and in every child; the Ctrl-C tests
 # need Python's own handler back (children started from here then get the default again).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:

@@ -62,7 +62,9 @@ def test_each_command_page_lists_the_same_flags_as_its_help(room, capsys):
         assert page_flags(section) == shown, f"python -m {room} {sub}: page and --help differ"
 
 
-READMES = sorted([ROOT / "README.md", *ROOT.glob("*/README.md"), *ROOT.glob("examples/*/README.md")])
+# the project's own READMEs (not those of caches and tools in hidden folders: .pytest_cache, .venv)
+READMES = sorted(p for p in [ROOT / "README.md", *ROOT.glob("*/README.md"), *ROOT.glob("examples/*/README.md")]
+                 if not any(part.startswith(".") for part in p.relative_to(ROOT).parts))
 LINK = re.compile(r"(?<!\\)\[[^\]]*\]\(([^)\s]+)\)")
 
 
