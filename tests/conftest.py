@@ -268,9 +268,12 @@ SERIAL_TIERS = {"workflow", "slurm"}
 
 
 # Session fixtures that run a whole study, and their xdist group: every test that reads one goes to one worker, so
-# the study runs once. The SLURM second run compares with local_run, so both (and the cluster) share a group.
-STUDY_GROUPS = {"local_run": "whole-study", "second_run": "whole-study", "slurm_cluster": "whole-study",
-                "seg_study": "segmentation-study"}
+# the study runs once. The SLURM second run compares with local_run, so both share a group. A test that needs only
+# the cluster (the SLURM search) has a group of its own: most of a SLURM run is waiting for the plugin's next status
+# check (it adds 10 s to the wait after each check that finds no job finished), and that wait is better spent beside
+# the whole study than after it. Its worker then starts a cluster of its own (private ports and state).
+STUDY_GROUPS = {"local_run": "whole-study", "second_run": "whole-study", "seg_study": "segmentation-study",
+                "slurm_cluster": "slurm"}
 # test_promise_tasks' `finished` param: the task whose finished study is one of those session studies.
 FINISHED_GROUPS = {"classification": "whole-study", "segmentation": "segmentation-study"}
 
@@ -278,9 +281,10 @@ FINISHED_GROUPS = {"classification": "whole-study", "segmentation": "segmentatio
 def _serial_group(item: pytest.Item) -> str:
     """The xdist group of a workflow or slurm test: its session study's, else its module's (module fixtures
     run once), so two modules of end-to-end tests can run on the two workers at once."""
-    for name in getattr(item, "fixturenames", ()):
-        if name in STUDY_GROUPS:
-            return STUDY_GROUPS[name]
+    fixtures = set(getattr(item, "fixturenames", ()))
+    for name, group in STUDY_GROUPS.items():  # in the table's order: a study's group before the cluster's
+        if name in fixtures:
+            return group
     callspec = getattr(item, "callspec", None)
     finished = callspec.params.get("finished") if callspec is not None else None
     if finished in FINISHED_GROUPS:
