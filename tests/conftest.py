@@ -111,18 +111,20 @@ def class_loras(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def local_run(tmp_path_factory, demo_data) -> Path:
+def local_run(tmp_path_factory, demo_data, request) -> Path:
     """The small classification study (tests/studies.py) run once per session through Snakemake.
 
     Tests that only read it share it; a test that changes something restores it, or works on
     `tests.studies.copy_study(local_run, tmp_path / "copy")` (hard links for the large files).
+    When this session has a test of `second_run`, that run starts here, in the background (see `second_run`).
     """
     pytest.importorskip("snakemake")
     from .studies import local_study
 
-    return local_study(tmp_path_factory, demo_data)
-
-
+    folder = local_study(tmp_path_factory, demo_data)
+    if any("second_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        _start_second_run(request, tmp_path_factory, folder)
+    return folder
 @pytest.fixture(scope="session")
 def seg_study(tmp_path_factory) -> Path:
     """The small segmentation study (tests/studies.py) run once per session through Snakemake; the segmentation
@@ -157,23 +159,39 @@ def slurm_cluster(tmp_path_factory):
         local_slurm.stop(folder)
 
 
+_SECOND_RUN = pytest.StashKey()
+
+
+def _start_second_run(request, tmp_path_factory, local: Path) -> None:
+    """Start the second run of the small study (once per session) in the background: on the one-node SLURM where it
+    starts, else locally."""
+    from .studies import start_second
+
+    if _SECOND_RUN in request.config.stash:
+        return
+    try:
+        slurm, reason = request.getfixturevalue("slurm_cluster"), ""
+    except pytest.skip.Exception as why:
+        slurm, reason = None, str(why)
+    started = start_second(tmp_path_factory.getbasetemp() / "workflow-second", local, slurm, reason)
+    request.config.stash[_SECOND_RUN] = started
+    # a session whose reader of the second run failed or was interrupted first: stop it before the cluster stops
+    request.addfinalizer(lambda: started.process.poll() is None and started.process.kill())
+
+
 @pytest.fixture(scope="session")
-def second_run(tmp_path_factory, demo_data, local_run, request):
+def second_run(tmp_path_factory, local_run, request):
     """The small study once more, in a second folder with Python's hash seed random: on the one-node SLURM
     through the SLURM profile where SLURM can start, else locally as `local_run` ran.
 
     One run serves two promises: the same study in two folders gives the same files (tests/test_reproducible.py),
-    and the study on SLURM gives the local report (tests/test_slurm.py). Returns `tests.studies.SecondRun`.
+    and the study on SLURM gives the local report (tests/test_slurm.py). It starts in the background as soon as
+    `local_run` is done, and the tests that read it run last in their group (`pytest_collection_modifyitems`): most
+    of a SLURM run is waiting for the plugin's next status check, time the other whole-study tests use.
+    Returns `tests.studies.SecondRun`.
     """
-    from .studies import run_second
-
-    try:
-        slurm = request.getfixturevalue("slurm_cluster")
-    except pytest.skip.Exception as why:
-        slurm, reason = None, str(why)
-    else:
-        reason = ""
-    return run_second(tmp_path_factory.getbasetemp() / "workflow-second", local_run, slurm, reason)
+    _start_second_run(request, tmp_path_factory, local_run)
+    return request.config.stash[_SECOND_RUN].wait()
 
 
 # --------------------------------------------------------------------------- test tiers
@@ -304,6 +322,16 @@ def _module_fixture_group(item: pytest.Item) -> str | None:
     return None
 
 
+def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
+    """The order of the tests under `--dist loadgroup` (a stable sort, so each group keeps its own order).
+
+    pytest-xdist hands out groups with more tests first, then in collection order: end-to-end tests first, so a
+    minutes-long test alone in its group does not start last and run alone at the end; and the tests that wait
+    for the second run last in their group, so that run (started in the background) has the others' time."""
+    end_to_end = bool({"workflow", "slurm"} & {mark.name for mark in item.iter_markers()})
+    return (0 if end_to_end else 1, 1 if "second_run" in getattr(item, "fixturenames", ()) else 0)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Give every test exactly one tier marker, that tier's timeout and its xdist group.
@@ -325,6 +353,7 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.xdist_group(group))
     result = yield
     if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup: xdist's hook has now run
+        items[:] = sorted(items, key=_schedule_rank)
         lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
         if lost:  # pytest-xdist 3.8 sets item._nodeid, which pytest 9.2 no longer reads
             raise pytest.UsageError(f"pytest-xdist did not group {lost[0]} (pytest {pytest.__version__}): each worker would run "

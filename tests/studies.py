@@ -40,11 +40,16 @@ def study_text(rank: int = 4, epochs: int = 2) -> str:
     return STUDY.format(rank=rank, epochs=epochs)
 
 
-def snakemake(folder: Path, *args: str, env: dict | None = None, timeout: float = 1500) -> subprocess.CompletedProcess:
-    """`snakemake -s workflow/Snakefile --configfile study.yaml ARGS` in `folder` (its working directory)."""
+def snakemake_command(folder: Path, *args: str, env: dict | None = None) -> tuple[list[str], dict]:
+    """The command line and environment of `snakemake -s workflow/Snakefile --configfile study.yaml ARGS`."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{full_env.get('PATH', '')}"
-    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--configfile", "study.yaml", *args]
+    return [str(SNAKEMAKE), "-s", str(SNAKEFILE), "--configfile", "study.yaml", *args], full_env
+
+
+def snakemake(folder: Path, *args: str, env: dict | None = None, timeout: float = 1500) -> subprocess.CompletedProcess:
+    """`snakemake -s workflow/Snakefile --configfile study.yaml ARGS` in `folder` (its working directory)."""
+    cmd, full_env = snakemake_command(folder, *args, env=env)
     return subprocess.run(cmd, cwd=folder, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -79,19 +84,16 @@ PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 GPU_RULES = ("lora", "generate", "realism", "cv")
 
 
-def run_on_slurm(folder: Path, env: dict) -> subprocess.CompletedProcess:
-    """The study in `folder` through the SLURM profile as written, sized for the one-node test cluster (no GPU,
-    6 GB, 2 CPUs) with the threads each rule gets in `run_local` (so the two runs compute alike). Job states are
-    polled every second, not every 10 s (Snakemake's default): on one node of seconds-long jobs the wait was most
-    of the run."""
+def slurm_args() -> list[str]:
+    """Snakemake's flags for the study through the SLURM profile as written, sized for the one-node test cluster (no
+    GPU, 6 GB, 2 CPUs) with the threads each rule gets in `run_local` (so the two runs compute alike). Job states are
+    polled every second at first (Snakemake's default is 10 s; the plugin adds 10 s after each check that finds no
+    job finished)."""
     small = [f"{rule}:mem_mb=1500" for rule in ("tiny_model", "split", "calibrate_weights", "lora", "generate", "synthetic_manifest")]
     small += [f"{rule}:gpu=0" for rule in GPU_RULES] + ["realism:mem_mb=2500", "cv:mem_mb=2500"]
-    return snakemake(
-        folder, "--profile", str(PROFILE), "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
-        "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1", "--latency-wait", "10",
-        "--set-resources", *small, "--set-threads", "lora=1", "generate=1", "realism=2", "cv=2", "calibrate_weights=2",
-        env=env, timeout=2400,
-    )
+    return ["--profile", str(PROFILE), "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
+            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1", "--latency-wait", "10",
+            "--set-resources", *small, "--set-threads", "lora=1", "generate=1", "realism=2", "cv=2", "calibrate_weights=2"]
 
 
 @dataclasses.dataclass
@@ -104,17 +106,45 @@ class SecondRun:
     log: str
 
 
-def run_second(folder: Path, local: Path, slurm_env: dict | None, why_local: str = "") -> SecondRun:
-    """The study of `local` (its study file, templates and data) run again in `folder` with PYTHONHASHSEED=random:
-    on SLURM when `slurm_env` is given, else as `run_local`."""
+@dataclasses.dataclass
+class StartedRun:
+    """The second run, started in the background (`start_second`): `wait()` gives its `SecondRun`."""
+
+    folder: Path
+    executor: str
+    why_local: str
+    process: subprocess.Popen
+    log_file: Path
+
+    def wait(self, timeout: float = 2400) -> SecondRun:
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        log = self.log_file.read_text()
+        assert code == 0, log[-8000:]
+        return SecondRun(self.folder, self.executor, self.why_local, log)
+
+
+def start_second(folder: Path, local: Path, slurm_env: dict | None, why_local: str = "") -> StartedRun:
+    """The study of `local` (its study file, templates and data) started again in `folder` with PYTHONHASHSEED=random,
+    in the background: on SLURM when `slurm_env` is given, else as `run_local`. Its log goes to a file beside the
+    folder (a pipe nobody reads would fill and stop it)."""
     folder.mkdir(parents=True)
     for name in ("study.yaml", "templates.yaml"):
         shutil.copy(local / name, folder / name)
     shutil.copytree(local / "data", folder / "data")
     hash_seed = {"PYTHONHASHSEED": "random"}
-    res = run_on_slurm(folder, {**slurm_env, **hash_seed}) if slurm_env is not None else run_local(folder, env=hash_seed)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    return SecondRun(folder, "slurm" if slurm_env is not None else "local", why_local, res.stdout + res.stderr)
+    if slurm_env is not None:
+        cmd, env = snakemake_command(folder, *slurm_args(), env={**slurm_env, **hash_seed})
+    else:
+        cmd, env = snakemake_command(folder, "--cores", "2", "--resources", "gpu=2",
+                                     env={"CELLSYNTH_GPUS": GPUS, **hash_seed})
+    log_file = folder.with_name(folder.name + ".log")
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return StartedRun(folder, "slurm" if slurm_env is not None else "local", why_local, process, log_file)
 
 
 SEG_STUDY = """\
