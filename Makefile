@@ -28,12 +28,13 @@ lint: install
 
 # The tiers (tests/conftest.py): unit, workflow (starts Snakemake), slurm, browser, gpu. `make test` (CI)
 # runs them all on 2 workers: the workflow and slurm tests on one (they share one run of the small
-# study), the rest on the other. `make test-fast` is the inner loop: the unit tier only.
+# study), the rest on the other, longest first (tests/conftest.py `_schedule_rank`; xdist's own reordering
+# would put a group of one long test last). `make test-fast` is the inner loop: the unit tier only.
 # PYTEST_ARGS pass through, e.g. make test PYTEST_ARGS="--cov=. --cov-report=term".
 WORKERS ?= 2
 PYTEST_ARGS ?=
 test: install system lint docs
-	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15 $(PYTEST_ARGS) tests
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m unit -n $(WORKERS) --durations=15 $(PYTEST_ARGS) tests

@@ -323,13 +323,21 @@ def _module_fixture_group(item: pytest.Item) -> str | None:
 
 
 def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
-    """The order of the tests under `--dist loadgroup` (a stable sort, so each group keeps its own order).
+    """The order of the tests under `--dist loadgroup --no-loadscope-reorder` (a stable sort, so each group keeps its
+    own order), longest first: pytest-xdist then hands out groups in this order as workers free up.
 
-    pytest-xdist hands out groups with more tests first, then in collection order: end-to-end tests first, so a
-    minutes-long test alone in its group does not start last and run alone at the end; and the tests that wait
-    for the second run last in their group, so that run (started in the background) has the others' time."""
-    end_to_end = bool({"workflow", "slurm"} & {mark.name for mark in item.iter_markers()})
-    return (0 if end_to_end else 1, 1 if "second_run" in getattr(item, "fixturenames", ()) else 0)
+    The session studies' groups first, then the other end-to-end tests, then the unit tests: with pytest-xdist's
+    default order (groups with more tests first) a minutes-long test alone in its group started last and ran alone
+    at the end. In its group, a test that reads the second run comes last, so that run (started in the background)
+    has the other tests' time."""
+    group = item.get_closest_marker("xdist_group")
+    if group is not None and group.args and group.args[0] in STUDY_GROUPS.values():
+        rank = 0
+    elif {"workflow", "slurm"} & {mark.name for mark in item.iter_markers()}:
+        rank = 1
+    else:
+        rank = 2
+    return (rank, 1 if "second_run" in getattr(item, "fixturenames", ()) else 0)
 
 
 @pytest.hookimpl(wrapper=True)
