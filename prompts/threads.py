@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-        "TF_NUM_INTRAOP_THREADS", "VECLIB_MAXIMUM_THREADS")
+# Every library's thread variable (tests/conftest.py sets the same ones per test worker).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS", "VECLIB_MAXIMUM_THREADS")
 
 
 def job_threads() -> int:
@@ -28,7 +29,7 @@ def job_threads() -> int:
 def limit_threads() -> int:
     """Set the thread variables of OpenMP, BLAS and TensorFlow (unless set), and torch's pools if loaded."""
     n = job_threads()
-    for var in _ENV:
+    for var in THREAD_VARIABLES:
         os.environ.setdefault(var, str(n))
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(min(2, n)))
     import sys

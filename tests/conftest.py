@@ -37,11 +37,13 @@ def _share_the_cores() -> None:
     The controller process imports this file first and its workers inherit its environment, so a value this
     function set (recorded in CELLSYNTH_TEST_THREADS) is replaced by the worker's share; one the user set is kept.
     Snakemake jobs get their own `threads:` as in a study."""
+    from prompts.threads import THREAD_VARIABLES  # imports nothing else: numpy must read its variable after this
+
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     share = str(max(1, len(os.sched_getaffinity(0)) // workers))
     if os.environ.get("OMP_NUM_THREADS", share) != os.environ.get("CELLSYNTH_TEST_THREADS", share):
         return  # the user's own setting
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+    for var in THREAD_VARIABLES:
         os.environ[var] = share
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ["CELLSYNTH_TEST_THREADS"] = share
@@ -125,6 +127,8 @@ def local_run(tmp_path_factory, demo_data, request) -> Path:
     if any("second_run" in getattr(item, "fixturenames", ()) for item in request.session.items):
         _start_second_run(request, tmp_path_factory, folder)
     return folder
+
+
 @pytest.fixture(scope="session")
 def seg_study(tmp_path_factory) -> Path:
     """The small segmentation study (tests/studies.py) run once per session through Snakemake; the segmentation

@@ -62,9 +62,14 @@ def write_study(folder: Path, data: Path) -> Path:
     return folder
 
 
+# How the session's studies run locally: 2 cores through two (fake) GPU slots.
+LOCAL_ARGS = ("--cores", "2", "--resources", "gpu=2")
+LOCAL_ENV = {"CELLSYNTH_GPUS": GPUS}
+
+
 def run_local(folder: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The small study in `folder` as the session's local run runs it: 2 cores through two (fake) GPU slots."""
-    return snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": GPUS, **(env or {})})
+    """The small study in `folder` as the session's local run runs it (`LOCAL_ARGS`, `LOCAL_ENV`)."""
+    return snakemake(folder, *LOCAL_ARGS, env={**LOCAL_ENV, **(env or {})})
 
 
 def local_study(tmp_path_factory, demo_data: Path) -> Path:
@@ -139,8 +144,7 @@ def start_second(folder: Path, local: Path, slurm_env: dict | None, why_local: s
     if slurm_env is not None:
         cmd, env = snakemake_command(folder, *slurm_args(), env={**slurm_env, **hash_seed})
     else:
-        cmd, env = snakemake_command(folder, "--cores", "2", "--resources", "gpu=2",
-                                     env={"CELLSYNTH_GPUS": GPUS, **hash_seed})
+        cmd, env = snakemake_command(folder, *LOCAL_ARGS, env={**LOCAL_ENV, **hash_seed})
     log_file = folder.with_name(folder.name + ".log")
     with open(log_file, "w") as log:
         process = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -184,7 +188,7 @@ def segmentation_study(folder: Path) -> Path:
     folder.mkdir(parents=True)
     write_seg_pairs(folder / "data")
     write_seg_study(folder)
-    res = snakemake(folder, "--cores", "2", "--resources", "gpu=2", env={"CELLSYNTH_GPUS": GPUS})
+    res = snakemake(folder, *LOCAL_ARGS, env=LOCAL_ENV)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     (folder / "done").write_text("")
     return folder
