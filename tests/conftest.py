@@ -209,7 +209,7 @@ TIER_FIXTURES = (
     # whole studies, and the fixtures that run a stage end to end (LoRA training, a CV, every command in
     # turn): minutes each on 2 cores, so not the inner loop
     ("workflow", {"local_run", "second_run", "seg_study", "cv_run", "realism_run", "world", "reference", "killed",
-                  "lora_reference", "loras", "small_pbc3", "segmented"}),
+                  "lora_reference", "loras", "small_pbc3", "segmented", "search_study"}),
 )
 # Modules whose every test runs commands end to end (kills mid-training, resumes).
 TIER_MODULES = {"test_promise_kills.py": "workflow"}
@@ -289,13 +289,13 @@ def tier_of(item: pytest.Item) -> str:
 SERIAL_TIERS = {"workflow", "slurm"}
 
 
-# Session fixtures that run a whole study, and their xdist group: every test that reads one goes to one worker, so
-# the study runs once. The SLURM second run compares with local_run, so both share a group. A test that needs only
-# the cluster (the SLURM search) has a group of its own: most of a SLURM run is waiting for the plugin's next status
-# check (it adds 10 s to the wait after each check that finds no job finished), and that wait is better spent beside
-# the whole study than after it. Its worker then starts a cluster of its own (private ports and state).
+# Fixtures that run a whole study once (per session; the search's per module), and their xdist group: every test
+# that reads one goes to one worker, so the study runs once. The SLURM runs (the second run of the small study, the
+# search on SLURM) start in the background beside the tests of their group's study: most of a SLURM run is waiting
+# for the plugin's next status check (it adds 10 s to the wait after each check that finds no job finished). A test
+# that needs only the cluster gets a group of its own, whose worker starts a cluster of its own (private ports).
 STUDY_GROUPS = {"local_run": "whole-study", "second_run": "whole-study", "seg_study": "segmentation-study",
-                "slurm_cluster": "slurm"}
+                "search_study": "search", "slurm_cluster": "slurm"}
 # test_promise_tasks' `finished` param: the task whose finished study is one of those session studies.
 FINISHED_GROUPS = {"classification": "whole-study", "segmentation": "segmentation-study"}
 

@@ -1,6 +1,7 @@
 """The search as workflow jobs: `snakemake --configfile study.yaml search` with 2 trial workers on the tiny model
 (one killed mid-trial), then the best study in its own folder, then the comparison report; the default study's
-files stay byte-identical. 2 classes x 8 demo images at 32 px, 2 folds, 3 trials.
+files stay byte-identical. 2 classes x 8 demo images at 32 px, 2 folds, 3 trials. The same search on the one-node
+SLURM runs in the background beside it, on a copy of the same finished default study.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
+from .studies import copy_study, snakemake_command
 from .test_workflow import SNAKEFILE, SNAKEMAKE, snakemake
 
 STUDY = """\
@@ -69,12 +71,63 @@ def _overlap(a, b) -> bool:
     return a.datetime_start < (b.datetime_complete or b.datetime_start) and b.datetime_start < (a.datetime_complete or a.datetime_start)
 
 
-@pytest.mark.slow
-def test_search_target_with_two_workers_then_best_study_and_comparison(tmp_path):
-    folder = _study_folder(tmp_path)
-    out, search = folder / "out", folder / "out" / "search"
-    res = snakemake(folder, "--cores", "2", "all")  # the default study
+# The SLURM search's flags: the profile as written, sized for the one-node test cluster (2 CPUs, no GPU), job states
+# polled every second at first (tests/studies.py `slurm_args` says why).
+SEARCH_RULES = ("tiny_model", "split", "calibrate_weights", "search_worker", "search_report")
+SLURM_SEARCH_ARGS = (
+    "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--jobs", "4", "search", "--config", "search={trials: 2}",
+    "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
+    "--seconds-between-status-checks", "1", "--latency-wait", "10",
+    "--set-resources", *[f"{r}:mem_mb=1500" for r in SEARCH_RULES], "search_worker:gpu=0", "search_report:gpu=0",
+    "--set-threads", "search_worker=1", "search_report=1", "calibrate_weights=1",
+)
+_SLURM_SEARCH = pytest.StashKey()
+
+
+@pytest.fixture(scope="module")
+def search_study(tmp_path_factory, request) -> Path:
+    """The default study run to the end, once for both searches.
+
+    When this session has the SLURM search test, that search starts here, in the background, on a copy of the
+    finished study (its split, tiny model and calibrated weights are up to date there, so only the search's own jobs
+    go to SLURM): most of a SLURM run is waiting for the plugin's next status check, time the local search uses.
+    """
+    folder = _study_folder(tmp_path_factory.mktemp("search-study"))
+    res = snakemake(folder, "--cores", "2", "all")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    if any("slurm_search" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        try:
+            cluster = request.getfixturevalue("slurm_cluster")
+        except pytest.skip.Exception:
+            return folder  # the SLURM search test skips with the reason
+        copy = copy_study(folder, folder.with_name(folder.name + "-slurm"))
+        cmd, env = snakemake_command(copy, *SLURM_SEARCH_ARGS, env=cluster)
+        log_file = copy.with_name(copy.name + ".log")
+        with open(log_file, "w") as log:  # a pipe nobody reads would fill and stop it
+            process = subprocess.Popen(cmd, cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        request.config.stash[_SLURM_SEARCH] = (copy, process, log_file)
+        request.addfinalizer(lambda: process.poll() is None and process.kill())  # its reader failed or was not reached
+    return folder
+
+
+@pytest.fixture(scope="module")
+def slurm_search(search_study, slurm_cluster, request) -> tuple[Path, str]:
+    """(the study folder, the log) of the SLURM search started by `search_study`, once it has finished."""
+    folder, process, log_file = request.config.stash[_SLURM_SEARCH]
+    try:
+        code = process.wait(timeout=2400)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    log = log_file.read_text()
+    assert code == 0, log[-8000:]
+    return folder, log
+
+
+@pytest.mark.slow
+def test_search_target_with_two_workers_then_best_study_and_comparison(search_study):
+    folder = search_study
+    out, search = folder / "out", folder / "out" / "search"
     before = _hashes(out)
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -127,20 +180,11 @@ def test_search_target_with_two_workers_then_best_study_and_comparison(tmp_path)
 
 
 @pytest.mark.slow
-def test_search_workers_run_as_slurm_jobs(slurm_cluster, tmp_path):
+def test_search_workers_run_as_slurm_jobs(slurm_search):
     """The search target on the SLURM profile: the two workers (and the report) are SLURM jobs; 2 complete trials
     (one per worker: the test above checks how trials are shared)."""
-    folder = _study_folder(tmp_path)
-    rules = ("tiny_model", "split", "calibrate_weights", "search_worker", "search_report")
-    res = snakemake(
-        folder, "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--jobs", "4", "search", "--config", "search={trials: 2}", "--slurm-status-command", "squeue",
-        "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
-        "--latency-wait", "10",
-        "--set-resources", *[f"{r}:mem_mb=1500" for r in rules], "search_worker:gpu=0", "search_report:gpu=0",
-        "--set-threads", "search_worker=1", "search_report=1", "calibrate_weights=1",
-        env=slurm_cluster, timeout=2400)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: .*?/rule_(\w+)/", res.stdout + res.stderr)
+    folder, log = slurm_search
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid \d+ \(log: .*?/rule_(\w+)/", log)
     assert submitted.count("search_worker") == 2 and submitted.count("search_report") == 1, submitted
     trials = _trials(folder / "out" / "search")
     complete = [t for t in trials if t.state.name == "COMPLETE"]
