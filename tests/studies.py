@@ -218,6 +218,20 @@ def copy_study(src: Path, dst: Path) -> Path:
     return dst
 
 
+def copy_without(src: Path, dst: Path, output: str, log: str | None = None) -> Path:
+    """A copy of a finished study (`copy_study`) without one folder output and its seal (e.g. `out/lora/fold_0/good`),
+    and its job's log when given (a test that waits for the job to start waits for it): its inputs are up to date
+    there, so a run of that target runs that one job."""
+    from prompts.layout import seal_file
+
+    copy_study(src, dst)
+    shutil.rmtree(dst / output)
+    seal_file(dst / output).unlink()
+    if log is not None:
+        (dst / log).unlink()
+    return dst
+
+
 def job_counts(output: str) -> dict[str, int]:
     """{rule: jobs} from the 'Job stats' table of a dry run ({} when there is nothing to do)."""
     if "Nothing to be done" in output:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from .studies import (  # noqa: F401  (re-exported: other test modules import th
     SNAKEFILE,
     SNAKEMAKE,
     STUDY,
+    copy_without,
     job_counts,
     local_study,
     snakemake,
@@ -159,12 +159,8 @@ def test_a_dry_run_lists_exactly_the_jobs_a_change_affects(local_run, change):
 def test_kill_9_during_a_lora_job_then_a_rerun_resumes_to_the_same_lora(local_run, tmp_path):
     from safetensors.torch import load_file
 
-    folder = tmp_path / "killed"
-    folder.mkdir()
-    for name in ("study.yaml", "templates.yaml"):
-        shutil.copy(local_run / name, folder / name)
-    shutil.copytree(local_run / "data", folder / "data")
     target = "out/lora/fold_0/good"  # the workflow's outputs are absolute paths: so is the target
+    folder = copy_without(local_run, tmp_path / "killed", target)  # its split and tiny model are up to date there
     # lora train's testing hook SIGKILLs the training process right after it checkpoints update 2.
     killed = snakemake(folder, "--cores", "1", str(folder / target), env={"LORA_KILL_AFTER_UPDATE": "2"})
     assert killed.returncode != 0

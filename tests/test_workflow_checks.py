@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT
-from .studies import SNAKEFILE, SNAKEMAKE, copy_study, job_counts, snakemake, study_text, write_study
+from .studies import SNAKEFILE, SNAKEMAKE, copy_study, copy_without, job_counts, snakemake, study_text, write_study
 
 pytest.importorskip("snakemake")
 
@@ -350,11 +349,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def test_a_second_run_on_the_same_output_is_refused_at_once_and_the_first_finishes(local_run, tmp_path):
-    folder = tmp_path / "two"
-    folder.mkdir()
-    for name in ("study.yaml", "templates.yaml"):
-        shutil.copy(local_run / name, folder / name)
-    shutil.copytree(local_run / "data", folder / "data")
+    folder = copy_without(local_run, tmp_path / "two", "out/lora/fold_0/good", "out/logs/lora/fold_0/good.log")
     target = str(folder / "out" / "lora" / "fold_0" / ".good.sha256")
     first = _start(folder, "--cores", "1", target)
     try:
@@ -373,11 +368,7 @@ def test_a_second_run_on_the_same_output_is_refused_at_once_and_the_first_finish
 
 
 def test_kill_9_of_snakemake_then_a_plain_rerun_clears_its_stale_lock_and_finishes(local_run, tmp_path):
-    folder = tmp_path / "killed"
-    folder.mkdir()
-    for name in ("study.yaml", "templates.yaml"):
-        shutil.copy(local_run / name, folder / name)
-    shutil.copytree(local_run / "data", folder / "data")
+    folder = copy_without(local_run, tmp_path / "killed", "out/lora/fold_0/good", "out/logs/lora/fold_0/good.log")
     target = str(folder / "out" / "lora" / "fold_0" / ".good.sha256")
     run = _start(folder, "--cores", "1", target)
     _wait_for(folder / "out" / "logs" / "lora" / "fold_0" / "good.log", run)
