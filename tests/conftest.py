@@ -180,7 +180,7 @@ def _start_second_run(request, tmp_path_factory, local: Path) -> None:
     started = start_second(tmp_path_factory.getbasetemp() / "workflow-second", local, slurm, reason)
     request.config.stash[_SECOND_RUN] = started
     # a session whose reader of the second run failed or was interrupted first: stop it before the cluster stops
-    request.addfinalizer(lambda: started.process.poll() is None and started.process.kill())
+    request.addfinalizer(started.run.stop)
 
 
 @pytest.fixture(scope="session")

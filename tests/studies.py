@@ -89,16 +89,52 @@ PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 GPU_RULES = ("lora", "generate", "realism", "cv")
 
 
+# The SLURM profile as written, on the one-node test cluster: no account, states read with squeue, polled every second
+# at first (Snakemake's default is 10 s; the plugin adds 10 s after each check that finds no job finished).
+SLURM_FLAGS = ("--profile", str(PROFILE), "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
+               "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1", "--latency-wait", "10")
+
+
 def slurm_args() -> list[str]:
-    """Snakemake's flags for the study through the SLURM profile as written, sized for the one-node test cluster (no
-    GPU, 6 GB, 2 CPUs) with the threads each rule gets in `run_local` (so the two runs compute alike). Job states are
-    polled every second at first (Snakemake's default is 10 s; the plugin adds 10 s after each check that finds no
-    job finished)."""
+    """Snakemake's flags for the study through the SLURM profile (`SLURM_FLAGS`), sized for the one-node test cluster
+    (no GPU, 6 GB, 2 CPUs) with the threads each rule gets in `run_local` (so the two runs compute alike)."""
     small = [f"{rule}:mem_mb=1500" for rule in ("tiny_model", "split", "calibrate_weights", "lora", "generate", "synthetic_manifest")]
     small += [f"{rule}:gpu=0" for rule in GPU_RULES] + ["realism:mem_mb=2500", "cv:mem_mb=2500"]
-    return ["--profile", str(PROFILE), "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-no-account",
-            "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1", "--latency-wait", "10",
-            "--set-resources", *small, "--set-threads", "lora=1", "generate=1", "realism=2", "cv=2", "calibrate_weights=2"]
+    return [*SLURM_FLAGS, "--set-resources", *small, "--set-threads", "lora=1", "generate=1", "realism=2", "cv=2", "calibrate_weights=2"]
+
+
+@dataclasses.dataclass
+class Background:
+    """A Snakemake run started in the background (`start_snakemake`); its log is a file beside its folder (a pipe
+    nobody reads would fill and stop it)."""
+
+    process: subprocess.Popen
+    log_file: Path
+
+    def wait(self, timeout: float = 2400) -> str:
+        """Its log, once it has finished with success."""
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        log = self.log_file.read_text()
+        assert code == 0, log[-8000:]
+        return log
+
+    def stop(self) -> None:
+        """Kill it if it still runs (a session whose reader failed or was never reached)."""
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+def start_snakemake(folder: Path, *args: str, env: dict | None = None) -> Background:
+    """`snakemake ... ARGS` in `folder` (as `snakemake`), started in the background."""
+    cmd, full_env = snakemake_command(folder, *args, env=env)
+    log_file = folder.with_name(folder.name + ".log")
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(cmd, cwd=folder, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return Background(process, log_file)
 
 
 @dataclasses.dataclass
@@ -118,37 +154,25 @@ class StartedRun:
     folder: Path
     executor: str
     why_local: str
-    process: subprocess.Popen
-    log_file: Path
+    run: Background
 
     def wait(self, timeout: float = 2400) -> SecondRun:
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-        log = self.log_file.read_text()
-        assert code == 0, log[-8000:]
-        return SecondRun(self.folder, self.executor, self.why_local, log)
+        return SecondRun(self.folder, self.executor, self.why_local, self.run.wait(timeout))
 
 
 def start_second(folder: Path, local: Path, slurm_env: dict | None, why_local: str = "") -> StartedRun:
     """The study of `local` (its study file, templates and data) started again in `folder` with PYTHONHASHSEED=random,
-    in the background: on SLURM when `slurm_env` is given, else as `run_local`. Its log goes to a file beside the
-    folder (a pipe nobody reads would fill and stop it)."""
+    in the background: on SLURM when `slurm_env` is given, else as `run_local`."""
     folder.mkdir(parents=True)
     for name in ("study.yaml", "templates.yaml"):
         shutil.copy(local / name, folder / name)
     shutil.copytree(local / "data", folder / "data")
     hash_seed = {"PYTHONHASHSEED": "random"}
     if slurm_env is not None:
-        cmd, env = snakemake_command(folder, *slurm_args(), env={**slurm_env, **hash_seed})
+        run = start_snakemake(folder, *slurm_args(), env={**slurm_env, **hash_seed})
     else:
-        cmd, env = snakemake_command(folder, *LOCAL_ARGS, env={**LOCAL_ENV, **hash_seed})
-    log_file = folder.with_name(folder.name + ".log")
-    with open(log_file, "w") as log:
-        process = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    return StartedRun(folder, "slurm" if slurm_env is not None else "local", why_local, process, log_file)
+        run = start_snakemake(folder, *LOCAL_ARGS, env={**LOCAL_ENV, **hash_seed})
+    return StartedRun(folder, "slurm" if slurm_env is not None else "local", why_local, run)
 
 
 SEG_STUDY = """\

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT
-from .studies import copy_study, snakemake_command
+from .studies import SLURM_FLAGS, copy_study, start_snakemake
 from .test_workflow import SNAKEFILE, SNAKEMAKE, snakemake
 
 STUDY = """\
@@ -71,13 +71,10 @@ def _overlap(a, b) -> bool:
     return a.datetime_start < (b.datetime_complete or b.datetime_start) and b.datetime_start < (a.datetime_complete or a.datetime_start)
 
 
-# The SLURM search's flags: the profile as written, sized for the one-node test cluster (2 CPUs, no GPU), job states
-# polled every second at first (tests/studies.py `slurm_args` says why).
+# The search on the SLURM profile (tests/studies.py `SLURM_FLAGS`), sized for the one-node test cluster (2 CPUs, no GPU).
 SEARCH_RULES = ("tiny_model", "split", "calibrate_weights", "search_worker", "search_report")
 SLURM_SEARCH_ARGS = (
-    "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--jobs", "4", "search", "--config", "search={trials: 2}",
-    "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "1",
-    "--seconds-between-status-checks", "1", "--latency-wait", "10",
+    *SLURM_FLAGS, "search", "--config", "search={trials: 2}",
     "--set-resources", *[f"{r}:mem_mb=1500" for r in SEARCH_RULES], "search_worker:gpu=0", "search_report:gpu=0",
     "--set-threads", "search_worker=1", "search_report=1", "calibrate_weights=1",
 )
@@ -101,27 +98,17 @@ def search_study(tmp_path_factory, request) -> Path:
         except pytest.skip.Exception:
             return folder  # the SLURM search test skips with the reason
         copy = copy_study(folder, folder.with_name(folder.name + "-slurm"))
-        cmd, env = snakemake_command(copy, *SLURM_SEARCH_ARGS, env=cluster)
-        log_file = copy.with_name(copy.name + ".log")
-        with open(log_file, "w") as log:  # a pipe nobody reads would fill and stop it
-            process = subprocess.Popen(cmd, cwd=copy, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        request.config.stash[_SLURM_SEARCH] = (copy, process, log_file)
-        request.addfinalizer(lambda: process.poll() is None and process.kill())  # its reader failed or was not reached
+        run = start_snakemake(copy, *SLURM_SEARCH_ARGS, env=cluster)
+        request.config.stash[_SLURM_SEARCH] = (copy, run)
+        request.addfinalizer(run.stop)
     return folder
 
 
 @pytest.fixture(scope="module")
 def slurm_search(search_study, slurm_cluster, request) -> tuple[Path, str]:
     """(the study folder, the log) of the SLURM search started by `search_study`, once it has finished."""
-    folder, process, log_file = request.config.stash[_SLURM_SEARCH]
-    try:
-        code = process.wait(timeout=2400)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    log = log_file.read_text()
-    assert code == 0, log[-8000:]
-    return folder, log
+    folder, run = request.config.stash[_SLURM_SEARCH]
+    return folder, run.wait()
 
 
 @pytest.mark.slow
