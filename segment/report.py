@@ -244,6 +244,18 @@ def realism_blocks(realism: dict | None) -> list:
 # ---------------------------------------------------------------- the document
 
 
+def model_line(results: dict) -> str:
+    """The sentence that says how the model of these results was built, with its own settings only."""
+    s, model = results["settings"], results.get("model", "unet")
+    if model == "otsu-watershed":
+        return "Classical floor: an Otsu threshold and a watershed on each test image; no training, so no settings apply."
+    if model == "stardist":
+        return (f"StarDist 2D ({s['weights']} weights): trained on {s['image_size']} px patches at native resolution, {s['epochs']} "
+                f"epochs, batch {s['batch_size']}; each test image predicted whole at its own size.")
+    return (f"U-Net: {s['backbone']} encoder ({s['weights']}), {s['image_size']} px, {s['epochs']} epochs, batch {s['batch_size']}, "
+            "3 classes (background, interior, boundary), instances by a watershed from the interior's components.")
+
+
 def build_report(results: dict, out: Path, realism: dict | None = None) -> list:
     blocks = []
     banner = smoke_banner(smoke_reasons(results), "Use `segment.weights: imagenet` and pairs from a real Stable Diffusion.")
@@ -261,12 +273,9 @@ def build_report(results: dict, out: Path, realism: dict | None = None) -> list:
     if short:
         blocks.append(Text("**Too few synthetic pairs:** " + "; ".join(f"{t} {m}: {n} missing over all folds"
                                                                        for t, m, n in short) + ".", "warn"))
-    s = results["settings"]
     blocks.append(Text(f"{results['n_pairs']} real pairs in `{results['data']}`, {results['n_splits']} folds × {results['repeats']} "
                        f"repeat(s) (mean {results['n_train_mean']:.0f} training / {results['n_test_mean']:.0f} test pairs)"
-                       f"{', grouped by ' + results['group_by'] if results.get('group_by') else ''}. U-Net: {s['backbone']} encoder "
-                       f"({s['weights']}), {s['image_size']} px, {s['epochs']} epochs, batch {s['batch_size']}, 3 classes "
-                       "(background, interior, boundary), instances by a watershed from the interior's components."))
+                       f"{', grouped by ' + results['group_by'] if results.get('group_by') else ''}. {model_line(results)}"))
     if results.get("reading"):
         blocks.append(Text(reading_line(results["reading"]), "note"))
     if results.get("training"):

@@ -228,3 +228,16 @@ def test_learning_check_rules():
     assert "classical floor" in learning_check(tables(0.3), floor, "unet")
     assert learning_check(tables(0.6), floor, "unet") is None
     assert "no verdict" in learning_check(tables(0.6), floor, "otsu-watershed")
+
+
+def test_the_report_describes_only_the_model_that_ran():
+    """The floor has no settings and StarDist no encoder: the report's model sentence names the settings of the model
+    that ran, never the U-Net's when it did not run."""
+    from segment.report import model_line
+
+    settings = {"backbone": "MobileNetV2", "weights": "imagenet", "image_size": 256, "epochs": 50, "batch_size": 8}
+    assert model_line({"model": "unet", "settings": settings}).startswith("U-Net: MobileNetV2 encoder (imagenet), 256 px, 50 epochs")
+    stardist = model_line({"model": "stardist", "settings": settings})
+    assert stardist.startswith("StarDist 2D (imagenet weights): trained on 256 px patches") and "encoder" not in stardist
+    floor = model_line({"model": "otsu-watershed", "settings": settings})
+    assert "no training" in floor and "U-Net" not in floor and "256" not in floor
