@@ -10,11 +10,16 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# CPU torch first: a range that admits newer releases would otherwise pull the CUDA build.
+	$(BIN)/pip install -q --upgrade pip uv
+	# CPU torch first, with pip (it finds the local CPU wheel): a range that admits newer releases would
+	# otherwise pull the CUDA build.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	# compat mode: the repository root goes on sys.path, so every top-level package is importable as it is.
-	$(BIN)/pip install -q -e ".[dev]" --config-settings editable_mode=compat
+	# The rest with uv: 65 s on a fresh 2-core machine where pip took 125 s (parallel downloads, bytecode
+	# compiled on all cores; compiled here, since imports may not write it: PYTHONDONTWRITEBYTECODE).
+	# pip if uv cannot reach an index. compat mode: the repository root goes on sys.path, so every
+	# top-level package is importable as it is.
+	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -e ".[dev]" -C editable_mode=compat \
+	  || $(BIN)/pip install -q -e ".[dev]" --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # Debian packages for the browser and SLURM tests (skipped without root/apt-get).
@@ -33,7 +38,10 @@ lint: install
 # PYTEST_ARGS pass through, e.g. make test PYTEST_ARGS="--cov=. --cov-report=term".
 WORKERS ?= 2
 PYTEST_ARGS ?=
-test: install system lint docs
+# The Debian packages and the venv install side by side (both mostly wait on downloads), then lint and docs.
+test:
+	$(MAKE) -j2 install system
+	$(MAKE) -j2 lint docs
 	$(BIN)/python -m pytest -q -n $(WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15 $(PYTEST_ARGS) tests
 
 test-fast: install
