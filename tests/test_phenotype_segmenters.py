@@ -5,7 +5,8 @@ The rooms meet through files (`prompts.segmented`): `phenotype pairs` writes a f
 trains on the first and writes label images of the second, `phenotype cv --segmented ROOT` cuts the test cells
 from them and reports detection F1 at IoU 0.5 with the count error split into missed cells and wrong types.
 Data: the task registry's phenotyping example (2 numpy-drawn types, 1 monoculture image each, 4 co-culture
-images of 96 px with exact masks, 2 folds); the U-Net at its tiny size for 1 epoch.
+images of 96 px with exact masks, 2 folds); the U-Net at its tiny size for 1 epoch. The study runs once, through the
+workflow (the module's fixture `segmented`); the tests read its segmented folds and run the commands on them again.
 """
 from __future__ import annotations
 
@@ -48,18 +49,34 @@ def _segment_fold(study, fold: int, root: Path, model: str = "unet") -> Path:
     return masks
 
 
+def _study_run(folder: Path, *args: str):
+    """`python -m study.run ARGS --configfile study.yaml` in `folder`; jobs import this tree."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([sys.executable, "-m", "study.run", *args, "--configfile", "study.yaml"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
 @pytest.fixture(scope="module")
 def segmented(tmp_path_factory):
-    """The example study with segmentation unet, both folds segmented by the tiny U-Net."""
+    """The example study with segmentation unet (regimes zero-shot and co-only) run through the workflow: each fold's
+    `pheno_segment` job (`phenotype pairs`, then `segment predict` with the tiny U-Net) wrote OUT/segmented/fold_<k>;
+    the tests read those folders and call the commands again on them in-process."""
+    pytest.importorskip("snakemake")
     from study import tasks
 
     folder = tmp_path_factory.mktemp("pheno-seg")
     tasks.get("phenotyping").example(folder)
-    study = _study(folder, segmentation="unet")
-    root = folder / "segmented"
-    for fold in (0, 1):
-        _segment_fold(study, fold, root)
-    return folder, study, root
+    study = _study(folder, segmentation="unet", regimes=["zero-shot", "co-only"])
+    res = _study_run(folder, "--cores", "2")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return folder, study, folder / "out" / "segmented"
 
 
 def _folds(study):
@@ -217,35 +234,16 @@ def test_prompts_check_refuses_an_unknown_segmentation_in_one_line(segmented, tm
     assert any("phenotype.segmentation: must be one of given, classical, unet, stardist, got 'cellpose'" in e for e in errors), errors
 
 
-@pytest.mark.workflow
-def test_the_study_with_segmentation_unet_runs_end_to_end(tmp_path):
+def test_the_study_with_segmentation_unet_runs_end_to_end(segmented):
     """pheno_segment per fold -> every regime -> the report, with detection F1 from the fold's own masks; re-run: nothing."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("snakemake")
-    from study import tasks
-    from tests.conftest import ROOT
-
-    tasks.get("phenotyping").example(tmp_path)
-    _study(tmp_path, segmentation="unet", regimes=["zero-shot", "co-only"])
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "study.run", *args, "--configfile", "study.yaml"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-
-    res = run("--cores", "2")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    out = tmp_path / "out"
+    folder, _, root = segmented
     for fold in (0, 1):
-        assert (out / "segmented" / f".fold_{fold}.sha256").is_file()
-        assert (out / "segmented" / f"fold_{fold}" / "masks" / "segmenter.json").is_file()
-    results = json.loads((out / "report" / "results.json").read_text())
+        assert (root / f".fold_{fold}.sha256").is_file()
+        assert (root / f"fold_{fold}" / "masks" / "segmenter.json").is_file()
+    results = json.loads((folder / "out" / "report" / "results.json").read_text())
     assert results["segmentation"] == "unet" and all("detection_f1" in r["metrics"] for r in results["runs"])
-    res = run("-n")
+    assert results["regimes"] == ["zero-shot", "co-only"]
+    res = _study_run(folder, "-n")
     assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:]
 
 

@@ -1,6 +1,7 @@
 """The search as workflow jobs: `snakemake --configfile study.yaml search` with 2 trial workers on the tiny model
 (one killed mid-trial), then the best study in its own folder, then the comparison report; the default study's
-files stay byte-identical. 2 classes x 8 demo images at 32 px, 2 folds, 3 trials. The same search on the one-node
+files stay byte-identical. 2 classes x 8 demo images at 32 px, 2 folds, 3 trials. Both studies train a fold's LoRAs
+in one job (`lora.together: all`), the best study because the default one does. The same search on the one-node
 SLURM runs in the background beside it, on a copy of the same finished default study.
 """
 from __future__ import annotations
@@ -24,7 +25,8 @@ from .test_workflow import SNAKEFILE, SNAKEMAKE, snakemake
 STUDY = """\
 study: {output: out}
 data: {data: data, templates: templates.yaml}
-lora: {model: tiny, per: class, repeats: 1, epochs: 1, batch_size: 2, resolution: 32, rank: 4, alpha: 4.0, validation_images: 0}
+lora: {model: tiny, per: class, repeats: 1, epochs: 1, batch_size: 2, resolution: 32, rank: 4, alpha: 4.0, validation_images: 0,
+       together: all}
 generate: {steps: 2, size: [32, 32], batch_size: 8, lora_weights: [1.0], fraction: [0.5], seed: 0}
 classify: {folds: 2, group_by: "regex:^\\\\d{8}", backbone: EfficientNetB0, weights: calibrated, image_size: 32, epochs: 1,
            augment: false, mixes: [real, real+50]}
@@ -111,6 +113,22 @@ def slurm_search(search_study, slurm_cluster, request) -> tuple[Path, str]:
     return folder, run.wait()
 
 
+def test_each_folds_loras_come_from_one_joint_job_and_each_group_folder_is_sealed(search_study):
+    """`lora.together: all` in a whole study: one `lora_together_0` job per fold wrote each class's LoRA folder and
+    its seal, as one job per class would; the finished study has nothing left to do."""
+    from study.outputs import is_intact
+
+    for fold in ("fold_0", "fold_1"):
+        lora = search_study / "out" / "lora" / fold
+        for group in ("bad", "good"):
+            assert (lora / group / "pytorch_lora_weights.safetensors").is_file() and (lora / f".{group}.sha256").is_file()
+            assert is_intact(lora / group), (fold, group)
+        logs = sorted(p.name for p in (search_study / "out" / "logs" / "lora" / fold).iterdir())
+        assert logs == ["together_0.log"], logs
+    res = snakemake(search_study, "-n", "all")
+    assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:] + res.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_search_target_with_two_workers_then_best_study_and_comparison(search_study):
     folder = search_study
@@ -140,12 +158,16 @@ def test_search_target_with_two_workers_then_best_study_and_comparison(search_st
 
     best = load_study(best_file)
     assert Path(best.study.output) == (search / "best").resolve() and best.lora.model == "tiny"
+    assert str(best.lora.together) == "all"  # the user's settings stay; only the searched keys change
     assert best.classify.weights == "calibrated" and Path(best.data.split) == (out / "folds.json").resolve()
     res = subprocess.run([str(SNAKEMAKE), "-s", str(SNAKEFILE), "--configfile", str(best_file), "--directory",
                           str(best_file.parent), "--cores", "2"], cwd=folder, env=env, capture_output=True, text=True,
                          timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     assert sorted(p.name for p in (search / "best" / "lora").iterdir()) == ["fold_0", "fold_1"]  # per-fold LoRAs
+    for fold in ("fold_0", "fold_1"):  # one joint job per fold wrote and sealed both classes' LoRAs
+        assert (search / "best" / "logs" / "lora" / fold / "together_0.log").is_file()
+        assert all((search / "best" / "lora" / fold / f".{c}.sha256").is_file() for c in ("bad", "good"))
     assert (search / "best" / "realism" / "realism.json").is_file() and (search / "best" / "report" / "report.html").is_file()
 
     res = snakemake(folder, "--cores", "1", "compare")

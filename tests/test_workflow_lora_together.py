@@ -1,4 +1,5 @@
-"""The workflow with `lora.together`: one LoRA job per chunk of a fold's groups, each group's folder sealed as before."""
+"""The workflow with `lora.together`: one LoRA job per chunk of a fold's groups (dry runs of the small study), and a bad
+value in one line. A whole study run with it: tests/test_search_workflow.py."""
 from __future__ import annotations
 
 import pytest
@@ -33,17 +34,5 @@ def test_a_bad_together_value_is_one_line(tmp_path, demo_data):
     assert not (folder / "out" / "lora").exists()
 
 
-def test_a_joint_job_writes_and_seals_every_group_folder(tmp_path, demo_data):
-    from study.outputs import is_intact
-
-    folder = together_study(tmp_path, demo_data, "all")
-    out = folder / "out" / "lora" / "fold_0"
-    targets = [str(out / f".{g}.sha256") for g in ("acceptable", "bad", "good")]
-    res = snakemake(folder, "--cores", "1", *targets)
-    assert res.returncode == 0, res.stderr[-3000:]
-    for group in ("acceptable", "bad", "good"):
-        assert (out / group / "pytorch_lora_weights.safetensors").is_file() and (out / f".{group}.sha256").is_file()
-        assert is_intact(out / group)
-    assert (folder / "out" / "logs" / "lora" / "fold_0" / "together_0.log").is_file()
-    again = snakemake(folder, "--cores", "1", "-n", *targets)
-    assert "Nothing to be done" in again.stdout + again.stderr
+# The joint job's outputs in a whole study (each group's folder written and sealed, its log, nothing left to do):
+# tests/test_search_workflow.py, whose default and best studies train with `lora.together: all`.
