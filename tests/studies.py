@@ -35,6 +35,14 @@ GPUS = "0,1"  # fake device ids: the local run goes through the GPU slots (no ef
 LINKABLE_SUFFIXES = {".png", ".safetensors", ".npy", ".npz", ".tif", ".tiff", ".jpg", ".jpeg"}
 
 
+def study_run(folder: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    """`python -m study.run ARGS --configfile study.yaml` in `folder` (what `make study` runs); jobs import this tree."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run([sys.executable, "-m", "study.run", *args, "--configfile", "study.yaml"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def study_text(rank: int = 4, epochs: int = 2) -> str:
     """The study file of the small classification study, with the two settings the re-run tests change."""
     return STUDY.format(rank=rank, epochs=epochs)

@@ -20,6 +20,8 @@ import yaml
 
 from prompts.errors import UserError
 
+from .studies import study_run
+
 pytest.importorskip("keras")
 tifffile = pytest.importorskip("tifffile")
 
@@ -49,20 +51,6 @@ def _segment_fold(study, fold: int, root: Path, model: str = "unet") -> Path:
     return masks
 
 
-def _study_run(folder: Path, *args: str):
-    """`python -m study.run ARGS --configfile study.yaml` in `folder`; jobs import this tree."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run([sys.executable, "-m", "study.run", *args, "--configfile", "study.yaml"], cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
 @pytest.fixture(scope="module")
 def segmented(tmp_path_factory):
     """The example study with segmentation unet (regimes zero-shot and co-only) run through the workflow: each fold's
@@ -74,7 +62,7 @@ def segmented(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pheno-seg")
     tasks.get("phenotyping").example(folder)
     study = _study(folder, segmentation="unet", regimes=["zero-shot", "co-only"])
-    res = _study_run(folder, "--cores", "2")
+    res = study_run(folder, "--cores", "2")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return folder, study, folder / "out" / "segmented"
 
@@ -243,7 +231,7 @@ def test_the_study_with_segmentation_unet_runs_end_to_end(segmented):
     results = json.loads((folder / "out" / "report" / "results.json").read_text())
     assert results["segmentation"] == "unet" and all("detection_f1" in r["metrics"] for r in results["runs"])
     assert results["regimes"] == ["zero-shot", "co-only"]
-    res = _study_run(folder, "-n")
+    res = study_run(folder, "-n")
     assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:]
 
 

@@ -8,10 +8,7 @@ per type and four co-culture images with exact masks and types.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ import yaml
 
 from prompts.errors import UserError
 
-from .conftest import ROOT
+from .studies import study_run
 
 # unit tier by default (tests/conftest.py); the slow test below marks itself workflow
 
@@ -266,14 +263,7 @@ def test_the_study_with_synthetic_runs_crops_loras_generation_and_reports_the_re
              "phenotype": {"crop_size": 32, "regimes": ["zero-shot", "synthetic"], "models": ["reference"], "folds": 2,
                            "trees": 20, "overlays": 0, "synthetic_fractions": [0.5]}}
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-
-    def study_run(*args):
-        return subprocess.run([sys.executable, "-m", "study.run", *args, "--configfile", "study.yaml"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
-
-    res = study_run("--cores", "2")
+    res = study_run(tmp_path, "--cores", "2", timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = tmp_path / "out"
     for k in (0, 1):
@@ -288,5 +278,5 @@ def test_the_study_with_synthetic_runs_crops_loras_generation_and_reports_the_re
     assert "zero-shot+50" in text and "not run yet" not in text and "traced to training images only" in text
     assert "cannot check" not in (out / "logs").joinpath("pheno_cv.log").read_text()
     # a finished study has nothing to do (the +P job never wrote into the baseline's sealed cache)
-    res = study_run("-n")
+    res = study_run(tmp_path, "-n")
     assert res.returncode == 0 and "Nothing to be done" in res.stdout + res.stderr, res.stdout[-2000:] + res.stderr[-2000:]

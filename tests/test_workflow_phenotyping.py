@@ -9,16 +9,14 @@ the checks then read its outputs and dry runs.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from .conftest import ROOT
+from .studies import study_run
 
 pytest.importorskip("snakemake")
 pytest.importorskip("tensorflow")
@@ -29,15 +27,6 @@ REGIMES = ["zero-shot", "retrained-k1", "retrained-k2", "co-only"]
 # Zero-shot from monocultures, reference method, on types this different: the proportion of each type per
 # image is within this many percentage points of the truth on average over the folds.
 ZERO_SHOT_TOLERANCE_PP = 5.0
-
-
-def study_run(folder: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m study.run ARGS --configfile study.yaml` in `folder`; jobs import this tree."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [sys.executable, "-m", "study.run", *args, "--configfile", "study.yaml"]
-    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=1500)
 
 
 def job_counts(output: str) -> dict[str, int]:
